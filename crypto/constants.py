@@ -1,0 +1,24 @@
+"""Protocol constants (whitepaper §6, wireguard-go ``device/constants.go``)."""
+
+from __future__ import annotations
+
+# -- specification ------------------------------------------------------------------------
+REKEY_AFTER_MESSAGES = 1 << 60
+REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1  # wireguard-go's value
+REKEY_AFTER_TIME = 120.0
+REJECT_AFTER_TIME = 180.0
+REKEY_ATTEMPT_TIME = 90.0
+REKEY_TIMEOUT = 5.0
+REKEY_TIMEOUT_JITTER_MAX = 0.334  # wireguard-go: up to 334 ms of jitter on REKEY_TIMEOUT
+KEEPALIVE_TIMEOUT = 10.0
+COOKIE_REFRESH_TIME = 120.0
+HANDSHAKE_INITIATION_RATE = 1.0 / 50  # at most one consumed initiation per peer per 20 ms
+MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18
+
+# -- implementation -----------------------------------------------------------------------
+MAX_STAGED_PACKETS = 128  # wireguard-go MaxStagedPackets
+UNDER_LOAD_HANDSHAKES_PER_SECOND = 128  # handshakes per second that put the core under load
+UNDER_LOAD_HOLD = 1.0  # stay under load this long after the rate falls (wireguard-go, kernel)
+RATELIMIT_PACKETS_PER_SECOND = 20  # kernel ratelimiter.c, per source IP
+RATELIMIT_BURST = 5
+RATELIMIT_MAX_SOURCES = 1 << 16  # bounded memory under a flood from many sources

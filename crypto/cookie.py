@@ -1,0 +1,139 @@
+"""MAC1, MAC2, cookie replies and the per-source rate limit (whitepaper §5.4.4, §5.4.7).
+
+- :class:`CookieChecker` is the receiving side of one interface: it checks mac1 with
+  ``HASH(LABEL_MAC1 ‖ our public key)``, checks mac2 against the cookie it would give the
+  source address, and builds cookie replies (XChaCha20-Poly1305 under
+  ``HASH(LABEL_COOKIE ‖ our public key)``, with the answered message's mac1 as AD).
+- :class:`CookieGenerator` is the sending side, one per peer: it adds mac1, and mac2 while
+  it holds a cookie younger than :data:`COOKIE_REFRESH_TIME`.
+- :class:`RateLimiter` is the per-source token bucket applied under load.
+
+The responder's cookie is ``MAC(secret, source address)``; the initiator treats it as opaque,
+so the encoding of the source is ours to choose.  The secret is 32 random bytes rotated every
+two minutes.
+"""
+
+from __future__ import annotations
+
+import hmac as _hmac
+from collections.abc import Callable
+
+from .constants import (
+    COOKIE_REFRESH_TIME,
+    RATELIMIT_BURST,
+    RATELIMIT_MAX_SOURCES,
+    RATELIMIT_PACKETS_PER_SECOND,
+)
+from .errors import MalformedMessage
+from .messages import CookieReply, pack_cookie_reply
+from .noise import LABEL_COOKIE, LABEL_MAC1
+from .primitives import hash_, mac, xaead_decrypt, xaead_encrypt
+
+_ZERO_MAC = bytes(16)
+
+class CookieChecker:
+    """Checks mac1/mac2 of messages sent to us and makes cookie replies."""
+
+    def __init__(self, local_public: bytes, rng: Callable[[int], bytes]) -> None:
+        self._rng = rng
+        self.mac1_key = hash_(LABEL_MAC1, local_public)
+        self._encryption_key = hash_(LABEL_COOKIE, local_public)
+        self._secret = rng(32)
+        self._secret_time: float | None = None
+
+    def check_mac1(self, msg: bytes | memoryview, mac1_offset: int) -> bool:
+        expected = mac(self.mac1_key, bytes(msg[:mac1_offset]))
+        return _hmac.compare_digest(expected, bytes(msg[mac1_offset : mac1_offset + 16]))
+
+    def _cookie(self, source: bytes, now: float) -> bytes:
+        if self._secret_time is None or now - self._secret_time > COOKIE_REFRESH_TIME:
+            self._secret = self._rng(32)
+            self._secret_time = now
+        return mac(self._secret, source)
+
+    def check_mac2(self, msg: bytes | memoryview, mac2_offset: int, source: bytes, *, now: float) -> bool:
+        expected = mac(self._cookie(source, now), bytes(msg[:mac2_offset]))
+        return _hmac.compare_digest(expected, bytes(msg[mac2_offset : mac2_offset + 16]))
+
+    def create_reply(self, msg: bytes | memoryview, mac1_offset: int, receiver: int, source: bytes, *,
+                     now: float) -> bytes:
+        """A 64-byte cookie reply answering ``msg`` (whose sender index is ``receiver``)."""
+        nonce = self._rng(24)
+        ad = bytes(msg[mac1_offset : mac1_offset + 16])
+        enc = xaead_encrypt(self._encryption_key, nonce, self._cookie(source, now), ad)
+        return pack_cookie_reply(CookieReply(receiver, nonce, enc))
+
+class CookieGenerator:
+    """Adds mac1/mac2 to the handshake messages we send to one peer."""
+
+    __slots__ = ("_cookie", "_cookie_time", "_encryption_key", "_last_mac1", "mac1_key")
+
+    def __init__(self, remote_public: bytes) -> None:
+        self.mac1_key = hash_(LABEL_MAC1, remote_public)
+        self._encryption_key = hash_(LABEL_COOKIE, remote_public)
+        self._cookie: bytes | None = None
+        self._cookie_time = 0.0
+        self._last_mac1: bytes | None = None
+
+    def add_macs(self, body: bytes, *, now: float) -> bytes:
+        """``body ‖ mac1 ‖ mac2`` where mac2 is zero unless we hold a fresh cookie."""
+        mac1 = mac(self.mac1_key, body)
+        self._last_mac1 = mac1
+        if self._cookie is not None and now - self._cookie_time < COOKIE_REFRESH_TIME:
+            return body + mac1 + mac(self._cookie, body + mac1)
+        return body + mac1 + _ZERO_MAC
+
+    def consume_reply(self, reply: CookieReply, *, now: float) -> None:
+        """Store the cookie in ``reply``.
+
+        :raises MalformedMessage: we sent nothing that this could answer.
+        :raises DecryptFailed: the reply does not decrypt with our last mac1 as AD.
+        """
+        if self._last_mac1 is None:
+            raise MalformedMessage("cookie reply without a message to answer", reason="unexpected_cookie")
+        self._cookie = xaead_decrypt(self._encryption_key, reply.nonce, reply.encrypted_cookie, self._last_mac1)
+        self._cookie_time = now
+
+    @property
+    def has_cookie(self) -> bool:
+        return self._cookie is not None
+
+
+class RateLimiter:
+    """A token bucket per source (kernel ``ratelimiter.c``): 20 packets/s, burst 5.
+
+    Memory is bounded: at most ``max_sources`` entries; when full, entries idle for more
+    than a second are dropped, and if it is still full the packet is refused.
+    """
+
+    def __init__(self, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
+                 max_sources: int = RATELIMIT_MAX_SOURCES) -> None:
+        self._cost = 1.0 / rate
+        self._max_tokens = self._cost * burst
+        self._max_sources = max_sources
+        self._table: dict[bytes, list[float]] = {}
+
+    def allow(self, source: bytes, *, now: float) -> bool:
+        entry = self._table.get(source)
+        if entry is None:
+            if len(self._table) >= self._max_sources:
+                self.gc(now=now)
+                if len(self._table) >= self._max_sources:
+                    return False
+            self._table[source] = [now, self._max_tokens - self._cost]
+            return True
+        tokens = min(self._max_tokens, entry[1] + (now - entry[0]))
+        entry[0] = now
+        if tokens >= self._cost:
+            entry[1] = tokens - self._cost
+            return True
+        entry[1] = tokens
+        return False
+
+    def gc(self, *, now: float) -> None:
+        stale = [k for k, (t, _) in self._table.items() if now - t > 1.0]
+        for k in stale:
+            del self._table[k]
+
+    def __len__(self) -> int:
+        return len(self._table)
