@@ -626,9 +626,9 @@ class Core:
             if saw_next and tunnel.next is not None:
                 tunnel._rotate_to_next(now)
             # keep_key_fresh (receiving): the initiator rekeys once when the session nears its end
-            cur = tunnel.current
-            if (cur is not None and cur.initiator and not tunnel.sent_last_minute_handshake
-                    and now - cur.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT):
+            ck = tunnel.current
+            if (ck is not None and ck.initiator and not tunnel.sent_last_minute_handshake
+                    and now - ck.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT):
                 tunnel.sent_last_minute_handshake = True
                 tunnel.initiate(now=now)
             tunnel._t_any_received()
