@@ -208,6 +208,9 @@ class Tunnel:
 
     # -- keys ------------------------------------------------------------------------------
     def recompute_static_static(self) -> None:
+        if not self.core.has_private_key:
+            self.static_static = None
+            return
         try:
             self.static_static = dh(self.core.private_key, self.public_key)
         except ProtocolError:
@@ -271,7 +274,7 @@ class Tunnel:
             return
         core = self.core
         if self.static_static is None:
-            core.drops["invalid_public_key"] += 1
+            core.drops["no_private_key" if not core.has_private_key else "invalid_public_key"] += 1
             return
         self.last_sent_handshake = now
         self._drop_handshake()
@@ -447,13 +450,16 @@ class Core:
     :param mtu: the tunnel MTU, which bounds padding.
     """
 
-    def __init__(self, private_key: bytes, *, rng: Callable[[int], bytes], mtu: int = 1420) -> None:
-        if len(private_key) != KEY_SIZE:
+    def __init__(self, private_key: bytes | None, *, rng: Callable[[int], bytes], mtu: int = 1420) -> None:
+        if private_key is not None and len(private_key) != KEY_SIZE:
             raise UsageError("a private key is 32 bytes")
         self._rng = rng
         self.mtu = mtu
-        self.private_key = private_key
-        self.public_key = public_key(private_key)
+        # Without a private key (a `pyvpn-wg` interface before `wg setconf`) peers can be
+        # configured but every handshake is dropped under "no_private_key".
+        self.private_key: bytes = private_key or bytes(KEY_SIZE)
+        self.has_private_key = private_key is not None
+        self.public_key = public_key(self.private_key) if private_key is not None else bytes(KEY_SIZE)
         self.cookie_checker = CookieChecker(self.public_key, rng)
         self.ratelimiter = RateLimiter()
         self.peers: dict[bytes, Tunnel] = {}
@@ -478,7 +484,7 @@ class Core:
             raise UsageError("a preshared key is 32 bytes")
         if public_key in self.peers:
             raise UsageError("peer already present")
-        if public_key == self.public_key:
+        if self.has_private_key and public_key == self.public_key:
             raise UsageError("a peer cannot have the interface's own public key")
         t = Tunnel(self, public_key, preshared_key=preshared_key or None,
                    persistent_keepalive=persistent_keepalive, endpoint=endpoint)
@@ -494,9 +500,12 @@ class Core:
 
     def set_private_key(self, private_key: bytes) -> None:
         """Change our static key: every session ends, and a peer with the new public key goes."""
-        if private_key == self.private_key:
+        if len(private_key) != KEY_SIZE:
+            raise UsageError("a private key is 32 bytes")
+        if self.has_private_key and private_key == self.private_key:
             return
         self.private_key = private_key
+        self.has_private_key = True
         self.public_key = public_key(private_key)
         self.cookie_checker = CookieChecker(self.public_key, self._rng)
         self.peers.pop(self.public_key, None)
@@ -688,6 +697,8 @@ class Core:
 
     def _on_initiation(self, d: bytes, endpoint: Endpoint, now: float) -> None:
         msg = unpack_initiation(d)
+        if not self.has_private_key:
+            raise ProtocolError("no private key configured", reason="no_private_key")
         if not self._check_macs(d, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, msg.sender, endpoint, now):
             return
         # e, es, s: decrypt the initiator's static key, which tells us who it is
