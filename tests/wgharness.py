@@ -1,0 +1,699 @@
+"""Drive Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer inside test namespaces.
+
+Theory of operation:
+
+1. ``WireguardGo(ns, ...)`` picks an interface name.  The UAPI socket ``/var/run/wireguard/<if>.sock`` lives
+   in the file system, which every namespace shares, so two instances in two namespaces need two names:
+   by default a fresh ``wgt<6 hex>`` is drawn and retried if it turns out to be taken.
+2. It starts ``wireguard-go -f <if>`` inside the namespace (``-f`` keeps it in the foreground, so the
+   ``Popen`` is the daemon itself) with ``LOG_LEVEL=debug`` and its output in a private log file, and waits,
+   bounded, for the socket.  wireguard-go creates the TUN first and the socket second, so once the socket is
+   there the link exists too.
+3. It writes ``[Interface]``/``[Peer]`` sections to a 0600 file, applies them with ``wg setconf``, then adds
+   addresses, sets the MTU, brings the link up and adds one route per allowed IP with ``ip``, all inside the
+   namespace.
+4. ``close()``, also called when any step above fails, sends SIGTERM (wireguard-go then removes its own
+   socket), SIGKILL after a bounded wait, deletes the link if it survived, and unlinks the socket only when
+   nothing listens on it any more: a live socket may belong to another instance that won a name race.
+
+Everything is bounded in time; nothing sends traffic outside the namespaces the caller made.  The module
+also holds key helpers around ``wg``, config-file writers, a ``wg show dump`` parser, ``ping`` and
+``iperf3`` helpers, and ``reference_topology()``: two wireguard-go peers in two namespaces over a veth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from netns import Netns, veth
+
+# -- implementation constants ------------------------------------------------------------------------------
+WG_RUN_DIR = Path("/var/run/wireguard")  # where wireguard-go puts <if>.sock (global, not per namespace)
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+START_TIMEOUT = 5.0  # seconds for the UAPI socket to appear
+STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
+CMD_TIMEOUT = 10.0  # seconds for any single wg / ip / ss command
+POLL_INTERVAL = 0.02  # seconds between polls
+IPERF3_PORT = 5201
+NAME_ATTEMPTS = 3  # fresh random names tried when an automatic name is taken
+
+
+class WireguardGoError(RuntimeError):
+    """wireguard-go, wg, ip or iperf3 did not do what the harness asked."""
+
+
+# -- small helpers -----------------------------------------------------------------------------------------
+def _poll(pred: Callable[[], bool], timeout: float, interval: float = POLL_INTERVAL) -> bool:
+    """Call ``pred()`` until it is true or ``timeout`` seconds have passed; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> str:
+    if proc.returncode != 0:
+        raise WireguardGoError(f"{what} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` created with mode 0600 (never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _socket_live(path: Path) -> bool:
+    """Return True when a process accepts connections on the UNIX socket at ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def sock_path(ifname: str) -> Path:
+    """The UAPI socket path wireguard-go uses for ``ifname``."""
+    return WG_RUN_DIR / f"{ifname}.sock"
+
+
+def unique_ifname(prefix: str = "wgt") -> str:
+    """Return ``<prefix><6 hex>``, a name whose UAPI socket does not exist yet.
+
+    :param prefix: at most 9 characters so that the result fits in IFNAMSIZ.
+    """
+    if len(prefix) + 6 > IFNAME_MAX:
+        raise ValueError(f"prefix {prefix!r} too long for a {IFNAME_MAX}-character interface name")
+    for _ in range(100):
+        name = prefix + secrets.token_hex(3)
+        if not sock_path(name).exists():
+            return name
+    raise WireguardGoError("could not find a free wireguard-go interface name")
+
+
+def _check_ifname(name: str) -> None:
+    if not 0 < len(name) <= IFNAME_MAX or any(c in name for c in "/ \t\n:") or name in (".", ".."):
+        raise ValueError(f"bad interface name {name!r} (1..{IFNAME_MAX} characters, no '/', ':' or spaces)")
+
+
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError as e:
+        raise ValueError(f"bad CIDR {cidr!r}: {e}") from None
+
+
+def wg_endpoint(host: str, port: int) -> str:
+    """Format an endpoint for ``wg``: ``198.18.0.2:51820`` or ``[fd00::2]:51820``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- keys --------------------------------------------------------------------------------------------------
+def _wg(args: Sequence[str], stdin: str | None = None) -> str:
+    proc = subprocess.run(["wg", *args], input=stdin, capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                          check=False)
+    return _check(proc, "wg " + " ".join(args)).strip()
+
+
+def wg_genkey() -> str:
+    """Return a new base64 private key from ``wg genkey``."""
+    return _wg(["genkey"])
+
+
+def wg_pubkey(private_key: str) -> str:
+    """Return the base64 public key of ``private_key`` (``wg pubkey``).
+
+    :raises WireguardGoError: when ``wg`` rejects the key.
+    """
+    return _wg(["pubkey"], stdin=private_key.strip() + "\n")
+
+
+def wg_genpsk() -> str:
+    """Return a new base64 preshared key from ``wg genpsk``."""
+    return _wg(["genpsk"])
+
+
+def wg_keypair() -> tuple[str, str]:
+    """Return ``(private_key, public_key)``, both base64."""
+    private = wg_genkey()
+    return private, wg_pubkey(private)
+
+
+# -- configuration ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WgPeer:
+    """One ``[Peer]`` section.
+
+    :param public_key: the peer's base64 public key.
+    :param endpoint: ``host:port`` / ``[v6]:port`` (see :func:`wg_endpoint`), or None to learn it by roaming.
+    :param allowed_ips: CIDRs; stored normalised (host bits cleared) as a tuple.
+    :param persistent_keepalive: seconds, or None/0 for off.
+    :param preshared_key: base64 preshared key, or None.
+    """
+
+    public_key: str
+    endpoint: str | None = None
+    allowed_ips: Sequence[str] = ()
+    persistent_keepalive: int | None = None
+    preshared_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allowed_ips, str):
+            raise TypeError("allowed_ips must be a sequence of CIDR strings, not one string")
+        object.__setattr__(self, "allowed_ips", tuple(str(_network(a)) for a in self.allowed_ips))
+
+    def conf_lines(self) -> list[str]:
+        """The lines of this ``[Peer]`` section, header included."""
+        lines = ["[Peer]", f"PublicKey = {self.public_key}"]
+        if self.preshared_key:
+            lines.append(f"PresharedKey = {self.preshared_key}")
+        if self.endpoint:
+            lines.append(f"Endpoint = {self.endpoint}")
+        if self.allowed_ips:
+            lines.append(f"AllowedIPs = {', '.join(self.allowed_ips)}")
+        if self.persistent_keepalive:
+            lines.append(f"PersistentKeepalive = {self.persistent_keepalive}")
+        return lines
+
+
+def _interface_lines(private_key: str, listen_port: int | None, fwmark: int | None) -> list[str]:
+    lines = ["[Interface]", f"PrivateKey = {private_key}"]
+    if listen_port is not None:
+        lines.append(f"ListenPort = {listen_port}")
+    if fwmark:
+        lines.append(f"FwMark = {fwmark:#x}")
+    return lines
+
+
+def _join_sections(head: list[str], peers: Sequence[WgPeer]) -> str:
+    out = list(head)
+    for p in peers:
+        out += ["", *p.conf_lines()]
+    return "\n".join(out) + "\n"
+
+
+def wg_conf_text(*, private_key: str, listen_port: int | None = None, fwmark: int | None = None,
+                 peers: Sequence[WgPeer] = ()) -> str:
+    """Return a ``wg setconf`` file: only keys ``wg`` itself understands (no Address, MTU, DNS)."""
+    return _join_sections(_interface_lines(private_key, listen_port, fwmark), peers)
+
+
+def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: str,
+                  address: Sequence[str] = (), listen_port: int | None = None, mtu: int | None = None,
+                  dns: Sequence[str] = (), fwmark: int | None = None, table: str | None = None,
+                  peers: Sequence[WgPeer] = ()) -> str:
+    """Return a wg-quick style config text, and write it to ``path`` (mode 0600) when one is given.
+
+    :param path: where to write it, or None to only return the text.
+    :param address: interface addresses with prefix, e.g. ``["198.19.0.2/24", "fd00:19::2/64"]``.
+    :param table: wg-quick's ``Table`` (``off``, ``auto`` or a number), or None to leave it out.
+    """
+    head = _interface_lines(private_key, listen_port, fwmark)
+    if address:
+        for a in address:
+            ipaddress.ip_interface(a)  # raises ValueError on garbage
+        head.insert(2, f"Address = {', '.join(address)}")
+    if mtu is not None:
+        head.append(f"MTU = {mtu}")
+    if dns:
+        head.append(f"DNS = {', '.join(dns)}")
+    if table is not None:
+        head.append(f"Table = {table}")
+    text = _join_sections(head, peers)
+    if path is not None:
+        _write_private(Path(path), text)
+    return text
+
+
+# -- `wg show <if> dump` ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WgPeerStatus:
+    """One peer line of ``wg show <if> dump`` (8 tab-separated columns).
+
+    :param latest_handshake: UNIX seconds of the last completed handshake, 0 when there was none.
+    :param rx_bytes: bytes received from this peer (wire bytes of data messages, as wireguard-go counts).
+    :param tx_bytes: bytes sent to this peer.
+    """
+
+    public_key: str
+    preshared_key: str | None = field(repr=False)
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    latest_handshake: int
+    rx_bytes: int
+    tx_bytes: int
+    persistent_keepalive: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WgStatus:
+    """The interface line (4 columns) plus the peers of ``wg show <if> dump``."""
+
+    private_key: str | None = field(repr=False)
+    public_key: str | None
+    listen_port: int
+    fwmark: int | None
+    peers: tuple[WgPeerStatus, ...]
+
+    def peer(self, public_key: str) -> WgPeerStatus:
+        """Return the peer with ``public_key``; raise KeyError when there is none."""
+        for p in self.peers:
+            if p.public_key == public_key:
+                return p
+        raise KeyError(public_key)
+
+
+def _none(value: str) -> str | None:
+    return None if value == "(none)" else value
+
+
+def _off(value: str) -> int | None:
+    return None if value == "off" else int(value, 0)
+
+
+def parse_wg_dump(text: str) -> WgStatus:
+    """Parse the output of ``wg show <if> dump`` (not ``all``, which prefixes the interface name).
+
+    :raises ValueError: when a line does not have the expected columns.
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("empty wg dump")
+    head = lines[0].split("\t")
+    if len(head) != 4:
+        raise ValueError(f"wg dump interface line has {len(head)} columns, expected 4: {lines[0]!r}")
+    peers = []
+    for ln in lines[1:]:
+        c = ln.split("\t")
+        if len(c) != 8:
+            raise ValueError(f"wg dump peer line has {len(c)} columns, expected 8: {ln!r}")
+        allowed = () if c[3] == "(none)" else tuple(a for a in c[3].split(",") if a)
+        peers.append(WgPeerStatus(public_key=c[0], preshared_key=_none(c[1]), endpoint=_none(c[2]),
+                                  allowed_ips=allowed, latest_handshake=int(c[4]), rx_bytes=int(c[5]),
+                                  tx_bytes=int(c[6]), persistent_keepalive=_off(c[7]) or None))
+    return WgStatus(private_key=_none(head[0]), public_key=_none(head[1]), listen_port=int(head[2]),
+                    fwmark=_off(head[3]), peers=tuple(peers))
+
+
+# -- the daemon ---------------------------------------------------------------------------------------------
+class WireguardGo:
+    """A ``wireguard-go`` process with its TUN in ``ns``, configured with ``wg`` and ``ip``.
+
+    Usable as a context manager; ``close()`` is idempotent and also runs when construction fails half-way.
+
+    :param ns: the namespace that gets the TUN and the UDP socket.
+    :param ifname: interface name, or None (default) for a fresh unique ``wgt<6 hex>``.  A fixed name such
+        as ``wg0`` works only while no other wireguard-go on the machine uses it (the socket is global).
+    :param private_key: base64 private key.
+    :param listen_port: UDP port, or None to let wireguard-go pick one (read it back from :meth:`show`).
+    :param address: interface addresses with prefix length, e.g. ``["198.19.0.2/24", "fd00:19::2/64"]``.
+    :param mtu: link MTU.
+    :param peers: initial peers.
+    :param fwmark: optional fwmark for the UDP socket.
+    :param routes: add ``ip route replace <allowed-ip> dev <if>`` for every allowed IP (a /0 replaces the
+        namespace's default route, which is fine while the underlay is on-link).
+    :param start_timeout: seconds to wait for the UAPI socket.
+    """
+
+    def __init__(self, ns: Netns, ifname: str | None = None, *, private_key: str, listen_port: int | None = None,
+                 address: Sequence[str] = (), mtu: int = 1420, peers: Sequence[WgPeer] = (),
+                 fwmark: int | None = None, routes: bool = True, start_timeout: float = START_TIMEOUT) -> None:
+        if ifname is not None:
+            _check_ifname(ifname)
+        self.ns = ns
+        self.private_key = private_key
+        self.public_key = wg_pubkey(private_key)
+        self.address = tuple(str(ipaddress.ip_interface(a)) for a in address)
+        self.mtu = mtu
+        self.routes = routes
+        self._auto_name = ifname is None
+        self.ifname = ifname if ifname is not None else unique_ifname()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self._log_text: str | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="pyvpn-wggo-"))
+        self._log_path = self._dir / "wireguard-go.log"
+        try:
+            self._start(start_timeout)
+            self._configure(listen_port, fwmark, peers)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- start-up ---------------------------------------------------------------------------------------
+    def _start(self, timeout: float) -> None:
+        for attempt in range(NAME_ATTEMPTS if self._auto_name else 1):
+            if attempt:
+                self.ifname = unique_ifname()
+            sock = sock_path(self.ifname)
+            if _socket_live(sock):
+                if self._auto_name:
+                    continue
+                raise WireguardGoError(f"{sock} is in use by another wireguard-go: pick another ifname")
+            with open(self._log_path, "ab") as log:
+                log.write(f"### harness: wireguard-go -f {self.ifname} in {self.ns.name}\n".encode())
+                log.flush()
+                env = dict(os.environ, LOG_LEVEL="debug", WG_PROCESS_FOREGROUND="1")
+                self._proc = self.ns.popen(["wireguard-go", "-f", self.ifname], stdout=log,
+                                           stderr=subprocess.STDOUT, env=env)
+            proc = self._proc
+
+            def started_or_dead(p: subprocess.Popen[bytes] = proc, s: Path = sock) -> bool:
+                return p.poll() is not None or s.exists()
+
+            _poll(started_or_dead, timeout)
+            if proc.poll() is None and sock.exists():
+                if self._link_exists():
+                    return
+                raise WireguardGoError(f"{sock} appeared but {self.ifname} is not in {self.ns.name}")
+            if proc.poll() is None:
+                raise WireguardGoError(f"wireguard-go made no {sock} within {timeout}s\n{self._log_tail()}")
+            proc.wait()
+            taken = "in use" in self.log() or "busy" in self.log()
+            if not (self._auto_name and taken):
+                raise WireguardGoError(f"wireguard-go exited {proc.returncode} at start\n{self._log_tail()}")
+        raise WireguardGoError(f"no free interface name after {NAME_ATTEMPTS} attempts\n{self._log_tail()}")
+
+    def _link_exists(self) -> bool:
+        return self.ns.run(["ip", "link", "show", "dev", self.ifname], check=False,
+                           timeout=CMD_TIMEOUT).returncode == 0
+
+    def _ip(self, *args: str) -> None:
+        _check(self.ns.run(["ip", *args], check=False, timeout=CMD_TIMEOUT), "ip " + " ".join(args))
+
+    def _add_routes(self, allowed_ips: Sequence[str]) -> None:
+        if not self.routes:
+            return
+        connected = {ipaddress.ip_interface(a).network for a in self.address}
+        for cidr in allowed_ips:
+            net = _network(cidr)
+            if net not in connected:
+                self._ip("route", "replace", str(net), "dev", self.ifname)
+
+    def _configure(self, listen_port: int | None, fwmark: int | None, peers: Sequence[WgPeer]) -> None:
+        conf = self._dir / "wg.conf"
+        _write_private(conf, wg_conf_text(private_key=self.private_key, listen_port=listen_port,
+                                          fwmark=fwmark, peers=peers))
+        try:
+            self.wg("setconf", self.ifname, str(conf))
+        finally:
+            conf.unlink()
+        for a in self.address:
+            extra = ["nodad"] if ipaddress.ip_interface(a).version == 6 else []
+            self._ip("addr", "add", a, "dev", self.ifname, *extra)
+        self._ip("link", "set", "dev", self.ifname, "mtu", str(self.mtu))
+        self._ip("link", "set", "dev", self.ifname, "up")
+        for p in peers:
+            self._add_routes(p.allowed_ips)
+
+    # -- use --------------------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """Process id of wireguard-go, or None before start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def sock(self) -> Path:
+        """The UAPI socket of this instance."""
+        return sock_path(self.ifname)
+
+    def running(self) -> bool:
+        """True while the wireguard-go process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def wg(self, *args: str, stdin: str | None = None) -> str:
+        """Run ``wg <args>`` inside the namespace and return its stdout."""
+        proc = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT, input=stdin)
+        return _check(proc, "wg " + " ".join(args))
+
+    def show(self) -> WgStatus:
+        """Return the parsed ``wg show <if> dump``."""
+        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
+
+    @property
+    def listen_port(self) -> int:
+        """The UDP port wireguard-go listens on (asked from the daemon)."""
+        return self.show().listen_port
+
+    def set_peer(self, public_key: str, *, endpoint: str | None = None, allowed_ips: Sequence[str] | None = None,
+                 persistent_keepalive: int | None = None, preshared_key: str | None = None,
+                 remove: bool = False) -> None:
+        """Add or change a peer with ``wg set`` (None leaves a field alone), or remove it.
+
+        :param allowed_ips: replaces the peer's list; routes are added for the new entries.
+        :param persistent_keepalive: seconds, 0 for off.
+        :param preshared_key: base64 key; ``""`` clears it.
+        """
+        args = ["set", self.ifname, "peer", public_key]
+        if remove:
+            self.wg(*args, "remove")
+            return
+        psk_file = self._dir / "psk"
+        if endpoint is not None:
+            args += ["endpoint", endpoint]
+        if allowed_ips is not None:
+            args += ["allowed-ips", ",".join(str(_network(a)) for a in allowed_ips)]
+        if persistent_keepalive is not None:
+            args += ["persistent-keepalive", str(persistent_keepalive) if persistent_keepalive else "off"]
+        if preshared_key is not None:
+            _write_private(psk_file, preshared_key + "\n" if preshared_key else "")
+            args += ["preshared-key", str(psk_file)]
+        try:
+            self.wg(*args)
+        finally:
+            psk_file.unlink(missing_ok=True)
+        if allowed_ips is not None:
+            self._add_routes(allowed_ips)
+
+    def add_peer(self, peer: WgPeer) -> None:
+        """Add (or update) ``peer`` with every field it sets."""
+        self.set_peer(peer.public_key, endpoint=peer.endpoint, allowed_ips=peer.allowed_ips,
+                      persistent_keepalive=peer.persistent_keepalive, preshared_key=peer.preshared_key)
+
+    def wait_handshake(self, public_key: str | None = None, timeout: float = 5.0) -> WgPeerStatus:
+        """Poll :meth:`show` until the peer (default: the only one) has a handshake; return its status.
+
+        :raises WireguardGoError: after ``timeout`` seconds without one.
+        """
+        found: list[WgPeerStatus] = []
+
+        def done() -> bool:
+            st = self.show()
+            peers = [st.peer(public_key)] if public_key is not None else list(st.peers)
+            if len(peers) != 1:
+                raise WireguardGoError(f"wait_handshake needs a public key when there are {len(peers)} peers")
+            found[:] = peers
+            return peers[0].latest_handshake > 0
+
+        if not _poll(done, timeout, 0.05):
+            raise WireguardGoError(f"no handshake on {self.ifname} within {timeout}s\n{self._log_tail()}")
+        return found[0]
+
+    def log(self) -> str:
+        """The debug log so far (kept after :meth:`close`)."""
+        if self._log_text is not None:
+            return self._log_text
+        try:
+            return self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    # -- teardown ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop wireguard-go and remove its link, socket and files; safe to call twice or after a failure."""
+        if self._closed:
+            return
+        self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)  # wireguard-go then closes the device and its socket
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT)
+        if proc is not None:
+            # The TUN is not persistent, so it normally went away with the process.
+            if os.path.exists(f"/run/netns/{self.ns.name}") and self._link_exists():
+                self.ns.run(["ip", "link", "del", "dev", self.ifname], check=False, timeout=CMD_TIMEOUT)
+            sock = self.sock
+            if sock.exists() and not _socket_live(sock):
+                sock.unlink(missing_ok=True)
+        self._log_text = self.log()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.close()
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            sys.stderr.write(f"--- wireguard-go {self.ifname} log tail ---\n{self._log_tail()}\n")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self.running() else "dead")
+        return f"<WireguardGo {self.ifname} in {self.ns.name} pid={self.pid} {state}>"
+
+
+# -- traffic helpers ----------------------------------------------------------------------------------------
+def ping(ns: Netns, addr: str, *, count: int = 1, wait: float = 2.0, attempts: int = 3) -> bool:
+    """Ping ``addr`` from ``ns`` (iputils ``ping``, v4 or v6); True once a run gets every reply.
+
+    Bounded: at most ``attempts`` runs of ``count`` echoes, each waiting ``wait`` seconds.
+    """
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), addr]
+    for _ in range(attempts):
+        proc = ns.run(argv, check=False, timeout=count * 0.05 + wait + CMD_TIMEOUT)
+        if proc.returncode == 0:
+            return True
+    return False
+
+
+def iperf3_server(ns: Netns, bind_addr: str, *, port: int = IPERF3_PORT,
+                  timeout: float = START_TIMEOUT) -> subprocess.Popen[bytes]:
+    """Start ``iperf3 -s`` in ``ns`` bound to ``bind_addr`` and wait (bounded) until it listens.
+
+    The process is registered with ``ns``, so closing the namespace stops it; ``terminate()`` it earlier
+    if you like.
+    """
+    p = ns.popen(["iperf3", "-s", "-B", bind_addr, "-p", str(port)], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        out = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False, timeout=CMD_TIMEOUT).stdout
+        return p.poll() is not None or bool(out.strip())
+
+    _poll(listening, timeout)
+    if p.poll() is not None:
+        err = p.stderr.read().decode(errors="replace") if p.stderr is not None else ""
+        raise WireguardGoError(f"iperf3 -s -B {bind_addr} exited {p.returncode}: {err.strip()}")
+    if not listening():
+        p.kill()
+        p.wait(STOP_TIMEOUT)
+        raise WireguardGoError(f"iperf3 -s -B {bind_addr} did not listen within {timeout}s")
+    return p
+
+
+def iperf3_client(ns: Netns, server_addr: str, seconds: int = 2, udp: bool = False, reverse: bool = False, *,
+                  port: int = IPERF3_PORT, bitrate: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """Run ``iperf3 -c server_addr -J`` from ``ns`` and return the parsed JSON.
+
+    :param seconds: test length (whole seconds; iperf3 3.12 takes an integer).
+    :param udp: UDP instead of TCP; ``bitrate`` defaults to ``10M`` then (iperf3's own default is 1M).
+    :param reverse: the server sends (``-R``).
+    :param timeout: hard limit for the process, default ``seconds + 15``.
+    :raises WireguardGoError: when iperf3 reports an error (retried twice, briefly, if the server is busy
+        finishing the previous test).
+    """
+    argv = ["iperf3", "-c", server_addr, "-p", str(port), "-t", str(int(seconds)), "-J",
+            "--connect-timeout", "3000"]
+    if udp:
+        argv += ["-u", "-b", bitrate or "10M"]
+    elif bitrate:
+        argv += ["-b", bitrate]
+    if reverse:
+        argv.append("-R")
+    limit = timeout if timeout is not None else seconds + 15.0
+    for attempt in range(3):
+        proc = ns.run(argv, check=False, timeout=limit)
+        try:
+            result: dict[str, Any] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise WireguardGoError(f"iperf3 exited {proc.returncode} without JSON: {proc.stderr.strip()}") from None
+        err = result.get("error")
+        if err and "busy" in str(err) and attempt < 2:
+            time.sleep(0.3)
+            continue
+        if err or proc.returncode != 0:
+            raise WireguardGoError(f"iperf3 -c {server_addr} failed ({proc.returncode}): {err}")
+        return result
+    raise AssertionError("unreachable")
+
+
+def iperf3_bytes(result: dict[str, Any]) -> int:
+    """Bytes the receiving side got, from an :func:`iperf3_client` result (TCP or UDP)."""
+    end = result["end"]
+    summary = end["sum_received"] if "sum_received" in end else end["sum"]
+    return int(summary["bytes"])
+
+
+# -- the reference topology ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WgNode:
+    """One side of :func:`reference_topology`."""
+
+    ns: Netns
+    wg: WireguardGo
+    underlay: str  # veth address, no prefix
+    tunnel4: str  # tunnel IPv4, no prefix
+    tunnel6: str  # tunnel IPv6, no prefix
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class WgPair:
+    """Two wireguard-go peers; ``a`` knows ``b``'s endpoint, ``b`` learns ``a``'s when ``a`` initiates."""
+
+    a: WgNode
+    b: WgNode
+    preshared_key: str = field(repr=False)
+
+
+@contextlib.contextmanager
+def reference_topology(*, keepalive: int | None = None, b_knows_a: bool = False) -> Iterator[WgPair]:
+    """Two namespaces joined by a veth (198.18.0.1/24 - 198.18.0.2/24), each running wireguard-go.
+
+    Tunnel addresses are 198.19.0.1/24 + fd00:19::1/64 (a) and 198.19.0.2/24 + fd00:19::2/64 (b), ports
+    51820 and 51821, one shared preshared key.  Everything is removed on exit, also after an exception.
+
+    :param keepalive: persistent keepalive both ways, or None.
+    :param b_knows_a: give ``b`` an endpoint for ``a`` too (default: ``b`` learns it by roaming).
+    """
+    psk = wg_genpsk()
+    (ka, pa), (kb, pb) = wg_keypair(), wg_keypair()
+    with contextlib.ExitStack() as stack:
+        ns_a = stack.enter_context(Netns("wga"))
+        ns_b = stack.enter_context(Netns("wgb"))
+        veth(ns_a, "ul0", ns_b, "ul0")
+        ns_a.run("ip addr add 198.18.0.1/24 dev ul0")
+        ns_b.run("ip addr add 198.18.0.2/24 dev ul0")
+        wg_a = stack.enter_context(WireguardGo(
+            ns_a, private_key=ka, listen_port=51820, address=["198.19.0.1/24", "fd00:19::1/64"],
+            peers=[WgPeer(pb, endpoint="198.18.0.2:51821", allowed_ips=["198.19.0.2/32", "fd00:19::2/128"],
+                          persistent_keepalive=keepalive, preshared_key=psk)]))
+        wg_b = stack.enter_context(WireguardGo(
+            ns_b, private_key=kb, listen_port=51821, address=["198.19.0.2/24", "fd00:19::2/64"],
+            peers=[WgPeer(pa, endpoint="198.18.0.1:51820" if b_knows_a else None,
+                          allowed_ips=["198.19.0.1/32", "fd00:19::1/128"],
+                          persistent_keepalive=keepalive, preshared_key=psk)]))
+        yield WgPair(a=WgNode(ns_a, wg_a, "198.18.0.1", "198.19.0.1", "fd00:19::1", 51820),
+                     b=WgNode(ns_b, wg_b, "198.18.0.2", "198.19.0.2", "fd00:19::2", 51821),
+                     preshared_key=psk)
