@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -115,7 +116,7 @@ def test_kernel_errors_are_netconf_errors_with_context(netns_factory: Any) -> No
 
 
 def test_bad_arguments_raise_value_error_before_netlink() -> None:
-    bad_calls = [
+    bad_calls: list[Callable[[], object]] = [
         lambda: netconf.add_address("br0", "198.19.0.1"),  # no prefix length
         lambda: netconf.add_address("br0", "not-an-ip/24"),
         lambda: netconf.add_route("br0", "198.19.1.1/24"),  # host bits set
