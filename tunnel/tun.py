@@ -287,14 +287,16 @@ def _check_mtu(mtu: int) -> None:
         raise ValueError(f"MTU must be an int in 68..{MAX_PACKET_SIZE}, got {mtu!r}")
 
 
-def _as_tun_error(exc: OSError, what: str, name: str) -> TunError:
+def _as_tun_error(exc: OSError, what: str, name: str, dev_path: str = "/dev/net/tun") -> TunError:
     code = exc.errno
     if code == errno.ENOENT:
-        msg = f"{what} {name!r}: /dev/net/tun does not exist (load the 'tun' module or create the node)"
+        msg = f"{what} {name!r}: {dev_path} does not exist (load the 'tun' module or create the node)"
     elif code in (errno.EPERM, errno.EACCES):
         msg = f"{what} {name!r}: permission denied (needs root or CAP_NET_ADMIN)"
     elif code == errno.EBUSY:
-        msg = f"{what} {name!r}: an interface with that name exists and is busy or of another kind"
+        msg = f"{what} {name!r}: a tun/tap device with that name exists and is in use"
+    elif code == errno.EINVAL:
+        msg = f"{what} {name!r}: invalid argument (a non-tun interface has that name, or a flag was refused)"
     else:
         msg = f"{what} {name!r}: {exc.strerror or exc}"
     return TunError(code, msg)
@@ -320,11 +322,11 @@ def _enable_vnet_hdr(fd: int) -> frozenset[str]:
     return frozenset(names)
 
 
-def _create(name: str, flags: int) -> pytun.TunTapDevice:
+def _create(name: str, flags: int, dev_path: str) -> pytun.TunTapDevice:
     try:
-        dev = pytun.TunTapDevice(name=name, flags=flags)
+        dev = pytun.TunTapDevice(name=name, flags=flags, dev=dev_path)
     except OSError as exc:
-        raise _as_tun_error(exc, "cannot create tun/tap device", name) from exc
+        raise _as_tun_error(exc, "cannot create tun/tap device", name, dev_path) from exc
     return dev
 
 
@@ -335,6 +337,7 @@ def open_tun(
     mtu: int = 1420,
     vnet_hdr: bool = False,
     multi_queue: bool = False,
+    dev_path: str = "/dev/net/tun",
 ) -> PytunDevice:
     """Create (or attach to) a TUN or TAP device with a non-blocking fd.
 
@@ -347,6 +350,7 @@ def open_tun(
     :param vnet_hdr: ask for a virtio_net_hdr on every buffer plus checksum/TSO/USO offloads; falls back to
         plain buffers when the kernel refuses (check :attr:`PytunDevice.vnet_hdr`).
     :param multi_queue: open with IFF_MULTI_QUEUE (calling this again with the same name adds a queue).
+    :param dev_path: the clone device; only tests change it.
     :raises TunError: /dev/net/tun missing, permission denied, name busy, MTU refused.
     :raises ValueError: a bad name or MTU.
     """
@@ -359,7 +363,7 @@ def open_tun(
     fallback: str | None = None
     dev: pytun.TunTapDevice | None = None
     if vnet_hdr:
-        dev = _create(name, flags | _IFF_VNET_HDR)
+        dev = _create(name, flags | _IFF_VNET_HDR, dev_path)
         try:
             if not _features(dev.fileno()) & _IFF_VNET_HDR:
                 raise OSError(errno.EOPNOTSUPP, "kernel reports no IFF_VNET_HDR support")
@@ -371,7 +375,7 @@ def open_tun(
             dev = None
             offloads = frozenset()
     if dev is None:
-        dev = _create(name, flags)
+        dev = _create(name, flags, dev_path)
     try:
         os.set_blocking(dev.fileno(), False)
         if dev.mtu != mtu:
