@@ -34,6 +34,9 @@ def decode_key(text: str, *, what: str = "key") -> bytes:
         raise KeyFormatError(f"{what} is not valid base64") from None
     if len(raw) != KEY_SIZE:
         raise KeyFormatError(f"{what} must decode to 32 bytes")
+    if base64.b64encode(raw).decode("ascii") != t:
+        # wg(8)'s key_from_base64 refuses non-zero padding bits in the last character.
+        raise KeyFormatError(f"{what} is not canonical base64 (its last character before '=' is wrong)")
     return raw
 
 
