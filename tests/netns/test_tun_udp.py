@@ -1,0 +1,791 @@
+"""tunnel/tun.py and tunnel/udp.py against the kernel.
+
+TUN tests run their device work in a helper process *inside* a fresh namespace: ``_in_ns`` starts this very file
+under ``ip netns exec`` and calls one ``_scenario_*`` function, which prints its findings as JSON; the assertions
+stay here.  The test process itself never changes namespace.
+
+UDP tests that need only loopback (127.0.0.1, ::1) run in-process without root; the veth test uses two
+namespaces.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tunnel.udp import AddressError, UdpError, UdpSocket
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[2]
+_BOOT = (
+    "import sys, json, importlib.util as u\n"
+    "path, root, func, args = sys.argv[1:5]\n"
+    "sys.path.insert(0, root)\n"
+    "spec = u.spec_from_file_location('_pv_tun_udp_helper', path)\n"
+    "mod = u.module_from_spec(spec)\n"
+    "spec.loader.exec_module(mod)\n"
+    "print('RESULT ' + json.dumps(getattr(mod, func)(**json.loads(args))), flush=True)\n"
+)
+
+
+def _helper_argv(func: Callable[..., Any], **kwargs: Any) -> list[str]:
+    return [sys.executable, "-c", _BOOT, str(HERE), str(ROOT), func.__name__, json.dumps(kwargs)]
+
+
+def _result(output: str) -> Any:
+    for line in reversed(output.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise AssertionError(f"helper printed no result:\n{output}")
+
+
+def _in_ns(ns: Any, func: Callable[..., Any], timeout: float = 30.0, **kwargs: Any) -> Any:
+    """Run ``func(**kwargs)`` in a new process inside ``ns``; return what it returned (via JSON)."""
+    proc = ns.run(_helper_argv(func, **kwargs), check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{func.__name__} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return _result(proc.stdout)
+
+
+# -- packet helpers (used inside the helpers) -------------------------------------------------------------
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0x4000, 64, proto, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )
+    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+
+
+def _l4_csum(src: str, dst: str, proto: int, segment: bytes) -> int:
+    if ":" in src:
+        pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+        pseudo += struct.pack("!IxxxB", len(segment), proto)
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", proto, len(segment))
+    return _csum(pseudo + segment) or 0xFFFF
+
+
+def _udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    seg = seg[:6] + struct.pack("!H", _l4_csum(src, dst, 17, seg)) + seg[8:]
+    if ":" in src:
+        hdr = struct.pack("!IHBB", 6 << 28, len(seg), 17, 64)
+        return hdr + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + seg
+    return _ipv4(src, dst, 17, seg)
+
+
+def _tcp4_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+                 options: bytes = b"", window: int = 65535) -> bytes:
+    off = (20 + len(options)) // 4
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, window, 0, 0) + options
+    seg = seg[:16] + struct.pack("!H", _l4_csum(src, dst, 6, seg)) + seg[18:]
+    return _ipv4(src, dst, 6, seg)
+
+
+def _parse_udp(pkt: bytes) -> tuple[str, str, int, int, bytes] | None:
+    """(src, dst, sport, dport, payload) of an IPv4/IPv6 UDP packet, else None."""
+    if pkt and pkt[0] >> 4 == 4 and len(pkt) >= 28 and pkt[9] == 17:
+        ihl = (pkt[0] & 15) * 4
+        sport, dport, length = struct.unpack("!HHH", pkt[ihl:ihl + 6])
+        return (socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20]), sport, dport,
+                pkt[ihl + 8:ihl + length])
+    if pkt and pkt[0] >> 4 == 6 and len(pkt) >= 48 and pkt[6] == 17:
+        sport, dport, length = struct.unpack("!HHH", pkt[40:46])
+        return (socket.inet_ntop(socket.AF_INET6, pkt[8:24]), socket.inet_ntop(socket.AF_INET6, pkt[24:40]),
+                sport, dport, pkt[48:40 + length])
+    return None
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    r, _, _ = select.select([fd], [], [], timeout)
+    return bool(r)
+
+
+# -- scenarios (run inside a namespace by _in_ns) ------------------------------------------------------------
+
+
+def _scenario_tun_roundtrip(vnet_hdr: bool) -> dict[str, Any]:
+    """A tun with v4+v6 addresses: kernel → tun (read_batch) and tun → kernel (write_batch)."""
+    from tunnel import netconf
+    from tunnel.tun import VNET_HDR_SIZE, open_tun
+
+    out: dict[str, Any] = {}
+    tun = open_tun("pvt0", mtu=1420, vnet_hdr=vnet_hdr)
+    hdr = VNET_HDR_SIZE if tun.vnet_hdr else 0
+    out.update(vnet_hdr=tun.vnet_hdr, offloads=sorted(tun.offloads), name=tun.name, mtu=tun.mtu)
+    netconf.set_up("pvt0")
+    netconf.add_address("pvt0", "198.19.0.1/24")
+    netconf.add_address("pvt0", "fd00:19::1/64")
+    netconf.add_route("pvt0", "198.19.1.0/24")
+    out["empty_read"] = [b.hex() for b in tun.read_batch(16)]  # nothing routed yet (or only IPv6 chatter)
+
+    for fam, local, remote in ((socket.AF_INET, "198.19.0.1", "198.19.1.7"),
+                               (socket.AF_INET6, "fd00:19::1", "fd00:19::7")):
+        key = "v4" if fam == socket.AF_INET else "v6"
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.bind((local, 0))
+        s.settimeout(3)
+        port = s.getsockname()[1]
+        s.sendto(b"to-the-tun-" + key.encode(), (remote, 9999))
+        seen = None
+        deadline = time.monotonic() + 3
+        while seen is None and time.monotonic() < deadline:
+            if not _wait_readable(tun.fileno(), 0.2):
+                continue
+            for buf in tun.read_batch(64):
+                parsed = _parse_udp(buf[hdr:])
+                if parsed and parsed[1] == remote:
+                    seen = [parsed[0], parsed[1], parsed[2], parsed[3], parsed[4].decode()]
+        out[f"{key}_out"] = seen
+        reply = _udp_packet(remote, local, 9999, port, b"from-the-tun-" + key.encode())
+        junk = b"\x00" * (hdr + 20)  # IP version 0: the kernel says EINVAL
+        out[f"{key}_written"] = tun.write_batch([(b"\0" * hdr) + reply, junk])
+        data, addr = s.recvfrom(2048)
+        out[f"{key}_in"] = [data.decode(), addr[0], addr[1]]
+        s.close()
+    out["write_errors"] = dict(tun.write_errors)
+    tun.close()
+    out["exists_after_close"] = netconf.link_exists("pvt0")
+    return out
+
+
+def _scenario_tso_superpacket() -> dict[str, Any]:
+    """vnet_hdr + TSO: a TCP flow into the tun is read as super-packets larger than the MTU."""
+    from tunnel import netconf
+    from tunnel.tun import VNET_HDR_SIZE, open_tun
+
+    mtu = 1420
+    tun = open_tun("pvt0", mtu=mtu, vnet_hdr=True)
+    out: dict[str, Any] = {"vnet_hdr": tun.vnet_hdr, "offloads": sorted(tun.offloads)}
+    if not tun.vnet_hdr:
+        tun.close()
+        return out
+    netconf.set_up("pvt0")
+    netconf.add_address("pvt0", "198.19.0.1/24")
+    local, remote, rport = "198.19.0.1", "198.19.0.2", 5001
+    cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    cli.setblocking(False)
+    cli.bind((local, 0))
+    sport = cli.getsockname()[1]
+    try:
+        cli.connect((remote, rport))
+    except BlockingIOError:
+        pass
+
+    def tcp_from_tun(timeout: float) -> list[tuple[bytes, bytes]]:
+        """(vnet header, TCP/IPv4 packet) pairs of our flow read within ``timeout``."""
+        got: list[tuple[bytes, bytes]] = []
+        if _wait_readable(tun.fileno(), timeout):
+            for buf in tun.read_batch(256):
+                pkt = buf[VNET_HDR_SIZE:]
+                if len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == 6:
+                    got.append((buf[:VNET_HDR_SIZE], pkt))
+        return got
+
+    def write(pkt: bytes) -> None:
+        assert tun.write_batch([bytes(VNET_HDR_SIZE) + pkt]) == 1
+
+    syn = None
+    deadline = time.monotonic() + 3
+    while syn is None and time.monotonic() < deadline:
+        for _, pkt in tcp_from_tun(0.2):
+            if pkt[33] & 0x02:  # SYN
+                syn = pkt
+    assert syn is not None, "no SYN came out of the tun"
+    client_isn = struct.unpack("!I", syn[24:28])[0]
+    server_isn = 1_000_000
+    opts = b"\x02\x04" + struct.pack("!H", mtu - 40) + b"\x01\x03\x03\x07"  # MSS, NOP, window scale 7
+    write(_tcp4_packet(remote, local, rport, sport, server_isn, client_isn + 1, 0x12, opts))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if cli.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and _connected(cli):
+            break
+        time.sleep(0.01)
+    payload = b"x" * 65536
+    sent = 0
+    biggest, gso_types, gso_sizes, acked = 0, set(), set(), client_isn + 1
+    deadline = time.monotonic() + 5
+    rounds = 0
+    while time.monotonic() < deadline and rounds < 200 and biggest <= mtu:
+        rounds += 1
+        if sent < 4 * len(payload):
+            try:
+                sent += cli.send(payload)
+            except BlockingIOError:
+                pass
+        for vh, pkt in tcp_from_tun(0.1):
+            ihl = (pkt[0] & 15) * 4
+            data_off = (pkt[ihl + 12] >> 4) * 4
+            seq = struct.unpack("!I", pkt[ihl + 4:ihl + 8])[0]
+            end = seq + len(pkt) - ihl - data_off
+            biggest = max(biggest, len(pkt))
+            gso_types.add(vh[1])
+            gso_sizes.add(int.from_bytes(vh[4:6], "little"))
+            acked = max(acked, end)
+        # acknowledge everything so the congestion window opens (a super-packet may need a few rounds)
+        write(_tcp4_packet(remote, local, rport, sport, server_isn + 1, acked, 0x10, window=65535))
+    out.update(biggest=biggest, gso_types=sorted(gso_types), gso_sizes=sorted(gso_sizes), rounds=rounds)
+    cli.close()
+    tun.close()
+    return out
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def _scenario_fallbacks() -> dict[str, Any]:
+    """Refused offloads: USO refused → kept without it; vnet_hdr refused → reopened plain, nothing left behind."""
+    import fcntl as real_fcntl
+
+    from tunnel import netconf
+    from tunnel import tun as tunmod
+
+    out: dict[str, Any] = {}
+    real_ioctl = real_fcntl.ioctl
+
+    class NoUso:
+        @staticmethod
+        def ioctl(fd: int, req: int, arg: Any = 0, *rest: Any) -> Any:
+            if req == tunmod._TUNSETOFFLOAD and isinstance(arg, int) and arg & tunmod._TUN_F_USO4:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_ioctl(fd, req, arg, *rest)
+
+    setattr(tunmod, "fcntl", NoUso)  # noqa: B010 - patch this helper process's copy only
+    try:
+        dev = tunmod.open_tun("pvt1", vnet_hdr=True)
+        out["no_uso"] = [dev.vnet_hdr, sorted(dev.offloads)]
+        dev.close()
+    finally:
+        setattr(tunmod, "fcntl", real_fcntl)  # noqa: B010
+
+    real_enable = tunmod._enable_vnet_hdr
+
+    def refuse(fd: int) -> frozenset[str]:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    tunmod._enable_vnet_hdr = refuse
+    try:
+        dev = tunmod.open_tun("pvt2", vnet_hdr=True, mtu=1380)
+        out["refused"] = [dev.vnet_hdr, sorted(dev.offloads), dev.fallback_reason, dev.mtu]
+        out["refused_exists"] = netconf.link_exists("pvt2")
+        netconf.set_up("pvt2")
+        netconf.add_address("pvt2", "198.19.0.1/24")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"plain", ("198.19.0.9", 9))
+        s.close()
+        plain = None
+        deadline = time.monotonic() + 3
+        while plain is None and time.monotonic() < deadline:
+            if _wait_readable(dev.fileno(), 0.2):
+                for buf in dev.read_batch(16):
+                    if _parse_udp(buf):
+                        plain = _parse_udp(buf)
+        out["refused_reads_plain_ip"] = plain is not None and plain[4] == b"plain"
+        dev.close()
+    finally:
+        tunmod._enable_vnet_hdr = real_enable
+    out["gone_after_close"] = not netconf.link_exists("pvt2")
+
+    # A tap's max MTU is 65535 - 14: the MTU step fails after creation and must not leave the device behind.
+    try:
+        tunmod.open_tun("pvtap0", tap=True, mtu=65535)
+        out["mtu_error"] = None
+    except tunmod.TunError as exc:
+        out["mtu_error"] = [exc.errno, str(exc)]
+    out["tap_left_behind"] = netconf.link_exists("pvtap0")
+    tap = tunmod.open_tun("pvtap0", tap=True, mtu=9000)
+    out["tap"] = [tap.mtu, tap.vnet_hdr]
+    tap.close()
+    return out
+
+
+def _scenario_multi_queue_and_errors() -> dict[str, Any]:
+    from tunnel import netconf
+    from tunnel import tun as tunmod
+
+    out: dict[str, Any] = {}
+    q1 = tunmod.open_tun("pvmq0", multi_queue=True)
+    q2 = tunmod.open_tun("pvmq0", multi_queue=True)
+    out["distinct_fds"] = q1.fileno() != q2.fileno()
+    q1.close()
+    out["exists_with_one_queue"] = netconf.link_exists("pvmq0")
+    q2.close()
+    out["exists_after_all_closed"] = netconf.link_exists("pvmq0")
+
+    single = tunmod.open_tun("pvbusy0")
+    try:
+        tunmod.open_tun("pvbusy0")
+        out["busy"] = None
+    except tunmod.TunError as exc:
+        out["busy"] = [exc.errno, str(exc)]
+    single.close()
+    try:
+        single.read_batch(1)
+        out["closed_read"] = None
+    except tunmod.TunError as exc:
+        out["closed_read"] = exc.errno
+
+    os.setgid(65534)
+    os.setuid(65534)  # this helper process only: no CAP_NET_ADMIN any more
+    try:
+        tunmod.open_tun("pveperm0")
+        out["eperm"] = None
+    except tunmod.TunError as exc:
+        out["eperm"] = [exc.errno, str(exc), isinstance(exc, OSError)]
+    return out
+
+
+def _scenario_udp_receiver(port: int, count: int, gro: bool) -> dict[str, Any]:
+    """Bind dual-stack, collect ``count`` datagrams (bounded), report what arrived."""
+    from tunnel.udp import UdpSocket
+
+    sock = UdpSocket.bind(None, port, family="dual", gro=gro)
+    print("READY", flush=True)
+    got: list[list[Any]] = []
+    deadline = time.monotonic() + 10
+    while sum(len(g[0]) for g in got) < count and time.monotonic() < deadline:
+        if _wait_readable(sock.fileno(), 0.2):
+            for dgrams, addr in sock.recv_batch(256):
+                got.append([[len(d) for d in dgrams], list(addr), [d[:1].hex() for d in dgrams]])
+    out = {"got": got, "gro": sock.gro, "gro_buffers": sock.gro_buffers}
+    sock.close()
+    return out
+
+
+def _scenario_udp_sender(dst: str, ports: list[int], sizes: list[int]) -> dict[str, Any]:
+    from tunnel.udp import UdpSocket
+
+    sock = UdpSocket.bind(None, 0, family="v4")
+    dgrams = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+    for port in ports:
+        sock.send_batch((dst, port), dgrams)
+    out = {"gso": sock.gso, "gso_sends": sock.gso_sends, "errors": dict(sock.errors), "dropped": sock.dropped}
+    sock.close()
+    return out
+
+
+# -- TUN tests ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("vnet_hdr", [False, True], ids=["plain", "vnet_hdr"])
+def test_tun_packets_both_ways(netns_factory: Any, vnet_hdr: bool) -> None:
+    ns = netns_factory("tun")
+    r = _in_ns(ns, _scenario_tun_roundtrip, vnet_hdr=vnet_hdr)
+    assert r["name"] == "pvt0" and r["mtu"] == 1420 and r["vnet_hdr"] is vnet_hdr
+    if vnet_hdr:
+        assert {"csum", "tso4", "tso6"} <= set(r["offloads"])
+    else:
+        assert r["offloads"] == []
+    assert all(isinstance(p, str) for p in r["empty_read"])  # a list came back, no exception
+    assert r["v4_out"][:2] == ["198.19.0.1", "198.19.1.7"] and r["v4_out"][3:] == [9999, "to-the-tun-v4"]
+    assert r["v6_out"][:2] == ["fd00:19::1", "fd00:19::7"] and r["v6_out"][4] == "to-the-tun-v6"
+    assert r["v4_in"] == ["from-the-tun-v4", "198.19.1.7", 9999]
+    assert r["v6_in"] == ["from-the-tun-v6", "fd00:19::7", 9999]
+    assert r["v4_written"] == 1 and r["v6_written"] == 1  # the junk packet was counted, not raised
+    assert r["write_errors"] == {"EINVAL": 2}
+    assert r["exists_after_close"] is False
+
+
+@pytest.mark.root
+def test_tun_tso_yields_super_packets(netns_factory: Any) -> None:
+    ns = netns_factory("tso")
+    r = _in_ns(ns, _scenario_tso_superpacket)
+    assert r["vnet_hdr"] and "tso4" in r["offloads"]
+    assert r["biggest"] > 1420, r
+    assert r["biggest"] <= 65535
+    assert 1 in r["gso_types"]  # VIRTIO_NET_HDR_GSO_TCPV4
+    assert max(r["gso_sizes"]) <= 1380
+
+
+@pytest.mark.root
+def test_tun_offload_fallbacks_and_cleanup(netns_factory: Any) -> None:
+    ns = netns_factory("tunfb")
+    r = _in_ns(ns, _scenario_fallbacks)
+    assert r["no_uso"] == [True, ["csum", "tso4", "tso6"]]
+    vnet, offloads, reason, mtu = r["refused"]
+    assert vnet is False and offloads == [] and "refused" in reason and mtu == 1380
+    assert r["refused_exists"] and r["refused_reads_plain_ip"] and r["gone_after_close"]
+    assert r["mtu_error"] is not None and r["mtu_error"][0] == errno.EINVAL and "pvtap0" in r["mtu_error"][1]
+    assert r["tap_left_behind"] is False
+    assert r["tap"] == [9000, False]
+
+
+@pytest.mark.root
+def test_tun_multi_queue_busy_closed_and_eperm(netns_factory: Any) -> None:
+    ns = netns_factory("tunmq")
+    r = _in_ns(ns, _scenario_multi_queue_and_errors)
+    assert r["distinct_fds"] and r["exists_with_one_queue"] and not r["exists_after_all_closed"]
+    assert r["busy"][0] == errno.EBUSY and "in use" in r["busy"][1]
+    assert r["closed_read"] == errno.EBADF
+    assert r["eperm"][0] in (errno.EPERM, errno.EACCES) and "CAP_NET_ADMIN" in r["eperm"][1] and r["eperm"][2]
+
+
+def test_tun_missing_clone_device_is_a_clear_error(tmp_path: Path) -> None:
+    from tunnel.tun import TunError, open_tun
+
+    with pytest.raises(TunError) as info:
+        open_tun("pvnone0", dev_path=str(tmp_path / "no-such-tun"))
+    assert info.value.errno == errno.ENOENT and "does not exist" in str(info.value)
+    with pytest.raises(ValueError):
+        open_tun("a-name-longer-than-15")
+    with pytest.raises(ValueError):
+        open_tun("pvx0", mtu=10)
+
+
+# -- UDP over loopback (no root) ------------------------------------------------------------------------------
+
+
+def _drain(sock: UdpSocket, want: int, timeout: float = 3.0) -> list[tuple[list[bytes], tuple[str, int]]]:
+    out: list[tuple[list[bytes], tuple[str, int]]] = []
+    deadline = time.monotonic() + timeout
+    while sum(len(d) for d, _ in out) < want and time.monotonic() < deadline:
+        if _wait_readable(sock.fileno(), 0.1):
+            out.extend(sock.recv_batch(1024))
+    return out
+
+
+def _flat(batches: list[tuple[list[bytes], tuple[str, int]]]) -> list[bytes]:
+    return [d for ds, _ in batches for d in ds]
+
+
+@pytest.fixture
+def udp_sockets() -> Any:
+    made: list[UdpSocket] = []
+
+    def make(*args: Any, **kwargs: Any) -> UdpSocket:
+        s = UdpSocket.bind(*args, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_gso_send_arrives_as_individual_datagrams_at_a_plain_receiver(udp_sockets: Any) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    rx = udp_sockets("127.0.0.1", 0, family="v4", gro=False)
+    if not tx.gso:
+        pytest.skip("kernel without UDP GSO")
+    dgrams = [bytes([i]) * 1200 for i in range(20)] + [b"\xee" * 333]
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    assert tx.gso_sends == 1 and tx.dropped == 0
+    got = _drain(rx, len(dgrams))
+    assert _flat(got) == dgrams
+    assert [addr for _, addr in got] == [("127.0.0.1", tx.port)]  # one entry: one source
+    assert rx.gro_buffers == 0
+
+
+def test_gro_receive_splits_coalesced_buffers(udp_sockets: Any) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    rx = udp_sockets("127.0.0.1", 0, family="v4", gro=True)
+    if not (tx.gso and rx.gro):
+        pytest.skip("kernel without UDP GSO/GRO")
+    dgrams = [bytes([i]) * 1000 for i in range(30)] + [b"\x01" * 10]
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    got = _drain(rx, len(dgrams))
+    assert _flat(got) == dgrams
+    assert rx.gro_buffers >= 1  # loopback hands the GSO buffer over whole; we cut it
+
+
+def test_send_runs_respect_gso_limits_and_order(udp_sockets: Any) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    rx = udp_sockets("127.0.0.1", 0, family="v4")
+    if not tx.gso:
+        pytest.skip("kernel without UDP GSO")
+    # 100 x 1200: 54 fit in 65507 bytes -> 2 calls; 200 x 100: 64 segments max -> 4 calls
+    tx.send_batch(("127.0.0.1", rx.port), [b"a" * 1200] * 100)
+    assert tx.gso_sends == 2
+    tx.send_batch(("127.0.0.1", rx.port), [b"b" * 100] * 200)
+    assert tx.gso_sends == 6
+    assert _flat(_drain(rx, 300)) == [b"a" * 1200] * 100 + [b"b" * 100] * 200
+    # mixed sizes: a shorter datagram ends a run, bigger ones start a new one, empty ones go alone
+    mixed = [b"1" * 500, b"2" * 500, b"3" * 700, b"4" * 700, b"5" * 700, b"6" * 100, b"", b"7" * 5, b"8" * 5]
+    tx.send_batch(("127.0.0.1", rx.port), mixed)
+    assert _flat(_drain(rx, len(mixed))) == mixed
+    assert tx.dropped == 0 and not tx.errors
+
+
+def test_without_gso_each_datagram_is_sent_alone(udp_sockets: Any) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4", gso=False)
+    rx = udp_sockets("127.0.0.1", 0, family="v4", gro=False)
+    assert tx.gso is False
+    dgrams = [b"z" * 1000] * 10
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    assert tx.gso_sends == 0
+    assert _flat(_drain(rx, 10)) == dgrams
+
+
+def test_recv_batch_is_bounded_and_groups_sources(udp_sockets: Any) -> None:
+    rx = udp_sockets("127.0.0.1", 0, family="v4", gro=False)
+    a = udp_sockets("127.0.0.1", 0, family="v4", gso=False)
+    b = udp_sockets("127.0.0.1", 0, family="v4", gso=False)
+    a.send_batch(("127.0.0.1", rx.port), [b"a1", b"a2"])
+    b.send_batch(("127.0.0.1", rx.port), [b"b1"])
+    a.send_batch(("127.0.0.1", rx.port), [b"a3"] * 20)
+    assert _wait_readable(rx.fileno(), 2)
+    first = rx.recv_batch(3)
+    assert first == [([b"a1", b"a2"], ("127.0.0.1", a.port)), ([b"b1"], ("127.0.0.1", b.port))]
+    rest = _drain(rx, 20)
+    assert _flat(rest) == [b"a3"] * 20
+    assert rx.recv_batch(10) == []
+
+
+def test_dual_stack_normalizes_v4_peers_and_sends_back(udp_sockets: Any) -> None:
+    rx = udp_sockets(None, 0, family="dual")
+    v4 = udp_sockets("127.0.0.1", 0, family="v4")
+    v6 = udp_sockets("::1", 0, family="v6")
+    v4.send_batch(("127.0.0.1", rx.port), [b"from-v4"])
+    v6.send_batch(("::1", rx.port), [b"from-v6"])
+    got = _drain(rx, 2)
+    assert sorted((d[0], addr) for d, addr in got) == [
+        (b"from-v4", ("127.0.0.1", v4.port)),
+        (b"from-v6", ("::1", v6.port)),
+    ]
+    assert rx.to_sockaddr(("127.0.0.1", v4.port)) == ("::ffff:127.0.0.1", v4.port, 0, 0)
+    rx.send_batch(("127.0.0.1", v4.port), [b"r" * 900] * 5 + [b"s"])  # GSO through a mapped address
+    assert _flat(_drain(v4, 6)) == [b"r" * 900] * 5 + [b"s"]
+    rx.send_batch(("::1", v6.port), [b"six"])
+    assert _flat(_drain(v6, 1)) == [b"six"]
+    assert rx.local_addr[1] == rx.port and rx.dropped == 0
+
+
+def test_addresses_are_checked_against_the_family(udp_sockets: Any) -> None:
+    v4 = udp_sockets("127.0.0.1", 0, family="v4")
+    v6 = udp_sockets("::1", 0, family="v6")
+    dual = udp_sockets(None, 0, family="dual")
+    for sock, addr in [
+        (v4, ("::1", 9)),
+        (v6, ("127.0.0.1", 9)),
+        (v6, ("::ffff:127.0.0.1", 9)),
+        (dual, ("localhost", 9)),
+        (dual, ("127.0.0.1", 0)),
+        (dual, ("127.0.0.1", 70000)),
+        (dual, "127.0.0.1:9"),
+        (dual, None),
+    ]:
+        with pytest.raises(AddressError):
+            sock.send_batch(addr, [b"x"])
+    with pytest.raises(AddressError):
+        UdpSocket.bind("::1", 0, family="v4")
+    with pytest.raises(ValueError):
+        UdpSocket.bind(None, 0, family="v5")  # type: ignore[arg-type]
+    with pytest.raises(UdpError) as info:
+        UdpSocket.bind("127.0.0.1", v4.port, family="v4")
+    assert info.value.errno == errno.EADDRINUSE
+
+
+class _FailingSocket:
+    """Wraps a real socket; sendto/sendmsg raise a chosen errno a given number of times."""
+
+    def __init__(self, sock: socket.socket, *, sendmsg_errno: int | None = None,
+                 sendto_errno: int | None = None, times: int = 10**9) -> None:
+        self._sock, self.sendmsg_errno, self.sendto_errno, self.times = sock, sendmsg_errno, sendto_errno, times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendmsg(self, *args: Any) -> int:
+        if self.sendmsg_errno is not None and self.times > 0:
+            self.times -= 1
+            raise OSError(self.sendmsg_errno, os.strerror(self.sendmsg_errno))
+        return self._sock.sendmsg(*args)
+
+    def sendto(self, *args: Any) -> int:
+        if self.sendto_errno is not None:
+            raise OSError(self.sendto_errno, os.strerror(self.sendto_errno))
+        return self._sock.sendto(*args)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOPROTOOPT, errno.EINVAL])
+def test_gso_refusal_switches_gso_off_without_losing_the_run(udp_sockets: Any, code: int) -> None:
+    """EIO/ENOPROTOOPT always, EINVAL before any GSO send worked: GSO goes off, the run is re-sent plainly."""
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    rx = udp_sockets("127.0.0.1", 0, family="v4")
+    if not tx.gso:
+        pytest.skip("kernel without UDP GSO")
+    tx._sock = _FailingSocket(tx._sock, sendmsg_errno=code)
+    dgrams = [b"g" * 1000] * 8
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    assert tx.gso is False and tx.errors["send:gso_disabled"] == 1
+    assert _flat(_drain(rx, 8)) == dgrams and tx.dropped == 0
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)  # now plain sendto
+    assert _flat(_drain(rx, 8)) == dgrams
+
+
+def test_einval_after_gso_worked_only_falls_back_for_that_run(udp_sockets: Any) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    rx = udp_sockets("127.0.0.1", 0, family="v4")
+    if not tx.gso:
+        pytest.skip("kernel without UDP GSO")
+    dgrams = [b"k" * 1000] * 4
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    tx._sock = _FailingSocket(tx._sock, sendmsg_errno=errno.EINVAL, times=1)
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    assert tx.gso and tx.errors["send:gso_einval"] == 1
+    tx.send_batch(("127.0.0.1", rx.port), dgrams)
+    assert tx.gso_sends == 2
+    assert _flat(_drain(rx, 12)) == dgrams * 3
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.ENOBUFS, errno.EPERM, errno.EHOSTUNREACH])
+def test_send_failures_are_counted_not_raised(udp_sockets: Any, code: int) -> None:
+    tx = udp_sockets("127.0.0.1", 0, family="v4")
+    tx._sock = _FailingSocket(tx._sock, sendmsg_errno=code, sendto_errno=code)
+    tx.send_batch(("127.0.0.1", 9), [b"q" * 100] * 5 + [b"single" * 50])
+    assert tx.dropped == 6
+    assert sum(n for k, n in tx.errors.items() if k == f"send:{errno.errorcode[code]}") >= 2
+    tx._sock = _FailingSocket(tx._sock._sock, sendto_errno=errno.EBADF)
+    with pytest.raises(OSError):  # a programming error is not swallowed
+        tx.send_batch(("127.0.0.1", 9), [b"x"])
+
+
+def test_icmp_errors_are_swallowed_and_counted(udp_sockets: Any) -> None:
+    """Even a connected socket (which pyvpn never makes) does not break recv_batch on ICMP errors."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.connect(("127.0.0.1", dead_port))
+    sock = UdpSocket(raw, family="v4")
+    try:
+        for _ in range(3):
+            raw.send(b"ping")
+            deadline = time.monotonic() + 2
+            before = sum(sock.errors.values())
+            while sum(sock.errors.values()) == before and time.monotonic() < deadline:
+                assert sock.recv_batch(8) == []
+                time.sleep(0.01)
+        assert sock.errors["recv:ECONNREFUSED"] == 3
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("flavour", ["asyncio", "uvloop"])
+def test_unconnected_socket_keeps_receiving_after_icmp_unreachable(udp_sockets: Any, flavour: str) -> None:
+    loop = uvloop.new_event_loop() if flavour == "uvloop" else asyncio.new_event_loop()
+    me = udp_sockets("127.0.0.1", 0, family="v4")
+    peer = udp_sockets("127.0.0.1", 0, family="v4")
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    dead = ("127.0.0.1", closed.getsockname()[1])
+    closed.close()
+    got: list[bytes] = []
+    wakeups = 0
+
+    def on_readable() -> None:
+        nonlocal wakeups
+        wakeups += 1
+        for dgrams, _ in me.recv_batch(64):
+            got.extend(dgrams)
+
+    async def main() -> None:
+        me.attach(asyncio.get_running_loop(), on_readable)
+        for i in range(3):
+            me.send_batch(dead, [b"nobody-home"] * 3)  # each draws an ICMP port unreachable
+            await asyncio.sleep(0.02)
+            peer.send_batch(("127.0.0.1", me.port), [f"still-alive-{i}".encode()])
+            deadline = time.monotonic() + 3
+            while len(got) <= i and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        me.detach()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        me.detach()
+        loop.close()
+    assert got == [b"still-alive-0", b"still-alive-1", b"still-alive-2"]
+    assert me.dropped == 0 and wakeups >= 3
+
+
+def test_close_is_idempotent_and_final(udp_sockets: Any) -> None:
+    s = UdpSocket.bind("127.0.0.1", 0, family="v4")
+    loop = asyncio.new_event_loop()
+    try:
+        s.attach(loop, lambda: None)
+        s.close()
+        s.close()
+        assert s.closed
+        with pytest.raises(UdpError):
+            s.recv_batch(1)
+        with pytest.raises(UdpError):
+            s.fileno()
+    finally:
+        loop.close()
+
+
+# -- UDP across a veth between two namespaces (root) ---------------------------------------------------------
+
+
+@pytest.mark.root
+def test_gso_across_veth_to_plain_and_gro_receivers(netns_factory: Any) -> None:
+    from netns import veth  # type: ignore[import-not-found, unused-ignore]  # tests/netns.py via conftest
+
+    a, b = netns_factory("udpa"), netns_factory("udpb")
+    veth(a, "va", b, "vb")
+    a.run("ip addr add 198.18.0.1/24 dev va")
+    b.run("ip addr add 198.18.0.2/24 dev vb")
+    sizes = [1200] * 40 + [77]
+    receivers = []
+    for port, gro in ((40001, False), (40002, True)):
+        p = subprocess.Popen(
+            b.argv(_helper_argv(_scenario_udp_receiver, port=port, count=len(sizes), gro=gro)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        b.procs.append(p)  # Netns.close() kills and reaps it
+        receivers.append(p)
+    for p in receivers:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.strip() == "READY", line
+    sent = _in_ns(a, _scenario_udp_sender, dst="198.18.0.2", ports=[40001, 40002], sizes=sizes)
+    assert sent["dropped"] == 0 and not sent["errors"]
+    results = []
+    for p in receivers:
+        out, _ = p.communicate(timeout=20)
+        results.append(_result(out))
+    for r in results:
+        lengths = [n for g in r["got"] for n in g[0]]
+        firsts = [h for g in r["got"] for h in g[2]]
+        assert lengths == sizes
+        assert firsts == [f"{i % 256:02x}" for i in range(len(sizes))]
+        assert {g[1][0] for g in r["got"]} == {"198.18.0.1"}  # dual-stack socket, normalized
+    if sent["gso"]:
+        assert sent["gso_sends"] == 2
+        assert results[0]["gro_buffers"] == 0
+        if results[1]["gro"]:
+            assert results[1]["gro_buffers"] >= 1  # veth carried the GSO buffer; the receiver cut it
