@@ -288,11 +288,30 @@ def test_flow_src_port_is_stable_per_flow_and_in_range() -> None:
     a1 = flow_src_port(ipv4_udp_frame(1000, 53, b"one"))
     assert a1 == flow_src_port(ipv4_udp_frame(1000, 53, b"another payload"))
     assert a1 == flow_src_port(ipv4_udp_frame(1000, 53, b"x", tag=bytes.fromhex("81000064")))
+    first_fragment = bytearray(ipv4_udp_frame(1000, 53, b"one"))
+    first_fragment[20] = 0x20  # MF
+    other = bytearray(ipv4_udp_frame(2000, 53, b"one"))
+    other[20] = 0x20
+    assert flow_src_port(first_fragment) == flow_src_port(other) != a1  # no ports in fragments
     ports = {flow_src_port(ipv4_udp_frame(sport, 53, b"")) for sport in range(1000, 1200)}
     assert len(ports) > 150  # flows spread
     assert all(49152 <= p <= 65535 for p in ports)
+    assert a1 == flow_src_port(ipv4_udp_frame(1000, 53, b"x", tag=bytes.fromhex("88a8000a 81000064")))
     p = encap_ip(ipv4_udp_frame(1000, 53, b"one"), vni=1, src_ip=SRC4, dst_ip=DST4)
     assert int.from_bytes(p[20:22], "big") == a1
+
+
+def ipv6_udp_frame(sport: int, payload: bytes) -> bytes:
+    ip = struct.pack("!IHBB16s16s", 6 << 28, 8 + len(payload), 17, 64, SRC6, DST6)
+    return bytes(12) + b"\x86\xdd" + ip + struct.pack("!HHHH", sport, 4242, 8 + len(payload), 0) + payload
+
+
+def test_flow_src_port_ipv6_and_non_ip() -> None:
+    assert flow_src_port(ipv6_udp_frame(7, b"a")) == flow_src_port(ipv6_udp_frame(7, b"bcd"))
+    assert len({flow_src_port(ipv6_udp_frame(sport, b"")) for sport in range(200)}) > 150
+    arp = bytes.fromhex("ffffffffffff 020000000001 0806") + bytes(28)
+    assert flow_src_port(arp) == flow_src_port(arp[:14] + bytes(range(28)))  # MACs + EtherType only
+    assert flow_src_port(arp) != flow_src_port(bytes.fromhex("ffffffffffff 020000000002 0806") + bytes(28))
 
 
 @given(st.binary(max_size=120))

@@ -94,9 +94,7 @@ _IPPROTO_TCP = 6
 _IPPROTO_SCTP = 132
 _IPPROTO_UDPLITE = 136
 _PORTED_PROTOCOLS = frozenset({_IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP, _IPPROTO_UDPLITE})
-_ETH_P_IPV4 = 0x0800
-_ETH_P_IPV6 = 0x86DD
-_VLAN_TPIDS = frozenset({0x8100, 0x88A8})  # 802.1Q C-tag, 802.1ad S-tag
+_VLAN_TPID_BYTES = (b"\x81\x00", b"\x88\xa8")  # 802.1Q C-tag, 802.1ad S-tag (BE)
 _IPV4_DF = 0x4000
 _IPV4_MF_OFFSET = 0x3FFF  # MF flag and fragment offset
 _IPV4_DEFAULT_TTL = 64
@@ -110,7 +108,6 @@ _OUTER_V4 = IPV4_HEADER_SIZE + UDP_HEADER_SIZE + VXLAN_HEADER_SIZE  # 36
 _OUTER_V6 = IPV6_HEADER_SIZE + UDP_HEADER_SIZE + VXLAN_HEADER_SIZE  # 56
 _MAX_IPV4_TOTAL = 0xFFFF
 _MAX_UDP_LENGTH = 0xFFFF
-_FLOW_HEAD = 2 * VLAN_TAG_SIZE + ETH_HEADER_SIZE + 60 + 4  # bytes flow_src_port may look at
 
 
 class VxlanError(ValueError):
@@ -185,33 +182,31 @@ def flow_src_port(frame: bytes | bytearray | memoryview) -> int:
     """A UDP source port in 49152–65535 derived from the inner frame's flow (RFC 7348 §5).
 
     IPv4/IPv6 frames (behind up to two VLAN tags) hash the protocol, the addresses and, for TCP/UDP/SCTP/
-    UDP-Lite first fragments, the ports; other frames hash the MACs and EtherType.  CRC-32 is stable across
+    UDP-Lite, the ports, except in IPv4 fragments (so all fragments of a datagram share a port, as with
+    Linux's flow dissector); other frames hash the MACs and EtherType.  CRC-32 is stable across
     processes (unlike ``hash()``), so a flow keeps its port for the life of the peer.
 
     :param frame: the inner Ethernet frame; any length (short frames hash what there is).
     """
-    head = bytes(frame[:_FLOW_HEAD])  # two tags + Ethernet + IPv4 with options + ports all fit
-    off = 12
-    ethertype = _U16.unpack_from(head, off)[0] if len(head) >= ETH_HEADER_SIZE else 0
-    for _ in range(2):
-        if ethertype in _VLAN_TPIDS and len(head) >= off + 2 * VLAN_TAG_SIZE:
-            off += VLAN_TAG_SIZE
-            ethertype = _U16.unpack_from(head, off)[0]
-    l3 = off + 2
-    if ethertype == _ETH_P_IPV4 and len(head) >= l3 + IPV4_HEADER_SIZE:
-        proto = head[l3 + 9]
-        key = head[l3 + 9 : l3 + 10] + head[l3 + 12 : l3 + 20]
-        ihl = (head[l3] & 0x0F) * 4
-        if proto in _PORTED_PROTOCOLS and not _U16.unpack_from(head, l3 + 6)[0] & 0x1FFF:
-            key += head[l3 + ihl : l3 + ihl + 4]
-    elif ethertype == _ETH_P_IPV6 and len(head) >= l3 + IPV6_HEADER_SIZE:
-        proto = head[l3 + 6]
-        key = head[l3 + 6 : l3 + 7] + head[l3 + 8 : l3 + 40]
+    n = len(frame)
+    ethertype = frame[12:14]
+    l3 = ETH_HEADER_SIZE
+    while ethertype in _VLAN_TPID_BYTES and l3 <= ETH_HEADER_SIZE + VLAN_TAG_SIZE and n >= l3 + VLAN_TAG_SIZE:
+        ethertype = frame[l3 + 2 : l3 + 4]
+        l3 += VLAN_TAG_SIZE
+    if ethertype == b"\x08\x00" and n >= l3 + IPV4_HEADER_SIZE:
+        proto = frame[l3 + 9]
+        h = zlib.crc32(frame[l3 + 12 : l3 + 20], proto)  # addresses, seeded with the protocol
+        if proto in _PORTED_PROTOCOLS and not (frame[l3 + 6] & 0x3F or frame[l3 + 7]):  # MF, offset: fragment
+            ports = l3 + (frame[l3] & 0x0F) * 4
+            h = zlib.crc32(frame[ports : ports + 4], h)
+    elif ethertype == b"\x86\xdd" and n >= l3 + IPV6_HEADER_SIZE:
+        proto = frame[l3 + 6]
+        h = zlib.crc32(frame[l3 + 8 : l3 + 40], proto)
         if proto in _PORTED_PROTOCOLS:
-            key += head[l3 + 40 : l3 + 44]
+            h = zlib.crc32(frame[l3 + 40 : l3 + 44], h)
     else:
-        key = head[:ETH_HEADER_SIZE]
-    h = zlib.crc32(key)
+        h = zlib.crc32(frame[:ETH_HEADER_SIZE])
     return SOURCE_PORT_MIN | ((h ^ (h >> 16)) & 0x3FFF)
 
 
