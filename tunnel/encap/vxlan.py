@@ -19,7 +19,7 @@ Choices, with their reasons
 * **Reserved bits on receipt.**  RFC 7348 §5 says the 7 R flag bits and the 24 + 8 reserved bits "MUST be set
   to zero on transmission and ignored on receipt".  Linux diverges on purpose: ``vxlan_rcv`` drops a header
   that uses any bit not enabled by the device's configuration (``SKB_DROP_REASON_VXLAN_INVALID_HDR``; made
-  configurable as ``reserved_bits`` in Linux 6.14, strict by default; ``tests/netns/test_vxlan_kernel.py``
+  configurable as ``reserved_bits`` in early 2025, still strict by default; ``tests/netns/test_vxlan_kernel.py``
   checks this on the running kernel).  We follow the RFC by default (only the I flag is required) and offer
   ``strict=True`` for the Linux behaviour.  We always transmit zeros, so either choice interoperates.
 * **UDP checksum.**  RFC 7348 §5: over IPv4 it "SHOULD be transmitted as zero" and a zero checksum "MUST be
@@ -37,8 +37,10 @@ Choices, with their reasons
   spread over a stock Linux receiver's RSS/GRO.  Inside WireGuard the outer datagram is encrypted, so this
   entropy gives no ECMP benefit in the underlay; a fixed ``src_port`` works as well.
 * **DF and fragments.**  RFC 7348 §4.3: "VTEPs MUST NOT fragment VXLAN packets" and "the destination VTEP
-  MAY silently discard such VXLAN fragments".  :func:`encap_ip` sets DF by default and :func:`decap_ip`
-  rejects fragments (no reassembly).  Size frames with :func:`mtu_for_tap`.
+  MAY silently discard such VXLAN fragments".  :func:`encap_ip` sets DF by default (Linux's vxlan leaves it
+  clear unless ``df set``; ``df=False`` matches) and :func:`decap_ip` rejects fragments (no reassembly).
+  Size frames with :func:`mtu_for_tap`.
+* **ECN/DSCP** are not copied from the inner packet (Linux copies inner ECN per RFC 6040); pass ``tos``.
 * **IPv6 extension headers** are not walked: the next header must be UDP (Linux sends none).
 """
 
