@@ -719,6 +719,9 @@ class Core:
             raise HandshakeFlood("initiations from this peer come faster than 50 per second")
         tunnel.last_timestamp = timestamp
         tunnel.last_initiation_consumed = now
+        # As wireguard-go's SendHandshakeResponse: a response counts as a sent handshake, so data
+        # staged before the initiator confirms the session does not start a crossing initiation.
+        tunnel.last_sent_handshake = now
         tunnel._drop_handshake()
         # e, ee, se, psk: the response
         local_index = self._allocate_index()
