@@ -254,8 +254,16 @@ class Tunnel:
             self.initiate(now=now)
 
     def send_keepalive(self, *, now: float) -> None:
-        """Send an empty transport message (or stage one and start a handshake)."""
-        self.encapsulate([] if self.staged else [b""], now=now, keepalive=True)
+        """Send an empty transport message (or stage one and start a handshake).
+
+        Staged packets go instead when there are any; they are data, so they start the
+        new-handshake timer like any other data (wireguard-go calls timersDataSent for every
+        non-keepalive packet it sends, staged ones included).
+        """
+        if self.staged:
+            self.encapsulate([], now=now, keepalive=not any(self.staged))
+        else:
+            self.encapsulate([b""], now=now, keepalive=True)
 
     def _stage(self, packets: list[bytes]) -> None:
         staged = self.staged
