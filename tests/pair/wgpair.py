@@ -189,6 +189,8 @@ class Pair:
                 filter_ba: Filter | None = None, max_steps: int = 10_000) -> None:
         """Move the clock forward by ``dt``, stopping at every timer deadline on the way."""
         target = self.clock.now + dt
+        if deliver:
+            self.roundtrip(filter_ab=filter_ab, filter_ba=filter_ba)
         for _ in range(max_steps):
             deadlines = [t for t in (self.a.core.next_timer(), self.b.core.next_timer()) if t is not None]
             due = [t for t in deadlines if t <= target]
