@@ -1,0 +1,405 @@
+"""The device: wires a tun, a UDP socket and the protocol core together on an asyncio loop.
+
+Flow (one wakeup each, level-triggered readers, bounded batches so neither direction starves):
+
+1. tun readable → read a batch → look up each destination in AllowedIPs → group by peer →
+   ``Tunnel.encapsulate(batch)`` → send the core's outbox (one ``send_batch`` per endpoint).
+2. UDP readable → receive a batch per source → ``Core.decapsulate`` → for each inner packet,
+   the source must route back to the same peer (the cryptokey ACL; otherwise dropped as
+   ``spoofed_source``) → a destination owned by another peer is forwarded there directly
+   (``forward``), everything else is written to the tun in one batch → send the outbox.
+3. Timer → ``Core.handle_timer`` → send the outbox; the timer is re-armed at the core's
+   next deadline.
+
+Every drop is counted by reason in :attr:`Device.drops` (device-level), ``Core.drops``
+(protocol-level) or ``Peer.drops``; :meth:`Device.drop_counts` merges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from crypto.keys import abbreviate
+from crypto.tunnel import (
+    Core,
+    EndpointChanged,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    HandshakeInitiated,
+    KeysZeroed,
+    Tunnel,
+)
+
+from .allowedips import AllowedIPs
+from .peer import Peer
+
+log = logging.getLogger("pyvpn.device")
+
+BATCH = 256  # packets per wakeup and direction
+Endpoint = tuple[str, int]
+
+
+class PacketDevice(Protocol):
+    name: str
+    mtu: int
+
+    def fileno(self) -> int: ...
+    def read_batch(self, max_packets: int) -> list[bytes]: ...
+    def write_batch(self, packets: list[bytes]) -> int: ...
+    def close(self) -> None: ...
+
+
+class DatagramSocket(Protocol):
+    port: int
+
+    def fileno(self) -> int: ...
+    def recv_batch(self, max_datagrams: int) -> list[tuple[list[bytes], Any]]: ...
+    def send_batch(self, addr: Any, datagrams: list[bytes]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Device:
+    """One pyvpn interface.
+
+    :param tun: the L3 packet device (a real tun, or :mod:`tunnel.testing`'s fake).
+    :param udp: the UDP socket (real or fake).
+    :param private_key: our static key, or None until set (``pyvpn-wg`` before ``wg setconf``).
+    :param forward: forward peer-to-peer packets inside the daemon (hub mode).
+    :param rng: source of randomness for the core.
+    """
+
+    def __init__(self, *, tun: PacketDevice, udp: DatagramSocket, private_key: bytes | None,
+                 mtu: int | None = None, forward: bool = True,
+                 rng: Callable[[int], bytes] = os.urandom) -> None:
+        self.tun = tun
+        self.udp = udp
+        self.name = tun.name
+        self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu)
+        self.allowed = AllowedIPs()
+        self.peers: dict[bytes, Peer] = {}
+        self.forward = forward
+        self.drops: Counter[str] = Counter()
+        self.fwmark = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self.stopped: asyncio.Event | None = None  # created in start()
+        self.on_housekeeping: list[Callable[[], None]] = []
+        self.started_wall = time.time()
+
+    # -- peers -----------------------------------------------------------------------------
+    @property
+    def listen_port(self) -> int:
+        return self.udp.port
+
+    def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
+                 allowed_ips: Iterable[str] = (), endpoint: Endpoint | None = None,
+                 persistent_keepalive: int = 0, name: str | None = None) -> Peer:
+        t = self.core.add_peer(public_key, preshared_key=preshared_key, endpoint=endpoint,
+                               persistent_keepalive=persistent_keepalive)
+        peer = Peer(t, [], name)
+        t.user = peer
+        self.peers[public_key] = peer
+        self.set_allowed_ips(peer, allowed_ips)
+        if persistent_keepalive and self._loop is not None:
+            t.set_persistent_keepalive(persistent_keepalive, now=self._loop.time())
+            self._flush()
+        peer.log.info("added%s", f" ({name})" if name else "")
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed.remove_value(peer.tunnel)
+        self.core.remove_peer(public_key)
+        peer.log.info("removed")
+
+    def set_allowed_ips(self, peer: Peer, networks: Iterable[str], *, replace: bool = True) -> None:
+        if replace:
+            self.allowed.remove_value(peer.tunnel)
+            peer.allowed_ips = []
+        for net in networks:
+            self.allowed.insert(net, peer.tunnel)
+        # Another peer may have taken one of these prefixes; keep every peer's list in step.
+        for p in self.peers.values():
+            p.allowed_ips = self.allowed.entries(p.tunnel)
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
+        now = self._loop.time() if self._loop is not None else time.monotonic()
+        peer.tunnel.set_persistent_keepalive(interval, now=now)
+        self._flush()
+
+    def set_private_key(self, key: bytes) -> None:
+        self.core.set_private_key(key)
+        self.peers = {k: p for k, p in self.peers.items() if k in self.core.peers}
+
+    def rebind(self, port: int) -> None:
+        """Listen on another UDP port (UAPI ``listen_port``); the old socket closes."""
+        from tunnel.udp import UdpSocket
+
+        new = UdpSocket.bind(None, port, family="dual")
+        old = self.udp
+        if self._loop is not None:
+            self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(new.fileno(), self._on_udp)
+        self.udp = new
+        if self.fwmark:
+            self.set_fwmark(self.fwmark)
+        old.close()
+
+    def set_fwmark(self, mark: int) -> None:
+        import socket as _socket
+
+        self.fwmark = mark
+        with _socket.socket(fileno=os.dup(self.udp.fileno())) as s:
+            try:
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_MARK, mark)
+            except OSError as e:
+                log.warning("%s: cannot set fwmark %#x: %s", self.name, mark, e)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Attach the readers and timers to ``loop`` (the running loop by default)."""
+        loop = loop or asyncio.get_running_loop()
+        self._loop = loop
+        self.stopped = asyncio.Event()
+        self.core.wall_offset = time.time() - loop.time()
+        loop.add_reader(self.tun.fileno(), self._on_tun)
+        loop.add_reader(self.udp.fileno(), self._on_udp)
+        now = loop.time()
+        for peer in self.peers.values():
+            if peer.tunnel.persistent_keepalive:
+                peer.tunnel.set_persistent_keepalive(peer.tunnel.persistent_keepalive, now=now)
+        self._flush()
+        self._housekeeping = loop.call_later(1.0, self._on_housekeeping)
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        for fd in (self.tun.fileno(), self.udp.fileno()):
+            try:
+                loop.remove_reader(fd)
+            except (ValueError, OSError):
+                pass
+        for h in (self._timer, self._housekeeping):
+            if h is not None:
+                h.cancel()
+        self._timer = self._housekeeping = None
+        self._loop = None
+        if self.stopped is not None:
+            self.stopped.set()
+
+    def close(self) -> None:
+        self.stop()
+        self.udp.close()
+        self.tun.close()
+
+    # -- data path -------------------------------------------------------------------------
+    def _on_tun(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            packets = self.tun.read_batch(BATCH)
+        except OSError as e:
+            log.error("%s: reading the tun device failed (%s); stopping", self.name, e)
+            self.stop()
+            return
+        if not packets:
+            return
+        now = loop.time()
+        lookup = self.allowed.lookup
+        by_peer: dict[Tunnel, list[bytes]] = {}
+        drops = self.drops
+        for p in packets:
+            if len(p) < 20:
+                drops["tun_short_packet"] += 1
+                continue
+            v = p[0] >> 4
+            if v == 4:
+                t = lookup(p[16:20])
+            elif v == 6 and len(p) >= 40:
+                t = lookup(p[24:40])
+            else:
+                drops["tun_not_ip"] += 1
+                continue
+            if t is None:
+                drops["no_route"] += 1  # wg: "Required key not available"
+                continue
+            lst = by_peer.get(t)
+            if lst is None:
+                by_peer[t] = [p]
+            else:
+                lst.append(p)
+        for t, lst in by_peer.items():
+            t.encapsulate(lst, now=now)
+        self._flush()
+
+    def _on_udp(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        core = self.core
+        to_tun: list[bytes] = []
+        forwarded: dict[Tunnel, list[bytes]] = {}
+        for datagrams, addr in self.udp.recv_batch(BATCH):
+            for t, packets in core.decapsulate(addr, datagrams, now=now):
+                self._route_inbound(t, packets, to_tun, forwarded)
+        if to_tun:
+            self.tun.write_batch(to_tun)
+        for t, lst in forwarded.items():
+            t.encapsulate(lst, now=now)
+        self._flush()
+
+    def _route_inbound(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
+                       forwarded: dict[Tunnel, list[bytes]]) -> None:
+        lookup = self.allowed.lookup
+        forward = self.forward
+        spoofed = 0
+        for p in packets:
+            if p[0] >> 4 == 4:
+                src, dst = p[12:16], p[16:20]
+            else:
+                src, dst = p[8:24], p[24:40]
+            if lookup(src) is not t:
+                spoofed += 1
+                continue
+            if forward:
+                d = lookup(dst)
+                if d is not None and d is not t:
+                    lst = forwarded.get(d)
+                    if lst is None:
+                        forwarded[d] = [p]
+                    else:
+                        lst.append(p)
+                    continue
+            to_tun.append(p)
+        if spoofed:
+            self.drops["spoofed_source"] += spoofed
+            peer = t.user
+            if isinstance(peer, Peer):
+                peer.drops["spoofed_source"] += spoofed
+
+    # -- outputs and timers ----------------------------------------------------------------
+    def _flush(self) -> None:
+        core = self.core
+        if core.outbox:
+            send = self.udp.send_batch
+            for endpoint, datagrams in core.take_outbox():
+                send(endpoint, datagrams)
+        if core.events:
+            self._log_events()
+        loop = self._loop
+        if loop is None:
+            return
+        nt = core.next_timer()
+        if nt is not None and (self._timer_at is None or nt < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = nt
+            self._timer = loop.call_at(nt, self._on_timer)
+
+    def _on_timer(self) -> None:
+        loop = self._loop
+        self._timer = None
+        self._timer_at = None
+        if loop is None:
+            return
+        self.core.handle_timer(now=loop.time())
+        self._flush()
+
+    def _on_housekeeping(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self.core.wall_offset = time.time() - loop.time()
+        for cb in list(self.on_housekeeping):
+            try:
+                cb()
+            except Exception:  # a housekeeping hook must never kill the data path
+                log.exception("%s: housekeeping hook failed", self.name)
+        if self._loop is not None:
+            self._housekeeping = loop.call_later(1.0, self._on_housekeeping)
+
+    def _log_events(self) -> None:
+        for ev in self.core.take_events():
+            peer = self.peers.get(ev.peer)
+            plog: logging.LoggerAdapter[logging.Logger] | logging.Logger = peer.log if peer else log
+            if isinstance(ev, HandshakeCompleted):
+                plog.info("handshake completed (%s)", "we initiated" if ev.initiator else "peer initiated")
+            elif isinstance(ev, HandshakeInitiated):
+                plog.debug("sending handshake initiation%s", " (retry)" if ev.retry else "")
+            elif isinstance(ev, HandshakeGaveUp):
+                plog.warning("handshake did not complete after %d attempts; giving up for now", 20)
+            elif isinstance(ev, KeysZeroed):
+                plog.info("no new session for 9 minutes; keys zeroed")
+            elif isinstance(ev, EndpointChanged):
+                plog.info("endpoint is now %s", format_endpoint(ev.endpoint))
+            else:
+                plog.debug("%s", type(ev).__name__)
+
+    # -- reporting -------------------------------------------------------------------------
+    def offloads(self) -> list[str]:
+        """Offloads in use, e.g. ``tun:tso4``, ``udp:gso`` (for `pyvpn show`)."""
+        out = [f"tun:{o}" for o in sorted(getattr(self.tun, "offloads", ()) or ())]
+        for flag in ("gso", "gro"):
+            if getattr(self.udp, flag, False):
+                out.append(f"udp:{flag}")
+        return out
+
+    def drop_counts(self) -> Counter[str]:
+        c = Counter(self.drops)
+        c.update(self.core.drops)
+        return c
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``pyvpn show`` and the metrics endpoint report (no private keys)."""
+        peers = []
+        for p in self.peers.values():
+            t = p.tunnel
+            peers.append({
+                "public_key": t.public_key,
+                "name": p.name,
+                "endpoint": format_endpoint(t.endpoint) if t.endpoint else None,
+                "allowed_ips": list(p.allowed_ips),
+                "latest_handshake": t.last_handshake_wall,
+                "rx_bytes": t.rx_bytes,
+                "tx_bytes": t.tx_bytes,
+                "rx_packets": t.rx_packets,
+                "tx_packets": t.tx_packets,
+                "handshakes": t.handshakes,
+                "persistent_keepalive": t.persistent_keepalive,
+                "has_preshared_key": t.preshared_key is not None,
+                "drops": dict(p.drops),
+            })
+        return {
+            "interface": self.name,
+            "public_key": self.core.public_key if self.core.has_private_key else None,
+            "listen_port": self.listen_port,
+            "mtu": self.core.mtu,
+            "forward": self.forward,
+            "peers": peers,
+            "drops": dict(self.drop_counts()),
+            "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,
+        }
+
+
+def format_endpoint(ep: Any) -> str:
+    if isinstance(ep, tuple) and len(ep) >= 2:
+        host, port = ep[0], ep[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(ep)
+
+
+def peer_label(public_key: bytes) -> str:
+    return f"peer({abbreviate(public_key)})"

@@ -1,0 +1,49 @@
+"""A configured peer: the protocol :class:`~crypto.tunnel.Tunnel` plus what the application adds."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from crypto.keys import abbreviate
+from crypto.tunnel import Tunnel
+
+
+class PeerLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes each line with ``peer(AbCd…wxyz)`` as wireguard-go does."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"{self.extra['prefix'] if self.extra else ''} {msg}", kwargs
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    """One peer of a :class:`~vpn.device.Device`.
+
+    :ivar tunnel: the sans-IO protocol state (sessions, timers, byte counters).
+    :ivar allowed_ips: the CIDRs this peer owns, in the order they were given.
+    :ivar name: a human name (from ``#pyvpn Name =``), or None.
+    :ivar drops: drops attributed to this peer, by reason (for example ``spoofed_source``).
+    """
+
+    tunnel: Tunnel
+    allowed_ips: list[str]
+    name: str | None = None
+    drops: Counter[str] = None  # type: ignore[assignment]
+    log: PeerLog = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.drops is None:
+            self.drops = Counter()
+        self.log = PeerLog(logging.getLogger("pyvpn.peer"), {"prefix": f"peer({abbreviate(self.public_key)})"})
+
+    @property
+    def public_key(self) -> bytes:
+        return self.tunnel.public_key
+
+    @property
+    def label(self) -> str:
+        return self.name or f"peer({abbreviate(self.public_key)})"
