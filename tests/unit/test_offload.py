@@ -70,8 +70,9 @@ def l4_valid(pkt: bytes) -> bool:
     return ref_sum(pseudo(version, pkt, proto, len(pkt) - l4) + pkt[l4:]) == 0xFFFF
 
 
-def tcp_super(version: int, payload: bytes, *, seq: int = 1000, flags: str = "PA", options: list | None = None,
-              ip_id: int = 7, ack: int = 55, window: int = 8192, sport: int = 40000) -> bytes:
+def tcp_super(version: int, payload: bytes, *, seq: int = 1000, flags: str = "PA",
+              options: list[tuple[str, object]] | None = None, ip_id: int = 7, ack: int = 55,
+              window: int = 8192, sport: int = 40000) -> bytes:
     tcp = TCP(sport=sport, dport=5201, seq=seq, ack=ack, flags=flags, window=window, options=options or [])
     if version == 4:
         pkt = IP(src=SRC4, dst=DST4, id=ip_id, flags="DF", ttl=64) / tcp / Raw(payload)
@@ -671,3 +672,13 @@ def test_with_and_without_hdr() -> None:
         with_hdr(pkt, h, hdr_size=12)
     with pytest.raises(OffloadError):
         without_hdr(b"short")
+
+
+def test_segment_accepts_other_buffer_shapes() -> None:
+    pkt = tcp_super(4, os.urandom(3000))
+    read = as_kernel_read(pkt, VIRTIO_NET_HDR_GSO_TCPV4, 1000)
+    want = segment(read)
+    assert segment(bytearray(read)) == want == segment(memoryview(read))
+    padded = read + b"\0" * (-len(read) % 2)  # a trailing byte beyond the IP length is ignored
+    assert segment(memoryview(padded).cast("H")) == want
+    assert segment(memoryview(padded).cast("B", (2, len(padded) // 2))) == want
