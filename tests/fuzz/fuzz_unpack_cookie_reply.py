@@ -1,0 +1,17 @@
+"""atheris target: crypto.messages.unpack_cookie_reply (see README.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fuzzcommon
+from fuzzcommon import messages
+
+
+def check(data: bytes, msg: Any) -> None:
+    assert len(data) == messages.MESSAGE_COOKIE_REPLY_SIZE
+    assert messages.pack_cookie_reply(msg) == data
+
+
+if __name__ == "__main__":
+    fuzzcommon.main(fuzzcommon.parser_target(messages.unpack_cookie_reply, check))
