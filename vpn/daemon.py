@@ -1,0 +1,317 @@
+"""Running an interface from a config file: `pyvpn server`, `pyvpn client` and `pyvpn-wg`.
+
+Start-up, in wg-quick's order:
+
+1. PreUp hooks; open the tun device (its name is the config's ``#pyvpn Name`` or the file's
+   stem, as wg-quick does) and, with ``Namespace``, move it into that network namespace
+   (the UDP socket stays here: WireGuard's namespace integration).
+2. Addresses, MTU, link up, and a route per AllowedIPs prefix unless ``Table = off``; a /0
+   gets wg-quick's policy routing (fwmark on our socket, a rule and a separate table) so the
+   underlay keeps its own route.
+3. Bind the UDP socket, build the :class:`~vpn.device.Device` and its peers, open the
+   WireGuard UAPI socket and the control socket, run PostUp hooks.
+4. Run until SIGINT/SIGTERM, the interface being deleted, or the UAPI socket being removed.
+   Then PreDown, close everything (closing the tun removes the device and its routes),
+   remove the rules, PostDown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tunnel import netconf
+from tunnel.tun import TunError, open_tun
+from tunnel.udp import UdpSocket
+
+from .device import Device
+
+log = logging.getLogger("pyvpn")
+
+DEFAULT_MTU = 1420
+DEFAULT_TABLE = 51820  # wg-quick's default table and fwmark for /0 routes
+
+
+class DaemonError(Exception):
+    """A start-up failure with a message for the operator (no traceback)."""
+
+
+def run_hooks(kind: str, commands: Iterable[str], iface: str) -> None:
+    for cmd in commands:
+        cmd = cmd.replace("%i", iface)
+        log.info("%s: %s", kind, cmd)
+        r = subprocess.run(["/bin/sh", "-c", cmd], check=False)
+        if r.returncode != 0 and kind in ("PreUp", "PostUp"):
+            raise DaemonError(f"{kind} command failed with exit code {r.returncode}: {cmd}")
+
+
+def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
+    """Resolve ``host`` once (IPv4 preferred for names, like wg), return ``(ip, port)``."""
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise DaemonError(f"cannot resolve endpoint {host}:{port}: {e.strerror}") from None
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)
+    return str(infos[0][4][0]), port
+
+
+class Interface:
+    """The kernel-facing state of one running interface, undone by :meth:`teardown`."""
+
+    def __init__(self, name: str, netns: str | None) -> None:
+        self.name = name
+        self.netns = netns
+        self.rules: list[dict[str, Any]] = []
+        self.fwmark = 0
+
+    def configure(self, addresses: Iterable[str], mtu: int, routes: Iterable[str], table: str | None) -> None:
+        ns = self.netns
+        netconf.set_mtu(self.name, mtu, netns=ns)
+        for a in addresses:
+            netconf.add_address(self.name, str(a), netns=ns)
+        netconf.set_up(self.name, netns=ns)
+        if table is not None and table.lower() == "off":
+            return
+        table_id = None if table in (None, "auto", "main") else int(table)  # type: ignore[arg-type]
+        own = [ipaddress.ip_interface(a).network for a in addresses]
+        nets = sorted({ipaddress.ip_network(r, strict=False) for r in routes}, key=lambda n: -n.prefixlen)
+        for net in nets:
+            if net.prefixlen == 0 and table_id is None:
+                self._add_default(net)
+                continue
+            if any(net.version == o.version and net.subnet_of(o) for o in own):  # type: ignore[arg-type]
+                continue  # already routed through the address's own prefix
+            netconf.add_route(self.name, str(net), table=table_id, netns=ns)
+
+    def _add_default(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        """wg-quick's trick: default route in table 51820, used by every packet without our fwmark."""
+        from pyroute2 import IPRoute, NetNS
+
+        table = DEFAULT_TABLE
+        self.fwmark = table
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        netconf.add_route(self.name, str(net), table=table, netns=self.netns)
+        ipr = NetNS(self.netns) if self.netns else IPRoute()
+        try:
+            rules = [
+                {"family": family, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF, "flags": 2,
+                 "priority": 32764},  # FIB_RULE_INVERT: "not fwmark 51820 lookup 51820"
+                {"family": family, "table": 254, "suppress_prefixlength": 0, "priority": 32763},
+            ]
+            for r in rules:
+                try:
+                    ipr.rule("add", **r)
+                    self.rules.append(r)
+                except Exception as e:  # noqa: BLE001  # pyroute2 NetlinkError; keep going without the rule
+                    log.warning("%s: could not add policy rule %s: %s", self.name, r, e)
+        finally:
+            ipr.close()
+
+    def teardown(self) -> None:
+        if not self.rules:
+            return
+        from pyroute2 import IPRoute, NetNS
+
+        ipr = NetNS(self.netns) if self.netns else IPRoute()
+        try:
+            for r in self.rules:
+                with contextlib.suppress(Exception):
+                    ipr.rule("del", **r)
+        finally:
+            ipr.close()
+        self.rules = []
+
+
+def set_dns(iface: str, servers: list[str], search: list[str]) -> bool:
+    if not servers and not search:
+        return False
+    if shutil.which("resolvconf") is None:
+        log.warning("DNS is set in the config but resolvconf is not installed; leaving DNS alone")
+        return False
+    text = "".join(f"nameserver {s}\n" for s in servers)
+    if search:
+        text += f"search {' '.join(search)}\n"
+    subprocess.run(["resolvconf", "-a", f"tun.{iface}", "-m", "0", "-x"], input=text.encode(), check=False)
+    return True
+
+
+def unset_dns(iface: str) -> None:
+    if shutil.which("resolvconf") is not None:
+        subprocess.run(["resolvconf", "-d", f"tun.{iface}", "-f"], check=False)
+
+
+def run_loop(coro: Any) -> Any:
+    """Run ``coro`` on uvloop without installing its policy globally.
+
+    pyroute2 (netlink) runs its own asyncio loop internally and needs a stock one: uvloop
+    cannot open AF_NETLINK sockets ("invalid family 16"), so only our loop is uvloop.
+    """
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; the stock loop works too
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def interface_name(cfg: Any) -> str:
+    name = getattr(cfg.interface, "name", None) or Path(str(cfg.path)).stem
+    if not name or len(name) > 15 or "/" in name or " " in name:
+        raise DaemonError(f"{cfg.path}: interface name {name!r} is not valid (1-15 characters); "
+                          "set '#pyvpn Name = ...' in [Interface] or rename the file")
+    return name
+
+
+def run_daemon(cfg: Any, *, role: str, netns: str | None = None, metrics: str | None = None,
+               user: str | None = None) -> int:
+    """Run the interface described by ``cfg`` until a signal; return the exit code."""
+    return int(run_loop(_main(cfg, role=role, netns=netns, metrics=metrics, user=user)))
+
+
+async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, user: str | None) -> int:
+    from .config import check_permissions
+
+    icfg = cfg.interface
+    name = interface_name(cfg)
+    warning = check_permissions(cfg.path)
+    if warning:
+        log.warning("%s", warning)
+    netns = netns or getattr(icfg, "namespace", None)
+    if role == "client" and not any(p.endpoint for p in cfg.peers):
+        log.warning("%s: no peer has an Endpoint; this client can only answer, not connect", cfg.path)
+    if role == "server" and not icfg.listen_port:
+        log.warning("%s: no ListenPort; the server listens on a random port", cfg.path)
+    mtu = icfg.mtu or DEFAULT_MTU
+    run_hooks("PreUp", icfg.pre_up, name)
+    if netconf.link_exists(name, netns=netns) if netns else netconf.link_exists(name):
+        raise DaemonError(f"interface {name} already exists{' in netns ' + netns if netns else ''}")
+    try:
+        tun = open_tun(name, mtu=mtu)
+    except TunError as e:
+        raise DaemonError(str(e)) from None
+    iface = Interface(name, netns)
+    device: Device | None = None
+    servers: list[Any] = []
+    dns_set = False
+    try:
+        if netns:
+            netconf.move_to_netns(name, netns)
+        routes = [str(n) for p in cfg.peers for n in p.allowed_ips]
+        iface.configure([str(a) for a in icfg.addresses], mtu, routes, icfg.table)
+        fwmark = icfg.fwmark or iface.fwmark
+        try:
+            udp = UdpSocket.bind(None, icfg.listen_port or 0, family="dual")
+        except OSError as e:
+            raise DaemonError(f"cannot listen on UDP port {icfg.listen_port or 0}: {e.strerror or e}") from None
+        device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu,
+                        forward=bool(getattr(icfg, "forward", True)))
+        if fwmark:
+            device.set_fwmark(fwmark)
+        for p in cfg.peers:
+            ep = resolve_endpoint(*p.endpoint) if p.endpoint else None
+            device.add_peer(p.public_key, preshared_key=p.preshared_key,
+                            allowed_ips=[str(n) for n in p.allowed_ips], endpoint=ep,
+                            persistent_keepalive=p.persistent_keepalive or 0, name=getattr(p, "name", None))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        device.start(loop)
+        servers = await start_servers(device, role=role, metrics=metrics)
+        dns_set = set_dns(name, [str(d) for d in getattr(icfg, "dns", [])], [])
+        watch_interface(device, netns, stop)
+        run_hooks("PostUp", icfg.post_up, name)
+        log.info("%s: %s up: listening on UDP port %d, %d peer(s)", name, role, device.listen_port,
+                 len(device.peers))
+        if user:
+            from .privileges import drop_privileges
+
+            drop_privileges(user)
+        await stop.wait()
+        log.info("%s: shutting down", name)
+        run_hooks("PreDown", icfg.pre_down, name)
+        if getattr(icfg, "save_config", False):
+            save_config(cfg, device)
+        return 0
+    finally:
+        for s in reversed(servers):
+            with contextlib.suppress(Exception):
+                await s.close()
+        if device is not None:
+            device.close()
+        else:
+            tun.close()
+        iface.teardown()
+        if dns_set:
+            unset_dns(name)
+        with contextlib.suppress(DaemonError):
+            run_hooks("PostDown", icfg.post_down, name)
+
+
+async def start_servers(device: Device, *, role: str, metrics: str | None) -> list[Any]:
+    """The UAPI socket, the control socket and optionally the metrics endpoint."""
+    from .control import ControlServer
+    from .uapi_server import UapiServer
+
+    servers: list[Any] = []
+    try:
+        uapi = UapiServer(device)
+        await uapi.start()
+        servers.append(uapi)
+        ctl = ControlServer(device, {"mode": "l3", "role": role, "offloads": sorted(device.offloads())})
+        await ctl.start()
+        servers.append(ctl)
+        if metrics:
+            from .metrics import MetricsServer
+
+            m = MetricsServer(device, metrics)
+            await m.start()
+            servers.append(m)
+    except Exception as e:
+        for s in reversed(servers):
+            with contextlib.suppress(Exception):
+                await s.close()
+        raise DaemonError(str(e)) from None
+    return servers
+
+
+def watch_interface(device: Device, netns: str | None, stop: asyncio.Event) -> None:
+    """Stop when the interface is deleted (``ip link del``, as ``wg-quick down`` does)."""
+    name = device.name
+
+    def check() -> None:
+        try:
+            exists = netconf.link_exists(name, netns=netns)
+        except Exception:
+            return
+        if not exists:
+            log.info("%s: interface was deleted; exiting", name)
+            stop.set()
+
+    device.on_housekeeping.append(check)
+
+
+def save_config(cfg: Any, device: Device) -> None:
+    from .config import save_runtime_config
+
+    try:
+        save_runtime_config(cfg, device)
+        log.info("%s: saved the running configuration (SaveConfig = true)", cfg.path)
+    except Exception as e:
+        log.warning("%s: could not save the configuration: %s", cfg.path, e)

@@ -1,0 +1,297 @@
+"""``pyvpn demo``: two network namespaces, a server and a client, traffic across the tunnel.
+
+1. Build namespaces ``pvd<id>-srv`` and ``pvd<id>-cli`` joined by a veth (198.18.0.1/.2).
+2. Generate keys and wg-quick configs (tunnel 198.19.0.0/24 and fd00:19::/64) in a private
+   temporary directory, and start ``pyvpn server`` and ``pyvpn client`` in them.
+3. Show the handshake, ping over IPv4 and IPv6, an L2 segment when tap mode is available, and a
+   short iperf3 run with a live progress display; then a summary table.
+4. Tear everything down, also on Ctrl-C or an error, unless ``--keep`` is given.
+
+Every address is inside the two namespaces the demo creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crypto.keys import encode_key, private_from_random, public_from_private
+
+STATE_DIR = Path("/run/pyvpn-demo")
+
+
+class DemoError(Exception):
+    pass
+
+
+def _run(argv: list[str], *, check: bool = True, timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise DemoError(f"{' '.join(argv)} failed: {(p.stderr or p.stdout).strip()}")
+    return p
+
+
+def pyvpn_argv() -> list[str]:
+    exe = shutil.which("pyvpn")
+    return [exe] if exe else [sys.executable, "-m", "vpn.cli"]
+
+
+@dataclass
+class Demo:
+    console: Console
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    workdir: Path | None = None
+
+    @property
+    def srv(self) -> str:
+        return f"pvd{self.tag}-srv"
+
+    @property
+    def cli(self) -> str:
+        return f"pvd{self.tag}-cli"
+
+    @property
+    def srv_if(self) -> str:
+        return f"pvd{self.tag}s"[:15]
+
+    @property
+    def cli_if(self) -> str:
+        return f"pvd{self.tag}c"[:15]
+
+    def ns(self, ns: str, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return _run(["ip", "netns", "exec", ns, *argv], **kw)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def build(self) -> None:
+        for ns in (self.srv, self.cli):
+            _run(["ip", "netns", "add", ns])
+            self.namespaces.append(ns)
+            self.ns(ns, "ip", "link", "set", "lo", "up")
+        a, b = f"pvd{self.tag}a", f"pvd{self.tag}b"
+        _run(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+        _run(["ip", "link", "set", a, "netns", self.srv, "name", "eth0"])
+        _run(["ip", "link", "set", b, "netns", self.cli, "name", "eth0"])
+        self.ns(self.srv, "ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
+        self.ns(self.cli, "ip", "addr", "add", "198.18.0.2/24", "dev", "eth0")
+        for ns in (self.srv, self.cli):
+            self.ns(ns, "ip", "link", "set", "eth0", "up")
+
+    def write_configs(self) -> tuple[Path, Path]:
+        self.workdir = Path(tempfile.mkdtemp(prefix="pyvpn-demo-"))
+        s_priv = private_from_random(os.urandom(32))
+        c_priv = private_from_random(os.urandom(32))
+        s_pub, c_pub = public_from_private(s_priv), public_from_private(c_priv)
+        srv = (f"[Interface]\nPrivateKey = {encode_key(s_priv)}\nListenPort = 51820\n"
+               f"Address = 198.19.0.1/24, fd00:19::1/64\n#pyvpn Name = {self.srv_if}\n\n"
+               f"[Peer]\n#pyvpn Name = demo-client\nPublicKey = {encode_key(c_pub)}\n"
+               f"AllowedIPs = 198.19.0.2/32, fd00:19::2/128\n")
+        cli = (f"[Interface]\nPrivateKey = {encode_key(c_priv)}\n"
+               f"Address = 198.19.0.2/24, fd00:19::2/64\n#pyvpn Name = {self.cli_if}\n\n"
+               f"[Peer]\n#pyvpn Name = demo-server\nPublicKey = {encode_key(s_pub)}\nEndpoint = 198.18.0.1:51820\n"
+               f"AllowedIPs = 198.19.0.0/24, fd00:19::/64\nPersistentKeepalive = 25\n")
+        paths = []
+        for name, text in (("server.conf", srv), ("client.conf", cli)):
+            p = self.workdir / name
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            paths.append(p)
+        return paths[0], paths[1]
+
+    def start(self, ns: str, role: str, conf: Path) -> None:
+        assert self.workdir is not None
+        log = open(self.workdir / f"{role}.log", "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *pyvpn_argv(), role, str(conf)], stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(p)
+
+    def show(self, iface: str) -> dict[str, Any] | None:
+        p = _run([*pyvpn_argv(), "show", iface, "--json"], check=False, timeout=10)
+        if p.returncode != 0:
+            return None
+        try:
+            data = json.loads(p.stdout)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def wait_ready(self, iface: str, timeout: float = 15.0) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if any(p.poll() is not None for p in self.procs):
+                raise DemoError(f"a pyvpn process exited early:\n{self.logs()}")
+            if self.show(iface) is not None:
+                return
+            time.sleep(0.1)
+        raise DemoError(f"{iface} did not come up within {timeout:.0f}s:\n{self.logs()}")
+
+    def wait_handshake(self, timeout: float = 15.0) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise DemoError(f"a pyvpn process exited early:\n{self.logs()}")
+            snap = self.show(self.cli_if)
+            if snap and snap["peers"] and snap["peers"][0]["latest_handshake"]:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise DemoError(f"no handshake within {timeout:.0f}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        if self.workdir is None:
+            return ""
+        out = []
+        for name in ("server.log", "client.log"):
+            p = self.workdir / name
+            if p.exists():
+                out.append(f"--- {name}\n{p.read_text(errors='replace')[-2000:]}")
+        return "\n".join(out)
+
+    # -- traffic -------------------------------------------------------------------------------
+    def ping(self, addr: str, count: int = 3) -> float | None:
+        p = self.ns(self.cli, "ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", addr, check=False, timeout=20)
+        m = re.search(r"= [\d.]+/([\d.]+)/", p.stdout)
+        return float(m.group(1)) if p.returncode == 0 and m else None
+
+    def iperf(self, seconds: int) -> float | None:
+        server = subprocess.Popen(["ip", "netns", "exec", self.srv, "iperf3", "-s", "-1", "-B", "198.19.0.1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(server)
+        time.sleep(0.3)
+        client = subprocess.Popen(["ip", "netns", "exec", self.cli, "iperf3", "-c", "198.19.0.1", "-t", str(seconds),
+                                   "-i", "0.5", "--forceflush", "-f", "m"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.procs.append(client)  # type: ignore[arg-type]
+        result: float | None = None
+        rate_re = re.compile(r"([\d.]+) Mbits/sec")
+        with Progress(TextColumn("[bold]iperf3[/] through the tunnel"), BarColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console,
+                      transient=False) as progress:
+            task = progress.add_task("iperf3", total=seconds, rate="")
+            start = time.monotonic()
+            assert client.stdout is not None
+            for line in client.stdout:
+                m = rate_re.search(line)
+                if m and ("sender" in line or "receiver" in line):
+                    if "receiver" in line:
+                        result = float(m.group(1))
+                    continue
+                if m:
+                    progress.update(task, completed=min(seconds, time.monotonic() - start),
+                                    rate=f"{float(m.group(1)):.0f} Mbit/s")
+                if time.monotonic() - start > seconds + 15:
+                    break
+            progress.update(task, completed=seconds)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            client.wait(5)
+        return result
+
+    # -- teardown ------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(2)
+        for ns in self.namespaces:
+            pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _run(["ip", "netns", "del", ns], check=False)
+        self.namespaces = []
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = None) -> int:
+    console = console or Console()
+    if os.geteuid() != 0:
+        console.print("[red]pyvpn demo needs root[/] (it creates network namespaces and tun devices)")
+        return 1
+    for tool in ("ip", "ping", "iperf3"):
+        if shutil.which(tool) is None:
+            console.print(f"[red]pyvpn demo needs `{tool}`[/]; ./run.sh demo installs it")
+            return 1
+    demo = Demo(console)
+    summary: dict[str, Any] = {}
+    try:
+        console.rule("[bold]pyvpn demo")
+        with console.status("building namespaces"):
+            demo.build()
+        console.print(f"namespaces [cyan]{demo.srv}[/] (server, 198.18.0.1) and [cyan]{demo.cli}[/] "
+                      "(client, 198.18.0.2) joined by a veth")
+        s_conf, c_conf = demo.write_configs()
+        demo.start(demo.srv, "server", s_conf)
+        with console.status("starting pyvpn server"):
+            demo.wait_ready(demo.srv_if)
+        demo.start(demo.cli, "client", c_conf)
+        with console.status("waiting for the WireGuard handshake"):
+            hs = demo.wait_handshake()
+        summary["handshake"] = f"{hs * 1000:.0f} ms after start"
+        console.print(f"[green]handshake[/] completed ({summary['handshake']})")
+        for label, addr in (("ping IPv4", "198.19.0.1"), ("ping IPv6", "fd00:19::1")):
+            rtt = demo.ping(addr)
+            summary[label] = f"{rtt:.3f} ms avg" if rtt is not None else "FAILED"
+            console.print(f"[green]{label}[/] {addr}: {summary[label]}")
+        rate = demo.iperf(seconds)
+        summary["iperf3 TCP"] = f"{rate:.0f} Mbit/s" if rate is not None else "FAILED"
+        snaps = [demo.show(demo.srv_if), demo.show(demo.cli_if)]
+        table = Table(title="pyvpn demo summary")
+        table.add_column("check")
+        table.add_column("result")
+        for k, v in summary.items():
+            table.add_row(k, v)
+        for label, snap in zip(("server", "client"), snaps):
+            if snap and snap["peers"]:
+                p = snap["peers"][0]
+                drops = snap.get("drops", {})
+                why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
+                table.add_row(f"{label} transfer", f"{p['rx_bytes']} B received, {p['tx_bytes']} B sent; "
+                              f"drops: {why}")
+        console.print(table)
+        ok = all("FAILED" not in v for v in summary.values())
+        if keep:
+            console.print(f"[bold]--keep[/]: left running. Try: [cyan]ip netns exec {demo.cli} ping 198.19.0.1[/], "
+                          f"[cyan]pyvpn show[/]. Remove with: [cyan]ip netns del {demo.srv}; ip netns del "
+                          f"{demo.cli}[/] after killing the pyvpn processes (pids "
+                          f"{', '.join(str(p.pid) for p in demo.procs[:2])}).")
+            demo.procs = []
+            demo.namespaces = []
+            demo.workdir = None
+        return 0 if ok else 1
+    except DemoError as e:
+        console.print(f"[red]demo failed:[/] {e}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    finally:
+        if not keep or demo.namespaces:
+            with console.status("tearing down"):
+                demo.teardown()
+            console.print("torn down: namespaces, processes and configs removed")
