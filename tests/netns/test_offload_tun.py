@@ -68,7 +68,7 @@ def _ref_csum(data: bytes) -> int:
     """Textbook RFC 1071 checksum, independent of tunnel.offload."""
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -197,7 +197,7 @@ def _scenario_write_uso_super_packet() -> dict[str, Any]:
     hdr = VirtioNetHdr.unpack(bufs[0])
     for b in bufs:
         os.write(fd, b)
-    got = []
+    got: list[bytes] = []
     try:
         while len(got) < len(dgrams):
             got.append(s.recv(65536))
