@@ -100,14 +100,15 @@ def test_aead_round_trip_and_tamper() -> None:
     ct = primitives.aead_encrypt(key, 7, b"hello", b"ad")
     assert len(ct) == 5 + 16
     assert primitives.aead_decrypt(key, 7, ct, b"ad") == b"hello"
-    for bad in (
-        lambda: primitives.aead_decrypt(key, 8, ct, b"ad"),
-        lambda: primitives.aead_decrypt(key, 7, ct, b"AD"),
-        lambda: primitives.aead_decrypt(key, 7, ct[:-1] + bytes([ct[-1] ^ 1]), b"ad"),
-        lambda: primitives.aead_decrypt(bytes(32), 7, ct, b"ad"),
-    ):
+    bad: list[tuple[bytes, int, bytes, bytes]] = [
+        (key, 8, ct, b"ad"),  # wrong counter
+        (key, 7, ct, b"AD"),  # wrong AD
+        (key, 7, ct[:-1] + bytes([ct[-1] ^ 1]), b"ad"),  # tag flipped
+        (bytes(32), 7, ct, b"ad"),  # wrong key
+    ]
+    for args in bad:
         with pytest.raises(DecryptFailed):
-            bad()
+            primitives.aead_decrypt(*args)
 
 
 # -- HChaCha20 / XChaCha20-Poly1305 ------------------------------------------------------------
