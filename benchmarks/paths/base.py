@@ -1,0 +1,106 @@
+"""What every benchmarked path provides: set-up in a fresh namespace pair, the daemon pids, a version.
+
+A path's life in one benchmark run:
+
+1. ``unavailable()`` says why the path cannot run at all (a tool is missing, a hook is not wired yet), or
+   returns None.
+2. ``setup(lab, slot, veth_gso=...)`` builds its namespaces and tunnel and returns :class:`Endpoints`;
+   it raises (any exception) with a readable message when that fails, and the path is then reported as
+   ``failed: <message>`` while the other paths go on.
+3. Between measurements the benchmark calls ``alive()`` (a daemon that died turns the path into
+   ``failed``) and ``daemon_pids()`` (CPU accounting, summed over both ends).
+4. The lab, not the path, removes everything at the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from .lab import Lab, LabError, Netns, Pair, poll
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where traffic for one path goes.
+
+    :param client: namespace that runs the iperf3 client and ping.
+    :param server: namespace that runs the iperf3 server.
+    :param server_addr: the address the client sends to (tunnel address, or the underlay for raw veth).
+    :param mtu: MTU of the interface the traffic crosses (informational).
+    :param offloads: the veth offload setting that was applied.
+    :param detail: one line on how the path is configured (cipher, mode, ports).
+    """
+
+    client: Netns
+    server: Netns
+    server_addr: str
+    mtu: int
+    offloads: str
+    detail: str
+
+
+class BenchPath(ABC):
+    """One way of carrying traffic between two namespaces."""
+
+    key: ClassVar[str]  # short name used by --paths and in the JSON
+    title: ClassVar[str]  # label in the table and the chart
+    is_vpn: ClassVar[bool] = True  # False for kernel paths without daemons (no per-process CPU)
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def unavailable(self) -> str | None:
+        """Why this path cannot run here (e.g. a missing tool), or None."""
+        return None
+
+    @abstractmethod
+    def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
+        """Build the path in fresh namespaces; raise with a readable message on failure."""
+
+    def version(self) -> str:
+        """Version of the software behind this path (for the JSON)."""
+        return ""
+
+    def daemon_pids(self) -> list[int]:
+        """Pids of this path's daemons at both ends (their descendants are added by the caller)."""
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def alive(self) -> str | None:
+        """None while every daemon runs, else a reason with the end of its log."""
+        for proc, log in zip(self.procs, self.logs, strict=False):
+            if proc.poll() is not None:
+                return f"daemon exited {proc.returncode}: {log_tail(log)}"
+        return None
+
+
+def log_tail(path: Path, lines: int = 3, width: int = 300) -> str:
+    """The last ``lines`` non-empty lines of ``path`` joined by " / " (for error messages)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("### netbench")]
+    return " / ".join(tail[-lines:])[-width:] or "(empty log)"
+
+
+def wait_reachable(ns: Netns, addr: str, *, timeout: float, what: str) -> None:
+    """Ping ``addr`` from ``ns`` until one reply comes back (bounded by ``timeout`` seconds).
+
+    :raises LabError: when nothing answers in time.
+    """
+    def answered() -> bool:
+        r = ns.run(["ping", "-n", "-c", "1", "-W", "1", addr], check=False, timeout=5.0)
+        return r.returncode == 0
+
+    if not poll(answered, timeout, interval=0.2):
+        raise LabError(f"no ping reply from {addr} through {what} within {timeout:g}s")
+
+
+def underlay_only(pair: Pair, offloads: str) -> Endpoints:
+    """Endpoints for traffic straight over the veth (no tunnel)."""
+    return Endpoints(pair.client, pair.server, pair.server_ip, 1500, offloads, "veth, no tunnel")

@@ -1,0 +1,370 @@
+"""Namespaces, processes and clean-up for the side-by-side network benchmark.
+
+Theory of operation:
+
+1. A :class:`Lab` owns everything the benchmark creates: network namespaces named ``pvb-<pid>-<n><a|b>``,
+   the processes started in them (each in its own session, so a terminal Ctrl-C reaches only the
+   benchmark, which then cleans up), and one private temporary directory for configs, keys and logs.
+2. :meth:`Lab.pair` makes two namespaces joined by a veth, with underlay addresses ``198.18.<slot>.1`` (the
+   "client" end) and ``198.18.<slot>.2`` (the "server" end), and applies the veth offload settings.
+3. :meth:`Lab.close` (idempotent; also run by ``with``) stops every process (SIGTERM, then SIGKILL after a
+   bounded wait), kills whatever still runs inside the namespaces, deletes them (which deletes the veth
+   and any vxlan/tun device in them) and removes the temporary directory.  :func:`sweep_stale` removes
+   namespaces left by a benchmark process that no longer exists (``kill -9``).
+
+Every command has a timeout; traffic only flows between the namespaces a Lab created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+# -- implementation constants ----------------------------------------------------------------------------
+NS_PREFIX = "pvb"  # namespace names: pvb-<benchmark pid>-<slot><a|b>
+CMD_TIMEOUT = 15.0  # seconds for any ip/ethtool/wg/ss command
+STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
+POLL_INTERVAL = 0.05  # seconds between polls
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class LabError(RuntimeError):
+    """A set-up step failed; the message says which and why (it becomes the path's "failed: ..." status)."""
+
+
+def sh(argv: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
+       input: str | None = None, env: dict[str, str] | None = None,
+       cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with a timeout and captured text output.
+
+    :param check: raise :class:`LabError` on a non-zero exit status or a timeout.
+    """
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
+                              env=env, cwd=cwd, check=False)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise LabError(f"{' '.join(argv)} timed out after {timeout:g}s") from None
+        return subprocess.CompletedProcess(list(argv), 124, "", f"timed out after {timeout:g}s")
+    except FileNotFoundError as e:
+        if check:
+            raise LabError(f"{argv[0]}: not installed ({e.strerror})") from None
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise LabError(f"{' '.join(argv)} exited {proc.returncode}: {' / '.join(detail)}")
+    return proc
+
+
+def poll(pred: Callable[[], bool], timeout: float, interval: float = POLL_INTERVAL) -> bool:
+    """Call ``pred()`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def have(tool: str) -> bool:
+    """True when ``tool`` is on PATH."""
+    return shutil.which(tool) is not None
+
+
+# -- CPU accounting ----------------------------------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    return text[text.rfind(")") + 2:].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads) in seconds; 0.0 when the process is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # After the comm, field 3 (state) is index 0: utime is field 14 -> index 11, stime 15 -> 12.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children), [] when unknown."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def process_tree(pids: Sequence[int], limit: int = 256) -> list[int]:
+    """``pids`` and all their live descendants (bounded to ``limit`` processes)."""
+    seen: list[int] = []
+    todo = list(pids)
+    while todo and len(seen) < limit:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.append(pid)
+        todo += children_of(pid)
+    return seen
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds of every live process in the trees rooted at ``pids``, keyed by pid."""
+    return {p: process_cpu_seconds(p) for p in process_tree(pids)}
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two :func:`tree_cpu_seconds` samples.
+
+    A process seen only in ``after`` counts from zero (it started in between); one seen only in ``before``
+    has exited and its last interval is lost (rare: VPN daemons live for the whole run).
+    """
+    return sum(max(0.0, t - before.get(p, 0.0)) for p, t in after.items())
+
+
+def system_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores; total minus idle and iowait)."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()
+    ticks = [int(x) for x in parts[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest time is already inside user/nice: count the first eight fields only.
+    return (sum(ticks[:8]) - idle) / CLK_TCK
+
+
+# -- namespaces ------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_netns() -> list[str]:
+    out = sh(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _kill_netns_pids(name: str) -> None:
+    for _ in range(3):
+        pids = [int(x) for x in sh(["ip", "netns", "pids", name], check=False).stdout.split()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def delete_netns(name: str) -> None:
+    """Kill every process inside namespace ``name`` and delete it (errors ignored)."""
+    _kill_netns_pids(name)
+    sh(["ip", "netns", "del", name], check=False)
+
+
+def sweep_stale() -> list[str]:
+    """Delete ``pvb-<pid>-*`` namespaces whose benchmark process is gone; return their names."""
+    pattern = re.compile(rf"^{NS_PREFIX}-(\d+)-")
+    removed = []
+    for name in list_netns():
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            delete_netns(name)
+            removed.append(name)
+    return removed
+
+
+class Netns:
+    """One namespace made by a :class:`Lab` (loopback up)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh(["ip", "netns", "add", name])
+        self.created = True
+        self.run(["ip", "link", "set", "lo", "up"])
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` prefixed to run inside this namespace (``ip netns exec`` execs, so pids are the command's)."""
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, cmd: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
+            input: str | None = None, env: dict[str, str] | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+        return sh(self.argv(cmd), timeout=timeout, check=check, input=input, env=env, cwd=cwd)
+
+    def close(self) -> None:
+        if self.created:
+            delete_netns(self.name)
+            self.created = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """Two namespaces joined by a veth.
+
+    :param client: namespace of the sending end (iperf3 client, VPN client).
+    :param server: namespace of the receiving end.
+    :param client_if: veth name in ``client``; ``server_if`` likewise.
+    :param client_ip: underlay IPv4 of the client end (``198.18.<slot>.1``); ``server_ip`` is ``.2``.
+    :param slot: small integer that keeps the addresses of different pairs apart.
+    """
+
+    client: Netns
+    server: Netns
+    client_if: str
+    server_if: str
+    client_ip: str
+    server_ip: str
+    slot: int
+
+
+class Lab:
+    """Owner of every namespace, process and file the benchmark makes; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[Netns] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="pyvpn-netbench-"))
+        self._closed = False
+        self._cleanups: list[Callable[[], None]] = []
+
+    # -- building ---------------------------------------------------------------------------------------
+    def netns(self, tag: str) -> Netns:
+        ns = Netns(f"{NS_PREFIX}-{os.getpid()}-{tag}")
+        self.namespaces.append(ns)
+        return ns
+
+    def pair(self, slot: int, *, veth_gso: bool) -> tuple[Pair, str]:
+        """Two namespaces joined by a veth with underlay addresses; returns the pair and an offload note.
+
+        :param veth_gso: keep the kernel's veth defaults (UDP GSO datagrams cross the veth unsegmented)
+            instead of the realistic settings (see :func:`apply_offloads`).
+        """
+        if not 0 < slot < 255:
+            raise ValueError(f"slot {slot} out of range 1..254")
+        a, b = self.netns(f"{slot}a"), self.netns(f"{slot}b")
+        tmp_a, tmp_b = f"pvb{os.getpid() % 100000}x{slot}a", f"pvb{os.getpid() % 100000}x{slot}b"
+        sh(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+        try:
+            sh(["ip", "link", "set", tmp_a, "netns", a.name, "name", "ul0"])
+            sh(["ip", "link", "set", tmp_b, "netns", b.name, "name", "ul0"])
+        except LabError:
+            sh(["ip", "link", "del", tmp_a], check=False)
+            raise
+        pair = Pair(a, b, "ul0", "ul0", f"198.18.{slot}.1", f"198.18.{slot}.2", slot)
+        for ns, ip in ((a, pair.client_ip), (b, pair.server_ip)):
+            ns.run(["ip", "addr", "add", f"{ip}/24", "dev", "ul0"])
+            ns.run(["ip", "link", "set", "ul0", "up"])
+        note = apply_offloads(pair, veth_gso=veth_gso)
+        return pair, note
+
+    def popen(self, ns: Netns, cmd: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
+              cwd: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in ``ns`` in its own session, stdout+stderr appended to ``log``."""
+        with open(log, "ab") as f:
+            f.write(f"### netbench: {' '.join(cmd)} in {ns.name}\n".encode())
+            f.flush()
+            proc = subprocess.Popen(ns.argv(cmd), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=cwd, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` during :meth:`close`, before the namespaces go (errors ignored)."""
+        self._cleanups.append(fn)
+
+    # -- teardown ---------------------------------------------------------------------------------------
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM ``proc``'s process group, SIGKILL after ``timeout`` seconds; reap it."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def close(self) -> None:
+        """Stop everything and delete everything this lab made (idempotent, never raises)."""
+        if self._closed:
+            return
+        self._closed = True
+        for fn in reversed(self._cleanups):
+            with contextlib.suppress(Exception):  # clean-up goes on whatever one step does
+                fn()
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+        for ns in reversed(self.namespaces):
+            ns.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- veth offloads ---------------------------------------------------------------------------------------
+REALISTIC_OFFLOADS = "tx-udp-segmentation off (sender), gro + rx-udp-gro-forwarding on (receiver)"
+
+
+def apply_offloads(pair: Pair, *, veth_gso: bool) -> str:
+    """Apply the veth settings of PROTOCOL-NOTES section 3 to both ends; return what was used.
+
+    A veth lets UDP GSO datagrams through unsegmented, which a real NIC path does not.  The realistic
+    setting switches off ``tx-udp-segmentation`` where datagrams are sent and switches on ``gro`` and
+    ``rx-udp-gro-forwarding`` where they are received.  Traffic flows both ways (data one way, ACKs the
+    other), so both ends get both settings.
+
+    :param veth_gso: keep the kernel defaults.
+    """
+    if veth_gso:
+        return "veth defaults (--veth-gso: UDP GSO crosses the veth unsegmented)"
+    if not have("ethtool"):
+        return "veth defaults (ethtool not installed: run benchmarks/setup.sh)"
+    for ns, ifname in ((pair.client, pair.client_if), (pair.server, pair.server_if)):
+        r1 = ns.run(["ethtool", "-K", ifname, "tx-udp-segmentation", "off"], check=False)
+        r2 = ns.run(["ethtool", "-K", ifname, "gro", "on", "rx-udp-gro-forwarding", "on"], check=False)
+        if r1.returncode or r2.returncode:
+            why = (r1.stderr.strip() or r2.stderr.strip()).splitlines()[-1:] or ["?"]
+            return f"veth defaults (ethtool -K failed: {why[0]})"
+    return REALISTIC_OFFLOADS
