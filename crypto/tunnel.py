@@ -360,7 +360,10 @@ class Tunnel:
         return t
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.core._rng(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
+        # In (0, REKEY_TIMEOUT_JITTER_MAX), never 0: with a zero jitter the retransmit deadline
+        # t0 + REKEY_TIMEOUT can give (deadline - t0) < REKEY_TIMEOUT in floating point, and
+        # initiate()'s rate check would then refuse the retry and leave no timer running.
+        return (int.from_bytes(self.core._rng(2), "little") + 1) / 65537 * REKEY_TIMEOUT_JITTER_MAX
 
     def _t_data_sent(self, now: float) -> None:
         if self._new_handshake_at is None:
