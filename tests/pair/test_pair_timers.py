@@ -5,6 +5,7 @@ PROTOCOL-NOTES §1.7)."""
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from crypto.constants import (
 )
 from crypto.messages import MESSAGE_KEEPALIVE_SIZE
 from crypto.session import Keypair
-from crypto.tunnel import HandshakeCompleted, HandshakeGaveUp, HandshakeInitiated, KeysZeroed
+from crypto.tunnel import Core, HandshakeCompleted, HandshakeGaveUp, HandshakeInitiated, KeysZeroed
 
 
 def events_of(core_events: list[Any], kind: type) -> list[Any]:
@@ -393,3 +394,28 @@ def test_staged_data_flushed_by_the_handshake_arms_the_new_handshake_timer() -> 
     inits = rec.of_type(1)
     assert len(inits) == 1, "no new handshake after the peer went silent"
     assert inits[0][0] >= t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+
+
+def test_retransmit_survives_zero_jitter_and_float_rounding() -> None:
+    """With a jitter of exactly 0 the retransmit deadline is ``t0 + 5.0``, and for some ``t0``
+    ``(t0 + 5.0) - t0 < 5.0`` in floating point (1019.1 is one).  The timer then fired, the
+    REKEY_TIMEOUT guard in ``initiate`` refused, and no timer was left: the handshake stalled.
+    (Go's monotonic nanoseconds make this impossible in wireguard-go.)"""
+    t0 = 1019.1
+    assert (t0 + REKEY_TIMEOUT) - t0 < REKEY_TIMEOUT
+    rnd = random.Random(3)
+
+    def rng(n: int) -> bytes:
+        return bytes(n) if n == 2 else rnd.randbytes(n)  # 2-byte requests are the jitter
+
+    p = Pair(seed=40)
+    a = Core(p.a_private, rng=rng)
+    t = a.add_peer(p.b.core.public_key, endpoint=p.b.addr)
+    t.initiate(now=t0)
+    a.take_outbox()
+    a.take_events()
+    deadline = a.next_timer()
+    assert deadline is not None
+    a.handle_timer(now=deadline)
+    assert events_of(a.take_events(), HandshakeInitiated) == [HandshakeInitiated(p.b.core.public_key, True)]
+    assert a.next_timer() is not None
