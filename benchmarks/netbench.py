@@ -422,6 +422,7 @@ def _title(key: str) -> str:
 def results_table(report: Report) -> Any:
     """A rich Table: one row per path, medians with min–max spread; paths without figures show their status
     (the reason is in :func:`notes_lines`)."""
+    from rich.markup import escape
     from rich.table import Table
 
     opts = report.options
@@ -434,13 +435,13 @@ def results_table(report: Report) -> Any:
     sums = report.summaries()
     for r in report.records:
         if not r.rounds:
-            short = r.status.split(":", 1)[0]
+            short = "not measured" if r.ok else r.status.split(":", 1)[0]
             style = "dim" if short == "not available" else "red"
-            table.add_row(r.title, f"[{style}]{short}[/{style}]", *[""] * (len(METRICS) - 1))
+            table.add_row(escape(r.title), f"[{style}]{escape(short)}[/{style}]", *[""] * (len(METRICS) - 1))
             continue
-        cells = [format_cell(m, sums[r.key].get(m.key), rounds=opts.rounds)
+        cells = [escape(format_cell(m, sums[r.key].get(m.key), rounds=opts.rounds))
                  if (r.is_vpn or not m.vpn_only) else "[dim]kernel[/dim]" for m in METRICS]
-        title = r.title if r.ok else f"{r.title} [red](failed)[/red]"
+        title = escape(r.title) if r.ok else f"{escape(r.title)} [red](failed)[/red]"
         table.add_row(title, *cells)
     return table
 
@@ -620,20 +621,23 @@ def measure_round(lab: Lab, path: BenchPath, ep: Endpoints, opts: Options, round
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the run lasts, so clean-up runs (main thread only)."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt while the run lasts, so that clean-up runs (main thread
+    only; Ctrl-C is KeyboardInterrupt already, unless SIGINT was ignored by whoever started us)."""
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    old: dict[signal.Signals, Any] = {}
     try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave the handlers alone
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for num, previous in old.items():
+            signal.signal(num, previous)
 
 
 def _now() -> str:
@@ -663,7 +667,7 @@ def run(options: Options, progress: Progress | None = None) -> Report:
     if (why := preflight()) is not None:
         raise RuntimeError(why)
     report = Report(options=options, machine=machine_info(), records=[], started=_now())
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
         for name in sweep_stale() + sweep_stale_sockets():
             say(f"removed stale {name}")
         lab = Lab()

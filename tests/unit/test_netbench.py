@@ -1,0 +1,498 @@
+"""Unit tests for the pure parts of benchmarks/netbench.py (no root, no namespaces, no traffic).
+
+Covered: iperf3 JSON and ping text parsing (shapes taken from iperf3 3.12 and iputils 20221126 runs on this
+machine kind), aggregation of rounds into medians/spreads, CPU per GB and per packet, ratios and the
+comparison rows, option parsing, the JSON document, the rich tables, the chart file, the generated
+OpenVPN/pyvpn configs, /proc CPU accounting helpers, and the run loop's order and failure isolation with
+fake paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import netbench
+from paths import PATH_KEYS, BenchPath, Endpoints, make_path
+from paths.lab import cpu_delta, process_cpu_seconds, system_busy_seconds, tree_cpu_seconds
+from paths.measure import (
+    MeasureError,
+    iperf3_client_argv,
+    parse_iperf3_tcp,
+    parse_iperf3_udp,
+    parse_ping,
+)
+
+# -- samples (trimmed iperf3 3.12 -J output) -----------------------------------------------------------------
+TCP_DOC: dict[str, Any] = {
+    "start": {"test_start": {"protocol": "TCP", "num_streams": 4, "blksize": 131072, "duration": 2}},
+    "intervals": [],
+    "end": {
+        "streams": [],
+        "sum_sent": {"start": 0, "end": 2.0, "seconds": 2.0, "bytes": 84000000, "bits_per_second": 336e6,
+                     "retransmits": 7, "sender": True},
+        "sum_received": {"start": 0, "end": 2.01, "seconds": 2.01, "bytes": 83886080,
+                         "bits_per_second": 333877930.0, "sender": True},
+        "cpu_utilization_percent": {"host_total": 40.0},
+    },
+}
+UDP_DOC: dict[str, Any] = {
+    "start": {"test_start": {"protocol": "UDP", "num_streams": 1, "blksize": 64}},
+    "end": {
+        "sum": {"start": 0, "end": 2.000773, "seconds": 2.000773, "bytes": 12887680, "bits_per_second": 51.5e6,
+                "jitter_ms": 0.0024, "lost_packets": 70368, "packets": 201370, "lost_percent": 34.9, "sender": True},
+        "sum_sent": {"start": 0, "end": 2.000578, "seconds": 2.000578, "bytes": 12887680,
+                     "bits_per_second": 51.5e6, "jitter_ms": 0, "lost_packets": 0, "packets": 201370,
+                     "lost_percent": 0, "sender": True},
+        "sum_received": {"start": 0, "end": 2.000773, "seconds": 2.000773, "bytes": 8375104,
+                         "bits_per_second": 33.5e6, "jitter_ms": 0.0024, "lost_packets": 70368,
+                         "packets": 201229, "lost_percent": 34.9, "sender": False},
+    },
+}
+PING_TEXT = """PING 198.19.2.2 (198.19.2.2) 56(84) bytes of data.
+64 bytes from 198.19.2.2: icmp_seq=1 ttl=64 time=0.912 ms
+64 bytes from 198.19.2.2: icmp_seq=2 ttl=64 time=0.654 ms
+64 bytes from 198.19.2.2: icmp_seq=4 ttl=64 time=0.700 ms
+
+--- 198.19.2.2 ping statistics ---
+4 packets transmitted, 3 received, 25% packet loss, time 151ms
+rtt min/avg/max/mdev = 0.654/0.755/0.912/0.112 ms
+"""
+
+
+# -- parsers -------------------------------------------------------------------------------------------------
+def test_parse_tcp_receiver_side() -> None:
+    r = parse_iperf3_tcp(TCP_DOC)
+    assert r.bits_per_second == 333877930.0
+    assert r.bytes == 83886080 and r.seconds == 2.01
+    assert r.retransmits == 7 and r.streams == 4
+    assert math.isclose(r.gbps, 0.33387793)
+
+
+def test_parse_tcp_without_optional_fields() -> None:
+    doc = copy.deepcopy(TCP_DOC)
+    del doc["start"]
+    del doc["end"]["sum_sent"]
+    r = parse_iperf3_tcp(doc)
+    assert r.retransmits is None and r.streams == 1
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"error": "unable to connect to server: Connection refused"}, "Connection refused"),
+    ({"start": {}}, "end.sum_received"),
+    ({"end": {"sum_received": "x"}}, "end.sum_received"),
+    ({"end": {"sum_received": {"bits_per_second": "fast", "bytes": 1, "seconds": 1}}}, "not a finite number"),
+    ({"end": {"sum_received": {"bits_per_second": True, "bytes": 1, "seconds": 1}}}, "not a finite number"),
+    ({"end": {"sum_received": {"bits_per_second": float("nan"), "bytes": 1, "seconds": 1}}}, "finite"),
+    ({"end": {"sum_received": {"bytes": 1, "seconds": 1}}}, "bits_per_second"),
+    ([1, 2], "not an object"),
+    (None, "not an object"),
+])
+def test_parse_tcp_rejects_with_typed_error(doc: Any, needle: str) -> None:
+    with pytest.raises(MeasureError, match=needle):
+        parse_iperf3_tcp(doc)
+
+
+def test_parse_udp_delivered_from_receiver() -> None:
+    u = parse_iperf3_udp(UDP_DOC, 64)
+    assert u.sent_packets == 201370
+    assert u.delivered_packets == 201229 - 70368 == 8375104 // 64
+    assert u.lost_packets == 70368 and u.payload == 64
+    assert math.isclose(u.delivered_pps, 130861 / 2.000773)
+    assert math.isclose(u.sent_pps, 201370 / 2.000773)
+
+
+def test_parse_udp_falls_back_to_sum() -> None:
+    doc = copy.deepcopy(UDP_DOC)
+    del doc["end"]["sum_received"]
+    del doc["end"]["sum_sent"]
+    u = parse_iperf3_udp(doc, 64)
+    assert u.delivered_packets == 201370 - 70368
+    assert u.sent_packets == 201370
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d.update(error="the server is busy running a test"), "busy"),
+    (lambda d: d.pop("end"), "end"),
+    (lambda d: d["end"].pop("sum_received") and d["end"].pop("sum"), "sum_received or end.sum"),
+    (lambda d: d["end"]["sum_received"].update(packets=-1), "negative"),
+    (lambda d: d["end"]["sum_received"].update(lost_packets="x"), "lost_packets"),
+])
+def test_parse_udp_rejects(mutate: Any, needle: str) -> None:
+    doc = copy.deepcopy(UDP_DOC)
+    mutate(doc)
+    with pytest.raises(MeasureError, match=needle):
+        parse_iperf3_udp(doc, 64)
+
+
+def test_parse_udp_more_lost_than_counted_is_zero_delivered() -> None:
+    doc = copy.deepcopy(UDP_DOC)
+    doc["end"]["sum_received"]["lost_packets"] = 10**9
+    assert parse_iperf3_udp(doc, 64).delivered_packets == 0
+
+
+def test_measure_error_is_value_error() -> None:
+    assert issubclass(MeasureError, ValueError)
+
+
+def test_parse_ping() -> None:
+    p = parse_ping(PING_TEXT, 4)
+    assert p.rtts_ms == (0.912, 0.654, 0.700)
+    assert p.median_ms == 0.700
+    assert math.isclose(p.loss, 0.25)
+
+
+def test_parse_ping_edge_cases() -> None:
+    assert parse_ping("", 5).median_ms is None and parse_ping("", 5).loss == 1.0
+    assert parse_ping("64 bytes from ::1: icmp_seq=1 ttl=64 time<1 ms\n", 1).rtts_ms == (1.0,)
+    assert parse_ping("x time=2 ms y time=4 ms", 2).median_ms == 3.0
+    many = "\n".join(f"time={i}.0 ms" for i in range(10))
+    assert len(parse_ping(many, 3).rtts_ms) == 3  # never more replies than requests
+    assert parse_ping("time=abc ms\n\x00\xff", 1).rtts_ms == ()
+
+
+def test_iperf3_argv() -> None:
+    assert iperf3_client_argv("198.19.1.2", seconds=5) == [
+        "iperf3", "-c", "198.19.1.2", "-p", "5201", "-t", "5", "-J", "--connect-timeout", "3000"]
+    tcp4 = iperf3_client_argv("198.19.1.2", seconds=2, streams=4)
+    assert tcp4[-2:] == ["-P", "4"]
+    udp = iperf3_client_argv("198.19.1.2", seconds=2, udp_payload=64, port=5300)
+    assert udp[-5:] == ["-u", "-l", "64", "-b", "0"]
+    assert "5300" in udp
+    with pytest.raises(ValueError):
+        iperf3_client_argv("198.19.1.2", seconds=0)
+
+
+# -- aggregation ---------------------------------------------------------------------------------------------
+def test_summarize() -> None:
+    assert netbench.summarize([]) is None
+    s = netbench.summarize([3.0, 1.0, 2.0])
+    assert s == netbench.Stats(2.0, 1.0, 3.0, 3)
+    assert netbench.summarize([1, 4]) == netbench.Stats(2.5, 1.0, 4.0, 2)
+    assert s is not None and s.as_dict() == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+def test_cpu_per_unit() -> None:
+    assert netbench.cpu_s_per_gb(2.0, 500_000_000) == 4.0
+    assert netbench.cpu_s_per_gb(None, 10) is None
+    assert netbench.cpu_s_per_gb(1.0, 0) is None
+    assert netbench.cpu_us_per_packet(0.5, 100_000) == 5.0
+    assert netbench.cpu_us_per_packet(None, 1) is None and netbench.cpu_us_per_packet(1.0, 0) is None
+
+
+def make_round(n: int, *, gbps: float, cpu: float | None = 1.0, rtt: float = 0.5, kpps: float = 40.0,
+               errors: tuple[str, ...] = ()) -> dict[str, Any]:
+    nbytes = int(gbps * 1e9 / 8 * 2)
+    rnd: dict[str, Any] = {
+        "round": n,
+        "ping": {"rtts_ms": [rtt], "sent": 1, "median_ms": rtt, "loss": 0.0},
+        "tcp1": {"bits_per_second": gbps * 1e9, "bytes": nbytes, "seconds": 2.0, "vpn_cpu_s": cpu},
+        "tcp4": {"bits_per_second": gbps * 1.2e9, "bytes": int(nbytes * 1.2), "seconds": 2.0, "vpn_cpu_s": cpu},
+        "udp": {"delivered_packets": int(kpps * 2000), "seconds": 2.0, "vpn_cpu_s": cpu},
+    }
+    for name in errors:
+        rnd[name] = {"error": "iperf3: boom"}
+    return rnd
+
+
+def test_round_metrics() -> None:
+    m = netbench.round_metrics(make_round(1, gbps=0.5, cpu=2.0))
+    assert math.isclose(m["tcp1_gbps"], 0.5)
+    assert math.isclose(m["tcp1_cpu_s_per_gb"], 2.0 / 0.125)
+    assert math.isclose(m["udp_kpps"], 40.0)
+    assert math.isclose(m["udp_cpu_us_per_pkt"], 2.0 * 1e6 / 80000)
+    assert m["rtt_ms"] == 0.5
+    assert set(m) == {k.key for k in netbench.METRICS}
+
+
+def test_round_metrics_kernel_and_errors() -> None:
+    m = netbench.round_metrics(make_round(1, gbps=8.0, cpu=None, errors=("tcp4", "ping")))
+    assert set(m) == {"tcp1_gbps", "udp_kpps"}
+    assert netbench.round_metrics({"round": 1}) == {}
+    assert netbench.round_metrics({"round": 1, "tcp1": "garbage"}) == {}
+
+
+def test_summarize_rounds_spread() -> None:
+    rounds = [make_round(1, gbps=0.3), make_round(2, gbps=0.5), make_round(3, gbps=0.4, errors=("udp",))]
+    s = netbench.summarize_rounds(rounds)
+    assert math.isclose(s["tcp1_gbps"].median, 0.4)
+    assert math.isclose(s["tcp1_gbps"].min, 0.3) and math.isclose(s["tcp1_gbps"].max, 0.5)
+    assert s["tcp1_gbps"].n == 3 and s["udp_kpps"].n == 2
+
+
+def test_ratio() -> None:
+    a, b = netbench.Stats(2.0, 1.0, 3.0, 3), netbench.Stats(4.0, 4.0, 4.0, 3)
+    assert netbench.ratio(a, b) == 0.5
+    assert netbench.ratio(b, a) == 2.0
+    assert netbench.ratio(None, b) is None and netbench.ratio(a, None) is None
+    assert netbench.ratio(a, netbench.Stats(0.0, 0.0, 0.0, 1)) is None
+
+
+def test_comparisons() -> None:
+    rows = netbench.comparisons(list(PATH_KEYS))
+    assert rows[:5] == [(k, "veth") for k in PATH_KEYS if k != "veth"]
+    assert ("pyvpn", "wireguard-go") in rows and ("pyvpn", "openvpn") in rows and ("pyvpn", "vxlan") in rows
+    assert ("pyvpn-l2", "wireguard-go") in rows and ("pyvpn-l2", "pyvpn") in rows
+    assert len(rows) == len(set(rows))
+    assert netbench.comparisons(["wireguard-go", "pyvpn"]) == [("pyvpn", "wireguard-go")]
+    assert netbench.comparisons(["veth"]) == []
+    assert netbench.comparisons(["veth", "openvpn"]) == [("openvpn", "veth")]
+
+
+# -- options ---------------------------------------------------------------------------------------------------
+def test_options_defaults_and_quick() -> None:
+    o = netbench.parse_options([])
+    assert o.paths == PATH_KEYS and o.rounds == 3 and o.seconds == 5 and o.pings == 20 and not o.veth_gso
+    q = netbench.parse_options(["--quick"])
+    assert q.quick and q.rounds == 3 and q.seconds == 2 and q.pings == 10
+    q2 = netbench.parse_options(["--quick", "--seconds", "4", "--rounds", "5", "--paths", "veth, pyvpn",
+                                 "--veth-gso", "--pyvpn-cmd", "pyvpn --log-level error", "--out", "/tmp/x"])
+    assert q2.seconds == 4 and q2.rounds == 5 and q2.paths == ("veth", "pyvpn") and q2.veth_gso
+    assert q2.pyvpn_command == ("pyvpn", "--log-level", "error") and q2.out == Path("/tmp/x")
+
+
+@pytest.mark.parametrize("argv", [["--paths", "veth,nope"], ["--paths", "veth,veth"], ["--paths", ","],
+                                  ["--rounds", "0"], ["--seconds", "0"], ["--streams", "1"],
+                                  ["--udp-size", "8"], ["--ping-interval", "5"], ["--rounds", "x"]])
+def test_options_rejected(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        netbench.parse_options(argv)
+    assert e.value.code == 2
+
+
+def test_make_path() -> None:
+    for key in PATH_KEYS:
+        p = make_path(key, pyvpn_command=["pyvpn"])
+        assert p.key == key and p.title
+    assert make_path("veth").is_vpn is False and make_path("pyvpn").is_vpn is True
+    assert make_path("pyvpn-l2").unavailable() is not None  # the L2 slot says why
+    with pytest.raises(ValueError):
+        make_path("tinc")
+
+
+# -- report: JSON, tables, chart -----------------------------------------------------------------------------
+def make_report() -> netbench.Report:
+    opts = netbench.Options(paths=("veth", "wireguard-go", "openvpn", "pyvpn", "pyvpn-l2"), rounds=3, seconds=2)
+    recs = [
+        netbench.PathRecord("veth", "raw veth", False, rounds=[make_round(i, gbps=8.0, cpu=None, rtt=0.05)
+                                                               for i in (1, 2, 3)]),
+        netbench.PathRecord("wireguard-go", "wireguard-go", True, version="wireguard-go v0.0.20220316",
+                            rounds=[make_round(i, gbps=0.2 + i / 100, cpu=1.5) for i in (1, 2, 3)]),
+        netbench.PathRecord("openvpn", "OpenVPN", True, status="failed: openvpn: daemon exited 1: bad cert"),
+        netbench.PathRecord("pyvpn", "pyvpn L3", True,
+                            rounds=[make_round(i, gbps=0.4 + i / 100, cpu=1.0) for i in (1, 2)]
+                            + [make_round(3, gbps=0.42, errors=("tcp4",))]),
+        netbench.PathRecord("pyvpn-l2", "pyvpn L2", True, status="not available: not wired yet"),
+    ]
+    return netbench.Report(opts, {"nproc": 2, "kernel": "6.18", "cpu_model": "test"}, recs,
+                           started="2025-01-01T00:00:00+00:00", finished="2025-01-01T00:01:00+00:00")
+
+
+def test_report_json_shape() -> None:
+    doc = netbench.report_json(make_report())
+    text = json.dumps(doc, allow_nan=False)  # serialisable, no NaN
+    back = json.loads(text)
+    assert back["schema"] == netbench.SCHEMA
+    assert back["options"]["rounds"] == 3 and back["options"]["paths"][0] == "veth"
+    assert back["machine"]["nproc"] == 2
+    assert set(back["paths"]) == {"veth", "wireguard-go", "openvpn", "pyvpn", "pyvpn-l2"}
+    wg = back["paths"]["wireguard-go"]
+    assert wg["status"] == "ok" and wg["version"].startswith("wireguard-go")
+    assert wg["summary"]["tcp1_gbps"]["n"] == 3 and math.isclose(wg["summary"]["tcp1_gbps"]["median"], 0.22)
+    assert len(wg["rounds"]) == 3  # raw figures kept
+    assert back["paths"]["openvpn"]["status"].startswith("failed:")
+    assert back["paths"]["pyvpn"]["errors"] == ["r3 tcp4: iperf3: boom"]
+    assert back["metrics"]["tcp4_gbps"]["title"] == "TCP 4"
+    rows = {(r["num"], r["den"]): r["ratios"] for r in back["ratios"]}
+    assert math.isclose(rows[("pyvpn", "wireguard-go")]["tcp1_gbps"], 0.42 / 0.22)
+    assert math.isclose(rows[("wireguard-go", "veth")]["tcp1_gbps"], 0.22 / 8.0)
+    assert rows[("pyvpn", "openvpn")]["tcp1_gbps"] is None  # failed peer: no ratio
+    assert rows[("wireguard-go", "veth")]["tcp1_cpu_s_per_gb"] is None  # kernel path has no daemon CPU
+
+
+def render(table: Any) -> str:
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), width=200, record=True, color_system=None)
+    con.print(table)
+    return con.export_text()
+
+
+def test_results_table_text() -> None:
+    text = render(netbench.results_table(make_report()))
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    assert "8.00" in lines["raw veth"] and "kernel" in lines["raw veth"]
+    assert "0.22 (0.21–0.23)" in lines["wireguard-go"]
+    assert "failed" in lines["OpenVPN"] and "not available" in lines["pyvpn L2"]
+    assert "[n=2]" in lines["pyvpn L3"]  # one round lost its TCP x4 figure
+    assert "TCP 4" in text and "UDP 64B" in text
+
+
+def test_ratio_table_text() -> None:
+    text = render(netbench.ratio_table(make_report()))
+    assert "pyvpn L3 ÷ wireguard-go" in text and f"{0.42 / 0.22:.2f}×" in text
+    assert "pyvpn L3 ÷ OpenVPN" not in text  # no figures: row left out
+    assert "pyvpn L2" not in text
+
+
+def test_notes_and_cells() -> None:
+    notes = netbench.notes_lines(make_report())
+    assert any("OpenVPN: failed: openvpn: daemon exited 1: bad cert" in n for n in notes)
+    assert any(n.startswith("pyvpn L3: r3 tcp4") for n in notes)
+    m = netbench.METRIC_BY_KEY["rtt_ms"]
+    assert netbench.format_cell(m, None, rounds=3) == "-"
+    assert netbench.format_cell(m, netbench.Stats(0.5, 0.5, 0.5, 1), rounds=3) == "0.500 [n=1]"
+    assert netbench.format_ratio(None) == "-" and netbench.format_ratio(1.234) == "1.23×"
+
+
+def test_write_outputs(tmp_path: Path) -> None:
+    json_path, png, note = netbench.write_outputs(make_report(), tmp_path / "out", chart=False)
+    assert json.loads(json_path.read_text())["schema"] == netbench.SCHEMA
+    assert png is None and note
+
+
+def test_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    assert netbench.write_chart(make_report(), tmp_path / "c.png") is None
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_print_report_smoke() -> None:
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), width=200, record=True, color_system=None)
+    netbench.print_report(make_report(), con)
+    assert "veth offloads" in con.export_text()
+
+
+# -- run loop with fake paths (order, failure isolation) ------------------------------------------------------
+class FakePath(BenchPath):
+    title = "fake"
+    is_vpn = True
+
+    def __init__(self, key: str, *, fail: str | None = None, missing: str | None = None,
+                 dies_after: int | None = None) -> None:
+        super().__init__()
+        self.key = key  # type: ignore[misc]
+        self.title = key  # type: ignore[misc]
+        self.fail, self.missing, self.dies_after, self.rounds = fail, missing, dies_after, 0
+
+    def unavailable(self) -> str | None:
+        return self.missing
+
+    def setup(self, lab: Any, slot: int, *, veth_gso: bool) -> Endpoints:
+        if self.fail:
+            raise RuntimeError(self.fail)
+        return Endpoints(client=None, server=None, server_addr=f"198.19.{slot}.2", mtu=1420,  # type: ignore[arg-type]
+                         offloads="test", detail=f"slot {slot}")
+
+    def alive(self) -> str | None:
+        if self.dies_after is not None and self.rounds >= self.dies_after:
+            return "daemon exited -9: killed"
+        return None
+
+
+def test_run_loop_interleaves_and_isolates(monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes = {"veth": FakePath("veth"), "vxlan": FakePath("vxlan", fail="ip link add: no vxlan module"),
+             "wireguard-go": FakePath("wireguard-go", dies_after=2), "openvpn": FakePath("openvpn"),
+             "pyvpn": FakePath("pyvpn"), "pyvpn-l2": FakePath("pyvpn-l2", missing="not wired")}
+    calls: list[tuple[int, str]] = []
+
+    def fake_measure(lab: Any, path: BenchPath, ep: Endpoints, opts: Any, round_no: int) -> dict[str, Any]:
+        calls.append((round_no, path.key))
+        assert isinstance(path, FakePath)
+        path.rounds += 1
+        return make_round(round_no, gbps=1.0)
+
+    monkeypatch.setattr(netbench, "make_path", lambda key, pyvpn_command=None: fakes[key])
+    monkeypatch.setattr(netbench, "measure_round", fake_measure)
+    report = netbench.Report(netbench.Options(rounds=3), {}, [], started="now")
+    lines: list[str] = []
+    netbench._run_in(object(), report, lines.append)  # type: ignore[arg-type]
+    # round 1 of every live path, then round 2, ...; the dead daemon stops after its 2nd round
+    assert calls == [(1, "veth"), (1, "wireguard-go"), (1, "openvpn"), (1, "pyvpn"),
+                     (2, "veth"), (2, "wireguard-go"), (2, "openvpn"), (2, "pyvpn"),
+                     (3, "veth"), (3, "openvpn"), (3, "pyvpn")]
+    status = {r.key: r.status for r in report.records}
+    assert status["vxlan"] == "failed: ip link add: no vxlan module"
+    assert status["pyvpn-l2"] == "not available: not wired"
+    assert status["wireguard-go"].startswith("failed: daemon exited -9")
+    assert status["veth"] == status["pyvpn"] == "ok"
+    assert len(report.record("wireguard-go").rounds) == 2  # type: ignore[union-attr]
+    assert report.record("veth").detail == "slot 1"  # type: ignore[union-attr]
+    assert any("round 3/3: pyvpn" in line for line in lines)
+
+
+def test_run_refuses_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in (netbench.preflight() or "")
+    with pytest.raises(RuntimeError, match="root"):
+        netbench.run(netbench.Options())
+    assert netbench.main(["--paths", "veth"]) == 2
+
+
+# -- generated configs ---------------------------------------------------------------------------------------
+def test_openvpn_config_and_fingerprint(tmp_path: Path) -> None:
+    from paths.openvpn import p2p_config, self_signed
+
+    cert, key, fp = self_signed("netbench-test")
+    assert cert.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE KEY" in key
+    assert len(fp.split(":")) == 32 and fp == fp.upper()
+    text = p2p_config(tls_role="tls-server", local="198.18.3.2", remote="198.18.3.1",
+                      ifconfig_local="198.19.3.2", ifconfig_remote="198.19.3.1", ipv6_local="fd00:3::2",
+                      ipv6_remote="fd00:3::1", cert=tmp_path / "c", key=tmp_path / "k", peer_fingerprint=fp,
+                      ifname="tun0")
+    lines = text.splitlines()
+    for want in ("tls-server", "dh none", "data-ciphers AES-256-GCM", "disable-dco", "tun-mtu 1420",
+                 f"peer-fingerprint {fp}", "ifconfig 198.19.3.2 198.19.3.1", "proto udp"):
+        assert want in lines
+    with pytest.raises(ValueError):
+        p2p_config(tls_role="server", local="", remote="", ifconfig_local="", ifconfig_remote="",
+                   ipv6_local="", ipv6_remote="", cert=tmp_path, key=tmp_path, peer_fingerprint="", ifname="t")
+
+
+def _key() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    k = X25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    priv = k.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pub = k.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(priv).decode(), base64.b64encode(pub).decode()
+
+
+def test_pyvpn_configs_parse_with_pyvpn() -> None:
+    config = pytest.importorskip("vpn.config")
+    from paths.pyvpn import client_config, server_config
+
+    (spriv, spub), (cpriv, cpub) = _key(), _key()
+    s = config.parse_config(server_config(private_key=spriv, address=["198.19.5.2/24", "fd00:5::2/64"],
+                                          client_public=cpub, client_ips=["198.19.5.1/32", "fd00:5::1/128"]))
+    assert s.interface.listen_port == 51820 and len(s.interface.addresses) == 2
+    assert base64.b64encode(s.peers[0].public_key).decode() == cpub
+    c = config.parse_config(client_config(private_key=cpriv, address=["198.19.5.1/24"], server_public=spub,
+                                          server_nets=["198.19.5.0/24"], endpoint="198.18.5.2:51820"))
+    assert c.peers[0].endpoint == ("198.18.5.2", 51820) and c.peers[0].persistent_keepalive == 25
+
+
+# -- /proc accounting ----------------------------------------------------------------------------------------
+def test_cpu_accounting_helpers() -> None:
+    assert cpu_delta({1: 1.0, 2: 5.0}, {1: 1.5, 3: 0.25}) == 0.75  # new pid from zero, gone pid dropped
+    assert cpu_delta({1: 2.0}, {1: 1.0}) == 0.0  # never negative (pid reuse)
+    sample = tree_cpu_seconds([os.getpid()])
+    assert os.getpid() in sample and sample[os.getpid()] >= 0.0
+    assert process_cpu_seconds(2**22 + 7) == 0.0  # no such pid
+    assert system_busy_seconds() > 0.0
