@@ -43,10 +43,11 @@ def socket_path(iface: str) -> Path:
 def list_interfaces() -> list[str]:
     if not CONTROL_DIR.is_dir():
         return []
-    return sorted(p.stem for p in CONTROL_DIR.glob("*.sock") if _alive(p))
+    return sorted(p.stem for p in CONTROL_DIR.glob("*.sock") if socket_is_live(p))
 
 
-def _alive(path: Path) -> bool:
+def socket_is_live(path: Path) -> bool:
+    """Whether a process listens on the UNIX socket at ``path`` (a stale file says no)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(0.5)
     try:
@@ -114,7 +115,7 @@ class ControlServer:
     async def start(self) -> None:
         CONTROL_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.path.exists():
-            if _alive(self.path):
+            if socket_is_live(self.path):
                 raise ControlError(f"{self.path} is in use by a running pyvpn")
             self.path.unlink()
         old = os.umask(0o077)

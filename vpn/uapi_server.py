@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import uapi
+from .control import socket_is_live as _live
 
 if TYPE_CHECKING:
     from .device import Device
@@ -36,18 +37,6 @@ class UapiSocketInUse(Exception):
 
 def uapi_path(iface: str) -> Path:
     return WG_RUN_DIR / f"{iface}.sock"
-
-
-def _live(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def bind_uapi_socket(iface: str) -> socket.socket:
