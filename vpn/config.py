@@ -13,7 +13,9 @@ one file serves both:
   Interface: ``Name`` (interface name; default the file's stem, as wg-quick), ``Namespace``
   (put the tun into this netns), ``User`` (drop privileges to it), ``Forward`` (on/off:
   client-to-client forwarding inside the daemon, default on), ``Offload`` (on/off/auto),
-  ``LogLevel``, ``Metrics`` (host:port).  Peer: ``Name``.
+  ``LogLevel``, ``Metrics`` (host:port), and for ``pyvpn server add-client``: ``Pool4`` and
+  ``Pool6`` (the networks client addresses are drawn from) and ``PublicEndpoint`` (host:port
+  that clients connect to).  Peer: ``Name``.
 - ``#pyvpn [Segment]`` opens a pyvpn-only section (an L2 segment); its lines are all
   ``#pyvpn Key = Value``: ``VNI`` (required), ``Tap`` (required), ``Bridge``, ``MTU``,
   ``Port`` (VXLAN UDP port, 4789), ``Peers`` (names or public keys; default all), ``VLAN``,
@@ -112,6 +114,9 @@ class InterfaceConfig:
     offload: str = "auto"
     log_level: str | None = None
     metrics: str | None = None
+    pool4: ipaddress.IPv4Network | None = None
+    pool6: ipaddress.IPv6Network | None = None
+    public_endpoint: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,12 @@ def parse_endpoint(v: str) -> tuple[str, int]:
     return m.group(1), port
 
 
+def format_endpoint(ep: tuple[str, int]) -> str:
+    """``host:port``, or ``[v6]:port``: what :func:`parse_endpoint` reads back."""
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _keepalive(v: str) -> int:
     return 0 if v.lower() == "off" else _int(v, 0, 65535)
 
@@ -216,7 +227,8 @@ _INTERFACE_KEYS = {
     "predown": "pre_down", "postdown": "post_down", "saveconfig": "save_config",
 }
 _INTERFACE_PYVPN = {"name": "name", "namespace": "namespace", "user": "user", "forward": "forward",
-                    "offload": "offload", "loglevel": "log_level", "metrics": "metrics"}
+                    "offload": "offload", "loglevel": "log_level", "metrics": "metrics",
+                    "pool4": "pool4", "pool6": "pool6", "publicendpoint": "public_endpoint"}
 _PEER_KEYS = {"publickey": "public_key", "presharedkey": "preshared_key", "allowedips": "allowed_ips",
               "endpoint": "endpoint", "persistentkeepalive": "persistent_keepalive"}
 _PEER_PYVPN = {"name": "name"}
@@ -252,8 +264,13 @@ def _convert(section: str, attr: str, raw: str) -> Any:
         return raw
     if attr in ("save_config", "forward"):
         return _bool(raw)
-    if attr == "endpoint":
+    if attr in ("endpoint", "public_endpoint"):
         return parse_endpoint(raw)
+    if attr in ("pool4", "pool6"):
+        net = _network(raw)
+        if net.version != (4 if attr == "pool4" else 6):
+            raise ValueError(f"{raw!r} is not an IPv{4 if attr == 'pool4' else 6} network")
+        return net
     if attr == "persistent_keepalive":
         return _keepalive(raw)
     if attr == "offload":
@@ -470,6 +487,12 @@ def format_config(cfg: Config) -> str:
         v = getattr(i, attr)
         if v is not None:
             out.append(f"#pyvpn {key} = {v}")
+    for key, attr in (("Pool4", "pool4"), ("Pool6", "pool6")):
+        v = getattr(i, attr)
+        if v is not None:
+            out.append(f"#pyvpn {key} = {v}")
+    if i.public_endpoint is not None:
+        out.append(f"#pyvpn PublicEndpoint = {format_endpoint(i.public_endpoint)}")
     if not i.forward:
         out.append("#pyvpn Forward = off")
     if i.offload != "auto":
@@ -484,8 +507,7 @@ def format_config(cfg: Config) -> str:
         if p.allowed_ips:
             out.append(f"AllowedIPs = {', '.join(str(n) for n in p.allowed_ips)}")
         if p.endpoint:
-            host, port = p.endpoint
-            out.append(f"Endpoint = {'[' + host + ']' if ':' in host else host}:{port}")
+            out.append(f"Endpoint = {format_endpoint(p.endpoint)}")
         if p.persistent_keepalive:
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
     for s in cfg.segments:
@@ -557,4 +579,4 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
 
 
 __all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_permissions",
-           "format_config", "load_config", "parse_config", "parse_endpoint", "write_config_atomic"]
+           "format_config", "format_endpoint", "load_config", "parse_config", "parse_endpoint", "write_config_atomic"]
