@@ -498,18 +498,7 @@ def format_config(cfg: Config) -> str:
     if i.offload != "auto":
         out.append(f"#pyvpn Offload = {i.offload}")
     for p in cfg.peers:
-        out += ["", "[Peer]"]
-        if p.name:
-            out.append(f"#pyvpn Name = {p.name}")
-        out.append(f"PublicKey = {encode_key(p.public_key)}")
-        if p.preshared_key is not None:
-            out.append(f"PresharedKey = {encode_key(p.preshared_key)}")
-        if p.allowed_ips:
-            out.append(f"AllowedIPs = {', '.join(str(n) for n in p.allowed_ips)}")
-        if p.endpoint:
-            out.append(f"Endpoint = {format_endpoint(p.endpoint)}")
-        if p.persistent_keepalive:
-            out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+        out += ["", *format_peer(p).splitlines()]
     for s in cfg.segments:
         out += ["", "#pyvpn [Segment]", f"#pyvpn VNI = {s.vni}", f"#pyvpn Tap = {s.tap}"]
         for key, attr in (("Bridge", "bridge"), ("MTU", "mtu"), ("VLAN", "vlan"), ("Local", "local")):
@@ -528,6 +517,23 @@ def format_config(cfg: Config) -> str:
             out.append(f"#pyvpn MacAge = {int(s.mac_age)}")
         if s.mac_limit != 4096:
             out.append(f"#pyvpn MacLimit = {s.mac_limit}")
+    return "\n".join(out) + "\n"
+
+
+def format_peer(p: PeerConfig) -> str:
+    """One ``[Peer]`` section, header included, as :func:`format_config` writes it."""
+    out = ["[Peer]"]
+    if p.name:
+        out.append(f"#pyvpn Name = {p.name}")
+    out.append(f"PublicKey = {encode_key(p.public_key)}")
+    if p.preshared_key is not None:
+        out.append(f"PresharedKey = {encode_key(p.preshared_key)}")
+    if p.allowed_ips:
+        out.append(f"AllowedIPs = {', '.join(str(n) for n in p.allowed_ips)}")
+    if p.endpoint:
+        out.append(f"Endpoint = {format_endpoint(p.endpoint)}")
+    if p.persistent_keepalive:
+        out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
     return "\n".join(out) + "\n"
 
 
@@ -579,4 +585,4 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
 
 
 __all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_permissions",
-           "format_config", "format_endpoint", "load_config", "parse_config", "parse_endpoint", "write_config_atomic"]
+           "format_config", "format_endpoint", "format_peer", "load_config", "parse_config", "parse_endpoint", "write_config_atomic"]
