@@ -76,7 +76,10 @@ def _run(config: Path, role: str, log_level: str, netns: str | None, metrics: st
     raise typer.Exit(code)
 
 
+# allow_interspersed_args: a group stops parsing options at its first positional argument, so
+# `pyvpn server CONFIG -l debug` would take `-l` for a sub-command; `pyvpn client` accepts both orders.
 server_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                         context_settings={"allow_interspersed_args": True},
                          help="Run a server (a hub for many clients), or manage its clients.")
 app.add_typer(server_app, name="server")
 
