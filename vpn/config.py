@@ -15,12 +15,14 @@ one file serves both:
   client-to-client forwarding inside the daemon, default on), ``Offload`` (on/off/auto),
   ``LogLevel``, ``Metrics`` (host:port), and for ``pyvpn server add-client``: ``Pool4`` and
   ``Pool6`` (the networks client addresses are drawn from) and ``PublicEndpoint`` (host:port
-  that clients connect to).  Peer: ``Name``.
+  that clients connect to).  Peer: ``Name``, ``Vtep`` (the peer's VXLAN tunnel endpoint
+  address for L2 segments; default: the first host address of its AllowedIPs).
 - ``#pyvpn [Segment]`` opens a pyvpn-only section (an L2 segment); its lines are all
   ``#pyvpn Key = Value``: ``VNI`` (required), ``Tap`` (required), ``Bridge``, ``MTU``,
   ``Port`` (VXLAN UDP port, 4789), ``Peers`` (names or public keys; default all), ``VLAN``,
   ``Mode`` (``tunnel``, or ``plain`` = unencrypted RFC 7348 over the underlay, with ``Local``
-  and ``Remote``), ``MacAge`` (300), ``MacLimit`` (4096).  A normal section header ends it.
+  and ``Remote`` = ``ip``, ``ip:port`` or ``[v6]:port``), ``MacAge`` (300), ``MacLimit`` (4096).
+  A normal section header ends it.  :mod:`vpn.l2` runs the segments.
 
 Every error is a :class:`ConfigError` naming the file, the line and the key.  Private keys never
 appear in messages or reprs.
@@ -77,6 +79,8 @@ class PeerConfig:
     :ivar endpoint: ``(host, port)`` as written (resolved when the daemon starts), or None.
     :ivar persistent_keepalive: seconds, 0 = off.
     :ivar name: ``#pyvpn Name``, or None.
+    :ivar vtep: ``#pyvpn Vtep``: the peer's VXLAN tunnel endpoint address (L2 segments), or None
+        for the first host address of its AllowedIPs.
     :ivar line: where the section starts.
     """
 
@@ -86,6 +90,7 @@ class PeerConfig:
     endpoint: tuple[str, int] | None = None
     persistent_keepalive: int = 0
     name: str | None = None
+    vtep: str | None = None
     line: int = 0
 
 
@@ -207,6 +212,22 @@ def format_endpoint(ep: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_remote(v: str) -> tuple[str, int | None]:
+    """A plain-VXLAN ``Remote``: ``ip``, ``ip:port`` or ``[v6]:port`` → ``(ip, port or None)``.
+
+    :raises ValueError: anything else (host names are not accepted).
+    """
+    try:
+        return str(ipaddress.ip_address(v)), None
+    except ValueError:
+        pass
+    host, port = parse_endpoint(v)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address, ip:port or [v6]:port") from None
+
+
 def _keepalive(v: str) -> int:
     return 0 if v.lower() == "off" else _int(v, 0, 65535)
 
@@ -231,7 +252,7 @@ _INTERFACE_PYVPN = {"name": "name", "namespace": "namespace", "user": "user", "f
                     "pool4": "pool4", "pool6": "pool6", "publicendpoint": "public_endpoint"}
 _PEER_KEYS = {"publickey": "public_key", "presharedkey": "preshared_key", "allowedips": "allowed_ips",
               "endpoint": "endpoint", "persistentkeepalive": "persistent_keepalive"}
-_PEER_PYVPN = {"name": "name"}
+_PEER_PYVPN = {"name": "name", "vtep": "vtep"}
 _SEGMENT_KEYS = {"vni": "vni", "tap": "tap", "bridge": "bridge", "mtu": "mtu", "port": "port", "peers": "peers",
                  "vlan": "vlan", "mode": "mode", "local": "local", "remote": "remote", "macage": "mac_age",
                  "maclimit": "mac_limit"}
@@ -253,8 +274,13 @@ def _convert(section: str, attr: str, raw: str) -> Any:
         return [_interface(x) for x in _list(raw)]
     if attr == "allowed_ips":
         return [_network(x) for x in _list(raw)]
-    if attr in ("dns", "peers", "remote"):
+    if attr in ("dns", "peers"):
         return _list(raw)
+    if attr == "remote":
+        items = _list(raw)
+        for item in items:
+            parse_remote(item)
+        return items
     if attr == "mtu":
         return _int(raw, 576 if section != "segment" else 68, 65535)
     if attr == "table":
@@ -296,9 +322,11 @@ def _convert(section: str, attr: str, raw: str) -> Any:
         if raw.lower() not in ("tunnel", "plain"):
             raise ValueError(f"{raw!r} is not tunnel or plain")
         return raw.lower()
-    if attr == "local":
-        ipaddress.ip_address(raw)
-        return raw
+    if attr in ("local", "vtep"):
+        try:
+            return str(ipaddress.ip_address(raw))
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an IP address") from None
     if attr == "mac_age":
         return float(_int(raw, 1, 86400 * 365))
     if attr == "mac_limit":
@@ -534,6 +562,8 @@ def format_peer(p: PeerConfig) -> str:
         out.append(f"Endpoint = {format_endpoint(p.endpoint)}")
     if p.persistent_keepalive:
         out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+    if p.vtep:
+        out.append(f"#pyvpn Vtep = {p.vtep}")
     return "\n".join(out) + "\n"
 
 
@@ -579,10 +609,12 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
         peers.append(PeerConfig(public_key=pub, preshared_key=t.preshared_key,
                                 allowed_ips=tuple(ipaddress.ip_network(a) for a in peer.allowed_ips),
                                 endpoint=(str(ep[0]), int(ep[1])) if ep else None,
-                                persistent_keepalive=t.persistent_keepalive, name=peer.name))
+                                persistent_keepalive=t.persistent_keepalive, name=peer.name,
+                                vtep=old.vtep if old else None))
     new = replace(cfg, peers=tuple(peers))
     write_config_atomic(cfg.path, format_config(new))
 
 
 __all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_permissions",
-           "format_config", "format_endpoint", "format_peer", "load_config", "parse_config", "parse_endpoint", "write_config_atomic"]
+           "format_config", "format_endpoint", "format_peer", "load_config", "parse_config", "parse_endpoint",
+           "parse_remote", "write_config_atomic"]
