@@ -99,40 +99,46 @@ class Interface:
 
     def _add_default(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         """wg-quick's trick: default route in table 51820, used by every packet without our fwmark."""
-        from pyroute2 import IPRoute, NetNS
-
         table = DEFAULT_TABLE
         self.fwmark = table
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         netconf.add_route(self.name, str(net), table=table, netns=self.netns)
-        ipr = NetNS(self.netns) if self.netns else IPRoute()
-        try:
-            rules = [
-                {"family": family, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF, "flags": 2,
-                 "priority": 32764},  # FIB_RULE_INVERT: "not fwmark 51820 lookup 51820"
-                {"family": family, "table": 254, "suppress_prefixlength": 0, "priority": 32763},
-            ]
+        rules = [
+            {"family": family, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF, "flags": 2,
+             "priority": 32764},  # FIB_RULE_INVERT: "not fwmark 51820 lookup 51820"
+            {"family": family, "table": 254, "suppress_prefixlen": 0,  # FRA_SUPPRESS_PREFIXLEN
+             "priority": 32763},
+        ]
+        self.rules += self._rules("add", rules)
+
+    def _rules(self, cmd: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``ip rule add|del`` each of ``rules``; return those that worked (a failure is logged).
+
+        Through netconf's runner: we are inside the running (uv)loop here, where pyroute2's
+        synchronous API cannot run its own loop.
+        """
+
+        def op(ipr: Any) -> list[dict[str, Any]]:
+            done = []
             for r in rules:
                 try:
-                    ipr.rule("add", **r)
-                    self.rules.append(r)
+                    ipr.rule(cmd, **r)
+                    done.append(r)
                 except Exception as e:  # noqa: BLE001  # pyroute2 NetlinkError; keep going without the rule
-                    log.warning("%s: could not add policy rule %s: %s", self.name, r, e)
-        finally:
-            ipr.close()
+                    if cmd == "add":
+                        log.warning("%s: could not add policy rule %s: %s", self.name, r, e)
+            return done
+
+        try:
+            return netconf._run(f"rule {cmd}", self.netns, op)
+        except OSError as e:
+            log.warning("%s: policy rules (%s): %s", self.name, cmd, e)
+            return []
 
     def teardown(self) -> None:
         if not self.rules:
             return
-        from pyroute2 import IPRoute, NetNS
-
-        ipr = NetNS(self.netns) if self.netns else IPRoute()
-        try:
-            for r in self.rules:
-                with contextlib.suppress(Exception):
-                    ipr.rule("del", **r)
-        finally:
-            ipr.close()
+        self._rules("del", self.rules)
         self.rules = []
 
 
