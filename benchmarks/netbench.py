@@ -513,12 +513,25 @@ def write_chart(report: Report, path: Path) -> str | None:
             lo.append(s.median - s.min)
             hi.append(s.max - s.median)
             col.append(colors.get(r.key, "#444444"))
-        ax.bar(range(len(names)), med, yerr=[lo, hi], color=col, capsize=3)
+        bars = ax.bar(range(len(names)), med, yerr=[lo, hi], color=col, capsize=3)
+        ax.bar_label(bars, labels=[m.fmt.format(v) for v in med], fontsize=7, padding=2)
+        positive = [v for v in med if v > 0]
+        if positive and max(positive) / min(positive) > 20:
+            ax.set_yscale("log")  # tunnels next to the raw veth: keep them visible
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric_title(m, report.options)} ({m.unit})", fontsize=9)
+        ax.set_title(f"{metric_title(m, report.options)} ({m.unit})"
+                     + (", log scale" if ax.get_yscale() == "log" else ""), fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
-    for ax in list(axes.flat)[len(METRICS):]:
+    spare = list(axes.flat)[len(METRICS):]
+    for ax in spare:
         ax.axis("off")
+    if spare:
+        lines = [f"{_title(r['num'])} ÷ {_title(r['den'])}: TCP1 {format_ratio(r['ratios']['tcp1_gbps'])}, "
+                 f"UDP {format_ratio(r['ratios']['udp_kpps'])}, CPU/GB {format_ratio(r['ratios']['tcp1_cpu_s_per_gb'])}"
+                 for r in report.ratio_rows() if r["num"] in PYVPN_PATHS and r["den"] != BASELINE
+                 and any(v is not None for v in r["ratios"].values())]
+        spare[0].text(0.0, 1.0, "ratios of medians\n" + "\n".join(lines or ["(no pyvpn figures)"]),
+                      va="top", ha="left", fontsize=8, family="monospace", transform=spare[0].transAxes)
     machine = report.machine
     fig.suptitle(f"pyvpn netbench {report.started} — {machine.get('cpu_model', '?')}, "
                  f"{machine.get('nproc', '?')} CPUs, Linux {machine.get('kernel', '?')}", fontsize=9)
