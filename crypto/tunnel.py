@@ -302,7 +302,9 @@ class Tunnel:
         core._indices[local_index] = (self, hs)
         body = _INIT_BODY.pack(MESSAGE_INITIATION, local_index, parts.ephemeral_public,
                                parts.encrypted_static, parts.encrypted_payload)
-        core._emit(self, self.endpoint, [self.cookies.add_macs(body, now=now)])
+        msg = self.cookies.add_macs(body, now=now)
+        self.tx_bytes += len(msg)  # every datagram sent counts, handshakes too (as wireguard-go)
+        core._emit(self, self.endpoint, [msg])
         core.events.append(HandshakeInitiated(self.public_key, retry))
         self._t_traversal(now)
         self._t_any_sent()
