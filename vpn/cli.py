@@ -25,9 +25,17 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+OUR_LOGGERS = ("pyvpn", "tunnel", "crypto", "vpn")
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+    """``level`` for pyvpn's own loggers; libraries stay at INFO or above (pyroute2 and asyncio
+    log every netlink message and selector at DEBUG, which would drown the daemon's own lines)."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=max(lvl, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(lvl)
 
 
 # -- keys -------------------------------------------------------------------------------------
