@@ -1,0 +1,344 @@
+"""The running ``pyvpn server`` / ``pyvpn client`` against Debian's wireguard-go, at L3.
+
+Both directions, each side configured from a wg-quick style file (pyvpn reads it itself; the
+harness applies the same keys to wireguard-go with ``wg setconf`` and ``ip``):
+
+- pyvpn server <-> wireguard-go client, and wireguard-go server <-> pyvpn client: ping over
+  IPv4 and IPv6 both ways, iperf3 TCP in both directions, ``wg show`` on the wireguard-go side
+  reporting the handshake and the bytes, ``pyvpn show --json`` on ours;
+- a client with ``AllowedIPs = 0.0.0.0/0, ::/0`` (wg-quick's fwmark policy routing, installed
+  by the daemon) still reaches the server over the underlay, and the server's underlay address
+  and a network behind it through the tunnel; the rules go away with the daemon.
+
+Topology: two namespaces joined by a veth, 198.18.0.1/24 (server) - 198.18.0.2/24 (client),
+tunnel 198.19.0.0/24 and fd00:19::/64.  :class:`Pyvpn` (the small runner the other interop
+files import too) starts ``pyvpn server|client CONFIG`` in a namespace and waits for its UAPI
+and control sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+from netns import Netns, namespaces, veth, wait_for
+from wgharness import (
+    WgPeer,
+    WgStatus,
+    WireguardGo,
+    iperf3_bytes,
+    iperf3_client,
+    iperf3_server,
+    parse_wg_dump,
+    ping,
+    unique_ifname,
+    wg_keypair,
+    wg_quick_file,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.interop]
+
+WG_RUN_DIR = Path("/var/run/wireguard")
+PYVPN_RUN_DIR = Path("/var/run/pyvpn")
+START_TIMEOUT = 10.0  # seconds for a pyvpn daemon to open its sockets (Python start-up included)
+STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+CMD_TIMEOUT = 10.0
+IPERF_SECONDS = 1
+
+SRV_UL, CLI_UL = "198.18.0.1", "198.18.0.2"
+SRV4, CLI4, SRV6, CLI6 = "198.19.0.1", "198.19.0.2", "fd00:19::1", "fd00:19::2"
+
+
+# -- a running pyvpn daemon ----------------------------------------------------------------------------------
+class PyvpnError(RuntimeError):
+    """pyvpn did not start, answer or stop as expected."""
+
+
+class Pyvpn:
+    """``pyvpn ROLE CONFIG`` running in ``ns``; the config is a wg-quick file written by the caller.
+
+    The interface name is the file's stem, so give each file a unique name (see :func:`unique_ifname`):
+    UAPI and control sockets are global, not per namespace.
+    """
+
+    def __init__(self, ns: Netns, role: str, config: Path, *, log_level: str = "info") -> None:
+        self.ns = ns
+        self.role = role
+        self.config = config
+        self.ifname = config.stem
+        self._log_path = config.with_suffix(".log")
+        self._log = open(self._log_path, "wb")  # noqa: SIM115  # closed in close()
+        self.proc = ns.popen(["pyvpn", role, "--log-level", log_level, str(config)], stdout=self._log,
+                             stderr=subprocess.STDOUT)
+        self._closed = False
+        try:
+            if not wait_for(lambda: self.proc.poll() is not None or self.ready(), START_TIMEOUT):
+                raise PyvpnError(f"pyvpn {role} {self.ifname} not ready within {START_TIMEOUT}s\n{self.log()}")
+            if self.proc.poll() is not None:
+                raise PyvpnError(f"pyvpn {role} {self.ifname} exited {self.proc.returncode}\n{self.log()}")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def uapi_sock(self) -> Path:
+        return WG_RUN_DIR / f"{self.ifname}.sock"
+
+    @property
+    def control_sock(self) -> Path:
+        return PYVPN_RUN_DIR / f"{self.ifname}.sock"
+
+    def ready(self) -> bool:
+        return self.uapi_sock.exists() and self.control_sock.exists()
+
+    def log(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def wg(self, *args: str, check: bool = True) -> str:
+        """``wg ARGS`` inside the namespace; its stdout."""
+        p = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT)
+        if check and p.returncode != 0:
+            raise PyvpnError(f"wg {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.log()}")
+        return p.stdout
+
+    def dump(self) -> WgStatus:
+        """``wg show IFACE dump``, parsed."""
+        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
+
+    def show(self) -> dict[str, Any]:
+        """``pyvpn show IFACE --json`` (control socket; keys in base64)."""
+        p = subprocess.run(["pyvpn", "show", self.ifname, "--json"], capture_output=True, text=True,
+                           timeout=CMD_TIMEOUT, check=False)
+        if p.returncode != 0:
+            raise PyvpnError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr.strip()}")
+        result: dict[str, Any] = json.loads(p.stdout)
+        return result
+
+    def peer(self, public_key: str) -> dict[str, Any] | None:
+        """The ``pyvpn show`` entry of one peer, or None."""
+        return next((p for p in self.show()["peers"] if p["public_key"] == public_key), None)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait (SIGKILL after :data:`STOP_TIMEOUT`); return the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        self._log.close()
+        for sock in (self.uapi_sock, self.control_sock):
+            if sock.exists() and not _live(sock):
+                sock.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        log = self.log()
+        self.close()
+        if exc_type is not None:
+            print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log}")
+
+
+def _live(path: Path) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A private temporary directory for config files and logs, removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="pyvpn-interop-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def two_hosts(tag_a: str = "srv", tag_b: str = "cli") -> Iterator[tuple[Netns, Netns]]:
+    """Two namespaces over a veth ``eth0``: 198.18.0.1/24 and 198.18.0.2/24 (IPv6 off the underlay)."""
+    with namespaces(tag_a, tag_b) as (a, b):
+        veth(a, "eth0", b, "eth0")
+        a.run(f"ip addr add {SRV_UL}/24 dev eth0")
+        b.run(f"ip addr add {CLI_UL}/24 dev eth0")
+        yield a, b
+
+
+def ping_count(ns: Netns, addr: str, count: int, interval: float = 0.05) -> tuple[int, int]:
+    """Ping ``count`` times (bounded); return ``(transmitted, received)``."""
+    p = ns.run(["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", addr], check=False,
+               timeout=count * interval + CMD_TIMEOUT)
+    return parse_ping(p.stdout)
+
+
+def parse_ping(out: str) -> tuple[int, int]:
+    for line in out.splitlines():
+        if "packets transmitted" in line:
+            parts = line.split(",")
+            return int(parts[0].split()[0]), int(parts[1].split()[0])
+    raise PyvpnError(f"no ping summary in {out!r}")
+
+
+def traffic_both_ways(a: Netns, b: Netns, a4: str, a6: str, b4: str, b6: str) -> None:
+    """Ping v4 and v6 from each side to the other, then iperf3 TCP from ``b`` to ``a`` and back."""
+    for ns, addr in ((b, a4), (b, a6), (a, b4), (a, b6)):
+        assert ping(ns, addr, count=3), f"no ping from {ns.name} to {addr}"
+    server = iperf3_server(a, a4)
+    try:
+        up = iperf3_client(b, a4, IPERF_SECONDS)
+        down = iperf3_client(b, a4, IPERF_SECONDS, reverse=True)
+    finally:
+        server.terminate()
+        server.wait(STOP_TIMEOUT)
+    assert iperf3_bytes(up) > 100_000 and iperf3_bytes(down) > 100_000
+    assert up["end"]["sum_sent"]["retransmits"] >= 0
+
+
+def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: Pyvpn, wg_pub: str) -> None:
+    """``wg show`` on wireguard-go and ``pyvpn show`` agree that traffic went through a handshake."""
+    st = wg.show().peer(pyvpn_pub)
+    assert st.latest_handshake > 0
+    assert st.rx_bytes > 1_000_000 and st.tx_bytes > 1_000_000, st
+    mine = pyvpn.peer(wg_pub)
+    assert mine is not None and mine["latest_handshake"] > 0 and mine["handshakes"] >= 1
+    assert mine["rx_bytes"] > 1_000_000 and mine["tx_bytes"] > 1_000_000, mine
+    # Both count the wire bytes of data messages.  What wireguard-go sent, pyvpn received (a keepalive may
+    # be in flight between the two reads).  The other way wireguard-go receives less than pyvpn sent: its
+    # UDP receive buffer overflows under iperf3 (UdpRcvbufErrors in its namespace; TCP retransmits).
+    assert abs(mine["rx_bytes"] - st.tx_bytes) < 0.01 * st.tx_bytes
+    assert 0.5 * mine["tx_bytes"] < st.rx_bytes <= mine["tx_bytes"] + 1000
+    assert pyvpn.show()["drops"].get("spoofed_source", 0) == 0
+
+
+# -- tests ---------------------------------------------------------------------------------------------------
+def test_pyvpn_server_wireguard_go_client() -> None:
+    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    with workdir() as d, two_hosts() as (srv, cli):
+        conf = d / f"{unique_ifname('pvs')}.conf"
+        wg_quick_file(conf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
+                      peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])])
+        with Pyvpn(srv, "server", conf) as server, WireguardGo(
+                cli, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
+                peers=[WgPeer(ps, endpoint=f"{SRV_UL}:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"])]
+        ) as wg:
+            traffic_both_ways(srv, cli, SRV4, SRV6, CLI4, CLI6)
+            check_wg_side(wg, ps, server, pc)
+            assert wg.show().peer(ps).endpoint == f"{SRV_UL}:51820"
+            assert server.peer(pc)["endpoint"] == f"{CLI_UL}:{wg.listen_port}"  # type: ignore[index]
+            assert server.stop() == 0
+        assert not server.uapi_sock.exists() and not server.control_sock.exists()
+        assert srv.run(["ip", "link", "show", server.ifname], check=False).returncode != 0
+
+
+def test_wireguard_go_server_pyvpn_client() -> None:
+    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    with workdir() as d, two_hosts() as (srv, cli):
+        conf = d / f"{unique_ifname('pvc')}.conf"
+        wg_quick_file(conf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
+                      peers=[WgPeer(ps, endpoint=f"{SRV_UL}:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"],
+                                    persistent_keepalive=25)])
+        with WireguardGo(srv, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
+                         peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])]) as wg, \
+                Pyvpn(cli, "client", conf) as client:
+            # PersistentKeepalive makes the client handshake at start-up, before any traffic.
+            st = wg.wait_handshake(pc, timeout=5.0)
+            assert st.endpoint is not None and st.endpoint.startswith(f"{CLI_UL}:")
+            traffic_both_ways(srv, cli, SRV4, SRV6, CLI4, CLI6)
+            check_wg_side(wg, pc, client, ps)
+            assert client.stop() == 0
+        assert not client.uapi_sock.exists() and not client.control_sock.exists()
+
+
+def _rules(ns: Netns, family: str) -> str:
+    return ns.run(["ip", family, "rule", "show"]).stdout
+
+
+@contextlib.contextmanager
+def routed_hosts() -> Iterator[tuple[Netns, Netns]]:
+    """Server 198.18.1.1/24 and client 198.18.0.2/24 on one veth; the client reaches the server only
+    through its default route (``via 198.18.1.1 onlink``), the route a /0 tunnel takes over."""
+    with namespaces("srv", "cli") as (a, b):
+        veth(a, "eth0", b, "eth0")
+        a.run("ip addr add 198.18.1.1/24 dev eth0")
+        a.run("ip route add 198.18.0.0/24 dev eth0")
+        b.run(f"ip addr add {CLI_UL}/24 dev eth0")
+        b.run("ip route add default via 198.18.1.1 dev eth0 onlink")
+        yield a, b
+
+
+@pytest.mark.parametrize("server_kind", ["pyvpn", "wireguard-go"])
+def test_client_default_route_keeps_underlay(server_kind: str) -> None:
+    """``pyvpn client`` with AllowedIPs = 0.0.0.0/0, ::/0 takes over the default route; its own (marked)
+    UDP packets still leave by the underlay's default route, so the tunnel works and the server's underlay
+    address is reached through the tunnel.  The rules go away with the client."""
+    server_ul = "198.18.1.1"
+    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    with workdir() as d, routed_hosts() as (srv, cli), contextlib.ExitStack() as stack:
+        # An address behind the server that the client should reach through the tunnel.
+        srv.run("ip addr add 198.18.9.1/32 dev lo")
+        srv.run("ip addr add fd00:9::1/128 dev lo")
+        client_peers = [WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])]
+        if server_kind == "pyvpn":
+            sconf = d / f"{unique_ifname('pvs')}.conf"
+            wg_quick_file(sconf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
+                          peers=client_peers)
+            stack.enter_context(Pyvpn(srv, "server", sconf))
+        else:
+            stack.enter_context(WireguardGo(srv, private_key=ks, listen_port=51820,
+                                            address=[f"{SRV4}/24", f"{SRV6}/64"], peers=client_peers))
+        before4, before6 = _rules(cli, "-4"), _rules(cli, "-6")
+        cconf = d / f"{unique_ifname('pvc')}.conf"
+        wg_quick_file(cconf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
+                      peers=[WgPeer(ps, endpoint=f"{server_ul}:51820", allowed_ips=["0.0.0.0/0", "::/0"])])
+        with Pyvpn(cli, "client", cconf) as client:
+            for fam in ("-4", "-6"):
+                rules = _rules(cli, fam)
+                assert "not from all fwmark 0xca6c lookup 51820" in rules, rules
+                assert "from all lookup main suppress_prefixlength 0" in rules, rules
+            for dst in (server_ul, "198.18.9.1"):
+                route = cli.run(["ip", "-4", "route", "get", dst]).stdout
+                assert f"dev {client.ifname}" in route, route  # unmarked packets take the tunnel
+            route = cli.run(["ip", "-4", "route", "get", server_ul, "mark", "51820"]).stdout
+            assert "dev eth0" in route, route  # the daemon's own (marked) packets do not
+            tx0 = client.peer(ps)["tx_packets"]  # type: ignore[index]
+            for addr in (SRV4, SRV6, server_ul, "198.18.9.1", "fd00:9::1"):
+                assert ping(cli, addr, count=2), f"no ping to {addr} with a /0 tunnel"
+            assert client.peer(ps)["tx_packets"] >= tx0 + 10  # type: ignore[index]
+            assert ping(srv, CLI4, count=2)
+            assert client.stop() == 0
+        assert _rules(cli, "-4") == before4 and _rules(cli, "-6") == before6
+        assert "dev eth0" in cli.run(["ip", "-4", "route", "get", server_ul]).stdout
+        assert ping(cli, server_ul, count=1)  # the plain underlay works again
