@@ -34,7 +34,7 @@ import ipaddress
 import os
 import re
 import stat
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +46,32 @@ Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 class ConfigError(ValueError):
-    """``file:line: Key: what is wrong``."""
+    """``file:line: Key: what is wrong``, e.g. ``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not a valid IP network``.
+
+    :ivar path: the file (as given).
+    :ivar line: 1-based line number, or None for whole-file problems (missing file, no [Interface]).
+    :ivar key: the key as written in the file, or None.
+    :ivar reason: what is wrong, without the location.
+    """
 
     def __init__(self, path: str, line: int | None, key: str | None, message: str) -> None:
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
-        self.path, self.line, self.key = path, line, key
+        self.path, self.line, self.key, self.reason = path, line, key, message
 
 
-def _redacted(cls: type) -> type:
-    def __repr__(self: Any) -> str:
-        parts = []
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("private_key", "preshared_key") and v is not None:
-                v = "(hidden)"
-            parts.append(f"{f.name}={v!r}")
-        return f"{cls.__name__}({', '.join(parts)})"
-
-    cls.__repr__ = __repr__  # type: ignore[method-assign]
-    return cls
+_SECRET_FIELDS = ("private_key", "preshared_key")
 
 
-@_redacted
+def _redacted_repr(obj: Any) -> str:
+    """A dataclass repr with the secret keys replaced by ``(hidden)``."""
+    parts = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        parts.append(f"{f.name}={'(hidden)' if f.name in _SECRET_FIELDS and v is not None else repr(v)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class PeerConfig:
     """One ``[Peer]``.
@@ -81,7 +84,7 @@ class PeerConfig:
     :ivar name: ``#pyvpn Name``, or None.
     :ivar vtep: ``#pyvpn Vtep``: the peer's VXLAN tunnel endpoint address (L2 segments), or None
         for the first host address of its AllowedIPs.
-    :ivar line: where the section starts.
+    :ivar line: where the section starts (1-based; not part of equality).
     """
 
     public_key: bytes
@@ -91,13 +94,36 @@ class PeerConfig:
     persistent_keepalive: int = 0
     name: str | None = None
     vtep: str | None = None
-    line: int = 0
+    line: int = field(default=0, compare=False)
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self)
 
 
-@_redacted
 @dataclass(frozen=True, slots=True, repr=False)
 class InterfaceConfig:
-    """The ``[Interface]`` section (wg-quick keys, then pyvpn's ``#pyvpn`` keys)."""
+    """The ``[Interface]`` section (wg-quick keys, then pyvpn's ``#pyvpn`` keys).
+
+    :ivar private_key: 32 bytes (never shown by ``repr``).
+    :ivar listen_port: UDP port, or None for a random one.
+    :ivar fwmark: mark on the UDP socket's packets (0 = off), or None.
+    :ivar addresses: ``Address`` entries (address with prefix), all lines together.
+    :ivar mtu: the tunnel MTU, or None for the default.
+    :ivar dns: DNS servers and search domains, as written.
+    :ivar table: ``off``, ``auto``, ``main`` or a table number (as decimal text), or None (auto).
+    :ivar pre_up: ``PreUp`` commands in order (likewise ``post_up``, ``pre_down``, ``post_down``).
+    :ivar save_config: write the running peers back on shutdown.
+    :ivar name: ``#pyvpn Name``: the interface name (default: the file's stem).
+    :ivar namespace: ``#pyvpn Namespace``: move the tun into this network namespace.
+    :ivar user: ``#pyvpn User``: drop privileges to this user after set-up.
+    :ivar forward: ``#pyvpn Forward``: forward client-to-client packets inside the daemon.
+    :ivar offload: ``#pyvpn Offload``: ``on``, ``off`` or ``auto`` (TSO/USO/GRO on tun and UDP).
+    :ivar log_level: ``#pyvpn LogLevel``: ``debug``, ``info``, ``warning`` or ``error``.
+    :ivar metrics: ``#pyvpn Metrics``: ``host:port`` for Prometheus metrics, as written.
+    :ivar pool4: ``#pyvpn Pool4``: the network client addresses are drawn from (enrollment).
+    :ivar pool6: ``#pyvpn Pool6``: likewise for IPv6.
+    :ivar public_endpoint: ``#pyvpn PublicEndpoint``: what enrolled clients connect to.
+    """
 
     private_key: bytes
     listen_port: int | None = None
@@ -123,10 +149,30 @@ class InterfaceConfig:
     pool6: ipaddress.IPv6Network | None = None
     public_endpoint: tuple[str, int] | None = None
 
+    def __repr__(self) -> str:
+        return _redacted_repr(self)
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentConfig:
-    """One L2 segment (``#pyvpn [Segment]``)."""
+    """One L2 segment (``#pyvpn [Segment]``).
+
+    :ivar vni: VXLAN network identifier, 1..16777215, unique in the file.
+    :ivar tap: the tap device carrying the segment's frames.
+    :ivar bridge: a bridge to create (or join) with the tap in it, or None.
+    :ivar mtu: the tap's MTU, or None for the default.
+    :ivar port: VXLAN UDP port (4789, RFC 7348).
+    :ivar peers: peer names or base64 public keys on the segment; empty = all peers
+        (see :meth:`Config.segment_peers`).
+    :ivar vlan: map this 802.1Q VLAN on the tap to this VNI, or None for untagged frames.
+    :ivar mode: ``tunnel`` (VXLAN inside the WireGuard tunnel) or ``plain`` (unencrypted
+        RFC 7348 VXLAN over the underlay, to ``remote`` from ``local``).
+    :ivar local: plain mode: the local underlay address.
+    :ivar remote: plain mode: ``ip``, ``ip:port`` or ``[v6]:port`` of each remote VTEP.
+    :ivar mac_age: seconds before a learned MAC address is forgotten.
+    :ivar mac_limit: the most MAC addresses learned on the segment.
+    :ivar line: where ``#pyvpn [Segment]`` is (1-based; not part of equality).
+    """
 
     vni: int
     tap: str
@@ -140,15 +186,36 @@ class SegmentConfig:
     remote: tuple[str, ...] = ()
     mac_age: float = 300.0
     mac_limit: int = 4096
-    line: int = 0
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    path: str
+    """A whole file.
+
+    :ivar path: where it was read from (``<string>`` for text); not part of equality, so
+        ``parse_config(format_config(c)) == c``.
+    :ivar interface: the ``[Interface]`` section.
+    :ivar peers: the ``[Peer]`` sections in file order (public keys and names unique).
+    :ivar segments: the ``#pyvpn [Segment]`` sections in file order (VNIs unique).
+    """
+
+    path: str = field(compare=False)
     interface: InterfaceConfig
     peers: tuple[PeerConfig, ...] = ()
     segments: tuple[SegmentConfig, ...] = ()
+
+    @property
+    def interface_name(self) -> str:
+        """``#pyvpn Name``, else the file's stem (``wg0`` for ``/etc/wireguard/wg0.conf``), as wg-quick."""
+        return self.interface.name or Path(self.path).stem
+
+    def segment_peers(self, segment: SegmentConfig) -> tuple[PeerConfig, ...]:
+        """The peers of ``segment``: those its ``Peers`` names (by name or public key), else all."""
+        if not segment.peers:
+            return self.peers
+        refs = set(segment.peers)
+        return tuple(p for p in self.peers if p.name in refs or encode_key(p.public_key) in refs)
 
 
 # -- value parsers (each raises ValueError with a short reason) --------------------------------
@@ -159,11 +226,13 @@ def _key(v: str, what: str) -> bytes:
         raise ValueError(str(e)) from None
 
 
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]+")  # ASCII only: int() would also take "٣" and "1_0"
+
+
 def _int(v: str, lo: int, hi: int) -> int:
-    try:
-        n = int(v, 0) if v.lower().startswith("0x") else int(v)
-    except ValueError:
-        raise ValueError(f"{v!r} is not a number") from None
+    if not _NUMBER.fullmatch(v):
+        raise ValueError(f"{v!r} is not a number")
+    n = int(v, 0) if v[:2].lower() == "0x" else int(v)
     if not lo <= n <= hi:
         raise ValueError(f"{n} is out of range ({lo}..{hi})")
     return n
@@ -175,7 +244,15 @@ def _bool(v: str) -> bool:
         return True
     if lv in ("false", "off", "no", "0"):
         return False
-    raise ValueError(f"{v!r} is not true/false")
+    raise ValueError(f"{v!r} is not on/off (or true/false)")
+
+
+def _strict_bool(v: str) -> bool:
+    """wg-quick's ``read_bool``: exactly ``true`` or ``false`` (it refuses anything else)."""
+    lv = v.lower()
+    if lv not in ("true", "false"):
+        raise ValueError(f"{v!r} is neither true nor false (wg-quick accepts only these)")
+    return lv == "true"
 
 
 def _list(v: str) -> list[str]:
@@ -197,9 +274,14 @@ def _interface(v: str) -> Iface:
 
 
 def parse_endpoint(v: str) -> tuple[str, int]:
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\]:(\d+)", v) or re.fullmatch(r"([^:\[\]\s]+):(\d+)", v)
+    """``host:port`` or ``[v6]:port`` → ``(host, port)``; the host is kept as written (resolved later).
+
+    :raises ValueError: another form (an IPv6 address needs brackets), or a port outside 1..65535.
+    """
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]:([0-9]+)", v) or re.fullmatch(r"([^:\[\]\s]+):([0-9]+)", v)
     if not m:
-        raise ValueError(f"{v!r} is not host:port or [v6]:port")
+        hint = " (put an IPv6 address in brackets)" if v.count(":") > 1 and "[" not in v else ""
+        raise ValueError(f"{v!r} is not host:port or [v6]:port{hint}")
     port = int(m.group(2))
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is out of range (1..65535)")
@@ -233,12 +315,60 @@ def _keepalive(v: str) -> int:
 
 
 _IFNAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}")
+_PEER_NAME = re.compile(r"[A-Za-z0-9_.@+-][A-Za-z0-9_.@+ -]{0,62}")
+_NETNS = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
+_DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
 
 
 def _ifname(v: str) -> str:
-    if not _IFNAME.fullmatch(v):
+    if not _IFNAME.fullmatch(v) or v in (".", ".."):
         raise ValueError(f"{v!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _=+.-)")
     return v
+
+
+def _peer_name(v: str) -> str:
+    if not _PEER_NAME.fullmatch(v):
+        raise ValueError(f"{v!r} is not a valid peer name (1-63 of letters, digits, space and _.@+-; no commas)")
+    return v
+
+
+def _netns_name(v: str) -> str:
+    if not _NETNS.fullmatch(v) or v in (".", ".."):
+        raise ValueError(f"{v!r} is not a valid network namespace name (A-Z a-z 0-9 _.-)")
+    return v
+
+
+def _user(v: str) -> str:
+    if not _USER.fullmatch(v):
+        raise ValueError(f"{v!r} is not a valid user name or uid")
+    return v
+
+
+def _dns(v: str) -> list[str]:
+    """wg-quick's rule: an item of digits and dots, or with a colon, is a server; anything else a search domain."""
+    out = []
+    for item in _list(v):
+        if re.fullmatch(r"[0-9.]+", item) or ":" in item:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a valid DNS server address") from None
+        elif not _DOMAIN.fullmatch(item):
+            raise ValueError(f"{item!r} is neither an IP address nor a search domain")
+        out.append(item)
+    return out
+
+
+def _table(v: str) -> str:
+    """wg-quick's Table: ``off``, ``auto``, ``main`` or a numeric table id (kept as decimal text)."""
+    lv = v.lower()
+    if lv in ("off", "auto", "main"):
+        return lv
+    try:
+        return str(_int(v, 1, 0xFFFFFFFF))
+    except ValueError:
+        raise ValueError(f"{v!r} is not off, auto, main or a table number") from None
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -274,7 +404,9 @@ def _convert(section: str, attr: str, raw: str) -> Any:
         return [_interface(x) for x in _list(raw)]
     if attr == "allowed_ips":
         return [_network(x) for x in _list(raw)]
-    if attr in ("dns", "peers"):
+    if attr == "dns":
+        return _dns(raw)
+    if attr == "peers":
         return _list(raw)
     if attr == "remote":
         items = _list(raw)
@@ -284,11 +416,10 @@ def _convert(section: str, attr: str, raw: str) -> Any:
     if attr == "mtu":
         return _int(raw, 576 if section != "segment" else 68, 65535)
     if attr == "table":
-        if raw.lower() in ("off", "auto", "main"):
-            return raw.lower()
-        _int(raw, 1, 0xFFFFFFFF)
-        return raw
-    if attr in ("save_config", "forward"):
+        return _table(raw)
+    if attr == "save_config":
+        return _strict_bool(raw)
+    if attr == "forward":
         return _bool(raw)
     if attr in ("endpoint", "public_endpoint"):
         return parse_endpoint(raw)
@@ -310,8 +441,14 @@ def _convert(section: str, attr: str, raw: str) -> Any:
     if attr == "metrics":
         parse_endpoint(raw)
         return raw
-    if attr in ("name", "tap", "bridge") and section != "peer":
+    if attr == "name" and section == "peer":
+        return _peer_name(raw)
+    if attr in ("name", "tap", "bridge"):
         return _ifname(raw)
+    if attr == "namespace":
+        return _netns_name(raw)
+    if attr == "user":
+        return _user(raw)
     if attr == "vni":
         return _int(raw, 1, (1 << 24) - 1)
     if attr == "port":
@@ -334,122 +471,177 @@ def _convert(section: str, attr: str, raw: str) -> Any:
     return raw
 
 
-def parse_config(text: str, path: str = "<string>") -> Config:
-    """Parse the text of a wg-quick file.
+_TABLES = {
+    ("interface", False): _INTERFACE_KEYS, ("interface", True): _INTERFACE_PYVPN,
+    ("peer", False): _PEER_KEYS, ("peer", True): _PEER_PYVPN, ("segment", True): _SEGMENT_KEYS,
+}
+_SECTION_TITLE = {"interface": "[Interface]", "peer": "[Peer]", "segment": "#pyvpn [Segment]"}
+_HOOKS = ("pre_up", "post_up", "pre_down", "post_down")
+_MAY_BE_EMPTY = {"addresses", "dns", "allowed_ips", *_HOOKS}  # as wg / wg-quick: an empty list
+_PYVPN_LINE = re.compile(r"#pyvpn(?=\s|\[|$)\s*(.*)$", re.IGNORECASE)
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9]{0,23}")  # longer tokens are never echoed: they may be keys
 
+
+def _shown(token: str) -> str:
+    """``token`` quoted for an error message, unless it is long enough to be a (private) key."""
+    return repr(token) if _KEY.fullmatch(token) else f"(a {len(token)}-character token, not shown)"
+
+
+def _misplaced(kind: str, pyvpn: bool, lkey: str) -> str:
+    """A hint for a key that exists, but not here."""
+    if kind == "segment" and not pyvpn:
+        return "; every line of a '#pyvpn [Segment]' starts with '#pyvpn' (a normal section header ends it)"
+    if lkey in _TABLES.get((kind, not pyvpn), {}):
+        return ("; pyvpn's own keys are written '#pyvpn Key = Value' so that wg-quick ignores them" if not pyvpn
+                else "; this is a wg-quick key: write it without '#pyvpn'")
+    for (other, opy), table in _TABLES.items():
+        if other != kind and lkey in table:
+            return f"; it belongs in {'#pyvpn ' if opy and other != 'segment' else ''}{_SECTION_TITLE[other]}"
+    return ""
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """Parse the text of a wg-quick file (with pyvpn's ``#pyvpn`` lines).
+
+    :param text: the whole file.
+    :param path: used in error messages and as :attr:`Config.path`.
     :raises ConfigError: with the file, the line and the key.
     """
     sections: list[tuple[str, int, dict[str, Any], dict[str, int]]] = []
     current: tuple[str, int, dict[str, Any], dict[str, int]] | None = None
-    for lineno, raw_line in enumerate(text.splitlines(), 1):
-        line = raw_line.strip()
-        pyvpn = False
-        m = re.match(r"#\s*pyvpn\b\s*(.*)$", line, re.IGNORECASE)
-        if m:
-            pyvpn = True
-            line = m.group(1).strip()
-        else:
-            line = line.split("#", 1)[0].strip()
-        if not line:
+    for lineno, raw_line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        body = raw_line.strip()
+        m = _PYVPN_LINE.match(body)
+        pyvpn = m is not None
+        # Everything after '#' is a comment, as for wg and wg-quick (which also cut PostUp = ... # x).
+        body = (m.group(1) if m else body).split("#", 1)[0].strip()
+        if not body:
             continue
-        if line.startswith("["):
-            name = line.strip().lower()
+        if body.startswith("["):
+            title = body.lower()
             if pyvpn:
-                if name != "[segment]":
-                    raise ConfigError(path, lineno, None, f"unknown pyvpn section {line!r} (expected [Segment])")
+                if title != "[segment]":
+                    raise ConfigError(path, lineno, None, f"unknown pyvpn section {_shown(body)} "
+                                      "(expected '#pyvpn [Segment]')")
                 current = ("segment", lineno, {}, {})
-            elif name == "[interface]":
+            elif title == "[interface]":
                 current = ("interface", lineno, {}, {})
-            elif name == "[peer]":
+            elif title == "[peer]":
                 current = ("peer", lineno, {}, {})
             else:
-                raise ConfigError(path, lineno, None, f"unknown section {line!r} (expected [Interface] or [Peer])")
+                raise ConfigError(path, lineno, None, f"unknown section {body[:24]!r} (expected [Interface] or [Peer])")
             sections.append(current)
             continue
-        if "=" not in line:
-            raise ConfigError(path, lineno, None, f"expected 'Key = Value', got {line.split()[0]!r}")
-        key, value = (x.strip() for x in line.split("=", 1))
+        if "=" not in body:
+            raise ConfigError(path, lineno, None, f"expected 'Key = Value', got {_shown(body.split()[0])}")
+        key, value = (x.strip() for x in body.split("=", 1))
+        if not _KEY.fullmatch(key):
+            raise ConfigError(path, lineno, None, f"expected 'Key = Value', got the key {_shown(key)}")
         if current is None:
-            raise ConfigError(path, lineno, key, "key outside of any section")
+            raise ConfigError(path, lineno, key, "comes before any section ([Interface] first)")
         kind, _, values, lines = current
-        if kind == "segment" and not pyvpn:
-            raise ConfigError(path, lineno, key, "lines inside '#pyvpn [Segment]' must start with '#pyvpn'")
-        table = {
-            ("interface", False): _INTERFACE_KEYS, ("interface", True): _INTERFACE_PYVPN,
-            ("peer", False): _PEER_KEYS, ("peer", True): _PEER_PYVPN, ("segment", True): _SEGMENT_KEYS,
-        }[(kind, pyvpn)]
-        attr = table.get(key.lower().replace("_", ""))
+        lkey = key.lower()
+        attr = _TABLES.get((kind, pyvpn), {}).get(lkey)
         if attr is None:
-            where = f"{'#pyvpn ' if pyvpn else ''}[{kind.capitalize()}]"
-            raise ConfigError(path, lineno, key, f"unknown key in {where}")
-        if not value and attr not in ("dns", "pre_up", "post_up", "pre_down", "post_down"):
+            where = ("#pyvpn " if pyvpn and kind != "segment" else "") + _SECTION_TITLE[kind]
+            raise ConfigError(path, lineno, key, f"unknown key in {where}{_misplaced(kind, pyvpn, lkey)}")
+        if not value and attr not in _MAY_BE_EMPTY:
             raise ConfigError(path, lineno, key, "empty value")
         try:
-            converted = _convert(kind, attr, value)
+            converted = _convert(kind, attr, value) if value else []
         except ValueError as e:
             raise ConfigError(path, lineno, key, str(e)) from None
+        if attr in _HOOKS:
+            converted = [value] if value else []
         if attr in _REPEATABLE:
-            if attr in ("pre_up", "post_up", "pre_down", "post_down"):
-                converted = [value]
             values.setdefault(attr, []).extend(converted)
         else:
             if attr in values:
-                raise ConfigError(path, lineno, key, f"given twice (first on line {lines[attr]})")
+                raise ConfigError(path, lineno, key, f"given twice in this section (first on line {lines[attr]})")
             values[attr] = converted
         lines[attr] = lineno
+
+    def frozen(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
     interfaces = [s for s in sections if s[0] == "interface"]
     if not interfaces:
         raise ConfigError(path, None, None, "no [Interface] section")
     if len(interfaces) > 1:
-        raise ConfigError(path, interfaces[1][1], None, "a second [Interface] section")
+        raise ConfigError(path, interfaces[1][1], None, f"a second [Interface] section (the first is on line "
+                          f"{interfaces[0][1]})")
     _, iline, ivalues, _ = interfaces[0]
     if "private_key" not in ivalues:
         raise ConfigError(path, iline, "PrivateKey", "missing from [Interface]")
-    iface = InterfaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ivalues.items()})
+    iface = InterfaceConfig(**frozen(ivalues))
+    own_public = _public(iface.private_key)
 
     peers: list[PeerConfig] = []
     seen: dict[bytes, int] = {}
-    names: set[str] = set()
-    for kind, line, values, _ in sections:
+    names: dict[str, int] = {}
+    for kind, line, values, lines in sections:
         if kind != "peer":
             continue
         if "public_key" not in values:
             raise ConfigError(path, line, "PublicKey", "missing from [Peer]")
         pk = values["public_key"]
+        at = lines["public_key"]
         if pk in seen:
-            raise ConfigError(path, line, "PublicKey", f"the same peer is already defined on line {seen[pk]}")
-        if pk == _public(iface.private_key):
-            raise ConfigError(path, line, "PublicKey", "is the interface's own public key")
+            raise ConfigError(path, at, "PublicKey", f"the same peer is already defined on line {seen[pk]}")
+        if pk == own_public:
+            raise ConfigError(path, at, "PublicKey", "is the interface's own public key")
         seen[pk] = line
-        if values.get("name"):
-            if values["name"] in names:
-                raise ConfigError(path, line, "Name", f"peer name {values['name']!r} is used twice")
-            names.add(values["name"])
-        peers.append(PeerConfig(line=line, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}))
+        name = values.get("name")
+        if name is not None:
+            if name in names:
+                raise ConfigError(path, lines["name"], "Name", f"peer name {name!r} is already used by the peer "
+                                  f"on line {names[name]}")
+            names[name] = line
+        peers.append(PeerConfig(line=line, **frozen(values)))
 
     segments: list[SegmentConfig] = []
     vnis: dict[int, int] = {}
-    known = names | {encode_key(p.public_key) for p in peers}
-    for kind, line, values, _ in sections:
+    taps: dict[str, list[tuple[int | None, int]]] = {}
+    known = set(names) | {encode_key(p.public_key) for p in peers}
+    for kind, line, values, lines in sections:
         if kind != "segment":
             continue
-        for req in ("vni", "tap"):
+        for req, key in (("vni", "VNI"), ("tap", "Tap")):
             if req not in values:
-                raise ConfigError(path, line, req.upper() if req == "vni" else "Tap", "missing from #pyvpn [Segment]")
-        if values["vni"] in vnis:
-            raise ConfigError(path, line, "VNI", f"{values['vni']} is already used by the segment on line "
-                              f"{vnis[values['vni']]}")
-        vnis[values["vni"]] = line
+                raise ConfigError(path, line, key, "missing from #pyvpn [Segment]")
+        vni, tap, vlan = values["vni"], values["tap"], values.get("vlan")
+        if vni in vnis:
+            raise ConfigError(path, lines["vni"], "VNI", f"{vni} is already used by the segment on line {vnis[vni]}")
+        vnis[vni] = line
+        for other_vlan, other_line in taps.get(tap, []):
+            if vlan is None or other_vlan is None or vlan == other_vlan:
+                what = f"VLAN {vlan}" if vlan is not None and vlan == other_vlan else "untagged frames"
+                raise ConfigError(path, lines["tap"], "Tap", f"{tap} already carries {what} for the segment on "
+                                  f"line {other_line}; segments can share a tap only with distinct VLANs")
+        taps.setdefault(tap, []).append((vlan, line))
+        plain = values.get("mode") == "plain"
         for ref in values.get("peers", []):
             if ref not in known:
-                raise ConfigError(path, line, "Peers", f"{ref!r} is neither a peer name nor a peer's public key")
-        if values.get("mode") == "plain" and (not values.get("local") or not values.get("remote")):
-            raise ConfigError(path, line, "Mode", "plain (unencrypted) VXLAN needs Local and Remote addresses")
-        if "mac_age" in values:
-            values["mac_age"] = float(values["mac_age"])
-        segments.append(SegmentConfig(line=line, **{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in values.items()}))
+                raise ConfigError(path, lines["peers"], "Peers", f"{ref!r} is neither a peer name nor a peer's "
+                                  "public key")
+        if plain:
+            if "peers" in values:
+                raise ConfigError(path, lines["peers"], "Peers", "a plain segment talks to its Remote addresses, "
+                                  "not to peers")
+            if not values.get("local") or not values.get("remote"):
+                raise ConfigError(path, lines.get("mode", line), "Mode", "plain (unencrypted) VXLAN needs Local "
+                                  "and Remote addresses")
+            local_version = ipaddress.ip_address(values["local"]).version
+            for r in values["remote"]:
+                if ipaddress.ip_address(parse_remote(r)[0]).version != local_version:
+                    raise ConfigError(path, lines["remote"], "Remote", f"{r!r} is not of the same IP version as "
+                                      f"Local {values['local']}")
+        else:
+            for attr, key in (("local", "Local"), ("remote", "Remote")):
+                if attr in values:
+                    raise ConfigError(path, lines[attr], key, "only applies to 'Mode = plain' (a tunnel segment "
+                                      "reaches its peers through the tunnel)")
+        segments.append(SegmentConfig(line=line, **frozen(values)))
     return Config(path=path, interface=iface, peers=tuple(peers), segments=tuple(segments))
 
 
@@ -478,12 +670,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def check_permissions(path: str | os.PathLike[str]) -> str | None:
-    """A warning if the file (which holds a private key) is readable or writable by others."""
+    """A warning if the file (which holds a private key) is readable or writable by group or others.
+
+    :returns: the warning text, or None if the mode is fine or the file cannot be stat'ed.
+    """
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
         return (f"{path}: is accessible by group or others (mode {stat.S_IMODE(mode):04o}); it holds a private "
                 f"key: chmod 600 {path}")
     return None
@@ -497,7 +692,7 @@ def format_config(cfg: Config) -> str:
     if i.listen_port is not None:
         out.append(f"ListenPort = {i.listen_port}")
     if i.fwmark is not None:
-        out.append(f"FwMark = {i.fwmark:#x}")
+        out.append(f"FwMark = {i.fwmark:#x}" if i.fwmark else "FwMark = off")
     if i.addresses:
         out.append(f"Address = {', '.join(str(a) for a in i.addresses)}")
     if i.mtu is not None:
