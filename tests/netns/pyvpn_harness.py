@@ -1,0 +1,542 @@
+"""Run ``pyvpn server`` / ``pyvpn client`` inside test namespaces, and move checked bytes through them.
+
+Theory of operation:
+
+1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>``.  The UAPI socket
+   (``/var/run/wireguard/IFACE.sock``) and the control socket (``/var/run/pyvpn/IFACE.sock``) live in
+   the file system, which every namespace shares, so each daemon gets a fresh name from
+   :func:`unique_ifname` and parallel tests never collide.
+2. :class:`Pyvpn` writes the file (mode 0600) into a private directory, starts
+   ``pyvpn ROLE FILE -l debug`` in a :class:`~netns.Netns` with ``ns.popen`` (its output goes to a
+   log file), and waits, bounded, until the control socket answers a ``show`` (the same request
+   ``pyvpn show IFACE --json`` sends; polling goes through :func:`vpn.control.query` in-process to
+   save a Python start-up per poll).  :meth:`Pyvpn.show_json` and :meth:`Pyvpn.show_table` run the
+   real CLI.
+3. :meth:`Pyvpn.terminate` sends SIGTERM and waits (bounded); :meth:`Pyvpn.kill` sends SIGKILL;
+   :meth:`Pyvpn.close` does whatever is still needed and unlinks sockets nothing listens on.
+   :class:`Fleet` owns the private directory and closes every daemon it started, even on failure.
+4. :func:`transfer` runs a small stdlib-only receiver (``ns.popen``) and sender (``ns.run``) that
+   move random bytes over TCP and report the sha256 on each side.
+
+Every wait is bounded; nothing sends traffic outside the namespaces the caller made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
+for _p in (str(ROOT), str(TESTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from netns import Netns  # noqa: E402
+from wgharness import wg_genkey, wg_pubkey  # noqa: E402
+
+# -- implementation constants ------------------------------------------------------------------------------
+START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
+STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+POLL = 0.05  # seconds between polls
+CONTROL_DIR = Path(os.environ.get("PYVPN_RUN_DIR", "/var/run/pyvpn"))
+WG_RUN_DIR = Path(os.environ.get("WG_RUN_DIR", "/var/run/wireguard"))
+
+
+class HarnessError(AssertionError):
+    """A daemon did not start, answer or stop as asked (the message carries its log tail)."""
+
+
+def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any:
+    """Call ``pred()`` until it returns something true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def pyvpn_argv() -> list[str]:
+    """The ``pyvpn`` command: the installed script, else ``python -m vpn.cli``."""
+    exe = shutil.which("pyvpn")
+    return [exe] if exe else [sys.executable, "-m", "vpn.cli"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("PYVPN_LOG_LEVEL", None)
+    return env
+
+
+# -- names, keys, configs ----------------------------------------------------------------------------------
+def control_path(ifname: str) -> Path:
+    return CONTROL_DIR / f"{ifname}.sock"
+
+
+def uapi_path(ifname: str) -> Path:
+    return WG_RUN_DIR / f"{ifname}.sock"
+
+
+def unique_ifname(prefix: str = "pvt") -> str:
+    """``<prefix><6 hex>`` whose control and UAPI sockets do not exist yet.
+
+    :param prefix: at most 9 characters (IFNAMSIZ).
+    """
+    if len(prefix) > 9:
+        raise ValueError(f"prefix {prefix!r} is too long")
+    for _ in range(100):
+        name = prefix + secrets.token_hex(3)
+        if not control_path(name).exists() and not uapi_path(name).exists():
+            return name
+    raise HarnessError("no free interface name")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """A key pair from ``wg genkey`` / ``wg pubkey`` (base64)."""
+
+    private: str
+    public: str
+
+    @classmethod
+    def new(cls) -> Keys:
+        private = wg_genkey()
+        return cls(private, wg_pubkey(private))
+
+    def __repr__(self) -> str:
+        return f"Keys(public={self.public!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One ``[Peer]`` of a generated config."""
+
+    public_key: str
+    allowed_ips: Sequence[str] = ()
+    endpoint: str | None = None
+    persistent_keepalive: int = 0
+    name: str | None = None
+    preshared_key: str | None = None
+
+
+def endpoint(host: str, port: int) -> str:
+    """``198.18.0.1:51820`` or ``[fd00:18::1]:51820``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), listen_port: int | None = None,
+              peers: Sequence[PeerSpec] = (), mtu: int | None = None, extra: Sequence[str] = ()) -> str:
+    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``)."""
+    out = ["[Interface]", f"#pyvpn Name = {ifname}", f"PrivateKey = {private_key}"]
+    if addresses:
+        out.append(f"Address = {', '.join(addresses)}")
+    if listen_port is not None:
+        out.append(f"ListenPort = {listen_port}")
+    if mtu is not None:
+        out.append(f"MTU = {mtu}")
+    out.extend(extra)
+    for p in peers:
+        out += ["", "[Peer]"]
+        if p.name:
+            out.append(f"#pyvpn Name = {p.name}")
+        out.append(f"PublicKey = {p.public_key}")
+        if p.preshared_key:
+            out.append(f"PresharedKey = {p.preshared_key}")
+        if p.allowed_ips:
+            out.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
+        if p.endpoint:
+            out.append(f"Endpoint = {p.endpoint}")
+        if p.persistent_keepalive:
+            out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+    return "\n".join(out) + "\n"
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def socket_live(path: Path) -> bool:
+    from vpn.control import socket_is_live
+
+    return socket_is_live(path)
+
+
+def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``pyvpn ARGS`` to completion (in ``ns`` if given) and return it, whatever its exit code."""
+    argv = pyvpn_argv() + list(args)
+    if ns is not None:
+        argv = ns.argv(argv)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), check=False)
+
+
+# -- one daemon ---------------------------------------------------------------------------------------------
+class Pyvpn:
+    """``pyvpn ROLE CONFIG -l debug`` running in ``ns``.
+
+    :param ns: the namespace (its ``close()`` kills the daemon too).
+    :param role: ``server`` or ``client``.
+    :param text: the config text (see :func:`conf_text`); its ``#pyvpn Name`` must be ``ifname``.
+    :param ifname: the interface name.
+    :param workdir: where the config and the log go.
+    :param keys: the key pair, kept for assertions (never printed: see :class:`Keys`).
+    """
+
+    def __init__(self, ns: Netns, role: str, text: str, *, ifname: str, workdir: Path,
+                 keys: Keys | None = None) -> None:
+        self.ns, self.role, self.ifname, self.keys = ns, role, ifname, keys
+        self.config = write_private(workdir / f"{ifname}.conf", text)
+        self.logfile = workdir / f"{ifname}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self, *, wait: bool = True, timeout: float = START_TIMEOUT) -> Self:
+        """Start the daemon (again, after :meth:`kill`/:meth:`terminate`); wait until it answers."""
+        if self.running():
+            raise HarnessError(f"{self.ifname} is already running")
+        self.starts += 1
+        with open(self.logfile, "ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = self.ns.popen([*pyvpn_argv(), self.role, str(self.config), "-l", "debug"], stdout=log,
+                                      stderr=subprocess.STDOUT, env=_env())
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                return True
+            return self.query() is not None
+
+        poll(ready, timeout)
+        if self.proc is not None and self.proc.poll() is not None:
+            raise HarnessError(f"pyvpn {self.role} {self.ifname} exited {self.proc.returncode}:\n{self.log_tail()}")
+        if self.query() is None:
+            raise HarnessError(f"pyvpn {self.role} {self.ifname} did not answer within {timeout}s:\n"
+                               f"{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM and wait up to ``timeout`` s; return the exit code, or None if it is still running."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: nothing is cleaned up by the daemon itself)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+    def close(self) -> None:
+        if self.terminate() is None and self.proc is not None:
+            self.kill()
+        for path in (control_path(self.ifname), uapi_path(self.ifname)):
+            if path.exists() and not socket_live(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    # -- status ------------------------------------------------------------------------------------
+    def query(self) -> dict[str, Any] | None:
+        """The control socket's ``show`` reply (as ``pyvpn show --json`` gets it), or None."""
+        from vpn.control import ControlError, query
+
+        try:
+            return query(self.ifname)
+        except (ControlError, OSError):
+            return None
+
+    def show_json(self) -> dict[str, Any]:
+        """``pyvpn show IFACE --json``, parsed."""
+        p = run_pyvpn("show", self.ifname, "--json")
+        if p.returncode != 0:
+            raise HarnessError(f"pyvpn show {self.ifname} --json exited {p.returncode}: {p.stderr}")
+        data = json.loads(p.stdout)
+        assert isinstance(data, dict), data
+        return data
+
+    def show_table(self) -> str:
+        """``pyvpn show IFACE`` (the rich table) as text."""
+        p = run_pyvpn("show", self.ifname)
+        if p.returncode != 0 or "Traceback" in p.stderr:
+            raise HarnessError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr}")
+        return p.stdout
+
+    def peer(self, public_key: str, snap: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The ``show`` entry of the peer with this base64 key (from ``snap`` or a fresh query)."""
+        snap = snap if snap is not None else self.query()
+        if not snap:
+            return None
+        import base64
+
+        raw = base64.b64decode(public_key)
+        for p in snap.get("peers", []):
+            pk = p.get("public_key")
+            if pk == raw or pk == public_key:
+                return dict(p)
+        return None
+
+    def handshake_time(self, public_key: str) -> float:
+        p = self.peer(public_key)
+        return float(p.get("latest_handshake") or 0) if p else 0.0
+
+    def wait_handshake(self, public_key: str, *, after: float = 0.0, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the peer's latest handshake is later than ``after`` (wall clock); return the peer."""
+        def done() -> dict[str, Any] | None:
+            if not self.running():
+                raise HarnessError(f"{self.ifname} died:\n{self.log_tail()}")
+            p = self.peer(public_key)
+            return p if p and (p.get("latest_handshake") or 0) > after else None
+
+        p = poll(done, timeout, 0.1)
+        if not p:
+            raise HarnessError(f"{self.ifname}: no handshake with {public_key[:8]}… within {timeout}s:\n"
+                               f"{self.log_tail()}")
+        return p  # type: ignore[no-any-return]
+
+    def sysfs_stat(self, counter: str) -> int:
+        """``/sys/class/net/IFACE/statistics/COUNTER`` read inside the namespace."""
+        out = self.ns.run(["cat", f"/sys/class/net/{self.ifname}/statistics/{counter}"]).stdout
+        return int(out.strip())
+
+    # -- logs ----------------------------------------------------------------------------------------
+    def log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def __repr__(self) -> str:
+        return f"<Pyvpn {self.role} {self.ifname} in {self.ns.name} pid={self.pid}>"
+
+
+class Fleet:
+    """A private directory and the daemons started from it; :meth:`close` stops them all."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="pyvpn-test-"))
+        os.chmod(self.workdir, 0o700)
+        self.daemons: list[Pyvpn] = []
+
+    def add(self, ns: Netns, role: str, *, keys: Keys | None = None, addresses: Sequence[str] = (),
+            listen_port: int | None = None, peers: Sequence[PeerSpec] = (), extra: Sequence[str] = (),
+            start: bool = True, ifname: str | None = None) -> Pyvpn:
+        """Generate a config for a new daemon in ``ns`` and (by default) start it."""
+        keys = keys or Keys.new()
+        ifname = ifname or unique_ifname("pvs" if role == "server" else "pvc")
+        text = conf_text(ifname=ifname, private_key=keys.private, addresses=addresses, listen_port=listen_port,
+                         peers=peers, extra=extra)
+        d = Pyvpn(ns, role, text, ifname=ifname, workdir=self.workdir, keys=keys)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {d!r}\n{d.log_tail(60)}" for d in self.daemons)
+
+    def close(self) -> None:
+        for d in self.daemons:  # SIGTERM to all first: they shut down in parallel
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    d.proc.send_signal(signal.SIGTERM)
+        for d in self.daemons:
+            with contextlib.suppress(Exception):
+                d.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- checked TCP transfers ---------------------------------------------------------------------------------
+_RECEIVER = r"""
+import hashlib, json, socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+srv = socket.socket(fam, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port))
+srv.listen(1)
+srv.settimeout(timeout)
+print("listening", flush=True)
+conn, _ = srv.accept()
+conn.settimeout(timeout)
+h, n = hashlib.sha256(), 0
+while True:
+    b = conn.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+conn.close()
+print(json.dumps({"sha256": h.hexdigest(), "bytes": n}), flush=True)
+"""
+
+_SENDER = r"""
+import hashlib, json, os, socket, sys, time
+host, port, nbytes, duration, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), \
+    float(sys.argv[5])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+deadline = time.monotonic() + timeout
+while True:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(3.0)
+    try:
+        s.connect((host, port))
+        break
+    except OSError:
+        s.close()
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+s.settimeout(timeout)
+h, sent, chunk, start = hashlib.sha256(), 0, 1 << 16, time.monotonic()
+while sent < nbytes:
+    b = os.urandom(min(chunk, nbytes - sent))
+    h.update(b)
+    s.sendall(b)
+    sent += len(b)
+    if duration > 0:
+        ahead = start + duration * sent / nbytes - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+s.shutdown(socket.SHUT_WR)
+while s.recv(4096):
+    pass
+s.close()
+print(json.dumps({"sha256": h.hexdigest(), "bytes": sent}), flush=True)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    sent_bytes: int
+    sent_sha256: str
+    received_bytes: int
+    received_sha256: str
+
+    @property
+    def ok(self) -> bool:
+        return self.sent_bytes == self.received_bytes and self.sent_sha256 == self.received_sha256
+
+
+class Transfer:
+    """A receiver in ``dst`` on ``addr:port`` and a sender in ``src``; :meth:`start` then :meth:`wait`.
+
+    :param duration: spread the bytes over about this many seconds (0 = as fast as possible), so that
+        something can happen mid-transfer.
+    """
+
+    def __init__(self, src: Netns, dst: Netns, addr: str, nbytes: int, *, port: int = 5001,
+                 duration: float = 0.0, timeout: float = 30.0) -> None:
+        self.src, self.dst, self.addr, self.nbytes = src, dst, addr, nbytes
+        self.port, self.duration, self.timeout = port, duration, timeout
+        self.receiver: subprocess.Popen[bytes] | None = None
+        self.sender: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.receiver = self.dst.popen([sys.executable, "-c", _RECEIVER, self.addr, str(self.port),
+                                        str(self.timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.receiver.stdout is not None
+        ready, _, _ = select.select([self.receiver.stdout], [], [], 10.0)
+        line = self.receiver.stdout.readline() if ready else b""
+        if line.strip() != b"listening":
+            self.receiver.kill()
+            err = self.receiver.stderr.read().decode(errors="replace") if self.receiver.stderr else ""
+            raise HarnessError(f"receiver on {self.addr}:{self.port} did not start: {line!r} {err}")
+        self.sender = self.src.popen([sys.executable, "-c", _SENDER, self.addr, str(self.port), str(self.nbytes),
+                                      str(self.duration), str(self.timeout)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        return self
+
+    def progress(self) -> bool:
+        """Whether the sender is still running."""
+        return self.sender is not None and self.sender.poll() is None
+
+    def wait(self, timeout: float | None = None) -> TransferResult:
+        assert self.sender is not None and self.receiver is not None
+        limit = timeout if timeout is not None else self.timeout + self.duration + 10
+        try:
+            s_out, s_err = self.sender.communicate(timeout=limit)
+            r_out, r_err = self.receiver.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            for p in (self.sender, self.receiver):
+                p.kill()
+                p.wait(5)
+            raise HarnessError(f"transfer to {self.addr}:{self.port} did not finish within {limit:.0f}s") from None
+        if self.sender.returncode != 0 or self.receiver.returncode != 0:
+            raise HarnessError(f"transfer to {self.addr}:{self.port} failed: sender {self.sender.returncode} "
+                               f"{s_err.decode(errors='replace')[-800:]} receiver {self.receiver.returncode} "
+                               f"{r_err.decode(errors='replace')[-800:]}")
+        sent, got = json.loads(s_out), json.loads(r_out)
+        return TransferResult(sent["bytes"], sent["sha256"], got["bytes"], got["sha256"])
+
+
+def transfer(src: Netns, dst: Netns, addr: str, nbytes: int = 4 << 20, *, port: int = 5001,
+             timeout: float = 30.0) -> TransferResult:
+    """Send ``nbytes`` random bytes from ``src`` to ``addr:port`` in ``dst`` over TCP; both hashes."""
+    return Transfer(src, dst, addr, nbytes, port=port, timeout=timeout).start().wait()
+
+
+def ping(ns: Netns, addr: str, *, count: int = 3, interval: float = 0.05, wait: float = 2.0,
+         source: str | None = None) -> subprocess.CompletedProcess[str]:
+    """One bounded ``ping`` run from ``ns`` (its result, whatever the exit code)."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
+    if source:
+        argv += ["-I", source]
+    return ns.run([*argv, addr], check=False, timeout=count * interval + wait + 10)
+
+
+def ping_ok(ns: Netns, addr: str, *, attempts: int = 3, **kw: Any) -> bool:
+    """True once a :func:`ping` run gets every reply (at most ``attempts`` runs)."""
+    return any(ping(ns, addr, **kw).returncode == 0 for _ in range(attempts))
+
+
+def wait_ping(ns: Netns, addr: str, timeout: float) -> float | None:
+    """Ping once per 0.5 s until one reply comes (bounded); seconds it took, or None."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if ping(ns, addr, count=1, wait=0.5).returncode == 0:
+            return time.monotonic() - start
+    return None

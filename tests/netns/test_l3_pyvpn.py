@@ -1,0 +1,165 @@
+"""``pyvpn server`` ↔ ``pyvpn client`` (L3 tun) in two namespaces over a veth.
+
+Each test builds ``srv`` and ``cli`` joined by a veth (198.18.0.1/.2, or fd00:18::1/2 for the IPv6
+underlay), starts the two daemons through :mod:`pyvpn_harness`, and checks pings both ways over the
+tunnel's IPv4 and IPv6 addresses, sha256-checked TCP transfers both ways, ``pyvpn show`` (JSON and
+table), PersistentKeepalive, and that SIGTERM removes the interface and both sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+from pyvpn_harness import (
+    Fleet,
+    Keys,
+    PeerSpec,
+    Pyvpn,
+    control_path,
+    endpoint,
+    ping,
+    ping_ok,
+    transfer,
+    uapi_path,
+)
+
+from netns import Netns, namespaces, veth
+
+pytestmark = pytest.mark.root
+
+PORT = 51820
+SRV_TUN = ("198.19.0.1", "fd00:19::1")
+CLI_TUN = ("198.19.0.2", "fd00:19::2")
+NBYTES = 3 << 20
+
+
+@dataclass
+class Pair:
+    srv_ns: Netns
+    cli_ns: Netns
+    server: Pyvpn
+    client: Pyvpn
+    fleet: Fleet
+
+
+@contextmanager
+def pair(*, underlay: str = "v4", keepalive: int = 0) -> Iterator[Pair]:
+    """Two namespaces, a veth, ``pyvpn server`` in one and ``pyvpn client`` in the other."""
+    with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet:
+        veth(srv_ns, "eth0", cli_ns, "eth0")
+        if underlay == "v4":
+            srv_ns.run("ip addr add 198.18.0.1/24 dev eth0")
+            cli_ns.run("ip addr add 198.18.0.2/24 dev eth0")
+            server_ep = endpoint("198.18.0.1", PORT)
+        else:
+            srv_ns.run("ip -6 addr add fd00:18::1/64 dev eth0 nodad")
+            cli_ns.run("ip -6 addr add fd00:18::2/64 dev eth0 nodad")
+            server_ep = endpoint("fd00:18::1", PORT)
+        sk, ck = Keys.new(), Keys.new()
+        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT,
+                           addresses=[f"{SRV_TUN[0]}/24", f"{SRV_TUN[1]}/64"],
+                           peers=[PeerSpec(ck.public, [f"{CLI_TUN[0]}/32", f"{CLI_TUN[1]}/128"], name="cli")])
+        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI_TUN[0]}/24", f"{CLI_TUN[1]}/64"],
+                           peers=[PeerSpec(sk.public, ["198.19.0.0/24", "fd00:19::/64"], endpoint=server_ep,
+                                           persistent_keepalive=keepalive, name="srv")])
+        try:
+            yield Pair(srv_ns, cli_ns, server, client, fleet)
+        except BaseException:
+            print(fleet.logs())
+            raise
+
+
+def _traffic(p: Pair) -> None:
+    """Pings and checked transfers both ways over the tunnel's IPv4 and IPv6 addresses."""
+    for v in (0, 1):
+        assert ping_ok(p.cli_ns, SRV_TUN[v]), f"client → {SRV_TUN[v]}"
+        assert ping_ok(p.srv_ns, CLI_TUN[v]), f"server → {CLI_TUN[v]}"
+    port = 5001
+    for v in (0, 1):
+        for src, dst, addr in ((p.cli_ns, p.srv_ns, SRV_TUN[v]), (p.srv_ns, p.cli_ns, CLI_TUN[v])):
+            r = transfer(src, dst, addr, NBYTES, port=port)
+            port += 1
+            assert r.ok, f"{src.name} → {addr}: {r}"
+            assert r.received_bytes == NBYTES
+
+
+def _assert_stopped(d: Pyvpn) -> None:
+    """SIGTERM ends the daemon within a few seconds and leaves nothing behind."""
+    rc = d.terminate(timeout=5.0)
+    assert rc == 0, f"{d!r} exited {rc} after SIGTERM:\n{d.log_tail()}"
+    link = d.ns.run(["ip", "link", "show", d.ifname], check=False)
+    assert link.returncode != 0, f"{d.ifname} still exists"
+    assert not control_path(d.ifname).exists()
+    assert not uapi_path(d.ifname).exists()
+    log = d.log()
+    assert "Traceback" not in log, log
+
+
+def _assert_no_private_keys(p: Pair) -> None:
+    for d in (p.server, p.client):
+        for k in (p.server.keys, p.client.keys):
+            assert k is not None
+            raw = base64.b64decode(k.private)
+            log = d.log()
+            assert k.private not in log and raw.hex() not in log, f"a private key is in {d.ifname}'s log"
+
+
+def test_ipv4_underlay_ping_transfer_show_sigterm() -> None:
+    with pair(underlay="v4") as p:
+        assert p.server.keys is not None and p.client.keys is not None
+        # No PersistentKeepalive and no traffic yet: no handshake.
+        time.sleep(0.5)
+        assert p.client.handshake_time(p.server.keys.public) == 0
+        before = time.time()
+        _traffic(p)
+
+        # `pyvpn show IFACE --json`, the same view from both ends.
+        snap = p.server.show_json()
+        assert snap["interface"] == p.server.ifname
+        assert snap["listen_port"] == PORT
+        assert snap["public_key"] == p.server.keys.public
+        assert "private_key" not in snap
+        (peer,) = snap["peers"]
+        assert peer["public_key"] == p.client.keys.public
+        assert peer["name"] == "cli"
+        assert peer["endpoint"].startswith("198.18.0.2:")
+        assert sorted(peer["allowed_ips"]) == ["198.19.0.2/32", "fd00:19::2/128"]
+        assert before - 5 < peer["latest_handshake"] <= time.time() + 1
+        assert peer["rx_bytes"] > 4 * NBYTES // 2 and peer["tx_bytes"] > 4 * NBYTES // 2
+        assert isinstance(snap["drops"], dict)
+        assert all(isinstance(v, int) for v in snap["drops"].values())
+        assert "spoofed_source" not in snap["drops"]
+        csnap = p.client.show_json()
+        (cpeer,) = csnap["peers"]
+        assert cpeer["endpoint"] == f"198.18.0.1:{PORT}"
+        assert cpeer["latest_handshake"] > 0
+        # Bytes one side sent are bytes the other received (padding and headers counted alike).
+        assert cpeer["tx_bytes"] >= peer["rx_bytes"] > 0 and peer["tx_bytes"] >= cpeer["rx_bytes"] > 0
+
+        table = p.server.show_table()
+        assert p.server.ifname in table and "cli" in table
+
+        _assert_no_private_keys(p)
+        # SIGTERM ends both within a few seconds; interface, UAPI and control sockets are gone.
+        for d in (p.client, p.server):
+            _assert_stopped(d)
+
+
+def test_ipv6_underlay_persistent_keepalive() -> None:
+    with pair(underlay="v6", keepalive=25) as p:
+        assert p.server.keys is not None and p.client.keys is not None
+        # PersistentKeepalive: a handshake at start, with no traffic at all.
+        cpeer = p.client.wait_handshake(p.server.keys.public, timeout=5.0)
+        assert cpeer["endpoint"] == f"[fd00:18::1]:{PORT}"
+        speer = p.server.wait_handshake(p.client.keys.public, timeout=5.0)
+        assert speer["endpoint"].startswith("[fd00:18::2]:")
+        _traffic(p)
+        assert ping(p.cli_ns, SRV_TUN[0], count=1).returncode == 0
+        _assert_no_private_keys(p)
+        for d in (p.server, p.client):
+            _assert_stopped(d)
