@@ -55,6 +55,16 @@ class PacketDevice(Protocol):
     def close(self) -> None: ...
 
 
+class L2Hook(Protocol):
+    """What the device needs from :class:`vpn.l2.L2Runtime` (L2 segments over VXLAN in the tunnel)."""
+
+    vteps: frozenset[bytes]  # our VTEP addresses (packed); packets to them are offered to take()
+
+    def take(self, tunnel: Tunnel, packet: bytes) -> bool: ...
+    def drop_counts(self) -> Counter[str]: ...
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+
 class DatagramSocket(Protocol):
     port: int
 
@@ -92,6 +102,7 @@ class Device:
         self._housekeeping: asyncio.TimerHandle | None = None
         self.stopped: asyncio.Event | None = None  # created in start()
         self.on_housekeeping: list[Callable[[], None]] = []
+        self.l2: L2Hook | None = None  # set by vpn.l2.L2Runtime.start() when L2 segments run
         self.started_wall = time.time()
 
     # -- peers -----------------------------------------------------------------------------
@@ -265,6 +276,8 @@ class Device:
                        forwarded: dict[Tunnel, list[bytes]]) -> None:
         lookup = self.allowed.lookup
         forward = self.forward
+        l2 = self.l2
+        vteps = l2.vteps if l2 is not None else frozenset()
         spoofed = 0
         for p in packets:
             if p[0] >> 4 == 4:
@@ -283,12 +296,26 @@ class Device:
                     else:
                         lst.append(p)
                     continue
+            if dst in vteps and l2 is not None and l2.take(t, p):  # VXLAN for an L2 segment
+                continue
             to_tun.append(p)
         if spoofed:
             self.drops["spoofed_source"] += spoofed
             peer = t.user
             if isinstance(peer, Peer):
                 peer.drops["spoofed_source"] += spoofed
+
+    def send_packets(self, tunnel: Tunnel, packets: list[bytes]) -> None:
+        """Encrypt whole IP packets for ``tunnel`` and send them now (the L2 runtime's way out).
+
+        :param tunnel: the peer's tunnel (``peer.tunnel``).
+        :param packets: IPv4/IPv6 packets, e.g. VXLAN-encapsulated frames.
+        """
+        loop = self._loop
+        if loop is None or not packets:
+            return
+        tunnel.encapsulate(packets, now=loop.time())
+        self._flush()
 
     # -- outputs and timers ----------------------------------------------------------------
     def _flush(self) -> None:
@@ -360,6 +387,8 @@ class Device:
     def drop_counts(self) -> Counter[str]:
         c = Counter(self.drops)
         c.update(self.core.drops)
+        if self.l2 is not None:
+            c.update(self.l2.drop_counts())
         return c
 
     def snapshot(self) -> dict[str, Any]:
@@ -382,7 +411,7 @@ class Device:
                 "has_preshared_key": t.preshared_key is not None,
                 "drops": dict(p.drops),
             })
-        return {
+        snap = {
             "interface": self.name,
             "public_key": self.core.public_key if self.core.has_private_key else None,
             "listen_port": self.listen_port,
@@ -392,6 +421,9 @@ class Device:
             "drops": dict(self.drop_counts()),
             "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,
         }
+        if self.l2 is not None:
+            snap["segments"] = self.l2.snapshot()
+        return snap
 
 
 def format_endpoint(ep: Any) -> str:
