@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key, private_from_random, public_from_private
@@ -84,29 +86,156 @@ def _run(config: Path, role: str, log_level: str, netns: str | None, metrics: st
     raise typer.Exit(code)
 
 
-# allow_interspersed_args: a group stops parsing options at its first positional argument, so
-# `pyvpn server CONFIG -l debug` would take `-l` for a sub-command; `pyvpn client` accepts both orders.
-server_app = typer.Typer(add_completion=False, invoke_without_command=True,
-                         context_settings={"allow_interspersed_args": True},
-                         help="Run a server (a hub for many clients), or manage its clients.")
+class _ServerGroup(TyperGroup):
+    """``pyvpn server CONFIG [OPTIONS]`` runs the daemon; ``pyvpn server COMMAND ...`` manages clients.
+
+    A click group cannot have an optional positional argument before its sub-commands (it would
+    swallow ``init`` as the CONFIG), so anything that is not a sub-command name is handed to the
+    ``run`` command.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "CONFIG [OPTIONS] | COMMAND [ARGS]...")
+
+
+server_app = typer.Typer(cls=_ServerGroup, add_completion=False, no_args_is_help=True,
+                         help="Run a server (`pyvpn server CONFIG`: a hub for many clients), or manage its clients.")
 app.add_typer(server_app, name="server")
 
 
-@server_app.callback()
-def server(ctx: typer.Context,
-           config: Annotated[Path | None, typer.Argument(help="wg-quick style config file")] = None,
+@server_app.command("run")
+def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
            log_level: LogLevelOpt = "info",
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
            metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT")] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
            ) -> None:
-    """Run `pyvpn server CONFIG` in the foreground until SIGINT/SIGTERM."""
-    if ctx.invoked_subcommand is not None:
-        return
-    if config is None:
-        _fail("usage: pyvpn server CONFIG (or: pyvpn server init|add-client|remove-client|list-clients)", 2)
-        return
+    """Run the server in the foreground until SIGINT/SIGTERM (`pyvpn server CONFIG` does the same)."""
     _run(config, "server", log_level, netns, metrics, user)
+
+
+ServerConfigOpt = Annotated[str, typer.Option("--config", "-c", envvar="PYVPN_CONFIG",
+                                              help="the server's wg-quick file")]
+
+
+@server_app.command("init")
+def server_init(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
+                port: Annotated[int, typer.Option(help="UDP port to listen on")] = 51820,
+                pool4: Annotated[str, typer.Option(help="IPv4 client pool ('none' for no IPv4)")] = "100.64.0.0/24",
+                pool6: Annotated[str, typer.Option(help="IPv6 client pool ('none' for no IPv6)")] = "fd00:64::/64",
+                endpoint: Annotated[str | None, typer.Option(help="HOST[:PORT] clients connect to")] = None,
+                force: Annotated[bool, typer.Option(help="overwrite an existing file (new keys!)")] = False,
+                ) -> None:
+    """Write a new server config with fresh keys and client address pools."""
+    from .enroll import EnrollError, init_server
+
+    try:
+        cfg = init_server(config, port=port, pool4=pool4, pool6=pool6, endpoint=endpoint, force=force)
+    except (EnrollError, OSError) as e:
+        _fail(str(e))
+        return
+    i = cfg.interface
+    typer.echo(f"wrote {config}: public key {encode_key(public_from_private(i.private_key))}, UDP port {port}, "
+               f"address {', '.join(str(a) for a in i.addresses)}", err=True)
+    if i.public_endpoint is None:
+        typer.echo("no --endpoint: give one to add-client (or set '#pyvpn PublicEndpoint = host:port')", err=True)
+    typer.echo(f"next: pyvpn server add-client NAME --config {config}; run it with: pyvpn server {config}",
+               err=True)
+
+
+@server_app.command("add-client")
+def server_add_client(
+        name: Annotated[str, typer.Argument(help="a unique name for the client")],
+        config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
+        out: Annotated[Path | None, typer.Option(help="write the client's config here (default: stdout)")] = None,
+        qr: Annotated[bool, typer.Option("--qr", help="print a QR code for the WireGuard apps")] = False,
+        png: Annotated[Path | None, typer.Option(help="write the QR code to this PNG file")] = None,
+        endpoint: Annotated[str | None, typer.Option(help="HOST[:PORT] the client connects to")] = None,
+        dns: Annotated[list[str] | None, typer.Option(help="DNS server for the client (repeatable)")] = None,
+        psk: Annotated[bool, typer.Option(help="give the client a preshared key")] = True,
+) -> None:
+    """Enroll a client: keys, next free addresses, [Peer] in CONFIG and in the running server."""
+    from .config import ConfigError
+    from .enroll import EnrollError, add_client, qr_png, qr_terminal, write_private
+
+    try:
+        r = add_client(config, name, endpoint=endpoint, dns=dns or (), psk=psk)
+    except (EnrollError, ConfigError, OSError) as e:
+        _fail(str(e))
+        return
+    addrs = ", ".join(str(a) for a in r.enrollment.client.interface.addresses)
+    try:
+        if out is not None:
+            write_private(out, r.client_text)
+            typer.echo(f"wrote {out}", err=True)
+        elif not qr and png is None:
+            typer.echo(r.client_text, nl=False)
+        if png is not None:
+            write_private(png, qr_png(r.client_text))
+            typer.echo(f"wrote {png} (QR code; it holds the client's private key)", err=True)
+        if qr:
+            typer.echo(qr_terminal(r.client_text, color=sys.stdout.isatty()), nl=False)
+    except (EnrollError, OSError) as e:
+        _fail(f"client {name!r} was added to {config}, but: {e}")
+        return
+    where = f"; running server {r.running} updated" if r.running else "; the server is not running"
+    typer.echo(f"added client {name!r} ({addrs}) to {config}{where}", err=True)
+    if r.error:
+        _fail(f"the running server was not updated: {r.error} (restart it to pick the client up)")
+
+
+@server_app.command("remove-client")
+def server_remove_client(name: Annotated[str, typer.Argument(help="the client's name (or public key)")],
+                         config: ServerConfigOpt = "/etc/pyvpn/wg0.conf") -> None:
+    """Remove a client from CONFIG and from the running server."""
+    from .config import ConfigError
+    from .enroll import EnrollError, remove_client
+
+    try:
+        _, running, error = remove_client(config, name)
+    except (EnrollError, ConfigError, OSError) as e:
+        _fail(str(e))
+        return
+    where = f"; running server {running} updated" if running else ""
+    typer.echo(f"removed client {name!r} from {config}{where}", err=True)
+    if error:
+        _fail(f"the running server was not updated: {error}")
+
+
+@server_app.command("list-clients")
+def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
+                        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+                        ) -> None:
+    """List the clients in CONFIG (with latest handshakes when the server is running)."""
+    from .config import ConfigError
+    from .enroll import list_clients
+    from .status import ago
+
+    try:
+        _, rows, running = list_clients(config)
+    except (ConfigError, OSError) as e:
+        _fail(str(e))
+        return
+    if as_json:
+        typer.echo(json.dumps([{"name": r.name, "addresses": list(r.addresses), "public_key": r.public_key,
+                                "latest_handshake": r.latest_handshake, "endpoint": r.endpoint} for r in rows],
+                              indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"clients of {config}" + ("" if running else " (server not running)"))
+    for col in ("name", "address", "public key", "latest handshake", "endpoint"):
+        table.add_column(col, no_wrap=col == "public key")
+    for r in rows:
+        hs = "-" if r.latest_handshake is None else ago(r.latest_handshake)
+        table.add_row(r.name or "", ", ".join(r.addresses), r.public_key, hs, r.endpoint or "")
+    Console().print(table)
 
 
 @app.command()
@@ -157,6 +286,25 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="leave everything run
     from .demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep, seconds=seconds))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Side-by-side benchmark: raw veth, kernel vxlan, wireguard-go, OpenVPN and pyvpn (see benchmarks/).
+
+    Options are those of benchmarks/netbench.py (--quick, --paths, --rounds, --seconds, --out ...).
+    """
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "netbench.py"
+    if not path.exists():
+        _fail(f"{path} not found: pyvpn bench runs from a source checkout")
+    spec = importlib.util.spec_from_file_location("pyvpn_netbench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pyvpn_netbench"] = mod
+    spec.loader.exec_module(mod)
+    raise typer.Exit(mod.main(list(ctx.args)))
 
 
 def main() -> None:
