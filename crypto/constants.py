@@ -22,3 +22,23 @@ UNDER_LOAD_HOLD = 1.0  # stay under load this long after the rate falls (wiregua
 RATELIMIT_PACKETS_PER_SECOND = 20  # kernel ratelimiter.c, per source IP
 RATELIMIT_BURST = 5
 RATELIMIT_MAX_SOURCES = 1 << 16  # bounded memory under a flood from many sources
+
+
+# -- TEST ONLY ----------------------------------------------------------------------------
+def _test_rekey_after_time(default: float) -> float:
+    """TEST ONLY: ``PYVPN_TEST_REKEY_AFTER_TIME`` (seconds, 1..default; else ignored) shortens
+    REKEY_AFTER_TIME so that tests/hostile can force rekeys of real daemons in seconds.
+
+    Read once, here, at import; it can only shorten the interval.  Never set it outside tests.
+    """
+    import os
+
+    raw = os.environ.get("PYVPN_TEST_REKEY_AFTER_TIME", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if 1.0 <= value <= default else default  # NaN and out-of-range values are ignored
+
+
+REKEY_AFTER_TIME = _test_rekey_after_time(REKEY_AFTER_TIME)
