@@ -213,6 +213,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         raise DaemonError(str(e)) from None
     iface = Interface(name, netns)
     device: Device | None = None
+    l2: Any = None
     servers: list[Any] = []
     dns_set = False
     try:
@@ -239,6 +240,13 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         device.start(loop)
+        if getattr(cfg, "segments", ()):
+            from .l2 import L2ConfigError, open_segments
+
+            try:
+                l2 = open_segments(cfg, device, role=role, netns=netns)
+            except (L2ConfigError, OSError) as e:
+                raise DaemonError(f"L2 segments: {e}") from None
         servers = await start_servers(device, role=role, metrics=metrics)
         dns_set = set_dns(name, [str(d) for d in getattr(icfg, "dns", [])], [])
         watch_interface(device, netns, stop)
@@ -259,6 +267,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         for s in reversed(servers):
             with contextlib.suppress(Exception):
                 await s.close()
+        if l2 is not None:
+            l2.close()
         if device is not None:
             device.close()
         else:
@@ -280,7 +290,8 @@ async def start_servers(device: Device, *, role: str, metrics: str | None) -> li
         uapi = UapiServer(device)
         await uapi.start()
         servers.append(uapi)
-        ctl = ControlServer(device, {"mode": "l3", "role": role, "offloads": sorted(device.offloads())})
+        mode = "l3+l2" if device.l2 is not None else "l3"
+        ctl = ControlServer(device, {"mode": mode, "role": role, "offloads": sorted(device.offloads())})
         await ctl.start()
         servers.append(ctl)
         if metrics:
