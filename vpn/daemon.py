@@ -199,6 +199,12 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     if warning:
         log.warning("%s", warning)
     netns = netns or getattr(icfg, "namespace", None)
+    metrics = metrics or getattr(icfg, "metrics", None)
+    user = user or getattr(icfg, "user", None)
+    if user:
+        from .privileges import lookup_user
+
+        lookup_user(user)  # an unknown user fails before anything is set up
     if role == "client" and not any(p.endpoint for p in cfg.peers):
         log.warning("%s: no peer has an Endpoint; this client can only answer, not connect", cfg.path)
     if role == "server" and not icfg.listen_port:
