@@ -176,6 +176,21 @@ def run_loop(coro: Any) -> Any:
         return runner.run(coro)
 
 
+async def wait_any(*events: asyncio.Event | None) -> None:
+    """Return as soon as one of ``events`` is set (None entries are ignored).
+
+    The daemons wait for their stop event *or* ``Device.stopped``: the device stops on its own
+    when the tun fails, e.g. with EBADFD after ``ip link del`` (``wg-quick down``), and then no
+    housekeeping runs any more to notice the deletion.
+    """
+    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 def interface_name(cfg: Any) -> str:
     name = getattr(cfg.interface, "name", None) or Path(str(cfg.path)).stem
     if not name or len(name) > 15 or "/" in name or " " in name:
@@ -263,7 +278,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
             from .privileges import drop_privileges
 
             drop_privileges(user)
-        await stop.wait()
+        await wait_any(stop, device.stopped)
         log.info("%s: shutting down", name)
         run_hooks("PreDown", icfg.pre_down, name)
         if getattr(icfg, "save_config", False):

@@ -28,7 +28,7 @@ from tunnel import netconf
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
-from .daemon import DEFAULT_MTU, run_loop
+from .daemon import DEFAULT_MTU, run_loop, wait_any
 from .device import Device
 from .uapi_server import UapiServer, UapiSocketInUse, bind_uapi_socket
 
@@ -125,7 +125,7 @@ async def _serve(name: str, tun: object, udp: UdpSocket, uapi_sock: socket.socke
     device.on_housekeeping.append(check)
     log.info("device started")
     try:
-        await stop.wait()
+        await wait_any(stop, device.stopped)
     finally:
         await server.close()
         device.close()
