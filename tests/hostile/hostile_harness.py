@@ -295,13 +295,16 @@ class Lab:
                 f"[Peer]\n#pyvpn Name = server\nPublicKey = {encode_key(self.server_key[1])}\n"
                 f"Endpoint = {self.client_endpoint}\nAllowedIPs = 198.19.0.0/24, fd00:19::/64\n{ka}")
 
-    def start(self, *, handshake: bool = True, server_extra_peers: str = "") -> Lab:
+    def start(self, *, handshake: bool = True, server_extra_peers: str = "", record: bool = False) -> Lab:
+        """Start the relay (recording from the first datagram if ``record``), server and client."""
         if self.use_relay:
             self.relay = RelayProc(self.mid_ns, self.workdir, [
                 "--listen", f"198.18.2.2:{RELAY_CLIENT_PORT}",
                 "--upstream-bind", f"198.18.1.2:{RELAY_SERVER_PORT}",
                 "--upstream", f"{SERVER_UNDERLAY}:{PORT}",
                 *self.relay_args])
+            if record:
+                self.relay.call({"cmd": "record", "on": True})
         self.server = Daemon(self.srv_ns, "server", self.server_if,
                              self.write("server.conf", self.server_conf(server_extra_peers)),
                              self.workdir / "server.log", env=self.server_env, log_level=self.log_level)
