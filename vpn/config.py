@@ -479,12 +479,12 @@ _SECTION_TITLE = {"interface": "[Interface]", "peer": "[Peer]", "segment": "#pyv
 _HOOKS = ("pre_up", "post_up", "pre_down", "post_down")
 _MAY_BE_EMPTY = {"addresses", "dns", "allowed_ips", *_HOOKS}  # as wg / wg-quick: an empty list
 _PYVPN_LINE = re.compile(r"#pyvpn(?=\s|\[|$)\s*(.*)$", re.IGNORECASE)
-_KEY = re.compile(r"[A-Za-z][A-Za-z0-9]{0,23}")  # longer tokens are never echoed: they may be keys
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def _shown(token: str) -> str:
-    """``token`` quoted for an error message, unless it is long enough to be a (private) key."""
-    return repr(token) if _KEY.fullmatch(token) else f"(a {len(token)}-character token, not shown)"
+    """``token`` quoted for an error message, unless it is long enough to be a (private) key (44 characters)."""
+    return repr(token) if len(token) <= 24 else f"(a {len(token)}-character token, not shown)"
 
 
 def _misplaced(kind: str, pyvpn: bool, lkey: str) -> str:
@@ -529,13 +529,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             elif title == "[peer]":
                 current = ("peer", lineno, {}, {})
             else:
-                raise ConfigError(path, lineno, None, f"unknown section {body[:24]!r} (expected [Interface] or [Peer])")
+                raise ConfigError(path, lineno, None, f"unknown section {_shown(body)} (expected [Interface] or [Peer])")
             sections.append(current)
             continue
         if "=" not in body:
             raise ConfigError(path, lineno, None, f"expected 'Key = Value', got {_shown(body.split()[0])}")
         key, value = (x.strip() for x in body.split("=", 1))
-        if not _KEY.fullmatch(key):
+        if not _KEY.fullmatch(key) or len(key) > 24:
             raise ConfigError(path, lineno, None, f"expected 'Key = Value', got the key {_shown(key)}")
         if current is None:
             raise ConfigError(path, lineno, key, "comes before any section ([Interface] first)")
