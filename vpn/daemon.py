@@ -76,6 +76,7 @@ class Interface:
         self.name = name
         self.netns = netns
         self.rules: list[dict[str, Any]] = []
+        self.nft_tables: list[str] = []  # "ip pyvpn-IFACE", "ip6 pyvpn-IFACE"
         self.fwmark = 0
 
     def configure(self, addresses: Iterable[str], mtu: int, routes: Iterable[str], table: str | None) -> None:
@@ -92,6 +93,7 @@ class Interface:
         for net in nets:
             if net.prefixlen == 0 and table_id is None:
                 self._add_default(net)
+                self._add_firewall(net.version, [ipaddress.ip_interface(a) for a in addresses])
                 continue
             if any(net.version == o.version and net.subnet_of(o) for o in own):  # type: ignore[arg-type]
                 continue  # already routed through the address's own prefix
@@ -135,7 +137,51 @@ class Interface:
             log.warning("%s: policy rules (%s): %s", self.name, cmd, e)
             return []
 
+    def _add_firewall(self, version: int, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
+        """wg-quick's nft rules for a /0 (its ``add_default``), in table ``pyvpn-IFACE``.
+
+        Replies from the peer arrive without our fwmark, so a strict reverse-path filter
+        (``rp_filter=1``) would look their source up in table 51820, find the tunnel, and drop
+        them.  Like wg-quick: remember the mark of our outgoing UDP flows in conntrack, restore it
+        on their replies, and let the reverse-path lookup use it (``src_valid_mark=1``).  Also
+        drop packets for our tunnel addresses that arrive on another interface.  Only without
+        ``Namespace``: there our UDP socket is in another namespace and cannot loop.
+        """
+        if self.netns is not None:
+            return
+        if shutil.which("nft") is None:
+            log.warning("%s: nft is not installed; replies from the peer may be dropped by a strict "
+                        "reverse-path filter (rp_filter=1)", self.name)
+            return
+        pf = "ip" if version == 4 else "ip6"
+        table = f"{pf} pyvpn-{self.name}"
+        mark = DEFAULT_TABLE
+        lines = [f"add table {table}", f"delete table {table}", f"add table {table}",
+                 f"add chain {table} preraw {{ type filter hook prerouting priority -300; }}",
+                 f"add chain {table} premangle {{ type filter hook prerouting priority -150; }}",
+                 f"add chain {table} postmangle {{ type filter hook postrouting priority -150; }}"]
+        for a in addresses:
+            if a.version == version:
+                lines.append(f'add rule {table} preraw iifname != "{self.name}" {pf} daddr {a.ip} '
+                             "fib saddr type != local drop")
+        lines += [f"add rule {table} postmangle meta l4proto udp mark {mark} ct mark set mark",
+                  f"add rule {table} premangle meta l4proto udp meta mark set ct mark"]
+        r = subprocess.run(["nft", "-f", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True,
+                           check=False)
+        if r.returncode != 0:
+            log.warning("%s: could not add nft table %s: %s", self.name, table, r.stderr.strip())
+            return
+        self.nft_tables.append(table)
+        if version == 4:
+            try:
+                Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text("1\n")
+            except OSError as e:
+                log.warning("%s: could not set net.ipv4.conf.all.src_valid_mark=1: %s", self.name, e)
+
     def teardown(self) -> None:
+        for table in self.nft_tables:
+            subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True, check=False)
+        self.nft_tables = []
         if not self.rules:
             return
         self._rules("del", self.rules)
