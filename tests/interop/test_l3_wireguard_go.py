@@ -296,14 +296,18 @@ def routed_hosts() -> Iterator[tuple[Netns, Netns]]:
         a.run("ip route add 198.18.0.0/24 dev eth0")
         b.run(f"ip addr add {CLI_UL}/24 dev eth0")
         b.run("ip route add default via 198.18.1.1 dev eth0 onlink")
+        # A strict reverse-path filter, as on many hosts: replies from the server must pass it although a
+        # /0 tunnel routes their source address back into the tunnel (wg-quick's conntrack mark).
+        b.run("sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.eth0.rp_filter=1")
         yield a, b
 
 
 @pytest.mark.parametrize("server_kind", ["pyvpn", "wireguard-go"])
 def test_client_default_route_keeps_underlay(server_kind: str) -> None:
     """``pyvpn client`` with AllowedIPs = 0.0.0.0/0, ::/0 takes over the default route; its own (marked)
-    UDP packets still leave by the underlay's default route, so the tunnel works and the server's underlay
-    address is reached through the tunnel.  The rules go away with the client."""
+    UDP packets still leave by the underlay's default route, and the replies pass a strict rp_filter, so
+    the tunnel works and the server's underlay address is reached through the tunnel.  The rules and the
+    nft tables go away with the client."""
     server_ul = "198.18.1.1"
     (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
     with workdir() as d, routed_hosts() as (srv, cli), contextlib.ExitStack() as stack:
@@ -333,6 +337,7 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
                 assert f"dev {client.ifname}" in route, route  # unmarked packets take the tunnel
             route = cli.run(["ip", "-4", "route", "get", server_ul, "mark", "51820"]).stdout
             assert "dev eth0" in route, route  # the daemon's own (marked) packets do not
+            assert f"pyvpn-{client.ifname}" in cli.run("nft list tables").stdout
             tx0 = client.peer(ps)["tx_packets"]  # type: ignore[index]
             for addr in (SRV4, SRV6, server_ul, "198.18.9.1", "fd00:9::1"):
                 assert ping(cli, addr, count=2), f"no ping to {addr} with a /0 tunnel"
@@ -340,5 +345,6 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
             assert ping(srv, CLI4, count=2)
             assert client.stop() == 0
         assert _rules(cli, "-4") == before4 and _rules(cli, "-6") == before6
+        assert "pyvpn-" not in cli.run("nft list tables").stdout
         assert "dev eth0" in cli.run(["ip", "-4", "route", "get", server_ul]).stdout
         assert ping(cli, server_ul, count=1)  # the plain underlay works again
