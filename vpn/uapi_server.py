@@ -100,7 +100,7 @@ class UapiServer:
                         break
                     total += len(line)
                     if total > MAX_REQUEST:
-                        writer.write(f"errno={errno.ENOMEM}\n\n".encode())
+                        writer.write(uapi.format_errno(errno.ENOMEM).encode())
                         return
                     text = line.decode("utf-8", "replace").rstrip("\n")
                     if text == "":
@@ -123,7 +123,7 @@ class UapiServer:
                 req = uapi.parse_set(lines)
                 apply_set(self.device, req)
                 return "errno=0\n\n"
-            return f"errno={errno.EINVAL}\n\n"
+            return uapi.format_errno(errno.EINVAL)
         except uapi.UapiError as e:
             log.warning("%s: UAPI request refused: %s", self.device.name, e)
             return f"errno={e.errno}\n\n"
