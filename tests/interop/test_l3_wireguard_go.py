@@ -6,6 +6,7 @@ harness applies the same keys to wireguard-go with ``wg setconf`` and ``ip``):
 - pyvpn server <-> wireguard-go client, and wireguard-go server <-> pyvpn client: ping over
   IPv4 and IPv6 both ways, iperf3 TCP in both directions, ``wg show`` on the wireguard-go side
   reporting the handshake and the bytes, ``pyvpn show --json`` on ours;
+- an IPv6 underlay endpoint, and packets of exactly the tunnel MTU both ways;
 - a client with ``AllowedIPs = 0.0.0.0/0, ::/0`` (wg-quick's fwmark policy routing, installed
   by the daemon) still reaches the server over the underlay, and the server's underlay address
   and a network behind it through the tunnel; the rules go away with the daemon.
@@ -280,6 +281,32 @@ def test_wireguard_go_server_pyvpn_client() -> None:
             check_wg_side(wg, pc, client, ps)
             assert client.stop() == 0
         assert not client.uapi_sock.exists() and not client.control_sock.exists()
+
+
+def test_ipv6_underlay_and_mtu_edges() -> None:
+    """pyvpn server <-> wireguard-go over an IPv6 underlay (the dual-stack socket), and packets of exactly
+    the tunnel MTU (1420) pass unfragmented both ways while one byte more is refused (DF)."""
+    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    with workdir() as d, two_hosts() as (srv, cli):
+        srv.run("ip addr add fd00:18::1/64 dev eth0 nodad")
+        cli.run("ip addr add fd00:18::2/64 dev eth0 nodad")
+        conf = d / f"{unique_ifname('pvs')}.conf"
+        wg_quick_file(conf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
+                      peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])])
+        with Pyvpn(srv, "server", conf) as server, WireguardGo(
+                cli, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
+                peers=[WgPeer(ps, endpoint="[fd00:18::1]:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"])]
+        ) as wg:
+            assert ping(cli, SRV4, count=2)
+            assert server.dump().peers[0].endpoint == f"[fd00:18::2]:{wg.listen_port}"
+            for ns, addr, payload in ((cli, SRV4, 1392), (srv, CLI4, 1392), (cli, SRV6, 1372), (srv, CLI6, 1372)):
+                r = ns.run(["ping", "-n", "-q", "-c", "2", "-i", "0.1", "-W", "2", "-M", "do", "-s", str(payload),
+                            addr], check=False, timeout=CMD_TIMEOUT)
+                assert r.returncode == 0, f"{payload}-byte ping to {addr}: {r.stdout}{r.stderr}"
+            r = cli.run(["ping", "-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", "1393", SRV4], check=False,
+                        timeout=CMD_TIMEOUT)
+            assert r.returncode != 0  # larger than the tunnel's MTU: refused locally, never sent
+            assert wg.show().peer(ps).latest_handshake > 0
 
 
 def _rules(ns: Netns, family: str) -> str:
