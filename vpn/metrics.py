@@ -166,8 +166,11 @@ class MetricsServer:
         return int(self._httpd.server_address[1]) if self._httpd is not None else self.port
 
     async def start(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.process_collector import ProcessCollector
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server
+            from prometheus_client.process_collector import ProcessCollector
+        except ImportError:
+            raise MetricsError("metrics need the prometheus-client package: pip install prometheus-client") from None
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(DeviceCollector(self.device.snapshot, asyncio.get_running_loop()))

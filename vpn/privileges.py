@@ -23,7 +23,9 @@ What stops working after the drop (documented, not worked around):
   them stale and replaces them.
 
 ``setresuid`` in CPython goes through glibc, which applies it to every thread of the
-process (the metrics HTTP thread too).
+process (the metrics HTTP thread too).  Python imports modules lazily in places: the Python
+installation must be readable by the user (a warning says so when it is not, e.g. under
+``/root``), and a few codecs are imported before the drop.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _no_new_privs() -> bool:
 def effective_capabilities() -> int:
     """``CapEff`` of this process from ``/proc/self/status`` (0 when it cannot be read)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)
@@ -116,6 +118,7 @@ def drop_privileges(user: str) -> Account:
     if acct.uid == 0:
         log.warning("User = %s is root: not dropping privileges", acct.name)
         return acct
+    _preload()
     try:
         os.setgroups(list(acct.groups))
         os.setresgid(acct.gid, acct.gid, acct.gid)
@@ -134,10 +137,23 @@ def drop_privileges(user: str) -> Account:
     caps = effective_capabilities()
     if caps:
         raise PrivilegeError(f"after switching to {acct.name!r} capabilities {caps:#x} are still effective")
+    libdir = os.path.dirname(os.__file__)
+    if not os.access(libdir, os.R_OK | os.X_OK):
+        log.warning("user %s cannot read the Python library in %s: a module imported from now on would fail "
+                    "(install Python where every user can read it)", acct.name, libdir)
     group = _group_name(acct.gid)
     log.info("dropped privileges to user %s (uid %d, group %s); no capabilities kept%s", acct.name, acct.uid,
              group, "" if nnp else " (PR_SET_NO_NEW_PRIVS not available)")
     return acct
+
+
+def _preload() -> None:
+    """Import what later code may import lazily, while the library is surely readable.
+
+    Codecs are looked up on first use (``encodings.ascii``, ``encodings.idna`` for host names).
+    """
+    import encodings.ascii
+    import encodings.idna  # noqa: F401
 
 
 def _group_name(gid: int) -> str:
