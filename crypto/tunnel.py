@@ -81,6 +81,7 @@ from .messages import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
     MESSAGE_TRANSPORT_MIN_SIZE,
     RESPONSE_MAC1_OFFSET,
     RESPONSE_MAC2_OFFSET,
@@ -100,7 +101,7 @@ from .noise import (
     derive_transport_keys,
 )
 from .primitives import KEY_SIZE, dh, public_key
-from .session import Keypair, inner_length
+from .session import NONCE, TRANSPORT_HEADER, Keypair, mark_increasing
 
 Endpoint = Any
 _INF = float("inf")
@@ -580,65 +581,143 @@ class Core:
         Handshake messages are handled and answered through :attr:`outbox`.  Inner packets
         come back with their padding removed.  Every datagram that is not delivered or
         consumed is counted in :attr:`drops` under a reason.
+
+        Transport messages are handled in runs of one receiver index (what a GRO batch from
+        one peer is): the keypair is looked up once per run, and a counter above every
+        counter seen so far is opened without a replay-window call; those counters are
+        marked afterwards in one pass (:func:`~crypto.session.mark_increasing`), before
+        anything else looks at the window.  Any other counter takes the checked path
+        (check, open, accept), so the result equals checking each message in order.
         """
         out: list[tuple[Tunnel, list[bytes]]] = []
-        cur_tunnel: Tunnel | None = None
-        cur: list[bytes] = []
-        touched: dict[Tunnel, list[Any]] = {}
-        indices = self._indices
+        touched: dict[Tunnel, list[Any]] = {}  # [saw_next, saw_data, bytes, packets]
         drops = self.drops
+        indices = self._indices
+        unpack = TRANSPORT_HEADER.unpack_from
+        nonce = NONCE.pack
+        # the current run: one receiver index, and so one keypair
+        run_index = -1
+        tunnel: Tunnel | None = None
+        kp: Keypair | None = None
+        kp_drop = ""  # why the run's datagrams are dropped when kp is None
+        replay: Any = None
+        decrypt: Any = None
+        last = limit = 0
+        pending: list[int] = []  # opened on the fast path, not yet marked in the window
+        cur: list[bytes] = []
+        cur_tunnel: Tunnel | None = None
+        nbytes = npkts = 0
+        saw_data = False
         for d in datagrams:
-            if len(d) >= MESSAGE_TRANSPORT_MIN_SIZE and d[0] == 4 and d[1:4] == b"\0\0\0":
-                entry = indices.get(int.from_bytes(d[4:8], "little"))
-                if entry is None:
-                    drops["unknown_index"] += 1
+            if len(d) >= MESSAGE_TRANSPORT_MIN_SIZE:
+                typ, idx, counter = unpack(d)
+            else:
+                typ = idx = counter = -1
+            if typ != MESSAGE_TRANSPORT or idx != run_index:
+                # end of a run: mark its counters, account for it
+                if pending:
+                    mark_increasing(replay, pending)
+                    pending = []
+                if npkts:
+                    assert tunnel is not None
+                    st = touched.get(tunnel)
+                    if st is None:
+                        st = touched[tunnel] = [False, False, 0, 0]
+                    if kp is tunnel.next:
+                        st[0] = True
+                    st[1] = st[1] or saw_data
+                    st[2] += nbytes
+                    st[3] += npkts
+                    nbytes = npkts = 0
+                    saw_data = False
+                if typ != MESSAGE_TRANSPORT:
+                    run_index = -1
+                    try:
+                        self._receive_control(d, endpoint, now)
+                    except ProtocolError as e:
+                        drops[e.reason] += 1
                     continue
-                tunnel, kp = entry
-                if not isinstance(kp, Keypair):
-                    drops["unknown_index"] += 1
+                # start of a run
+                run_index = idx
+                entry = indices.get(idx)
+                kp = None
+                found = entry[1] if entry is not None else None
+                if not isinstance(found, Keypair):
+                    kp_drop = "unknown_index"
+                elif now - found.created >= REJECT_AFTER_TIME:
+                    kp_drop = "expired_keypair"
+                else:
+                    assert entry is not None
+                    tunnel, kp = entry[0], found
+                    replay = kp.replay
+                    decrypt = kp.recv_aead.decrypt
+                    last = replay._last  # the window's highest counter (see mark_increasing)
+                    limit = replay.limit
+                    if tunnel is not cur_tunnel:
+                        cur = []
+                        out.append((tunnel, cur))
+                        cur_tunnel = tunnel
+            if kp is None:
+                drops[kp_drop] += 1
+                continue
+            if last < counter < limit:
+                try:
+                    pt = decrypt(nonce(counter), d[16:], None)
+                except InvalidTag:
+                    drops["decrypt_failed"] += 1
                     continue
-                if now - kp.created >= REJECT_AFTER_TIME:
-                    drops["expired_keypair"] += 1
-                    continue
-                counter = int.from_bytes(d[8:16], "little")
-                replay = kp.replay
+                pending.append(counter)
+                last = counter
+            else:
+                if pending:
+                    mark_increasing(replay, pending)
+                    pending = []
                 if not replay.check(counter):
                     drops["replayed_counter"] += 1
                     continue
                 try:
-                    pt = kp.recv_aead.decrypt(_ZERO4 + d[8:16], d[16:], None)
+                    pt = decrypt(nonce(counter), d[16:], None)
                 except InvalidTag:
                     drops["decrypt_failed"] += 1
                     continue
                 if not replay.accept(counter):
                     drops["replayed_counter"] += 1
                     continue
-                st = touched.get(tunnel)
-                if st is None:
-                    st = touched[tunnel] = [False, False, 0, 0]
-                if kp is tunnel.next:
-                    st[0] = True
-                st[2] += len(d)
-                st[3] += 1
-                if not pt:
-                    continue  # keepalive
-                n = inner_length(pt)
-                if n < 0:
-                    drops["invalid_inner_packet"] += 1
-                    continue
-                st[1] = True
-                if n != len(pt):
-                    pt = pt[:n]
-                if tunnel is not cur_tunnel:
-                    cur = []
-                    out.append((tunnel, cur))
-                    cur_tunnel = tunnel
-                cur.append(pt)
+                last = replay._last
+            nbytes += len(d)
+            npkts += 1
+            if not pt:
+                continue  # keepalive
+            # the true length from the inner IP header (session.inner_length, inlined)
+            n = len(pt)
+            v = pt[0] >> 4
+            if v == 4 and n >= 20:
+                total = (pt[2] << 8) | pt[3]
+                ok = 20 <= total <= n
+            elif v == 6 and n >= 40:
+                total = 40 + ((pt[4] << 8) | pt[5])
+                ok = total <= n
             else:
-                try:
-                    self._receive_control(d, endpoint, now)
-                except ProtocolError as e:
-                    drops[e.reason] += 1
+                ok = False
+            if not ok:
+                drops["invalid_inner_packet"] += 1
+                continue
+            saw_data = True
+            cur.append(pt if total == n else pt[:total])
+        if pending:
+            mark_increasing(replay, pending)
+        if npkts:
+            assert tunnel is not None
+            st = touched.get(tunnel)
+            if st is None:
+                st = touched[tunnel] = [False, False, 0, 0]
+            if kp is tunnel.next:
+                st[0] = True
+            st[1] = st[1] or saw_data
+            st[2] += nbytes
+            st[3] += npkts
+        if len(out) > 1 or (out and not out[0][1]):
+            out = [(t, pkts) for t, pkts in out if pkts]
         for tunnel, (saw_next, saw_data, nbytes, npkts) in touched.items():
             tunnel.rx_bytes += nbytes
             tunnel.rx_packets += npkts
