@@ -6,8 +6,8 @@ file parses unchanged.
 
 pyvpn's own settings
 --------------------
-They live in comment lines that start with ``#pyvpn``, which wg-quick and ``wg`` ignore, so
-one file serves both:
+They live in comment lines that start with ``#pyvpn`` (exactly that, then a space or ``[``;
+``# pyvpn`` is an ordinary comment), which wg-quick and ``wg`` ignore, so one file serves both:
 
 - ``#pyvpn Key = Value`` inside ``[Interface]`` or ``[Peer]`` sets a pyvpn key there.
   Interface: ``Name`` (interface name; default the file's stem, as wg-quick), ``Namespace``
@@ -24,8 +24,12 @@ one file serves both:
   and ``Remote`` = ``ip``, ``ip:port`` or ``[v6]:port``), ``MacAge`` (300), ``MacLimit`` (4096).
   A normal section header ends it.  :mod:`vpn.l2` runs the segments.
 
-Every error is a :class:`ConfigError` naming the file, the line and the key.  Private keys never
-appear in messages or reprs.
+Every error is a :class:`ConfigError` naming the file, the line and the key, e.g.
+``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not a valid IP network``.  Unknown keys are errors
+(with a hint when the key belongs in another section or needs ``#pyvpn``), and so are a key given
+twice in a section (except the list keys ``Address``, ``DNS``, ``AllowedIPs``, the hooks, and the
+segment's ``Peers``/``Remote``), duplicate peers and peer names, and VNIs used twice.  Private
+keys never appear in messages or reprs; a token long enough to be a key is never echoed.
 """
 
 from __future__ import annotations
