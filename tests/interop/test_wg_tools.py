@@ -163,7 +163,8 @@ def test_set_allowed_ips_changes_routing() -> None:
         c.ns.run(f"ip addr add 198.19.0.12/32 dev {c.wg.ifname}")  # a second address, not yet allowed
         assert ping(c.ns, SRV4, count=2) and ping(h.ns, c.addr4, count=2)
         h.server.wg("set", h.server.ifname, "peer", c.public_key, "allowed-ips", "198.19.0.12/32,fd00:19::2/128")
-        assert h.server.peer(c.public_key)["allowed_ips"] == ["198.19.0.12/32", "fd00:19::2/128"]  # type: ignore[index]
+        (entry,) = h.server.show_cli()["peers"]  # `pyvpn show --json` itself
+        assert entry["allowed_ips"] == ["198.19.0.12/32", "fd00:19::2/128"]
         assert h.server.dump().peers[0].allowed_ips == ("198.19.0.12/32", "fd00:19::2/128")
         drops0 = h.server.show()["drops"].get("no_route", 0)
         assert not ping(h.ns, c.addr4, count=1, wait=0.5, attempts=1)  # no longer routed to this peer
