@@ -152,7 +152,8 @@ def server_init(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
 def server_add_client(
         name: Annotated[str, typer.Argument(help="a unique name for the client")],
         config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
-        out: Annotated[Path | None, typer.Option(help="write the client's config here (default: stdout)")] = None,
+        out: Annotated[Path | None, typer.Option(
+            help="write the client's config here (default: print it, unless --qr or --png)")] = None,
         qr: Annotated[bool, typer.Option("--qr", help="print a QR code for the WireGuard apps")] = False,
         png: Annotated[Path | None, typer.Option(help="write the QR code to this PNG file")] = None,
         endpoint: Annotated[str | None, typer.Option(help="HOST[:PORT] the client connects to")] = None,
