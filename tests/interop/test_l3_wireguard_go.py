@@ -101,9 +101,10 @@ class Pyvpn:
     def ready(self) -> bool:
         return self.uapi_sock.exists() and self.control_sock.exists()
 
-    def log(self) -> str:
+    def log(self, tail: int = 4000) -> str:
+        """The daemon's output so far (the last ``tail`` characters; 0 for all of it)."""
         try:
-            return self._log_path.read_text(errors="replace")[-4000:]
+            return self._log_path.read_text(errors="replace")[-tail:]
         except FileNotFoundError:
             return ""
 
@@ -167,10 +168,12 @@ class Pyvpn:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        log = self.log()
         self.close()
+        log = self.log(0)
         if exc_type is not None:
-            print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log}")
+            print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log[-4000:]}")
+        elif "Traceback" in log:  # an exception the daemon caught and logged (a hook, a callback) is a bug too
+            raise PyvpnError(f"pyvpn {self.role} {self.ifname} logged a traceback:\n{log[-4000:]}")
 
 
 def _live(path: Path) -> bool:

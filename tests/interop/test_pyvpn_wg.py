@@ -137,7 +137,8 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
         with peer:
             name = unique_ifname("pvq")
             conf = d / f"{name}.conf"  # wg-quick takes the interface name from the file name
-            wg_quick_file(conf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
+            listen_port = 51821 if peer_kind == "pyvpn" else None  # one case with a fixed port (a rebind)
+            wg_quick_file(conf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"], listen_port=listen_port,
                           peers=[WgPeer(ps, endpoint=f"{SERVER_UL}:51820", persistent_keepalive=25,
                                         allowed_ips=["0.0.0.0/0", "::/0"] if default
                                         else ["198.19.0.0/24", "fd00:19::/64"])])
@@ -149,7 +150,10 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
                 (pid,) = _daemon_pids(cli, name)
                 assert _live(_sock(name))
                 dump = cli.run(["wg", "show", name, "dump"]).stdout.splitlines()
-                assert dump[0].split("\t")[1] == pc and dump[0].split("\t")[3] == ("0xca6c" if default else "off")
+                head = dump[0].split("\t")
+                assert head[1] == pc and head[3] == ("0xca6c" if default else "off")
+                if listen_port is not None:
+                    assert head[2] == str(listen_port) and f":{listen_port}" in cli.run(["ss", "-Hlun"]).stdout
                 for ns, addr in ((cli, SRV4), (cli, SRV6), (srv, CLI4), (srv, CLI6)):
                     assert ping(ns, addr, count=2), f"no ping from {ns.name} to {addr}"
                 if default:
