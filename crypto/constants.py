@@ -22,6 +22,8 @@ UNDER_LOAD_HOLD = 1.0  # stay under load this long after the rate falls (wiregua
 RATELIMIT_PACKETS_PER_SECOND = 20  # kernel ratelimiter.c, per source IP
 RATELIMIT_BURST = 5
 RATELIMIT_MAX_SOURCES = 1 << 16  # bounded memory under a flood from many sources
+COOKIE_REPLIES_PER_SECOND = 1000  # all cookie replies together (each costs an XChaCha20-Poly1305 seal)
+COOKIE_REPLIES_BURST = 100
 
 
 # -- TEST ONLY ----------------------------------------------------------------------------

@@ -51,6 +51,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from .constants import (
+    COOKIE_REPLIES_BURST,
+    COOKIE_REPLIES_PER_SECOND,
     HANDSHAKE_INITIATION_RATE,
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
@@ -476,6 +478,11 @@ class Core:
         self.public_key = public_key(self.private_key) if private_key is not None else bytes(KEY_SIZE)
         self.cookie_checker = CookieChecker(self.public_key, rng)
         self.ratelimiter = RateLimiter()
+        # Cookie replies cost an XChaCha20-Poly1305 seal (~50-90 us here): bounded per source and in
+        # total, so that a flood cannot starve the data path (see _check_macs).
+        self.cookie_limiter = RateLimiter()
+        self.cookie_budget = RateLimiter(rate=COOKIE_REPLIES_PER_SECOND, burst=COOKIE_REPLIES_BURST,
+                                         max_sources=1)
         self.peers: dict[bytes, Tunnel] = {}
         self._indices: dict[int, tuple[Tunnel, Keypair | _Handshake]] = {}
         self.outbox: list[tuple[Endpoint, list[bytes]]] = []
@@ -769,7 +776,8 @@ class Core:
         return self.under_load(now=now)
 
     def _check_macs(self, d: bytes, off1: int, off2: int, sender: int, endpoint: Endpoint, now: float) -> bool:
-        """mac1 always (before any DH); under load, mac2 or a cookie reply, then the rate limit."""
+        """mac1 always (before any DH); under load, mac2 or a (rate-limited) cookie reply, then the
+        rate limit."""
         loaded = self._note_handshake(now)
         if not self.cookie_checker.check_mac1(d, off1):
             raise InvalidMac("mac1 does not verify")
@@ -777,6 +785,15 @@ class Core:
             return True
         source = str(endpoint).encode()
         if not self.cookie_checker.check_mac2(d, off2, source, now=now):
+            # One thread does everything here, so a flood of valid-mac1 initiations answered with
+            # cookie replies at full rate starves the data path and overflows the socket buffer
+            # (tests/hostile: a 12k/s flood cut a tunnelled TCP transfer to ~3 %).  Replies are
+            # therefore limited per source IP (20/s, burst 5) and in total, the single-threaded
+            # analogue of the bounded handshake queues of wireguard-go and the kernel.
+            if not (self.cookie_limiter.allow(self._source_key(endpoint), now=now)
+                    and self.cookie_budget.allow(b"", now=now)):
+                self.drops["cookie_reply_limited"] += 1
+                return False
             reply = self.cookie_checker.create_reply(d, off1, sender, source, now=now)
             self._emit(None, endpoint, [reply])
             self.cookie_replies_sent += 1
