@@ -51,6 +51,7 @@ CLIENT_TUN = "198.19.0.2"
 SERVER_TUN6 = "fd00:19::1"
 CLIENT_TUN6 = "fd00:19::2"
 ATTACKER_UNDERLAY = "198.18.3.2"
+SERVER_ATTACKER_SIDE = "198.18.3.1"  # the server as the attacker namespace reaches it
 PORT = 51820
 RELAY_CLIENT_PORT = 40000  # the relay listens here for the client
 RELAY_SERVER_PORT = 40001  # and talks to the server from here
@@ -115,7 +116,7 @@ class Daemon:
         with open(self.log, "ab") as logf:
             logf.write(f"\n===== start #{self.starts + 1} =====\n".encode())
             logf.flush()
-            self.proc = self.ns.popen([sys.executable, "-m", "vpn.cli", self.role, str(self.conf), "--log-level",
+            self.proc = self.ns.popen([sys.executable, "-P", "-m", "vpn.cli", self.role, str(self.conf), "--log-level",
                                        self.log_level], stdout=logf, stderr=subprocess.STDOUT,
                                       env=child_env(self.env))
         self.starts += 1
