@@ -37,11 +37,13 @@ from crypto.tunnel import (
 )
 
 from .allowedips import AllowedIPs
+from .datapath import configure_tun, route_reads, tun_buffers
 from .peer import Peer
 
 log = logging.getLogger("pyvpn.device")
 
 BATCH = 256  # packets per wakeup and direction
+TSO_BATCH = 16  # tun reads per wakeup with offloads (each may be a 64 KiB super-packet)
 Endpoint = tuple[str, int]
 
 
@@ -88,6 +90,7 @@ class Device:
                  mtu: int | None = None, forward: bool = True,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         self.tun = tun
+        self.tun_mode = configure_tun(tun)
         self.udp = udp
         self.name = tun.name
         self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu)
@@ -219,39 +222,18 @@ class Device:
         loop = self._loop
         if loop is None:
             return
+        tun = self.tun
+        vnet = self.tun_mode.vnet_hdr
         try:
-            packets = self.tun.read_batch(BATCH)
+            bufs = tun.read_batch(TSO_BATCH if self.tun_mode.tso_reads else BATCH)
         except OSError as e:
             log.error("%s: reading the tun device failed (%s); stopping", self.name, e)
             self.stop()
             return
-        if not packets:
+        if not bufs:
             return
         now = loop.time()
-        lookup = self.allowed.lookup
-        by_peer: dict[Tunnel, list[bytes]] = {}
-        drops = self.drops
-        for p in packets:
-            if len(p) < 20:
-                drops["tun_short_packet"] += 1
-                continue
-            v = p[0] >> 4
-            if v == 4:
-                t = lookup(p[16:20])
-            elif v == 6 and len(p) >= 40:
-                t = lookup(p[24:40])
-            else:
-                drops["tun_not_ip"] += 1
-                continue
-            if t is None:
-                drops["no_route"] += 1  # wg: "Required key not available"
-                continue
-            lst = by_peer.get(t)
-            if lst is None:
-                by_peer[t] = [p]
-            else:
-                lst.append(p)
-        for t, lst in by_peer.items():
+        for t, lst in route_reads(bufs, vnet, self.allowed.lookup, self.drops).items():
             t.encapsulate(lst, now=now)
         self._flush()
 
@@ -267,7 +249,7 @@ class Device:
             for t, packets in core.decapsulate(addr, datagrams, now=now):
                 self._route_inbound(t, packets, to_tun, forwarded)
         if to_tun:
-            self.tun.write_batch(to_tun)
+            self.tun.write_batch(tun_buffers(to_tun, self.tun_mode))
         for t, lst in forwarded.items():
             t.encapsulate(lst, now=now)
         self._flush()
@@ -279,26 +261,38 @@ class Device:
         l2 = self.l2
         vteps = l2.vteps if l2 is not None else frozenset()
         spoofed = 0
+        # Consecutive packets mostly belong to one flow: look an address up only when it changes.
+        last_src = last_dst = b""
+        src_ok = to_l2 = False
+        fwd: list[bytes] | None = None
+        append = to_tun.append
         for p in packets:
             if p[0] >> 4 == 4:
                 src, dst = p[12:16], p[16:20]
             else:
                 src, dst = p[8:24], p[24:40]
-            if lookup(src) is not t:
+            if src != last_src:
+                last_src = src
+                src_ok = lookup(src) is t
+            if not src_ok:
                 spoofed += 1
                 continue
-            if forward:
-                d = lookup(dst)
-                if d is not None and d is not t:
-                    lst = forwarded.get(d)
-                    if lst is None:
-                        forwarded[d] = [p]
-                    else:
-                        lst.append(p)
-                    continue
-            if dst in vteps and l2 is not None and l2.take(t, p):  # VXLAN for an L2 segment
+            if dst != last_dst:
+                last_dst = dst
+                fwd = None
+                if forward:
+                    d = lookup(dst)
+                    if d is not None and d is not t:
+                        fwd = forwarded.get(d)
+                        if fwd is None:
+                            fwd = forwarded[d] = []
+                to_l2 = dst in vteps
+            if fwd is not None:
+                fwd.append(p)
                 continue
-            to_tun.append(p)
+            if to_l2 and l2 is not None and l2.take(t, p):  # VXLAN for an L2 segment
+                continue
+            append(p)
         if spoofed:
             self.drops["spoofed_source"] += spoofed
             peer = t.user
@@ -377,8 +371,13 @@ class Device:
 
     # -- reporting -------------------------------------------------------------------------
     def offloads(self) -> list[str]:
-        """Offloads in use, e.g. ``tun:tso4``, ``udp:gso`` (for `pyvpn show`)."""
-        out = [f"tun:{o}" for o in sorted(getattr(self.tun, "offloads", ()) or ())]
+        """Offloads in use, e.g. ``tun:vnet_hdr``, ``tun:gro``, ``udp:gso`` (for `pyvpn show`).
+
+        ``tun:vnet_hdr``: buffers carry a virtio_net_hdr; ``tun:gro``/``tun:gro-udp``: decrypted TCP
+        segments (UDP datagrams) are written as super-packets; ``tun:tso``: the tun hands us TSO
+        super-packets that we segment; ``udp:gso``/``udp:gro``: UDP segmentation/coalescing offload.
+        """
+        out = self.tun_mode.names()
         for flag in ("gso", "gro"):
             if getattr(self.udp, flag, False):
                 out.append(f"udp:{flag}")

@@ -1,0 +1,192 @@
+"""The L3 data path between the tun device and the WireGuard core, with TUN and UDP offloads.
+
+Flow (called by :class:`vpn.device.Device` once per wakeup; no timers, so a lone packet goes out at once):
+
+1. **tun → peers** (:func:`route_reads`).  A tun read returns one buffer.  Without a vnet header it is one IP
+   packet.  With ``IFF_VNET_HDR`` it starts with a 10-byte ``virtio_net_hdr``: a plain packet (``GSO_NONE``
+   without ``NEEDS_CSUM``) just loses the header; anything else, above all a TCP super-packet of up to 64 KiB,
+   is cut by :func:`tunnel.offload.segment` into standalone, MTU-sized IP packets with their own checksums, so
+   that every WireGuard message carries one ordinary packet and stock peers accept it.  The destination is
+   looked up once per buffer (every segment of a super-packet shares it) and cached across buffers.
+2. The core seals each packet as a type-4 message.  Segments of one super-packet have the same size, so their
+   messages do too (16 + MTU + 16 bytes; only the last may be shorter), and :meth:`tunnel.udp.UdpSocket.
+   send_batch` sends each run in one ``sendmsg`` with ``UDP_SEGMENT``.  :func:`gso_max_segs` is the most
+   segments one such send may carry; the daemon caps the tun's ``gso_max_segs`` at it, so that the kernel
+   never builds a super-packet that needs two sends.
+3. **peers → tun** (:func:`tun_buffers`).  Datagrams arrive GRO-coalesced and are split by the UDP socket;
+   the core opens them; the device applies the AllowedIPs ACL and forwarding.  With a vnet header the
+   packets for the tun are merged by :func:`tunnel.offload.coalesce` into TCP (and, with USO, UDP)
+   super-packets written in one call each; every other packet gets the all-zero header.
+
+Byte order: the virtio_net_hdr is little-endian (host order on the machines pyvpn targets); IP headers are
+big-endian.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunnel.offload import OffloadError, coalesce, segment
+
+log = logging.getLogger("pyvpn.datapath")
+
+__all__ = [
+    "TSO_READS_DEFAULT",
+    "VNET_HDR_SIZE",
+    "TunMode",
+    "configure_tun",
+    "gso_max_segs",
+    "route_reads",
+    "tun_buffers",
+]
+
+#: The virtio_net_hdr size pyvpn's tun uses (``tunnel.tun.VNET_HDR_SIZE``).
+VNET_HDR_SIZE = 10
+#: WireGuard transport overhead on top of the padded plaintext: 16-byte header + 16-byte tag.
+TRANSPORT_OVERHEAD = 32
+#: Linux limits for one UDP GSO send (``UDP_MAX_SEGMENTS``; 65535 - 8 - 20).
+_GSO_SEGMENTS = 64
+_GSO_PAYLOAD = 65507
+
+
+#: Whether the tun hands us TSO super-packets to segment in Python (see :func:`configure_tun`).  Off by
+#: default: measured, cutting them here costs more than the kernel's software GSO plus one read per packet.
+#: ``PYVPN_TSO_READS=1`` turns it on (for benchmarks).
+TSO_READS_DEFAULT = os.environ.get("PYVPN_TSO_READS", "") == "1"
+
+
+@dataclass(frozen=True, slots=True)
+class TunMode:
+    """What the data path does with the tun's offloads (decided once, by :func:`configure_tun`).
+
+    :param vnet_hdr: every read and write carries a virtio_net_hdr.
+    :param tso_reads: the kernel may hand us TSO/USO super-packets and packets that need their checksum
+        finished (``TUN_F_CSUM|TSO4|TSO6[|USO]``); otherwise it segments and checksums itself and every
+        read is one finished packet.
+    :param gro_tcp: merge TCP segments into super-packets on write.
+    :param gro_udp: merge UDP datagrams into USO packets on write (the kernel knows USO).
+    """
+
+    vnet_hdr: bool = False
+    tso_reads: bool = False
+    gro_tcp: bool = False
+    gro_udp: bool = False
+
+    def names(self) -> list[str]:
+        """Labels for ``pyvpn show``: ``tun:vnet_hdr``, ``tun:tso``, ``tun:gro``, ``tun:gro-udp``."""
+        out = ["tun:vnet_hdr"] if self.vnet_hdr else []
+        for flag, name in ((self.tso_reads, "tun:tso"), (self.gro_tcp, "tun:gro"), (self.gro_udp, "tun:gro-udp")):
+            if flag:
+                out.append(name)
+        return out
+
+
+def configure_tun(tun: Any, *, tso_reads: bool = TSO_READS_DEFAULT) -> TunMode:
+    """Decide and apply how the data path uses ``tun``'s offloads.
+
+    A tun without a vnet header gets plain reads and writes.  With one, writes always coalesce (the kernel
+    takes GSO writes whatever ``TUNSETOFFLOAD`` says), UDP too when the kernel accepted USO at open time.
+    Unless ``tso_reads``, the read-side offloads are switched off again with ``TUNSETOFFLOAD(0)``, so the
+    kernel segments and checksums in C before the packets reach us.
+
+    :param tun: a :class:`tunnel.tun.PytunDevice` (the ioctl is only tried on a real tun) or a fake.
+    :param tso_reads: keep the kernel's TSO/CSUM offloads on the read side.
+    """
+    if not getattr(tun, "vnet_hdr", False):
+        return TunMode()
+    offloads = frozenset(getattr(tun, "offloads", ()) or ())
+    uso = "uso" in offloads
+    if not tso_reads:
+        from tunnel.tun import PytunDevice
+
+        if isinstance(tun, PytunDevice):
+            from tunnel.tun import _TUNSETOFFLOAD  # the ioctl number for this architecture
+
+            try:
+                fcntl.ioctl(tun.fileno(), _TUNSETOFFLOAD, 0)
+            except OSError as e:  # keep whatever the kernel gave us; segment() copes with all of it
+                log.info("%s: cannot switch read offloads off (%s); segmenting in Python", tun.name, e)
+                tso_reads = True
+    return TunMode(vnet_hdr=True, tso_reads=tso_reads and bool(offloads), gro_tcp=True, gro_udp=uso)
+
+
+def gso_max_segs(mtu: int) -> int:
+    """Most full-size transport messages that fit one UDP GSO ``sendmsg`` for a tunnel of ``mtu`` bytes.
+
+    :param mtu: the tunnel MTU (largest plaintext packet).
+    """
+    return max(1, min(_GSO_SEGMENTS, _GSO_PAYLOAD // (mtu + TRANSPORT_OVERHEAD)))
+
+
+def route_reads(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any],
+                drops: Counter[str]) -> dict[Any, list[bytes]]:
+    """Turn a batch of tun reads into IP packets grouped by the peer their destination routes to.
+
+    :param bufs: what the tun returned, each with a virtio_net_hdr when ``vnet`` is true.
+    :param vnet: the tun was opened with ``IFF_VNET_HDR``.
+    :param lookup: AllowedIPs lookup of a 4- or 16-byte destination address (None: no peer).
+    :param drops: counts ``tun_short_packet``, ``tun_not_ip``, ``tun_bad_offload`` and ``no_route``.
+    :returns: ``{peer: [packet, ...]}`` in read order per peer.
+    """
+    by_peer: dict[Any, list[bytes]] = {}
+    last_dst: bytes | None = None
+    out: list[bytes] | None = None
+    for b in bufs:
+        segs: list[bytes] | None = None
+        if vnet:
+            if b[1] or b[0] & 1:  # a GSO type, or NEEDS_CSUM: segment() finishes the work
+                try:
+                    segs = segment(b)
+                except OffloadError:
+                    drops["tun_bad_offload"] += 1
+                    continue
+                p = segs[0]
+            else:
+                p = b[VNET_HDR_SIZE:]
+        else:
+            p = b
+        n = len(p)
+        if n < 20:
+            drops["tun_short_packet"] += 1
+            continue
+        v = p[0] >> 4
+        if v == 4:
+            dst = p[16:20]
+        elif v == 6 and n >= 40:
+            dst = p[24:40]
+        else:
+            drops["tun_not_ip"] += 1
+            continue
+        if dst != last_dst:
+            last_dst = dst
+            t = lookup(dst)
+            if t is None:
+                out = None
+            else:
+                out = by_peer.get(t)
+                if out is None:
+                    out = by_peer[t] = []
+        if out is None:
+            drops["no_route"] += len(segs) if segs else 1  # wg: "Required key not available"
+        elif segs is None:
+            out.append(p)
+        else:
+            out.extend(segs)
+    return by_peer
+
+
+def tun_buffers(packets: list[bytes], mode: TunMode) -> list[bytes]:
+    """What to write to the tun for ``packets`` (plain IP packets trimmed to their length).
+
+    :param mode: with a vnet header, TCP segments are merged into super-packets (GRO), UDP datagrams too
+        with ``gro_udp``, and the rest get the all-zero header.
+    """
+    if not mode.vnet_hdr:
+        return packets
+    return coalesce(packets, udp=mode.gro_udp)
