@@ -474,8 +474,11 @@ def tun_packet(cls: str, rng: random.Random, a: argparse.Namespace, i: int) -> b
     if cls == "no_route":  # → no_route
         return ipv4(a.src, a.unrouted, rng.randbytes(rng.randrange(0, 200)), proto=rng.randrange(256))
     if cls == "bad_length":  # reaches the server; total length beyond the packet → invalid_inner_packet
+        # Beyond the padded length too: WireGuard pads to 16 bytes, and a length that ends inside the
+        # padding is indistinguishable from a real packet that ends in zero bytes.
         body = rng.randbytes(rng.randrange(0, 200))
-        return ipv4(a.src, a.dst, body, proto=rng.randrange(256), total=20 + len(body) + rng.randrange(1, 500))
+        padded = (20 + len(body) + 15) // 16 * 16
+        return ipv4(a.src, a.dst, body, proto=rng.randrange(256), total=padded + rng.randrange(1, 500))
     if cls == "spoofed":  # a correct ICMP echo from a source the peer does not own → spoofed_source
         return ipv4(a.spoof_src, a.dst, icmp_echo(0x4242, i & 0xFFFF, rng.randbytes(rng.randrange(0, 64))))
     if cls == "spoofed6":
