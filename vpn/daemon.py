@@ -275,7 +275,10 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     if netconf.link_exists(name, netns=netns) if netns else netconf.link_exists(name):
         raise DaemonError(f"interface {name} already exists{' in netns ' + netns if netns else ''}")
     try:
-        tun = open_tun(name, mtu=mtu)
+        offload = getattr(icfg, "offload", "auto")  # vnet_hdr + GRO writes (vpn/datapath.py) unless off
+        tun = open_tun(name, mtu=mtu, vnet_hdr=offload != "off")
+        if offload == "on" and not tun.vnet_hdr:
+            log.warning("%s: Offload = on, but the tun refused: %s", name, tun.fallback_reason)
     except TunError as e:
         raise DaemonError(str(e)) from None
     iface = Interface(name, netns)
