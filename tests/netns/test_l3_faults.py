@@ -1,0 +1,214 @@
+"""``pyvpn server`` / ``pyvpn client`` under faults: roaming, crashes and restarts, bad configs.
+
+Topology as in test_l3_pyvpn: ``srv`` and ``cli`` joined by a veth (198.18.0.1/.2), tunnel
+198.19.0.0/24.  Every wait is bounded; the restart bounds follow WireGuard's timers (a responder
+that lost its session is noticed by the initiator after KEEPALIVE + REKEY_TIMEOUT ≈ 15 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyvpn_harness import (
+    Fleet,
+    Keys,
+    PeerSpec,
+    Pyvpn,
+    Transfer,
+    conf_text,
+    endpoint,
+    ping_ok,
+    poll,
+    pyvpn_argv,
+    unique_ifname,
+    wait_ping,
+    write_private,
+)
+
+from netns import Netns, namespaces, veth
+
+pytestmark = pytest.mark.root
+
+PORT = 51820
+SRV, CLI = "198.19.0.1", "198.19.0.2"
+
+
+@dataclass
+class Pair:
+    srv_ns: Netns
+    cli_ns: Netns
+    server: Pyvpn
+    client: Pyvpn
+    fleet: Fleet
+
+    @property
+    def server_key(self) -> str:
+        assert self.server.keys is not None
+        return self.server.keys.public
+
+    @property
+    def client_key(self) -> str:
+        assert self.client.keys is not None
+        return self.client.keys.public
+
+
+@contextmanager
+def pair(*, keepalive: int = 0) -> Iterator[Pair]:
+    with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet:
+        veth(srv_ns, "eth0", cli_ns, "eth0")
+        srv_ns.run("ip addr add 198.18.0.1/24 dev eth0")
+        cli_ns.run("ip addr add 198.18.0.2/24 dev eth0")
+        sk, ck = Keys.new(), Keys.new()
+        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, addresses=[f"{SRV}/24"],
+                           peers=[PeerSpec(ck.public, [f"{CLI}/32"])], start=False)
+        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI}/24"],
+                           peers=[PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=endpoint("198.18.0.1", PORT),
+                                           persistent_keepalive=keepalive)], start=False)
+        server.start(wait=False)
+        client.start(wait=False)
+        server.wait_ready()
+        client.wait_ready()
+        try:
+            yield Pair(srv_ns, cli_ns, server, client, fleet)
+        except BaseException:
+            print(fleet.logs())
+            raise
+
+
+# -- 4. roaming -------------------------------------------------------------------------------------------
+def test_client_roams_mid_transfer() -> None:
+    with pair() as p:
+        assert ping_ok(p.cli_ns, SRV)
+        speer = p.server.peer(p.client_key)
+        assert speer is not None and speer["endpoint"].startswith("198.18.0.2:")
+        # Data both ways while the client moves: the server must follow the client's new address
+        # (the client→server bytes come from it; the server→client bytes must go to it).
+        p.cli_ns.run("sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1")
+        up = Transfer(p.cli_ns, p.srv_ns, SRV, 3 << 20, port=5001, duration=2.5).start()
+        down = Transfer(p.srv_ns, p.cli_ns, CLI, 3 << 20, port=5002, duration=2.5).start()
+        time.sleep(0.8)
+        assert up.progress() and down.progress(), "the transfers ended before the move"
+        p.cli_ns.run("ip addr add 198.18.0.3/24 dev eth0")
+        p.cli_ns.run("ip addr del 198.18.0.2/24 dev eth0")
+        assert "198.18.0.2" not in p.cli_ns.run("ip -4 addr show dev eth0").stdout
+        for t in (up, down):
+            r = t.wait(timeout=40)
+            assert r.ok and r.received_bytes == 3 << 20, r
+        speer = p.server.show_json()["peers"][0]
+        assert speer["endpoint"].startswith("198.18.0.3:"), speer
+        assert "endpoint is now 198.18.0.3" in p.server.log()
+        assert ping_ok(p.srv_ns, CLI)
+
+
+# -- 5. restarts ------------------------------------------------------------------------------------------
+def test_restart_client_mid_transfer_then_server() -> None:
+    with pair() as p:
+        assert ping_ok(p.cli_ns, SRV)
+        hs1 = p.server.wait_handshake(p.client_key)["latest_handshake"]
+
+        # kill -9 the client while it sends; start it again; the same TCP connection finishes.
+        t = Transfer(p.cli_ns, p.srv_ns, SRV, 3 << 20, port=5003, duration=2.0, timeout=40).start()
+        time.sleep(0.7)
+        assert t.progress()
+        p.client.kill()
+        assert p.cli_ns.run(["ip", "link", "show", p.client.ifname], check=False).returncode != 0
+        time.sleep(0.3)
+        p.client.start()  # a stale control/UAPI socket file from the crash must not stop it
+        r = t.wait(timeout=45)
+        assert r.ok and r.received_bytes == 3 << 20, r
+        hs2 = p.server.wait_handshake(p.client_key, after=hs1, timeout=5)["latest_handshake"]
+        assert hs2 > hs1
+
+        # kill -9 the server (the responder).  The client still holds the old session and notices
+        # only by its timers (no reply for KEEPALIVE + REKEY_TIMEOUT), then handshakes again.
+        p.server.kill()
+        time.sleep(0.3)
+        p.server.start()
+        took = wait_ping(p.cli_ns, SRV, timeout=30.0)
+        assert took is not None, "no traffic within 30 s of the server's restart"
+        assert p.server.wait_handshake(p.client_key, timeout=5)["latest_handshake"] > 0
+        assert ping_ok(p.srv_ns, CLI)
+        assert "Traceback" not in p.server.log() + p.client.log()
+
+
+# -- 6. bad configs, permissions, secrets in logs -------------------------------------------------------
+def _bad_config_cases(keys: Keys, peer: Keys, ifname: str) -> list[tuple[str, str, str]]:
+    """(case, config text, the ``Key`` the message must name)."""
+    base = conf_text(ifname=ifname, private_key=keys.private, addresses=["198.19.0.1/24"], listen_port=PORT,
+                     peers=[PeerSpec(peer.public, ["198.19.0.2/32"])])
+    wrong_key = keys.private[:-2] + "A="  # 44 characters, wrong padding bits / or a different key
+    short_key = keys.private[:40]
+    return [
+        ("short private key", base.replace(keys.private, short_key), "PrivateKey"),
+        ("non-canonical private key", base.replace(keys.private, wrong_key[:42] + "!="), "PrivateKey"),
+        ("bad public key", base.replace(peer.public, peer.public[:20]), "PublicKey"),
+        ("bad CIDR", base.replace("198.19.0.2/32", "198.19.0.300/32"), "AllowedIPs"),
+        ("bad prefix", base.replace("198.19.0.2/32", "198.19.0.2/40"), "AllowedIPs"),
+        ("unknown key", base.replace("[Peer]\n", "[Peer]\nKeepAliveEvery = 5\n"), "KeepAliveEvery"),
+        ("bad port", base.replace(f"ListenPort = {PORT}", "ListenPort = 70000"), "ListenPort"),
+        ("private key pasted without 'PrivateKey ='",
+         base.replace(f"PrivateKey = {keys.private}", f"PrivateKey {keys.private}"), ""),
+    ]
+
+
+def test_bad_configs_fail_cleanly_and_never_print_keys(tmp_path: Path) -> None:
+    keys, peer = Keys.new(), Keys.new()
+    with namespaces("bad") as (ns,):
+        procs: list[tuple[str, str, Path, subprocess.Popen[str]]] = []
+        for i, (case, text, key) in enumerate(_bad_config_cases(keys, peer, unique_ifname("pvb"))):
+            path = write_private(tmp_path / f"bad{i}.conf", text)
+            procs.append((case, key, path, subprocess.Popen(ns.argv([*pyvpn_argv(), "server", str(path)]),
+                                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                           text=True)))
+        missing = tmp_path / "missing.conf"
+        procs.append(("missing file", "", missing,
+                      subprocess.Popen(ns.argv([*pyvpn_argv(), "client", str(missing)]), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)))
+        for case, key, path, proc in procs:
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                pytest.fail(f"{case}: pyvpn did not exit")
+            assert proc.returncode not in (0, None), f"{case}: exit {proc.returncode}"
+            assert "Traceback" not in err + out, f"{case}:\n{err}"
+            if key:
+                assert re.search(rf"{re.escape(str(path))}:\d+: {key}: ", err), f"{case}: {err!r}"
+            else:
+                assert str(path) in err, f"{case}: {err!r}"
+            for secret in (keys.private, keys.private[:40], keys.private[:20], base64.b64decode(keys.private).hex()):
+                assert secret not in err + out, f"{case}: the private key is in the output: {err!r}"
+            # Nothing was left behind.
+            assert "pvb" not in ns.run("ip -o link").stdout
+
+
+def test_world_readable_config_warns_and_debug_logs_hold_no_keys() -> None:
+    with pair(keepalive=1) as p:
+        assert p.server.keys is not None and p.client.keys is not None
+        p.client.wait_handshake(p.server_key, timeout=10)
+        assert ping_ok(p.cli_ns, SRV)
+        # Restart the client from a file that others can read: it runs, with a warning.
+        assert p.client.terminate() == 0
+        os.chmod(p.client.config, 0o644)
+        assert stat.S_IMODE(os.stat(p.client.config).st_mode) == 0o644
+        p.client.start()
+        assert poll(lambda: "accessible by group or others" in p.client.log(), 5.0)
+        assert ping_ok(p.cli_ns, SRV)
+        # `pyvpn show` (table and JSON) and the debug logs never carry a private key.
+        for d in (p.server, p.client):
+            texts = [d.log(), d.show_table(), str(d.show_json())]
+            for k in (p.server.keys, p.client.keys):
+                raw = base64.b64decode(k.private)
+                for text in texts:
+                    assert k.private not in text and raw.hex() not in text and k.private[:20] not in text
