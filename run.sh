@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(iproute2 iperf3 wireguard-go wireguard-tools procps kmod tcpdump nftables iputils-ping python3-venv)
+APT_PACKAGES=(iproute2 iperf3 wireguard-go wireguard-tools procps kmod tcpdump nftables iputils-ping python3-venv zbar-tools)
 
 setup() {
     if [ "$(id -u)" != 0 ]; then
