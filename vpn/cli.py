@@ -268,7 +268,12 @@ def show(iface: Annotated[str | None, typer.Argument(help="interface (default: a
         try:
             results.append(query(name))
         except ControlError as e:
-            _fail(str(e))
+            if iface is not None:
+                _fail(str(e))
+            # Listing all: an interface that stopped since it was listed is skipped, not fatal.
+            typer.echo(f"pyvpn: {name}: skipped: {e}", err=True)
+    if not results and iface is None and not as_json:
+        _fail("no running pyvpn interfaces")
     if as_json:
         from .status import to_jsonable
 
