@@ -45,8 +45,8 @@ for _p in (str(ROOT), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from netns import Netns  # noqa: E402
-from wgharness import wg_genkey, wg_pubkey  # noqa: E402
+from netns import Netns
+from wgharness import wg_genkey, wg_pubkey
 
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from netns import Netns, namespaces, veth
 from pyvpn_harness import (
     Fleet,
     Keys,
@@ -34,8 +35,6 @@ from pyvpn_harness import (
     wait_ping,
     write_private,
 )
-
-from netns import Netns, namespaces, veth
 
 pytestmark = pytest.mark.root
 
@@ -205,6 +204,12 @@ def test_world_readable_config_warns_and_debug_logs_hold_no_keys() -> None:
         p.client.start()
         assert poll(lambda: "accessible by group or others" in p.client.log(), 5.0)
         assert ping_ok(p.cli_ns, SRV)
+        # The same interface name started in another namespace: refused (the UAPI and control sockets
+        # are global), and the running daemon keeps its sockets.
+        dup = p.srv_ns.run([*pyvpn_argv(), "client", str(p.client.config)], check=False, timeout=30)
+        assert dup.returncode != 0 and "in use" in dup.stderr and "Traceback" not in dup.stderr, dup.stderr
+        assert p.client.query() is not None and ping_ok(p.cli_ns, SRV)
+        assert p.client.ifname not in p.srv_ns.run("ip -o link").stdout
         # `pyvpn show` (table and JSON) and the debug logs never carry a private key.
         for d in (p.server, p.client):
             texts = [d.log(), d.show_table(), str(d.show_json())]

@@ -15,9 +15,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
-
 from netns import Netns, namespaces, veth
+from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
 
 pytestmark = pytest.mark.root
 

@@ -9,12 +9,14 @@ table), PersistentKeepalive, and that SIGTERM removes the interface and both soc
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from netns import Netns, namespaces, veth
 from pyvpn_harness import (
     Fleet,
     Keys,
@@ -24,11 +26,10 @@ from pyvpn_harness import (
     endpoint,
     ping,
     ping_ok,
+    run_pyvpn,
     transfer,
     uapi_path,
 )
-
-from netns import Netns, namespaces, veth
 
 pytestmark = pytest.mark.root
 
@@ -36,6 +37,7 @@ PORT = 51820
 SRV_TUN = ("198.19.0.1", "fd00:19::1")
 CLI_TUN = ("198.19.0.2", "fd00:19::2")
 NBYTES = 3 << 20
+MTU = 1420  # the daemon's default
 
 
 @dataclass
@@ -79,6 +81,13 @@ def _traffic(p: Pair) -> None:
     for v in (0, 1):
         assert ping_ok(p.cli_ns, SRV_TUN[v]), f"client → {SRV_TUN[v]}"
         assert ping_ok(p.srv_ns, CLI_TUN[v]), f"server → {CLI_TUN[v]}"
+    # Full-MTU packets that may not be fragmented (tun MTU 1420: 1392 + 28 and 1372 + 48 bytes), both
+    # ways; with the IPv6 underlay the outer packet is exactly the veth's 1500 bytes.
+    for ns, dst in ((p.cli_ns, SRV_TUN), (p.srv_ns, CLI_TUN)):
+        for v, size in ((0, MTU - 28), (1, MTU - 48)):
+            r = ns.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do", "-s", str(size), dst[v]],
+                       check=False, timeout=15)
+            assert r.returncode == 0, f"{size}-byte ping to {dst[v]}: {r.stdout} {r.stderr}"
     port = 5001
     for v in (0, 1):
         for src, dst, addr in ((p.cli_ns, p.srv_ns, SRV_TUN[v]), (p.srv_ns, p.cli_ns, CLI_TUN[v])):
@@ -143,6 +152,13 @@ def test_ipv4_underlay_ping_transfer_show_sigterm() -> None:
 
         table = p.server.show_table()
         assert p.server.ifname in table and "cli" in table
+        every = run_pyvpn("show")  # all interfaces (other tests' may come and go meanwhile)
+        assert every.returncode == 0 and "Traceback" not in every.stderr, every.stderr
+        assert p.server.ifname in every.stdout and p.client.ifname in every.stdout
+        every_json = run_pyvpn("show", "--json")
+        assert every_json.returncode == 0, every_json.stderr
+        names = {s["interface"] for s in json.loads(every_json.stdout)}
+        assert {p.server.ifname, p.client.ifname} <= names
 
         _assert_no_private_keys(p)
         # SIGTERM ends both within a few seconds; interface, UAPI and control sockets are gone.
