@@ -512,11 +512,12 @@ def tun_inject(a: argparse.Namespace) -> None:
 
 # -- capture ------------------------------------------------------------------------------------
 PACKET_VNET_HDR = 15
+SOL_PACKET = 263
 
 
 def capture(a: argparse.Namespace) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.setsockopt(socket.SOL_PACKET, PACKET_VNET_HDR, 1)
+    s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
     s.bind((a.ifname, 0))
     s.settimeout(0.2)
@@ -526,6 +527,8 @@ def capture(a: argparse.Namespace) -> None:
     nbytes = 0
     with open(a.out, "wb") as f:
         while time.monotonic() - t0 < a.seconds and count < a.max_packets and nbytes < a.max_bytes:
+            if a.stop_file and os.path.exists(a.stop_file):
+                break
             try:
                 frame, addr = s.recvfrom(1 << 17)
             except TimeoutError:
@@ -605,6 +608,7 @@ def main() -> None:
     p.add_argument("--max-packets", type=int, default=200_000)
     p.add_argument("--max-bytes", type=int, default=256 << 20)
     p.add_argument("--out", required=True)
+    p.add_argument("--stop-file", default=None, help="stop early once this file exists")
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-send": udp_send, "flood": flood, "garbage": garbage,
      "tun-inject": tun_inject, "capture": capture}[a.cmd](a)
