@@ -83,11 +83,11 @@ def _traffic(p: Pair) -> None:
         assert ping_ok(p.srv_ns, CLI_TUN[v]), f"server → {CLI_TUN[v]}"
     # Full-MTU packets that may not be fragmented (tun MTU 1420: 1392 + 28 and 1372 + 48 bytes), both
     # ways; with the IPv6 underlay the outer packet is exactly the veth's 1500 bytes.
-    for ns, dst in ((p.cli_ns, SRV_TUN), (p.srv_ns, CLI_TUN)):
+    for pinger, to in ((p.cli_ns, SRV_TUN), (p.srv_ns, CLI_TUN)):
         for v, size in ((0, MTU - 28), (1, MTU - 48)):
-            r = ns.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do", "-s", str(size), dst[v]],
-                       check=False, timeout=15)
-            assert r.returncode == 0, f"{size}-byte ping to {dst[v]}: {r.stdout} {r.stderr}"
+            big = pinger.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do", "-s", str(size),
+                              to[v]], check=False, timeout=15)
+            assert big.returncode == 0, f"{size}-byte ping to {to[v]}: {big.stdout} {big.stderr}"
     port = 5001
     for v in (0, 1):
         for src, dst, addr in ((p.cli_ns, p.srv_ns, SRV_TUN[v]), (p.srv_ns, p.cli_ns, CLI_TUN[v])):
