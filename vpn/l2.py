@@ -43,7 +43,8 @@ Addresses and MTU
   ``ip link add vx100 type vxlan id 100 dstport 4789 local <its wg address> remote <our address>`` and
   ``mtu <tap MTU>``, enslaved to a bridge.
 * **Tap MTU** = tunnel MTU − 50 with IPv4 VTEPs, − 70 with IPv6 ones (:func:`~tunnel.encap.vxlan.mtu_for_tap`,
-  Linux's ``VXLAN_HEADROOM``): 1370 / 1350 over the default 1420.  Plain mode assumes a 1500-byte underlay
+  Linux's ``VXLAN_HEADROOM``): 1370 / 1350 over the default 1420; − 70 as soon as one member peer of the
+  segment (at start-up) has an IPv6 VTEP.  Plain mode assumes a 1500-byte underlay
   (1450 / 1430).  ``MTU =`` overrides it (a warning is logged when it is larger).  Hosts on the segment
   must use an MTU no larger than the tap's, or the bridge drops their large frames at the tap.  As with
   Linux's vxlan, an 802.1Q tag passing through a trunk is not counted in the MTU.
@@ -80,6 +81,7 @@ from tunnel.encap.vxlan import (
     unpack_header,
 )
 
+from .config import format_endpoint
 from .switch import Switch, VlanMap
 
 if TYPE_CHECKING:
@@ -155,7 +157,7 @@ class SegmentPlan:
     :param mac_age: MAC entry lifetime in seconds.
     :param mac_limit: MAC table bound.
     :param hub: relay frames between peers (the server of a star).
-    :param ipv6_vteps: whether the outer addresses are IPv6 (decides the default MTU).
+    :param ipv6_vteps: whether any outer (VTEP) address is IPv6 (decides the default MTU).
     """
 
     vni: int
@@ -289,7 +291,7 @@ def plan_segments(cfg: Config, *, role: str, tunnel_mtu: int) -> tuple[TapPlan, 
                 vtep = choose_vtep(p.allowed_ips, p.vtep, local)
                 if vtep is not None:
                     versions.add(vtep.version)
-            ipv6 = versions == {6} or (not versions and 4 not in local)
+            ipv6 = 6 in versions or (not versions and 4 not in local)  # the larger headroom wins
             base_mtu = tunnel_mtu
         try:
             limit = mtu_for_tap(base_mtu, ipv6)
@@ -469,9 +471,10 @@ class L2Runtime:
         for seg in self._segments:
             p = seg.plan
             if p.plain:
-                log.warning("segment VNI %d on %s: plain VXLAN %s:%d <-> %s is NOT encrypted or authenticated; "
-                            "anyone on the path can read and inject frames", p.vni, p.tap, p.local, p.port,
-                            ", ".join(f"{ip}:{port}" for ip, port in p.remotes))
+                log.warning("segment VNI %d on %s: plain VXLAN %s <-> %s is NOT encrypted or authenticated; "
+                            "anyone on the path can read and inject frames", p.vni, p.tap,
+                            format_endpoint((p.local or "?", p.port)),
+                            ", ".join(format_endpoint(r) for r in p.remotes))
             else:
                 log.info("segment VNI %d on %s%s: MTU %d, %d member peer(s)%s", p.vni, p.tap,
                          f" (bridge {seg.port.plan.bridge})" if seg.port.plan.bridge else "", seg.port.plan.mtu,
@@ -746,7 +749,7 @@ class L2Runtime:
             p = seg.plan
             peers: list[str]
             if p.plain:
-                peers = [f"{ip}:{port}" for ip, port in p.remotes]
+                peers = [format_endpoint(r) for r in p.remotes]
             else:
                 peers = []
                 for key in seg.members:

@@ -108,6 +108,11 @@ def test_plan_ipv6_vteps_and_explicit_mtu(caplog: pytest.LogCaptureFixture) -> N
     cfg = parse_config(conf(seg(100, "tap100"), address="fd00:19::1/64", peers=[(1, "fd00:19::2/128")]))
     (tp,) = plan_segments(cfg, role="client", tunnel_mtu=1420)
     assert tp.mtu == 1350 and tp.segments[0].ipv6_vteps
+    # one IPv6-only member is enough for the larger headroom
+    cfg = parse_config(conf(seg(100, "tap100"), peers=[(1, "198.19.0.2/32"), (2, "fd00:19::3/128")]))
+    assert plan_segments(cfg, role="server", tunnel_mtu=1420)[0].mtu == 1350
+    cfg = parse_config(conf(seg(100, "tap100", "Peers = p1"), peers=[(1, "198.19.0.2/32"), (2, "fd00:19::3/128")]))
+    assert plan_segments(cfg, role="server", tunnel_mtu=1420)[0].mtu == 1370
     cfg = parse_config(conf(seg(100, "tap100", "MTU = 1400")))
     with caplog.at_level(logging.WARNING, logger="pyvpn.l2"):
         (tp,) = plan_segments(cfg, role="client", tunnel_mtu=1420)

@@ -1,0 +1,134 @@
+"""A stock WireGuard peer joins a pyvpn L2 segment with the kernel's own ``vxlan`` device over its tunnel.
+
+Topology (every address inside namespaces this test creates)::
+
+    site B: wireguard-go 198.19.0.2 ─┐                         ┌─ site A: pyvpn server 198.19.0.1, fd00:19::1
+      vx100 (kernel vxlan, IPv4 VTEPs│ ul 198.18.1.0/24        │    tap100 in br100 ── host ha
+      198.19.0.2 → 198.19.0.1) in br100 ── host hb             │
+    site C: wireguard-go fd00:19::3 ─┘ ul 198.18.2.0/24  ──────┘
+      vx100 (kernel vxlan, IPv6 VTEPs fd00:19::3 → fd00:19::1) in br100 ── host hc
+
+Site B's peer has an IPv4 tunnel address, site C's an IPv6 one only, so pyvpn talks VXLAN over IPv4 to B and
+over IPv6 (UDP checksum computed, which Linux requires) to C, and relays between them as the hub.  The
+kernel devices are configured exactly as a user would: ``ip link add vx100 type vxlan id 100 dstport 4789
+local <wg address> remote <pyvpn tunnel address>``.  The tap MTU is 1420 - 70 = 1350 (one member uses IPv6
+VTEPs); site B's vxlan gets 1370, site C's 1350; every host uses 1350.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import pytest
+from netns import Netns, namespaces, veth
+from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, ping_ok
+from test_l2_sites import (
+    add_daemon,
+    add_host,
+    all_reached,
+    bridge,
+    bridge_macs,
+    count_broadcasts,
+    segment,
+    segment_of,
+)
+from wgharness import WgPeer, WireguardGo
+
+pytestmark = [pytest.mark.root, pytest.mark.interop]
+
+PORT = 51820
+HOST_MTU = 1350
+
+
+@dataclass
+class Interop:
+    pyvpn: Pyvpn
+    site_a: Netns
+    site_b: Netns
+    site_c: Netns
+    hosts: dict[str, tuple[Netns, str, str, str]]  # name -> (ns, v4, v6, mac)
+    fleet: Fleet
+
+
+@pytest.fixture(scope="module")
+def interop() -> Iterator[Interop]:
+    with ExitStack() as stack:
+        sa, sb, sc, ha, hb, hc = stack.enter_context(namespaces("l2ia", "l2ib", "l2ic", "iha", "ihb", "ihc"))
+        fleet = stack.enter_context(Fleet())
+        for i, site in ((1, sb), (2, sc)):
+            veth(sa, f"ul{i}", site, "ul0")
+            sa.run(f"ip addr add 198.18.{i}.1/24 dev ul{i}")
+            site.run(f"ip addr add 198.18.{i}.2/24 dev ul0")
+        ka, kb, kc = Keys.new(), Keys.new(), Keys.new()
+        bridge(sa, "br100")
+        server = add_daemon(fleet, sa, "server", keys=ka, addresses=["198.19.0.1/24", "fd00:19::1/64"],
+                            listen_port=PORT, segments=segment(100, "tap100", "Bridge = br100"),
+                            peers=[PeerSpec(kb.public, ["198.19.0.2/32"], name="wg-b"),
+                                   PeerSpec(kc.public, ["fd00:19::3/128"], name="wg-c")])
+        wg_b = stack.enter_context(WireguardGo(
+            sb, private_key=kb.private, address=["198.19.0.2/24"],
+            peers=[WgPeer(ka.public, endpoint=f"198.18.1.1:{PORT}", allowed_ips=["198.19.0.1/32"],
+                          persistent_keepalive=25)]))
+        wg_c = stack.enter_context(WireguardGo(
+            sc, private_key=kc.private, address=["fd00:19::3/64"],
+            peers=[WgPeer(ka.public, endpoint=f"198.18.2.1:{PORT}", allowed_ips=["fd00:19::1/128"],
+                          persistent_keepalive=25)]))
+        wg_b.wait_handshake()
+        wg_c.wait_handshake()
+        # the stock side: a kernel vxlan device over the WireGuard interface, in a bridge
+        sb.run(f"ip link add vx100 mtu 1370 type vxlan id 100 dstport 4789 local 198.19.0.2 remote 198.19.0.1 "
+               f"dev {wg_b.ifname}")
+        sc.run(f"ip link add vx100 mtu 1350 type vxlan id 100 dstport 4789 local fd00:19::3 remote fd00:19::1 "
+               f"dev {wg_c.ifname}")
+        hosts: dict[str, tuple[Netns, str, str, str]] = {}
+        for site, host, n in ((sb, hb, 21), (sc, hc, 31)):
+            bridge(site, "br100")
+            site.run("ip link set vx100 master br100")
+            site.run("ip link set vx100 up")
+        for name, site, host, n in (("ha", sa, ha, 11), ("hb", sb, hb, 21), ("hc", sc, hc, 31)):
+            v4, v6 = f"100.64.100.{n}", f"fd00:100::{n}"
+            mac = add_host(site, "br100", host, [f"{v4}/24", f"{v6}/64"], mtu=HOST_MTU)
+            hosts[name] = (host, v4, v6, mac)
+        try:
+            yield Interop(server, sa, sb, sc, hosts, fleet)
+        except BaseException:
+            print(fleet.logs())
+            print(wg_b.log()[-3000:], wg_c.log()[-3000:])
+            raise
+
+
+def test_tap_mtu_accounts_for_ipv6_vteps(interop: Interop) -> None:
+    assert "mtu 1350" in interop.site_a.run("ip link show tap100").stdout
+
+
+def test_hosts_behind_kernel_vxlan_and_pyvpn_ping_each_other(interop: Interop) -> None:
+    hosts = interop.hosts
+    jobs = [(src[0], addr) for a, src in hosts.items() for b, dst in hosts.items() if a != b
+            for addr in (dst[1], dst[2])]
+    problems = all_reached(jobs, count=10)
+    assert not problems, f"{problems}\n{interop.fleet.logs()}"
+    # the kernel vxlan devices learned the far MACs behind pyvpn's VTEP, and site A's bridge theirs
+    ha, hb, hc = (hosts[n][3] for n in ("ha", "hb", "hc"))
+    assert {hb, hc} <= bridge_macs(interop.site_a, "br100")
+    for site in (interop.site_b, interop.site_c):
+        fdb = site.run("bridge fdb show dev vx100").stdout
+        assert ha in fdb, fdb
+
+
+def test_broadcast_from_pyvpn_site_reaches_both_stock_sites_once(interop: Interop) -> None:
+    hosts = interop.hosts
+    assert ping_ok(hosts["ha"][0], hosts["hb"][1]) and ping_ok(hosts["ha"][0], hosts["hc"][1])
+    assert count_broadcasts(hosts["ha"][0], [hosts["hb"][0], hosts["hc"][0]], count=5) == [5, 5]
+    # and from a stock site through pyvpn's hub to the other stock site
+    assert count_broadcasts(hosts["hb"][0], [hosts["ha"][0], hosts["hc"][0]], count=5) == [5, 5]
+
+
+def test_pyvpn_reports_both_vteps(interop: Interop) -> None:
+    assert ping_ok(interop.hosts["hb"][0], interop.hosts["hc"][1])
+    snap = interop.pyvpn.query() or {}
+    seg = segment_of(snap, 100)
+    assert seg["peers"] == ["wg-b", "wg-c"] and isinstance(seg["macs"], int) and seg["macs"] >= 3, seg
+    assert not {k: v for k, v in snap["drops"].items() if k.startswith("l2_") and k != "l2_local_destination"}, \
+        snap["drops"]
