@@ -250,10 +250,11 @@ def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: Pyvpn, wg_pub: str) ->
     mine = pyvpn.peer(wg_pub)
     assert mine is not None and mine["latest_handshake"] > 0 and mine["handshakes"] >= 1
     assert mine["rx_bytes"] > 1_000_000 and mine["tx_bytes"] > 1_000_000, mine
-    # Both count the wire bytes of data messages.  What wireguard-go sent, pyvpn received (a keepalive may
-    # be in flight between the two reads).  The other way wireguard-go receives less than pyvpn sent: its
-    # UDP receive buffer overflows under iperf3 (UdpRcvbufErrors in its namespace; TCP retransmits).
-    assert abs(mine["rx_bytes"] - st.tx_bytes) < 0.01 * st.tx_bytes
+    # Both count the wire bytes of data messages, so each side receives at most what the other sent (plus a
+    # keepalive in flight between the two reads), but not always all of it: under iperf3 the receiver's UDP
+    # buffer overflows (UdpRcvbufErrors in its namespace, TCP retransmits), wireguard-go's mostly, pyvpn's
+    # too when the machine is busy.
+    assert 0.5 * st.tx_bytes < mine["rx_bytes"] <= st.tx_bytes + 1000
     assert 0.5 * mine["tx_bytes"] < st.rx_bytes <= mine["tx_bytes"] + 1000
     assert pyvpn.show()["drops"].get("spoofed_source", 0) == 0
 
