@@ -149,6 +149,11 @@ class ControlServer:
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, msgpack.UnpackException, ValueError):
             pass
+        except asyncio.CancelledError:
+            # Shutdown with a client still connected.  Ending normally, not cancelled: Python
+            # 3.11's stream callback calls task.exception() on its handler task, which raises for
+            # a cancelled task and logs a traceback ("Exception in callback ...").
+            pass
         finally:
             writer.close()
 

@@ -111,6 +111,11 @@ class UapiServer:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Shutdown with a client still connected.  Ending normally, not cancelled: Python
+            # 3.11's stream callback calls task.exception() on its handler task, which raises for
+            # a cancelled task and logs a traceback ("Exception in callback ...").
+            pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
