@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,8 +99,20 @@ def _traffic(p: Pair) -> None:
 
 
 def _assert_stopped(d: Pyvpn) -> None:
-    """SIGTERM ends the daemon within a few seconds and leaves nothing behind."""
+    """SIGTERM ends the daemon within a few seconds and leaves nothing behind.
+
+    An idle client stays connected to each socket meanwhile (a stuck `wg`/`pyvpn show`): it must
+    neither delay the exit nor put a traceback in the log.
+    """
+    idle = []
+    for path in (control_path(d.ifname), uapi_path(d.ifname)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))
+        idle.append(s)
+    time.sleep(0.2)
     rc = d.terminate(timeout=5.0)
+    for s in idle:
+        s.close()
     assert rc == 0, f"{d!r} exited {rc} after SIGTERM:\n{d.log_tail()}"
     link = d.ns.run(["ip", "link", "show", d.ifname], check=False)
     assert link.returncode != 0, f"{d.ifname} still exists"
