@@ -486,3 +486,20 @@ def test_random_garbage_from_the_tap_and_from_peers_never_raises() -> None:
 
     run_nodes([srv, cli], body)
 
+
+
+def test_mac_limit_and_aging_use_the_loop_clock() -> None:
+    _, srv, (cli,) = star(1, seg(100, "tap100", "MacLimit = 2", "MacAge = 1"), seg(100, "tap100"))
+
+    async def body() -> None:
+        await handshake(srv, [cli])  # the server learned mac(1) behind the client
+        srv.taps["tap100"].inject([eth(BCAST, mac(20 + i)) for i in range(3)])
+        assert await until(lambda: srv.l2.switch(100).table.counters["refused"] == 2)
+        assert srv.dev.snapshot()["segments"][0]["macs"] == 2
+        await asyncio.sleep(1.05)
+        assert srv.dev.snapshot()["segments"][0]["macs"] == 0  # aged out (shown as live entries only)
+        srv.l2._last_expire -= 10  # the next housekeeping sweep is due
+        srv.l2._housekeeping()
+        assert len(srv.l2.switch(100).table) == 0
+
+    run_nodes([srv, cli], body)
