@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -34,8 +35,10 @@ import pytest
 from netns import Netns, namespaces, veth, wait_for
 from wgharness import (
     WgPeer,
+    WgPeerStatus,
     WgStatus,
     WireguardGo,
+    WireguardGoError,
     iperf3_bytes,
     iperf3_client,
     iperf3_server,
@@ -225,37 +228,62 @@ def parse_ping(out: str) -> tuple[int, int]:
     raise PyvpnError(f"no ping summary in {out!r}")
 
 
+def _iperf3(b: Netns, addr: str, *, reverse: bool) -> dict[str, Any]:
+    """One TCP run; retried once when iperf3's control connection fails (a busy machine can make the
+    server reset it while it still winds the previous test down: an iperf3 matter, not the tunnel's)."""
+    try:
+        return iperf3_client(b, addr, IPERF_SECONDS, reverse=reverse)
+    except WireguardGoError as e:
+        if "control message" not in str(e) and "control socket" not in str(e):
+            raise
+        time.sleep(0.5)
+        return iperf3_client(b, addr, IPERF_SECONDS, reverse=reverse)
+
+
 def traffic_both_ways(a: Netns, b: Netns, a4: str, a6: str, b4: str, b6: str) -> None:
     """Ping v4 and v6 from each side to the other, then iperf3 TCP from ``b`` to ``a`` and back."""
     for ns, addr in ((b, a4), (b, a6), (a, b4), (a, b6)):
         assert ping(ns, addr, count=3), f"no ping from {ns.name} to {addr}"
     server = iperf3_server(a, a4)
     try:
-        up = iperf3_client(b, a4, IPERF_SECONDS)
-        down = iperf3_client(b, a4, IPERF_SECONDS, reverse=True)
+        up = _iperf3(b, a4, reverse=False)
+        down = _iperf3(b, a4, reverse=True)
     finally:
         server.terminate()
         server.wait(STOP_TIMEOUT)
     assert iperf3_bytes(up) > 100_000 and iperf3_bytes(down) > 100_000
-    assert up["end"]["sum_sent"]["retransmits"] >= 0
 
 
 def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: Pyvpn, wg_pub: str) -> None:
     """``wg show`` on wireguard-go and ``pyvpn show`` agree that traffic went through a handshake."""
-    st = wg.show().peer(pyvpn_pub)
-    assert st.latest_handshake > 0
-    assert st.rx_bytes > 1_000_000 and st.tx_bytes > 1_000_000, st
     cli = pyvpn.show_cli()
     assert cli["interface"] == pyvpn.ifname and cli["role"] == pyvpn.role
-    mine = pyvpn.peer(wg_pub)
-    assert mine is not None and mine["latest_handshake"] > 0 and mine["handshakes"] >= 1
+
+    def counters() -> tuple[WgPeerStatus, dict[str, Any]]:
+        mine = pyvpn.peer(wg_pub)
+        assert mine is not None
+        return wg.show().peer(pyvpn_pub), mine
+
+    # Compare once the last packets of iperf3 are through: two identical looks in a row (bounded).
+    seen: list[tuple[int, ...]] = []
+
+    def quiet() -> bool:
+        st, mine = counters()
+        seen.append((st.rx_bytes, st.tx_bytes, mine["rx_bytes"], mine["tx_bytes"]))
+        return len(seen) >= 2 and seen[-1] == seen[-2]
+
+    wait_for(quiet, 5.0, 0.2)
+    st, mine = counters()
+    assert st.latest_handshake > 0
+    assert st.rx_bytes > 1_000_000 and st.tx_bytes > 1_000_000, st
+    assert mine["latest_handshake"] > 0 and mine["handshakes"] >= 1
     assert mine["rx_bytes"] > 1_000_000 and mine["tx_bytes"] > 1_000_000, mine
-    # Both count the wire bytes of data messages, so each side receives at most what the other sent (plus a
-    # keepalive in flight between the two reads), but not always all of it: under iperf3 the receiver's UDP
-    # buffer overflows (UdpRcvbufErrors in its namespace, TCP retransmits), wireguard-go's mostly, pyvpn's
-    # too when the machine is busy.
-    assert 0.5 * st.tx_bytes < mine["rx_bytes"] <= st.tx_bytes + 1000
-    assert 0.5 * mine["tx_bytes"] < st.rx_bytes <= mine["tx_bytes"] + 1000
+    # Both count the wire bytes of data messages, so each side receives at most what the other sent, but not
+    # always all of it: under iperf3 the receiver's UDP buffer overflows (UdpRcvbufErrors in its namespace,
+    # TCP retransmits), wireguard-go's mostly, pyvpn's too when the machine is busy.  The slack is for a
+    # keepalive between the two reads.
+    assert 0.5 * st.tx_bytes < mine["rx_bytes"] <= st.tx_bytes + 100
+    assert 0.5 * mine["tx_bytes"] < st.rx_bytes <= mine["tx_bytes"] + 100
     assert pyvpn.show()["drops"].get("spoofed_source", 0) == 0
 
 
