@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         servers = await start_servers(device, role=role, metrics=metrics)
         dns_set = set_dns(name, [str(d) for d in getattr(icfg, "dns", [])], [])
         watch_interface(device, netns, stop)
+        watch_udp_errors(device)
         run_hooks("PostUp", icfg.post_up, name)
         log.info("%s: %s up: listening on UDP port %d, %d peer(s)", name, role, device.listen_port,
                  len(device.peers))
@@ -390,6 +392,42 @@ def watch_interface(device: Device, netns: str | None, stop: asyncio.Event) -> N
         if not exists:
             log.info("%s: interface was deleted; exiting", name)
             stop.set()
+
+    device.on_housekeeping.append(check)
+
+
+def watch_udp_errors(device: Device, *, every: int = 30) -> None:
+    """Log failing UDP sends and receives (underlay address gone, link down, firewall, full buffers).
+
+    The socket counts such errors instead of raising (``tunnel/udp.py``), so without this the
+    tunnel would just fall silent.  A warning at the first failure, a reminder every ``every``
+    seconds while it lasts, and a line when it stops.
+    """
+    name = device.name
+    state: dict[str, Any] = {"sock": device.udp, "seen": Counter(getattr(device.udp, "errors", None) or ()),
+                             "failing": 0, "quiet": 0}
+
+    def check() -> None:
+        udp = device.udp
+        errors = getattr(udp, "errors", None)
+        if not isinstance(errors, Counter):
+            return
+        if udp is not state["sock"]:  # rebound to a new port (UAPI listen_port)
+            state.update(sock=udp, seen=Counter(errors), failing=0, quiet=0)
+            return
+        new = errors - state["seen"]
+        state["seen"] = Counter(errors)
+        if new:
+            if state["failing"] % every == 0:
+                log.warning("%s: UDP socket errors (datagrams lost): %s", name,
+                            ", ".join(f"{k} x{v}" for k, v in sorted(new.items())))
+            state["failing"] += 1
+            state["quiet"] = 0
+        elif state["failing"]:
+            state["quiet"] += 1
+            if state["quiet"] >= 2:
+                log.info("%s: no more UDP socket errors", name)
+                state["failing"] = 0
 
     device.on_housekeeping.append(check)
 
