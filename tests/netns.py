@@ -108,7 +108,9 @@ class Netns:
 
 def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
     """Create a veth pair with one end in each namespace, both ends up."""
-    tmp_a, tmp_b = f"pva{next(_counter)}", f"pvb{next(_counter)}"
+    # Temporary names must be unique machine-wide (parallel pytest runs): pid + counter, ≤ 15 chars.
+    n = next(_counter)
+    tmp_a, tmp_b = f"pva{os.getpid() % 100000}x{n}"[:15], f"pvb{os.getpid() % 100000}x{n}"[:15]
     run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
     run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_if])
     run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_if])
