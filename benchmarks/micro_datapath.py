@@ -53,7 +53,7 @@ from tunnel.offload import (
     segment,
 )
 from tunnel.udp import UdpSocket
-from vpn.datapath import TunMode, route_reads
+from vpn.datapath import TunMode, route_reads, tune_allocator
 from vpn.device import Device
 
 MTU = 1420
@@ -194,7 +194,11 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=16, help="tun reads (super-packets) per wakeup")
     ap.add_argument("--segs", type=int, default=45, help="segments per TSO super-packet")
     ap.add_argument("--wakeups", type=int, default=8, help="wakeups timed per row and round")
+    ap.add_argument("--no-tune-allocator", action="store_true",
+                    help="keep glibc's malloc defaults (the daemon calls vpn.datapath.tune_allocator)")
     args = ap.parse_args()
+    if not args.no_tune_allocator:
+        tune_allocator()
     random.seed(1)
     nseg, nreads, wakeups = args.segs, args.reads, args.wakeups
     per_wakeup = nseg * nreads
@@ -278,7 +282,8 @@ def main() -> None:
     dec = min(rows["raw decrypt 1420 B (ceiling)"])
     print(f"# pyvpn micro_datapath: Python {platform.python_version()}, cryptography {cryptography.__version__}, "
           f"{platform.machine()}; {args.rounds} rounds x {wakeups} wakeups x {nreads} reads x {nseg} segments "
-          f"of {MSS} B; CPU time per inner packet, best and median of the rounds")
+          f"of {MSS} B; CPU time per inner packet, best and median of the rounds; "
+          f"allocator {'default' if args.no_tune_allocator else 'tuned'}")
     print(f"{'operation':<44} {'packets/s':>10} {'us best':>8} {'us med':>8} {'Gbit/s':>7} {'x AEAD':>7}")
     for name, v in rows.items():
         t, med = min(v), statistics.median(v)

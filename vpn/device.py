@@ -37,7 +37,7 @@ from crypto.tunnel import (
 )
 
 from .allowedips import AllowedIPs
-from .datapath import configure_tun, route_reads, tun_buffers
+from .datapath import configure_tun, route_reads, tun_buffers, tune_allocator
 from .peer import Peer
 
 log = logging.getLogger("pyvpn.device")
@@ -184,6 +184,7 @@ class Device:
         """Attach the readers and timers to ``loop`` (the running loop by default)."""
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
+        tune_allocator()  # no page faults per batch (vpn/datapath.py)
         self.stopped = asyncio.Event()
         self.core.wall_offset = time.time() - loop.time()
         loop.add_reader(self.tun.fileno(), self._on_tun)
