@@ -369,6 +369,20 @@ class Fleet:
             d.start()
         return d
 
+    def add_text(self, ns: Netns, role: str, text: str, *, start: bool = True) -> Pyvpn:
+        """A daemon from an existing config text; a ``#pyvpn Name`` line with a fresh name is put in
+        (the text must not have one)."""
+        ifname = unique_ifname("pvs" if role == "server" else "pvc")
+        head, sep, rest = text.partition("[Interface]\n")
+        if not sep:
+            raise ValueError("no '[Interface]' line")
+        d = Pyvpn(ns, role, f"{head}[Interface]\n#pyvpn Name = {ifname}\n{rest}", ifname=ifname,
+                  workdir=self.workdir)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
     def logs(self) -> str:
         return "\n".join(f"===== {d!r}\n{d.log_tail(60)}" for d in self.daemons)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from netns import Netns, namespaces, veth
@@ -39,6 +41,7 @@ SRV_TUN = ("198.19.0.1", "fd00:19::1")
 CLI_TUN = ("198.19.0.2", "fd00:19::2")
 NBYTES = 3 << 20
 MTU = 1420  # the daemon's default
+FETCH_METRICS = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())"
 
 
 @dataclass
@@ -192,3 +195,48 @@ def test_ipv6_underlay_persistent_keepalive() -> None:
         _assert_no_private_keys(p)
         for d in (p.server, p.client):
             _assert_stopped(d)
+
+
+def test_example_configs_work_as_written() -> None:
+    """configs/p2p-a.conf ↔ p2p-b.conf, then hub.conf ← hub-client.conf, unchanged but for a fresh
+    ``#pyvpn Name`` (the UAPI and control sockets are global): handshake, pings, hub metrics."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet:
+        veth(srv_ns, "eth0", cli_ns, "eth0")
+        srv_ns.run("ip addr add 198.18.0.1/24 dev eth0")
+        cli_ns.run("ip addr add 198.18.0.2/24 dev eth0")
+        try:
+            a = fleet.add_text(srv_ns, "server", (configs / "p2p-a.conf").read_text(), start=False)
+            b = fleet.add_text(cli_ns, "client", (configs / "p2p-b.conf").read_text(), start=False)
+            for d in (a, b):
+                d.start(wait=False)
+            for d in (a, b):
+                d.wait_ready()
+            b_key = b.show_json()["public_key"]
+            a.wait_handshake(b_key, timeout=10.0)  # side B has PersistentKeepalive
+            for ns, dsts in ((cli_ns, ("198.19.0.1", "fd00:19::1")), (srv_ns, ("198.19.0.2", "fd00:19::2"))):
+                for dst in dsts:
+                    assert ping_ok(ns, dst), dst
+            for d in (a, b):
+                assert d.terminate() == 0
+
+            hub = fleet.add_text(srv_ns, "server", (configs / "hub.conf").read_text(), start=False)
+            client = fleet.add_text(cli_ns, "client", (configs / "hub-client.conf").read_text(), start=False)
+            for d in (hub, client):
+                d.start(wait=False)
+            for d in (hub, client):
+                d.wait_ready()
+            assert ping_ok(cli_ns, "100.64.0.1") and ping_ok(cli_ns, "fd00:64::1")
+            assert ping_ok(srv_ns, "100.64.0.2")
+            snap = hub.show_json()
+            named = {p["name"]: p for p in snap["peers"]}
+            assert named["client-1"]["latest_handshake"] > 0 and named["client-1"]["has_preshared_key"]
+            metrics = srv_ns.run([sys.executable, "-c", FETCH_METRICS], check=False, timeout=20)
+            assert metrics.returncode == 0, metrics.stderr
+            assert "pyvpn" in metrics.stdout
+            for d in (hub, client):
+                assert d.terminate() == 0
+                assert "Traceback" not in d.log()
+        except BaseException:
+            print(fleet.logs())
+            raise
