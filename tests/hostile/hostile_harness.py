@@ -288,16 +288,21 @@ class Lab:
                 f"[Peer]\n#pyvpn Name = client\nPublicKey = {encode_key(self.client_key[1])}\n"
                 f"AllowedIPs = {CLIENT_TUN}/32, {CLIENT_TUN6}/128\n{ep}{extra_peers}")
 
-    def client_conf(self) -> str:
+    def client_conf(self, extra: str = "") -> str:
         ka = f"PersistentKeepalive = {self.client_keepalive}\n" if self.client_keepalive else ""
         port = f"ListenPort = {PORT + 1}\n"
         return (f"[Interface]\nPrivateKey = {encode_key(self.client_key[0])}\n{port}"
                 f"Address = {CLIENT_TUN}/24, {CLIENT_TUN6}/64\n#pyvpn Name = {self.client_if}\n\n"
                 f"[Peer]\n#pyvpn Name = server\nPublicKey = {encode_key(self.server_key[1])}\n"
-                f"Endpoint = {self.client_endpoint}\nAllowedIPs = 198.19.0.0/24, fd00:19::/64\n{ka}")
+                f"Endpoint = {self.client_endpoint}\nAllowedIPs = 198.19.0.0/24, fd00:19::/64\n{ka}{extra}")
 
-    def start(self, *, handshake: bool = True, server_extra_peers: str = "", record: bool = False) -> Lab:
-        """Start the relay (recording from the first datagram if ``record``), server and client."""
+    def start(self, *, handshake: bool = True, server_extra_peers: str = "", client_extra: str = "",
+              record: bool = False) -> Lab:
+        """Start the relay (recording from the first datagram if ``record``), server and client.
+
+        :param server_extra_peers: / :param client_extra: text appended to the configs (more
+            ``[Peer]`` sections, ``#pyvpn [Segment]`` sections).
+        """
         if self.use_relay:
             self.relay = RelayProc(self.mid_ns, self.workdir, [
                 "--listen", f"198.18.2.2:{RELAY_CLIENT_PORT}",
@@ -309,7 +314,7 @@ class Lab:
         self.server = Daemon(self.srv_ns, "server", self.server_if,
                              self.write("server.conf", self.server_conf(server_extra_peers)),
                              self.workdir / "server.log", env=self.server_env, log_level=self.log_level)
-        self.client = Daemon(self.cli_ns, "client", self.client_if, self.write("client.conf", self.client_conf()),
+        self.client = Daemon(self.cli_ns, "client", self.client_if, self.write("client.conf", self.client_conf(client_extra)),
                              self.workdir / "client.log", env=self.client_env, log_level=self.log_level)
         self.server.start()
         self.client.start()

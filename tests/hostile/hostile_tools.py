@@ -510,6 +510,65 @@ def tun_inject(a: argparse.Namespace) -> None:
     emit({"sent": dict(sent), "errors": dict(errors)})
 
 
+# -- L2: VXLAN through the tunnel, frames into a tap ----------------------------------------------
+def _mac(rng: random.Random, group: bool = False) -> bytes:
+    first = rng.randrange(256) & 0xFC | 0x02  # locally administered unicast
+    return bytes([first | (1 if group else 0)]) + rng.randbytes(5)
+
+
+def _frame(rng: random.Random, cls: str, macs: list[bytes]) -> bytes:
+    if cls == "runt":
+        return rng.randbytes(rng.randrange(1, 14))
+    src = _mac(rng, group=True) if cls == "group_src" else rng.choice(macs)
+    dst = b"\xff" * 6 if rng.random() < 0.5 else _mac(rng)
+    return dst + src + b"\x88\xb5" + rng.randbytes(rng.randrange(46, 200))  # 0x88B5: local experimental
+
+
+def vxlan_inject(a: argparse.Namespace) -> None:
+    """VXLAN datagrams to a VTEP through the tunnel (a peer's own packets, so they pass the ACL)."""
+    rng = random.Random(a.seed)
+    host, port = _addr(a.to)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    macs = [_mac(rng) for _ in range(a.macs)]
+    classes = a.classes.split(",")
+    sent: Counter[str] = Counter()
+    for i in range(a.count):
+        cls = classes[i % len(classes)]
+        if cls == "short":
+            payload = rng.randbytes(rng.randrange(0, 8))
+        else:
+            vni = {"unknown_vni": a.unknown_vni, "not_member": a.other_vni}.get(cls, a.vni)
+            flags = 0x00 if cls == "bad_flags" else 0x08
+            hdr = struct.pack("!B3xI", flags, vni << 8)
+            payload = hdr + _frame(rng, "valid" if cls in ("unknown_vni", "not_member", "bad_flags") else cls, macs)
+        s.sendto(payload, (host, port))
+        sent[cls] += 1
+        if i % 32 == 31:
+            time.sleep(a.pause)
+    emit({"sent": dict(sent)})
+
+
+def tap_inject(a: argparse.Namespace) -> None:
+    """Ethernet frames written into a tap through AF_PACKET (pyvpn reads them as local traffic)."""
+    rng = random.Random(a.seed)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    s.bind((a.ifname, 0))
+    macs = [_mac(rng) for _ in range(a.macs)]
+    classes = a.classes.split(",")
+    sent: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for i in range(a.count):
+        cls = classes[i % len(classes)]
+        try:
+            s.send(_frame(rng, cls, macs))
+            sent[cls] += 1
+        except OSError as e:
+            errors[f"{cls}:{os.strerror(e.errno) if e.errno else '?'}"] += 1
+        if i % 32 == 31:
+            time.sleep(a.pause)
+    emit({"sent": dict(sent), "errors": dict(errors)})
+
+
 # -- capture ------------------------------------------------------------------------------------
 PACKET_VNET_HDR = 15
 SOL_PACKET = 263
@@ -602,6 +661,23 @@ def main() -> None:
     p.add_argument("--spoof-src6", default="fd00:19::77")
     p.add_argument("--unrouted", default="100.64.99.1")
     p.add_argument("--pause", type=float, default=0.0005)
+    p = sub.add_parser("vxlan-inject")
+    p.add_argument("--to", required=True)
+    p.add_argument("--count", type=int, default=700)
+    p.add_argument("--seed", type=int, default=6)
+    p.add_argument("--vni", type=int, default=100)
+    p.add_argument("--other-vni", type=int, default=200)
+    p.add_argument("--unknown-vni", type=int, default=999)
+    p.add_argument("--macs", type=int, default=200)
+    p.add_argument("--classes", default="unknown_vni,not_member,bad_flags,short,runt,group_src,valid")
+    p.add_argument("--pause", type=float, default=0.001)
+    p = sub.add_parser("tap-inject")
+    p.add_argument("--ifname", required=True)
+    p.add_argument("--count", type=int, default=600)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--macs", type=int, default=200)
+    p.add_argument("--classes", default="runt,group_src,valid")
+    p.add_argument("--pause", type=float, default=0.001)
     p = sub.add_parser("capture")
     p.add_argument("--ifname", required=True)
     p.add_argument("--seconds", type=float, default=5.0)
@@ -611,7 +687,8 @@ def main() -> None:
     p.add_argument("--stop-file", default=None, help="stop early once this file exists")
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-send": udp_send, "flood": flood, "garbage": garbage,
-     "tun-inject": tun_inject, "capture": capture}[a.cmd](a)
+     "tun-inject": tun_inject, "vxlan-inject": vxlan_inject, "tap-inject": tap_inject,
+     "capture": capture}[a.cmd](a)
 
 
 if __name__ == "__main__":

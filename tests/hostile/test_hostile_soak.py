@@ -19,7 +19,7 @@ import pytest
 from hostile_harness import SERVER_TUN, SERVER_TUN6, Lab, assert_no_traceback, env_int, report
 
 
-def _popen(lab: Lab, ns: Any, argv: list[str]) -> subprocess.Popen[bytes]:
+def _popen(ns: Any, argv: list[str]) -> subprocess.Popen[bytes]:
     return ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -33,14 +33,14 @@ def test_soak_mixed_traffic_through_rekeys_flat_rss_and_fds() -> None:
         lab.start()
         srv, cli = lab.server, lab.client
         h0 = srv.peer()["handshakes"]
-        procs = [_popen(lab, lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5201", "-B", SERVER_TUN]),
-                 _popen(lab, lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5202", "-B", SERVER_TUN])]
+        procs = [_popen(lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5201", "-B", SERVER_TUN]),
+                 _popen(lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5202", "-B", SERVER_TUN])]
         time.sleep(0.5)
-        tcp = _popen(lab, lab.cli_ns, ["iperf3", "-c", SERVER_TUN, "-p", "5201", "-t", str(seconds), "-b", "40M",
+        tcp = _popen(lab.cli_ns, ["iperf3", "-c", SERVER_TUN, "-p", "5201", "-t", str(seconds), "-b", "40M",
                                        "-J"])
-        udp = _popen(lab, lab.cli_ns, ["iperf3", "-c", SERVER_TUN, "-p", "5202", "-u", "-t", str(seconds), "-b",
+        udp = _popen(lab.cli_ns, ["iperf3", "-c", SERVER_TUN, "-p", "5202", "-u", "-t", str(seconds), "-b",
                                        "4M", "-l", "1000", "-J"])
-        pings = [_popen(lab, lab.cli_ns, ["ping", "-n", "-q", "-i", "0.1", "-c", str(seconds * 10), "-W", "1",
+        pings = [_popen(lab.cli_ns, ["ping", "-n", "-q", "-i", "0.1", "-c", str(seconds * 10), "-W", "1",
                                           dst]) for dst in (SERVER_TUN, SERVER_TUN6)]
         time.sleep(warmup)
         start = {d.role: (d.rss_kb(), d.fd_count()) for d in (srv, cli)}
@@ -74,8 +74,7 @@ def test_soak_mixed_traffic_through_rekeys_flat_rss_and_fds() -> None:
         assert handshakes >= max(1, seconds // 6), handshakes
         assert len(received) == 2 and min(received) >= seconds * 10 * 0.9, received
         assert tcp_sum.get("bytes", 0) > 0 and udp_sum.get("packets", 0) > 0
-        for role in start:
-            rss0, fd0 = start[role]
+        for role, (rss0, fd0) in start.items():
             rss1, fd1 = end[role]
             assert rss1 - rss0 <= 8 * 1024 + rss0 * 0.02, (role, rss0, rss1)
             assert abs(fd1 - fd0) <= 2, (role, fd0, fd1)
