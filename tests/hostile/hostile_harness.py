@@ -245,7 +245,7 @@ class Lab:
         self.namespaces.append(ns)
         return ns
 
-    def build(self) -> Lab:
+    def build(self) -> Self:
         self.srv_ns = self._ns("srv")
         self.cli_ns = self._ns("cli")
         if self.use_relay:
@@ -349,15 +349,16 @@ class Lab:
     def tool(self, ns: Netns, *args: str, stdout: Any = subprocess.PIPE,
              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start ``hostile_tools.py ARGS`` in ``ns`` (killed with the namespace at teardown)."""
-        return ns.popen([sys.executable, str(TOOLS), *args], stdout=stdout, stderr=subprocess.PIPE,
-                        env=child_env(extra_env))
+        proc: subprocess.Popen[bytes] = ns.popen([sys.executable, str(TOOLS), *args], stdout=stdout,
+                                                 stderr=subprocess.PIPE, env=child_env(extra_env))
+        return proc
 
     def tool_result(self, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate(5)
+            out, err = proc.communicate(timeout=5)
             raise AssertionError(f"tool timed out after {timeout}s: {err.decode(errors='replace')[-2000:]}")
         if proc.returncode != 0:
             raise AssertionError(f"tool exited {proc.returncode}: {err.decode(errors='replace')[-3000:]}")

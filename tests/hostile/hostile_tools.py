@@ -441,7 +441,7 @@ def _csum(data: bytes) -> int:
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    return int(~s & 0xFFFF)
 
 
 def ipv4(src: str, dst: str, payload: bytes, proto: int = 1, total: int | None = None) -> bytes:

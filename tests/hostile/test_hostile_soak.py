@@ -20,7 +20,8 @@ from hostile_harness import SERVER_TUN, SERVER_TUN6, Lab, assert_no_traceback, e
 
 
 def _popen(ns: Any, argv: list[str]) -> subprocess.Popen[bytes]:
-    return ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc: subprocess.Popen[bytes] = ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc
 
 
 @pytest.mark.root
