@@ -6,12 +6,13 @@ Measures, on one core, the CPU time per inner packet of one whole wakeup of :cla
   cut by :func:`tunnel.offload.segment`) → AllowedIPs → ``Tunnel.encapsulate`` (seal) → outbox →
   ``UdpSocket.send_batch`` (UDP GSO);
 * **receive** (``Device._on_udp``): a batch of datagrams as ``recv_batch`` returns them after UDP GRO →
-  ``Core.decapsulate`` (open) → ACL → :func:`vpn.datapath.tun_buffers` (GRO into super-packets) → tun write;
+  ``Core.decapsulate`` (open) → ACL → :func:`vpn.datapath.tun_buffers` (:func:`vpn.datapath.gro` into
+  super-packets) → tun write;
 
 each with the tun in vnet-hdr mode (TSO super-packets of ``--segs`` x 1380-byte segments) and in plain mode
 (one 1420-byte packet per read), and with or without the system calls (a real UDP socket sending to a sink on
 127.0.0.1 that nobody reads, so the kernel drops the datagrams after the send).  The stages are also timed on
-their own: ``segment``, ``route_reads``, ``encapsulate``, ``decapsulate``, ``coalesce``.
+their own: ``segment``, ``route_reads``, ``decapsulate``, ``coalesce`` and ``gro``.
 
 Ceilings: ``ChaCha20Poly1305.encrypt``/``decrypt`` of one 1420-byte packet (every packet must be sealed and
 opened once, so no path can beat these on one core).
@@ -53,7 +54,7 @@ from tunnel.offload import (
     segment,
 )
 from tunnel.udp import UdpSocket
-from vpn.datapath import TunMode, route_reads, tune_allocator
+from vpn.datapath import TunMode, gro, route_reads, tune_allocator
 from vpn.device import Device
 
 MTU = 1420
@@ -267,6 +268,7 @@ def main() -> None:
             tot += cpu(lambda ds=ds: b_p.core.decapsulate(A_ADDR, ds, now=1000.0))
         rec("decapsulate (open, unpad, group)", tot, m)
         rec("coalesce (GRO, 45 segments a flow)", cpu(lambda: [coalesce(segs) for _ in range(wakeups)]), n)
+        rec("datapath.gro (runs, else coalesce)", cpu(lambda: [gro(segs) for _ in range(wakeups)]), n)
         for name, dev, src in (("receive, GRO super-packets to a vnet tun", b_v, (ta_v, a_v.core)),
                                ("receive, plain tun writes", b_p, (ta_p, a_p.core))):
             tot = 0.0

@@ -27,12 +27,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tunnel.offload import OffloadError, coalesce, segment
+from tunnel.offload import OffloadError, checksum, coalesce, segment
 
 log = logging.getLogger("pyvpn.datapath")
 
@@ -41,6 +42,7 @@ __all__ = [
     "VNET_HDR_SIZE",
     "TunMode",
     "configure_tun",
+    "gro",
     "gso_max_segs",
     "route_reads",
     "tun_buffers",
@@ -219,9 +221,150 @@ def route_reads(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any],
 def tun_buffers(packets: list[bytes], mode: TunMode) -> list[bytes]:
     """What to write to the tun for ``packets`` (plain IP packets trimmed to their length).
 
-    :param mode: with a vnet header, TCP segments are merged into super-packets (GRO), UDP datagrams too
-        with ``gro_udp``, and the rest get the all-zero header.
+    :param mode: with a vnet header, TCP segments are merged into super-packets (:func:`gro`), UDP
+        datagrams too with ``gro_udp``, and the rest get the all-zero header.
     """
     if not mode.vnet_hdr:
         return packets
-    return coalesce(packets, udp=mode.gro_udp)
+    return gro(packets, udp=mode.gro_udp)
+
+
+# --- GRO: runs of consecutive segments first, tunnel.offload.coalesce for the rest ----------------------
+_PSH = 0x08
+_MAX_SUPER = 65535
+#: (version, header length) -> (mask, short_mask, seq_shift): the header bits that must equal the first
+#: segment's (all but the IPv4 ID and checksum, PSH and the TCP checksum; ``short_mask`` also leaves out the
+#: IP length, for a shorter last segment), and where the sequence number sits in the header as an integer.
+_masks: dict[tuple[int, int], tuple[int, int, int]] = {}
+_NEEDS_CSUM_TCP4 = bytes((1, 1))  # virtio_net_hdr flags NEEDS_CSUM, gso_type TCPV4
+_NEEDS_CSUM_TCP6 = bytes((1, 4))  # ... TCPV6
+_VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offset (little-endian)
+
+
+def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:
+    key = (version, hl)
+    r = _masks.get(key)
+    if r is None:
+        l4 = 20 if version == 4 else 40
+        m = bytearray(b"\xff" * hl)
+        if version == 4:
+            m[4:6] = m[10:12] = b"\0\0"
+        m[l4 + 13] &= ~_PSH & 0xFF
+        m[l4 + 16:l4 + 18] = b"\0\0"
+        short = bytearray(m)
+        if version == 4:
+            short[2:4] = b"\0\0"
+        else:
+            short[4:6] = b"\0\0"
+        r = _masks[key] = (int.from_bytes(m, "big"), int.from_bytes(short, "big"), 8 * (hl - l4 - 8))
+    return r
+
+
+def gro(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
+    """:func:`tunnel.offload.coalesce` for the data path, with a cheaper path for the common case.
+
+    Decrypted packets mostly come as runs of consecutive in-order segments of one TCP flow (one
+    super-packet at the sender is sealed, sent and received as one GSO/GRO batch).  Such a run (the first
+    segment with payload, ACK only, no PSH, IPv4 with DF and no options, or IPv6 without extension headers;
+    the next ones with the same headers but for IPv4 ID, checksums and PSH, the next sequence number and
+    the same size, except that a last one may be shorter or carry PSH) becomes one super-packet here,
+    built as ``coalesce`` builds it.  Everything else goes through ``coalesce`` in order, so the order of
+    each flow is kept.  The result is what ``coalesce`` returns for the same packets, except that segments
+    of one flow split by another flow's packets may end up in more super-packets.
+
+    :param packets: plain IP packets trimmed to their length.
+    :param udp: let ``coalesce`` merge UDP datagrams too (the tun accepted USO).
+    :returns: buffers for a vnet-hdr (10-byte) tun.
+    """
+    out: list[bytes] = []
+    rest: list[bytes] = []
+    frombytes = int.from_bytes
+    n = len(packets)
+    i = 0
+    while i < n:
+        p = packets[i]
+        i += 1
+        size = len(p)
+        b0 = p[0] if size >= 60 else 0
+        if b0 == 0x45:
+            if p[9] != 6 or p[6] != 0x40 or p[7] or p[33] != 0x10 or (p[2] << 8 | p[3]) != size:
+                rest.append(p)
+                continue
+            version, l4 = 4, 20
+        elif b0 >> 4 == 6:
+            if p[6] != 6 or p[53] != 0x10 or (p[4] << 8 | p[5]) + 40 != size:
+                rest.append(p)
+                continue
+            version, l4 = 6, 40
+        else:
+            rest.append(p)
+            continue
+        hl = l4 + ((p[l4 + 12] >> 4) << 2)
+        plen = size - hl
+        if plen <= 0 or hl < l4 + 20 or i >= n or len(packets[i]) > size:
+            rest.append(p)
+            continue
+        mask, short_mask, shift = _gro_masks(version, hl)
+        seq = (frombytes(p[l4 + 4:l4 + 8], "big") + plen) & 0xFFFFFFFF
+        base = frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)
+        limit = min(n, i + (_MAX_SUPER - size) // plen)
+        j = i
+        total = size
+        psh = False
+        expect = base | (seq << shift)  # the next full-size segment's masked header
+        step = plen << shift
+        while j < limit:
+            q = packets[j]
+            m = len(q)
+            if m == size:
+                if frombytes(q[:hl], "big") & mask != expect:
+                    break
+                j += 1
+                total += plen
+                seq += plen
+                if seq > 0xFFFFFFFF:  # the sequence number wraps: no carry into the ACK field
+                    seq &= 0xFFFFFFFF
+                    expect = base | (seq << shift)
+                else:
+                    expect += step
+                if q[l4 + 13] & _PSH:
+                    psh = True
+                    break
+                continue
+            # a shorter last segment: same headers but for the length, which must be right
+            if (m <= hl or frombytes(q[:hl], "big") & short_mask != (base | (seq << shift)) & short_mask
+                    or (version == 4 and (q[2] << 8 | q[3]) != m)
+                    or (version == 6 and (q[4] << 8 | q[5]) + 40 != m)):
+                break
+            j += 1
+            total += m - hl
+            psh = bool(q[l4 + 13] & _PSH)
+            break
+        if j == i:  # nothing to merge with
+            rest.append(p)
+            continue
+        if rest:
+            out.extend(coalesce(rest, udp=udp))
+            rest = []
+        h = bytearray(p[:hl])
+        if version == 4:
+            h[2:4] = total.to_bytes(2, "big")
+            h[10:12] = b"\0\0"
+            h[10:12] = checksum(h[:20]).to_bytes(2, "big")
+            pseudo = frombytes(h[12:20], "big")
+            vh = _NEEDS_CSUM_TCP4
+        else:
+            h[4:6] = (total - 40).to_bytes(2, "big")
+            pseudo = frombytes(h[8:40], "big")
+            vh = _NEEDS_CSUM_TCP6
+        if psh:
+            h[l4 + 13] |= _PSH
+        seed = (pseudo + 6 + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
+        h[l4 + 16:l4 + 18] = seed.to_bytes(2, "big")
+        parts: list[bytes | bytearray] = [vh + _VNET_TAIL.pack(hl, plen, l4, 16), h, p[hl:]]
+        parts += [q[hl:] for q in packets[i:j]]
+        out.append(b"".join(parts))
+        i = j
+    if rest:
+        out.extend(coalesce(rest, udp=udp))
+    return out

@@ -26,7 +26,7 @@ from tunnel.offload import (
 )
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.allowedips import AllowedIPs
-from vpn.datapath import TunMode, configure_tun, gso_max_segs, route_reads, tun_buffers
+from vpn.datapath import TunMode, configure_tun, gro, gso_max_segs, route_reads, tun_buffers
 from vpn.device import Device
 
 A4, B4 = "100.64.0.1", "100.64.0.2"
@@ -216,3 +216,120 @@ def test_devices_vnet_to_plain() -> None:
             b.dev.close()
 
     asyncio.run(main())
+
+
+# -- gro(): the run fast path in front of tunnel.offload.coalesce -----------------------------------------
+
+
+def tcp(version: int, seq: int, payload: bytes, *, flags: int = 0x10, ack: int = 777, sport: int = 40000,
+        opts: bytes = b"", ip_id: int = 1, tos: int = 0) -> bytes:
+    """A valid TCP segment over IPv4 (no options, DF) or IPv6, with ``opts`` as TCP options."""
+    thl = 20 + len(opts)
+    assert thl % 4 == 0
+    src, dst = (A4, B4) if version == 4 else (A6, B6)
+    tcp_h = struct.pack("!HHIIBBHHH", sport, 5201, seq, ack, (thl // 4) << 4, flags, 502, 0, 0) + opts
+    if version == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + thl + len(payload), ip_id, 0x4000, 64, 6, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+        ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
+        pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, thl + len(payload))
+    else:
+        ip = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), thl + len(payload), 6, 64,
+                         socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+        pseudo = ip[8:40] + struct.pack("!IxxxB", thl + len(payload), 6)
+    c = checksum(pseudo + tcp_h + payload)
+    return ip + tcp_h[:16] + c.to_bytes(2, "big") + tcp_h[18:] + payload
+
+
+TS_OPTS = b"\x01\x01\x08\x0a" + bytes(range(8))  # NOP NOP timestamps, as Linux sends
+
+
+def _run(version: int, seq: int, k: int, mss: int, *, last: int | None = None, psh: bool = False,
+         sport: int = 40000, opts: bytes = TS_OPTS) -> list[bytes]:
+    out = []
+    for i in range(k):
+        n = last if (last is not None and i == k - 1) else mss
+        out.append(tcp(version, seq, os.urandom(n), flags=0x18 if psh and i == k - 1 else 0x10, sport=sport,
+                       opts=opts, ip_id=i))
+        seq = (seq + n) & 0xFFFFFFFF
+    return out
+
+
+def test_gro_equals_coalesce_on_runs() -> None:
+    from tunnel.offload import coalesce
+
+    cases = [
+        _run(4, 1000, 45, 1368),
+        _run(4, 0xFFFFF000, 45, 1368, last=500, psh=True),  # sequence wraps, shorter PSH tail
+        _run(6, 5, 30, 1348, opts=b""),
+        _run(6, 5, 3, 1348, psh=True),
+        _run(4, 9, 60, 1368),  # beyond 64 KiB: two super-packets
+        _run(4, 9, 1, 1368),  # a lone segment
+        _run(4, 9, 2, 1368, last=1400),  # a longer second segment does not join
+        _run(4, 1, 10, 1000) + _run(4, 1, 10, 1000, sport=40001) + _run(6, 1, 5, 700),
+    ]
+    for packets in cases:
+        assert gro(packets) == coalesce(packets)
+    big = gro(_run(4, 9, 60, 1368))
+    assert len(big) == 2 and all(len(b) - 10 <= 65535 for b in big)
+
+
+def _flows(buffers: list[bytes]) -> tuple[dict[int, list[tuple[int, int, int, bytes]]], list[bytes]]:
+    """Segment ``buffers`` back into packets; per source port (seq, ack, flags, payload), other packets."""
+    flows: dict[int, list[tuple[int, int, int, bytes]]] = {}
+    other: list[bytes] = []
+    for b in buffers:
+        h = VirtioNetHdr.unpack(b)
+        if h.gso_type:
+            assert len(b) - 10 <= 65535
+            if b[10] == 0x45:
+                assert checksum(b[10:30]) == 0  # the merged IPv4 header checksum is right
+        for p in segment(b):
+            l4 = 20 if p[0] >> 4 == 4 else 40
+            proto = p[9] if l4 == 20 else p[6]
+            if proto != 6:
+                other.append(p)
+                continue
+            hl = l4 + (p[l4 + 12] >> 4) * 4
+            sport, _, seq, ack = struct.unpack_from("!HHII", p, l4)
+            flows.setdefault(sport, []).append((seq, ack, p[l4 + 13], p[hl:]))
+    return flows, other
+
+
+def test_gro_random_mixes_keep_every_flow() -> None:
+    import random
+
+    merged = 0
+    for seed in range(60):
+        rng = random.Random(seed)
+        queues: list[list[bytes]] = []
+        for f in range(rng.randint(1, 4)):
+            version, mss = rng.choice([4, 6]), rng.choice([200, 536, 1368])
+            seq, ack, pk = rng.getrandbits(32), 55, []
+            for i in range(rng.randint(1, 40)):
+                ev = rng.random()
+                n = mss if ev > 0.15 else rng.randint(0, mss)
+                flags = 0x18 if rng.random() < 0.08 else (0x11 if rng.random() < 0.02 else 0x10)
+                if rng.random() < 0.05:
+                    ack += 1000
+                pk.append(tcp(version, seq, rng.randbytes(n), flags=flags, ack=ack, sport=41000 + f, ip_id=i,
+                              opts=TS_OPTS if rng.random() < 0.9 else b"", tos=rng.choice([0, 0, 0, 2])))
+                if rng.random() < 0.05:
+                    pk.append(pk[rng.randrange(len(pk))])  # a duplicate
+                seq = (seq + (n if rng.random() > 0.05 else n + 7)) & 0xFFFFFFFF  # sometimes a gap
+            queues.append(pk)
+        queues.append([bytes(10) + b"\x45" + bytes(30), tcp(4, 1, b"x")[:30]])  # garbage, truncated
+        mixed: list[bytes] = []
+        runs = rng.random() < 0.5  # whole runs one after the other, or packet-level interleaving
+        while any(queues):
+            q = rng.choice([q for q in queues if q])
+            take = rng.randint(1, 50) if runs else 1
+            mixed.extend(q[:take])
+            del q[:take]
+        want = _flows([bytes(10) + p for p in mixed if len(p) >= 40 and p[0] >> 4 in (4, 6)])
+        good = [p for p in mixed if len(p) >= 40 and p[0] >> 4 in (4, 6)]
+        out = gro(good, udp=True)
+        assert _flows(out) == want, seed
+        merged += sum(1 for b in out if b[1])
+        assert len(gro(mixed)) <= len(mixed)
+    assert merged > 100  # the fast path and coalesce both had work
