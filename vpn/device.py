@@ -98,6 +98,7 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.forward = forward
         self.drops: Counter[str] = Counter()
+        self.forwarded_packets = 0  # peer-to-peer packets forwarded inside the daemon (never on the tun)
         self.fwmark = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -252,6 +253,7 @@ class Device:
         if to_tun:
             self.tun.write_batch(tun_buffers(to_tun, self.tun_mode))
         for t, lst in forwarded.items():
+            self.forwarded_packets += len(lst)
             t.encapsulate(lst, now=now)
         self._flush()
 
@@ -417,6 +419,7 @@ class Device:
             "listen_port": self.listen_port,
             "mtu": self.core.mtu,
             "forward": self.forward,
+            "forwarded_packets": self.forwarded_packets,
             "peers": peers,
             "drops": dict(self.drop_counts()),
             "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,

@@ -55,7 +55,10 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
         head.add_row("mode", str(snap.get("mode", "l3")))
         if snap.get("offloads") is not None:
             head.add_row("offloads", ", ".join(snap["offloads"]) or "none")
-        head.add_row("forwarding", "inside the daemon" if snap.get("forward") else "via the kernel")
+        fwd = "inside the daemon" if snap.get("forward") else "via the kernel"
+        if snap.get("forwarded_packets"):
+            fwd += f" ({snap['forwarded_packets']} packets so far)"
+        head.add_row("forwarding", fwd)
         console.print(head)
         peers = Table(title=None, show_lines=False)
         for col in ("peer", "endpoint", "allowed ips", "latest handshake", "received", "sent", "keepalive"):

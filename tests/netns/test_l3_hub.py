@@ -107,9 +107,11 @@ def test_hub_forwarding_spoofing_and_strangers() -> None:
                     assert ping_ok(ns, tun4(11 + j)), f"c{i} → c{j} (IPv4)"
                     assert ping_ok(ns, tun6(11 + j)), f"c{i} → c{j} (IPv6)"
         assert h.server.sysfs_stat("rx_packets") == rx0, "forwarded packets were written to the server's tun"
-        # (tx_packets is not checked: the kernel's own IPv6 chatter, e.g. MLD reports, shows up there.)
+        # ... but counted as forwarded: 6 ordered pairs x 2 families x 3 echoes, requests and replies.
         snap1 = h.server.query()
         assert snap1 is not None
+        assert snap1["forwarded_packets"] - snap0["forwarded_packets"] >= 6 * 2 * 3 * 2
+        # (tx_packets is not checked: the kernel's own IPv6 chatter, e.g. MLD reports, shows up there.)
         for c in h.clients:
             assert c.keys is not None
             p0, p1 = h.server.peer(c.keys.public, snap0), h.server.peer(c.keys.public, snap1)
@@ -138,3 +140,4 @@ def test_hub_forwarding_spoofing_and_strangers() -> None:
         assert h.stranger.handshake_time(h.server.keys.public) == 0
         assert ping(h.stranger.ns, tun4(1), count=1, wait=1.0).returncode != 0
         assert len(h.server.show_json()["peers"]) == N_CLIENTS
+        assert "packets so far" in h.server.show_table()
