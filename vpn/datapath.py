@@ -229,6 +229,29 @@ def tun_buffers(packets: list[bytes], mode: TunMode) -> list[bytes]:
     return gro(packets, udp=mode.gro_udp)
 
 
+def write_tun(tun: Any, packets: list[bytes], mode: TunMode) -> TunMode:
+    """Write ``packets`` (plain IP packets) to ``tun`` as :func:`tun_buffers` says; return the mode to keep.
+
+    If the kernel refuses writes with ``EINVAL`` while GRO is on (a kernel that does not take our GSO
+    headers), GRO is switched off for good: the caller keeps the returned mode, the refused buffers are
+    lost once (TCP retransmits them) and every later packet goes out plain, behind a zero header.
+
+    :param tun: the device (``write_batch``, and ``write_errors`` counted by errno name).
+    :param mode: the current mode.
+    """
+    if not (mode.gro_tcp or mode.gro_udp):
+        tun.write_batch([_VNET_NONE + p for p in packets] if mode.vnet_hdr else packets)
+        return mode
+    errors = getattr(tun, "write_errors", None)
+    before = errors["EINVAL"] if errors is not None else 0
+    bufs = gro(packets, udp=mode.gro_udp)
+    if tun.write_batch(bufs) < len(bufs) and errors is not None and errors["EINVAL"] > before:
+        log.warning("%s: the kernel refused GSO writes (EINVAL); writing plain packets from now on",
+                    getattr(tun, "name", "tun"))
+        return TunMode(vnet_hdr=True, tso_reads=mode.tso_reads)
+    return mode
+
+
 # --- GRO: runs of consecutive segments first, tunnel.offload.coalesce for the rest ----------------------
 _PSH = 0x08
 _MAX_SUPER = 65535
@@ -239,6 +262,7 @@ _masks: dict[tuple[int, int], tuple[int, int, int]] = {}
 _NEEDS_CSUM_TCP4 = bytes((1, 1))  # virtio_net_hdr flags NEEDS_CSUM, gso_type TCPV4
 _NEEDS_CSUM_TCP6 = bytes((1, 4))  # ... TCPV6
 _VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offset (little-endian)
+_VNET_NONE = bytes(VNET_HDR_SIZE)  # GSO_NONE, no flags: the kernel checks the checksums itself
 
 
 def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:

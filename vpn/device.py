@@ -37,7 +37,7 @@ from crypto.tunnel import (
 )
 
 from .allowedips import AllowedIPs
-from .datapath import configure_tun, route_reads, tun_buffers, tune_allocator
+from .datapath import configure_tun, route_reads, tune_allocator, write_tun
 from .peer import Peer
 
 log = logging.getLogger("pyvpn.device")
@@ -251,7 +251,7 @@ class Device:
             for t, packets in core.decapsulate(addr, datagrams, now=now):
                 self._route_inbound(t, packets, to_tun, forwarded)
         if to_tun:
-            self.tun.write_batch(tun_buffers(to_tun, self.tun_mode))
+            self.tun_mode = write_tun(self.tun, to_tun, self.tun_mode)
         for t, lst in forwarded.items():
             self.forwarded_packets += len(lst)
             t.encapsulate(lst, now=now)

@@ -333,3 +333,24 @@ def test_gro_random_mixes_keep_every_flow() -> None:
         merged += sum(1 for b in out if b[1])
         assert len(gro(mixed)) <= len(mixed)
     assert merged > 100  # the fast path and coalesce both had work
+
+
+def test_write_tun_falls_back_when_gso_writes_are_refused() -> None:
+    from vpn.datapath import write_tun
+
+    class NoGsoTun(MemoryTun):
+        def write_batch(self, packets: list[bytes]) -> int:
+            ok = [p for p in packets if p[1] == 0]
+            self.write_errors["EINVAL"] += len(packets) - len(ok)
+            return super().write_batch(ok)
+
+    tun = NoGsoTun("nogso", vnet_hdr=True, offloads={"csum", "tso4", "tso6"})
+    mode = configure_tun(tun)
+    assert mode.gro_tcp and not mode.gro_udp
+    segs = _run(4, 1, 10, 1000)
+    mode = write_tun(tun, segs, mode)
+    assert not mode.gro_tcp and mode.vnet_hdr and tun.take_written() == []  # refused once, then off
+    assert write_tun(tun, segs, mode) == mode
+    assert tun.take_written() == [bytes(10) + s for s in segs]
+    plain = MemoryTun("plain")
+    assert write_tun(plain, segs, TunMode()) == TunMode() and plain.take_written() == segs
