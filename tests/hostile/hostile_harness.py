@@ -316,8 +316,10 @@ class Lab:
                              self.workdir / "server.log", env=self.server_env, log_level=self.log_level)
         self.client = Daemon(self.cli_ns, "client", self.client_if, self.write("client.conf", self.client_conf(client_extra)),
                              self.workdir / "client.log", env=self.client_env, log_level=self.log_level)
-        self.server.start()
-        self.client.start()
+        self.server.start(wait=False)  # both start-ups (Python imports) overlap
+        self.client.start(wait=False)
+        self.server.wait_ready()
+        self.client.wait_ready()
         if handshake:
             self.handshake()
         return self

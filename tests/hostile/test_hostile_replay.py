@@ -46,14 +46,14 @@ def traffic(lab: Lab) -> None:
 def inject(lab: Lab, direction: str, kinds: tuple[str, ...]) -> dict[str, int]:
     assert lab.relay is not None
     r = lab.relay.call({"cmd": "inject", "dir": direction, "kinds": list(kinds)})
-    time.sleep(0.5)
+    time.sleep(0.3)
     return dict(r["sent"])
 
 
 def quiet_replay(lab: Lab, receiver: Daemon, direction: str, kinds: tuple[str, ...],
                  reasons: tuple[str, ...]) -> dict[str, Any]:
     """Inject recorded datagrams while the tunnel is idle; every one is dropped for ``reasons``."""
-    time.sleep(0.3)
+    time.sleep(0.2)
     s0, d0 = state(receiver), receiver.drops()
     sent = inject(lab, direction, kinds)
     s1, d1 = state(receiver), receiver.drops()

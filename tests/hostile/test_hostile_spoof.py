@@ -17,7 +17,6 @@ from hostile_harness import (
     CLIENT_TUN,
     PORT,
     SERVER_ATTACKER_SIDE,
-    SERVER_TUN,
     Daemon,
     Lab,
     assert_no_traceback,
@@ -71,7 +70,7 @@ def test_unknown_key_gets_no_session() -> None:
         stranger = Daemon(lab.atk_ns, "client", iface, conf, lab.workdir / "stranger.log")
         try:
             stranger.start()
-            assert lab.ping(count=3, interval=0.3, src_ns=lab.atk_ns) == 0
+            assert lab.ping(count=2, interval=0.2, timeout=0.5, src_ns=lab.atk_ns) == 0
             wait_for(lambda: srv.drops()["unknown_peer"] > d0["unknown_peer"], timeout=5)
             drops = dict(srv.drops() - d0)
             peer = stranger.peer()
@@ -97,9 +96,9 @@ def test_removed_peer_loses_access_at_once() -> None:
         run(["wg", "set", srv.iface, "peer", encode_key(lab.client_key[1]), "remove"])
         removed_in = time.monotonic() - t0
         assert srv.show()["peers"] == []
-        replies = lab.ping(count=5, interval=0.1, timeout=1)
+        replies = lab.ping(count=5, interval=0.1, timeout=0.5)
         # and from the server side: no route any more
-        back = lab.ping(count=2, interval=0.1, timeout=1, src_ns=lab.srv_ns, dst=CLIENT_TUN)
+        back = lab.ping(count=2, interval=0.1, timeout=0.5, src_ns=lab.srv_ns, dst=CLIENT_TUN)
         drops = dict(srv.drops() - d0)
         tun_rx = srv.tun_counters()["rx_packets"] - tun0["rx_packets"]
         report("removed-peer", wg_set_seconds=round(removed_in, 3), ping_replies_after=replies, server_drops=drops,
@@ -107,5 +106,4 @@ def test_removed_peer_loses_access_at_once() -> None:
         assert replies == 0 and back == 0
         assert drops.get("unknown_index", 0) >= 5
         assert tun_rx == 0
-        assert lab.ping(count=1, timeout=1, dst=SERVER_TUN) == 0
         assert_no_traceback(srv, lab.client)
