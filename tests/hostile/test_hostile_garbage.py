@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import pytest
@@ -32,7 +34,7 @@ from hostile_harness import (
     report,
     udp_snmp,
 )
-from netns import wait_for
+from netns import run, wait_for
 
 from crypto.keys import encode_key
 
@@ -77,6 +79,11 @@ def test_garbage_datagrams_are_all_counted_and_never_delivered() -> None:
         for reason in ("decrypt_failed", "unknown_index", "invalid_mac1", "replayed_counter", "stale_timestamp",
                        "bad_cookie_reply"):
             assert drops.get(reason, 0) > 0, (reason, drops)
+        # `pyvpn show --json` (the real CLI) reports the same counters as the in-process query
+        cli_show = json.loads(run([sys.executable, "-m", "vpn.cli", "show", srv.iface, "--json"]).stdout)
+        chatter = ("no_route",)
+        assert {k: v for k, v in cli_show["drops"].items() if k not in chatter} == \
+            {k: v for k, v in srv.show()["drops"].items() if k not in chatter}
         # legitimate traffic still flows
         assert lab.ping(count=3, interval=0.05) == 3
         assert_no_traceback(srv, lab.client)
