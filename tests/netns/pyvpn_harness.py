@@ -231,7 +231,8 @@ class Pyvpn:
 
         poll(ready, timeout)
         if self.proc is not None and self.proc.poll() is not None:
-            raise HarnessError(f"pyvpn {self.role} {self.ifname} exited {self.proc.returncode}:\n{self.log_tail()}")
+            raise HarnessError(f"pyvpn {self.role} {self.ifname} exited {self.proc.returncode}:\n"
+                               f"{self.log_tail()}")
         if self.query() is None:
             raise HarnessError(f"pyvpn {self.role} {self.ifname} did not answer within {timeout}s:\n"
                                f"{self.log_tail()}")
@@ -361,8 +362,8 @@ class Fleet:
         """Generate a config for a new daemon in ``ns`` and (by default) start it."""
         keys = keys or Keys.new()
         ifname = ifname or unique_ifname("pvs" if role == "server" else "pvc")
-        text = conf_text(ifname=ifname, private_key=keys.private, addresses=addresses, listen_port=listen_port,
-                         peers=peers, extra=extra)
+        text = conf_text(ifname=ifname, private_key=keys.private, addresses=addresses,
+                         listen_port=listen_port, peers=peers, extra=extra)
         d = Pyvpn(ns, role, text, ifname=ifname, workdir=self.workdir, keys=keys)
         self.daemons.append(d)
         if start:
@@ -499,9 +500,9 @@ class Transfer:
             self.receiver.kill()
             err = self.receiver.stderr.read().decode(errors="replace") if self.receiver.stderr else ""
             raise HarnessError(f"receiver on {self.addr}:{self.port} did not start: {line!r} {err}")
-        self.sender = self.src.popen([sys.executable, "-c", _SENDER, self.addr, str(self.port), str(self.nbytes),
-                                      str(self.duration), str(self.timeout)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+        self.sender = self.src.popen([sys.executable, "-c", _SENDER, self.addr, str(self.port),
+                                      str(self.nbytes), str(self.duration), str(self.timeout)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return self
 
     def progress(self) -> bool:
@@ -518,7 +519,8 @@ class Transfer:
             for p in (self.sender, self.receiver):
                 p.kill()
                 p.wait(5)
-            raise HarnessError(f"transfer to {self.addr}:{self.port} did not finish within {limit:.0f}s") from None
+            raise HarnessError(f"transfer to {self.addr}:{self.port} did not finish within {limit:.0f}s"
+                               ) from None
         if self.sender.returncode != 0 or self.receiver.returncode != 0:
             raise HarnessError(f"transfer to {self.addr}:{self.port} failed: sender {self.sender.returncode} "
                                f"{s_err.decode(errors='replace')[-800:]} receiver {self.receiver.returncode} "

@@ -70,13 +70,11 @@ def pair(*, keepalive: int = 0) -> Iterator[Pair]:
         sk, ck = Keys.new(), Keys.new()
         server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, addresses=[f"{SRV}/24"],
                            peers=[PeerSpec(ck.public, [f"{CLI}/32"])], start=False)
-        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI}/24"],
-                           peers=[PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=endpoint("198.18.0.1", PORT),
-                                           persistent_keepalive=keepalive)], start=False)
-        server.start(wait=False)
-        client.start(wait=False)
-        server.wait_ready()
-        client.wait_ready()
+        to_server = PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=endpoint("198.18.0.1", PORT),
+                             persistent_keepalive=keepalive)
+        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI}/24"], peers=[to_server], start=False)
+        server.start()  # first: a client's first initiation to a closed port would cost a 5 s retry
+        client.start()
         try:
             yield Pair(srv_ns, cli_ns, server, client, fleet)
         except BaseException:
@@ -145,16 +143,11 @@ def _bad_config_cases(keys: Keys, peer: Keys, ifname: str) -> list[tuple[str, st
     """(case, config text, the ``Key`` the message must name)."""
     base = conf_text(ifname=ifname, private_key=keys.private, addresses=["198.19.0.1/24"], listen_port=PORT,
                      peers=[PeerSpec(peer.public, ["198.19.0.2/32"])])
-    wrong_key = keys.private[:-2] + "A="  # 44 characters, wrong padding bits / or a different key
-    short_key = keys.private[:40]
-    return [
-        ("short private key", base.replace(keys.private, short_key), "PrivateKey"),
-        ("non-canonical private key", base.replace(keys.private, wrong_key[:42] + "!="), "PrivateKey"),
+    return [  # the parser's every error is unit-tested (tests/unit/test_config.py); here, the CLI's edge
+        ("short private key", base.replace(keys.private, keys.private[:40]), "PrivateKey"),
         ("bad public key", base.replace(peer.public, peer.public[:20]), "PublicKey"),
         ("bad CIDR", base.replace("198.19.0.2/32", "198.19.0.300/32"), "AllowedIPs"),
-        ("bad prefix", base.replace("198.19.0.2/32", "198.19.0.2/40"), "AllowedIPs"),
         ("unknown key", base.replace("[Peer]\n", "[Peer]\nKeepAliveEvery = 5\n"), "KeepAliveEvery"),
-        ("bad port", base.replace(f"ListenPort = {PORT}", "ListenPort = 70000"), "ListenPort"),
         ("private key pasted without 'PrivateKey ='",
          base.replace(f"PrivateKey = {keys.private}", f"PrivateKey {keys.private}"), ""),
     ]
@@ -171,8 +164,8 @@ def test_bad_configs_fail_cleanly_and_never_print_keys(tmp_path: Path) -> None:
                                                            text=True)))
         missing = tmp_path / "missing.conf"
         procs.append(("missing file", "", missing,
-                      subprocess.Popen(ns.argv([*pyvpn_argv(), "client", str(missing)]), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)))
+                      subprocess.Popen(ns.argv([*pyvpn_argv(), "client", str(missing)]),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         for case, key, path, proc in procs:
             try:
                 out, err = proc.communicate(timeout=30)
@@ -186,7 +179,8 @@ def test_bad_configs_fail_cleanly_and_never_print_keys(tmp_path: Path) -> None:
                 assert re.search(rf"{re.escape(str(path))}:\d+: {key}: ", err), f"{case}: {err!r}"
             else:
                 assert str(path) in err, f"{case}: {err!r}"
-            for secret in (keys.private, keys.private[:40], keys.private[:20], base64.b64decode(keys.private).hex()):
+            raw_hex = base64.b64decode(keys.private).hex()
+            for secret in (keys.private, keys.private[:40], keys.private[:20], raw_hex):
                 assert secret not in err + out, f"{case}: the private key is in the output: {err!r}"
             # Nothing was left behind.
             assert "pvb" not in ns.run("ip -o link").stdout

@@ -59,17 +59,19 @@ def hub() -> Iterator[Hub]:
 
         skeys = Keys.new()
         ckeys = [Keys.new() for _ in range(N_CLIENTS + 1)]  # the last one is the stranger's
+        server_peers = [PeerSpec(k.public, [f"{tun4(11 + i)}/32", f"{tun6(11 + i)}/128"], name=f"c{i}")
+                        for i, k in enumerate(ckeys[:N_CLIENTS])]
         server = fleet.add(srv_ns, "server", keys=skeys, listen_port=PORT,
-                           addresses=[f"{tun4(1)}/24", f"{tun6(1)}/64"],
-                           peers=[PeerSpec(k.public, [f"{tun4(11 + i)}/32", f"{tun6(11 + i)}/128"], name=f"c{i}")
-                                  for i, k in enumerate(ckeys[:N_CLIENTS])], start=False)
-        to_server = PeerSpec(skeys.public, ["100.64.0.0/24", "fd00:64::/64"], endpoint=endpoint("198.18.0.1", PORT),
+                           addresses=[f"{tun4(1)}/24", f"{tun6(1)}/64"], peers=server_peers, start=False)
+        hub_ep = endpoint("198.18.0.1", PORT)
+        to_server = PeerSpec(skeys.public, ["100.64.0.0/24", "fd00:64::/64"], endpoint=hub_ep,
                              persistent_keepalive=25, name="hub")
-        clients = [fleet.add(ns, "client", keys=ckeys[i], addresses=[f"{tun4(11 + i)}/24", f"{tun6(11 + i)}/64"],
-                             peers=[to_server], start=False) for i, ns in enumerate(cli_ns)]
+        clients = [fleet.add(ns, "client", keys=ckeys[i], peers=[to_server], start=False,
+                             addresses=[f"{tun4(11 + i)}/24", f"{tun6(11 + i)}/64"])
+                   for i, ns in enumerate(cli_ns)]
         stranger = fleet.add(stranger_ns, "client", keys=ckeys[N_CLIENTS],
                              addresses=[f"{tun4(11 + N_CLIENTS)}/24"],
-                             peers=[PeerSpec(skeys.public, ["100.64.0.0/24"], endpoint=endpoint("198.18.0.1", PORT),
+                             peers=[PeerSpec(skeys.public, ["100.64.0.0/24"], endpoint=hub_ep,
                                              persistent_keepalive=1)], start=False)
         server.start()
         for d in (*clients, stranger):

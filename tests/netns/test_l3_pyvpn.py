@@ -41,7 +41,8 @@ SRV_TUN = ("198.19.0.1", "fd00:19::1")
 CLI_TUN = ("198.19.0.2", "fd00:19::2")
 NBYTES = 3 << 20
 MTU = 1420  # the daemon's default
-FETCH_METRICS = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())"
+FETCH_METRICS = ("import urllib.request as u; "
+                 "print(u.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())")
 
 
 @dataclass
@@ -89,8 +90,8 @@ def _traffic(p: Pair) -> None:
     # ways; with the IPv6 underlay the outer packet is exactly the veth's 1500 bytes.
     for pinger, to in ((p.cli_ns, SRV_TUN), (p.srv_ns, CLI_TUN)):
         for v, size in ((0, MTU - 28), (1, MTU - 48)):
-            big = pinger.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do", "-s", str(size),
-                              to[v]], check=False, timeout=15)
+            big = pinger.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2", "-M", "do",
+                              "-s", str(size), to[v]], check=False, timeout=15)
             assert big.returncode == 0, f"{size}-byte ping to {to[v]}: {big.stdout} {big.stderr}"
     port = 5001
     for v in (0, 1):
@@ -208,10 +209,8 @@ def test_example_configs_work_as_written() -> None:
         try:
             a = fleet.add_text(srv_ns, "server", (configs / "p2p-a.conf").read_text(), start=False)
             b = fleet.add_text(cli_ns, "client", (configs / "p2p-b.conf").read_text(), start=False)
-            for d in (a, b):
-                d.start(wait=False)
-            for d in (a, b):
-                d.wait_ready()
+            for d in (a, b):  # the server first: the client initiates at once (PersistentKeepalive)
+                d.start()
             b_key = b.show_json()["public_key"]
             a.wait_handshake(b_key, timeout=10.0)  # side B has PersistentKeepalive
             for ns, dsts in ((cli_ns, ("198.19.0.1", "fd00:19::1")), (srv_ns, ("198.19.0.2", "fd00:19::2"))):
@@ -222,10 +221,8 @@ def test_example_configs_work_as_written() -> None:
 
             hub = fleet.add_text(srv_ns, "server", (configs / "hub.conf").read_text(), start=False)
             client = fleet.add_text(cli_ns, "client", (configs / "hub-client.conf").read_text(), start=False)
-            for d in (hub, client):
-                d.start(wait=False)
-            for d in (hub, client):
-                d.wait_ready()
+            for d in (hub, client):  # the server first: the client initiates at once (PersistentKeepalive)
+                d.start()
             assert ping_ok(cli_ns, "100.64.0.1") and ping_ok(cli_ns, "fd00:64::1")
             assert ping_ok(srv_ns, "100.64.0.2")
             snap = hub.show_json()
