@@ -424,9 +424,9 @@ def configs(draw: st.DrawFn) -> Config:
         endpoint=draw(st.none() | st.tuples(hosts, st.integers(1, 65535))),
         persistent_keepalive=draw(st.integers(0, 65535)), name=draw(st.none()) if n == "x" else n)
         for k, n in zip(pubs, peer_names, strict=True))
+    refs = [p.name or encode_key(p.public_key) for p in peers]  # a segment names a peer or gives its key
     segs = tuple(SegmentConfig(vni=vni, tap=f"tap{vni % 10000}", vlan=draw(st.none() | st.integers(1, 4094)),
-                               peers=tuple(draw(st.lists(st.sampled_from([p.name or "" for p in peers]), max_size=2)))
-                               if peers else ())
+                               peers=tuple(draw(st.lists(st.sampled_from(refs), max_size=2))) if refs else ())
                  for vni in draw(st.lists(st.integers(1, 2**24 - 1), unique_by=lambda v: v % 10000, max_size=2)))
     return Config(path="<random>", interface=i, peers=peers, segments=segs)
 
