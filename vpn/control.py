@@ -159,7 +159,7 @@ class ControlServer:
 
     def dispatch(self, req: Any) -> dict[str, Any]:
         if not isinstance(req, dict):
-            raise ValueError("request must be a map")
+            raise TypeError("request must be a map")
         op = req.get("op")
         dev = self.device
         if op == "show":

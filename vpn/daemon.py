@@ -372,7 +372,7 @@ async def start_servers(device: Device, *, role: str, metrics: str | None) -> li
             m = MetricsServer(device, metrics)
             await m.start()
             servers.append(m)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any start-up failure becomes one clear DaemonError
         for s in reversed(servers):
             with contextlib.suppress(Exception):
                 await s.close()
@@ -387,7 +387,7 @@ def watch_interface(device: Device, netns: str | None, stop: asyncio.Event) -> N
     def check() -> None:
         try:
             exists = netconf.link_exists(name, netns=netns)
-        except Exception:
+        except (OSError, ValueError):  # a netlink hiccup: look again next second
             return
         if not exists:
             log.info("%s: interface was deleted; exiting", name)
@@ -438,5 +438,5 @@ def save_config(cfg: Any, device: Device) -> None:
     try:
         save_runtime_config(cfg, device)
         log.info("%s: saved the running configuration (SaveConfig = true)", cfg.path)
-    except Exception as e:
+    except (OSError, ValueError) as e:
         log.warning("%s: could not save the configuration: %s", cfg.path, e)

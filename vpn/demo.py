@@ -40,7 +40,7 @@ class DemoError(Exception):
 
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, **kw)
     if check and p.returncode != 0:
         raise DemoError(f"{' '.join(argv)} failed: {(p.stderr or p.stdout).strip()}")
     return p
@@ -117,10 +117,9 @@ class Demo:
 
     def start(self, ns: str, role: str, conf: Path) -> None:
         assert self.workdir is not None
-        log = open(self.workdir / f"{role}.log", "wb")
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *pyvpn_argv(), role, str(conf)], stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.workdir / f"{role}.log", "wb") as log:
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *pyvpn_argv(), role, str(conf)], stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
 
     def show(self, iface: str) -> dict[str, Any] | None:
