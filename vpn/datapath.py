@@ -177,6 +177,9 @@ def route_reads(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any],
     for b in bufs:
         segs: list[bytes] | None = None
         if vnet:
+            if len(b) <= VNET_HDR_SIZE:
+                drops["tun_short_packet"] += 1
+                continue
             if b[1] or b[0] & 1:  # a GSO type, or NEEDS_CSUM: segment() finishes the work
                 try:
                     segs = segment(b)

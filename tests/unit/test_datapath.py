@@ -86,6 +86,8 @@ def test_route_reads_vnet_mixture() -> None:
         tso4(A4, "100.64.9.9", 1, payload, 1380),  # no route, 6 segments
         bytes(10) + b"\x45" + bytes(5),  # short
         bytes(10) + b"\x15" + bytes(40),  # not IP
+        bytes(10),  # header only
+        b"\x00",  # not even a header
     ]
     out = route_reads(bufs, True, allowed.lookup, drops)
     assert set(out) == {pb, pb6}
@@ -93,7 +95,7 @@ def test_route_reads_vnet_mixture() -> None:
     assert out[pb][1:] == segment(bufs[1]) and len(out[pb]) == 7
     assert out[pb6] == segment(bufs[2]) and len(out[pb6]) == 3
     assert all(len(p) <= 1420 for p in out[pb] + out[pb6])
-    assert drops == Counter(tun_bad_offload=1, no_route=7, tun_short_packet=1, tun_not_ip=1)
+    assert drops == Counter(tun_bad_offload=1, no_route=7, tun_short_packet=3, tun_not_ip=1)
     # every segment is a valid, standalone packet: IPv4 header and TCP checksums verify
     for p in out[pb][1:]:
         assert checksum(p[:20]) == 0
