@@ -356,3 +356,24 @@ def test_write_tun_falls_back_when_gso_writes_are_refused() -> None:
     assert tun.take_written() == [bytes(10) + s for s in segs]
     plain = MemoryTun("plain")
     assert write_tun(plain, segs, TunMode()) == TunMode() and plain.take_written() == segs
+
+
+def test_random_bytes_never_raise() -> None:
+    from collections import Counter
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    allowed, _, _ = table()
+    segs = _run(4, 1, 3, 500)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=120), max_size=6), st.booleans(), st.integers(0, 3))
+    def check(bufs: list[bytes], vnet: bool, where: int) -> None:
+        drops: Counter[str] = Counter()
+        out = route_reads(bufs, vnet, allowed.lookup, drops)
+        assert sum(map(len, out.values())) <= sum(1 for _ in bufs) * 64
+        mixed = segs[:where] + bufs + segs[where:]
+        assert len(gro(mixed, udp=True)) <= len(mixed)
+
+    check()
