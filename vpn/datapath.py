@@ -4,19 +4,39 @@ Flow (called by :class:`vpn.device.Device` once per wakeup; no timers, so a lone
 
 1. **tun → peers** (:func:`route_reads`).  A tun read returns one buffer.  Without a vnet header it is one IP
    packet.  With ``IFF_VNET_HDR`` it starts with a 10-byte ``virtio_net_hdr``: a plain packet (``GSO_NONE``
-   without ``NEEDS_CSUM``) just loses the header; anything else, above all a TCP super-packet of up to 64 KiB,
-   is cut by :func:`tunnel.offload.segment` into standalone, MTU-sized IP packets with their own checksums, so
-   that every WireGuard message carries one ordinary packet and stock peers accept it.  The destination is
-   looked up once per buffer (every segment of a super-packet shares it) and cached across buffers.
-2. The core seals each packet as a type-4 message.  Segments of one super-packet have the same size, so their
-   messages do too (16 + MTU + 16 bytes; only the last may be shorter), and :meth:`tunnel.udp.UdpSocket.
-   send_batch` sends each run in one ``sendmsg`` with ``UDP_SEGMENT``.  :func:`gso_max_segs` is the most
-   segments one such send may carry; the daemon caps the tun's ``gso_max_segs`` at it, so that the kernel
-   never builds a super-packet that needs two sends.
-3. **peers → tun** (:func:`tun_buffers`).  Datagrams arrive GRO-coalesced and are split by the UDP socket;
-   the core opens them; the device applies the AllowedIPs ACL and forwarding.  With a vnet header the
-   packets for the tun are merged by :func:`tunnel.offload.coalesce` into TCP (and, with USO, UDP)
-   super-packets written in one call each; every other packet gets the all-zero header.
+   without ``NEEDS_CSUM``) just loses the header; anything else, above all a TCP super-packet of up to 64 KiB
+   (only with TSO reads, see below), is cut by :func:`tunnel.offload.segment` into standalone, MTU-sized IP
+   packets with their own checksums, so that every WireGuard message carries one ordinary packet and stock
+   peers accept it.  The destination is looked up once per buffer and cached across buffers.
+2. The core seals each packet as a type-4 message.  Packets of equal size give messages of equal size
+   (16 + MTU + 16 bytes for full-size segments), and :meth:`tunnel.udp.UdpSocket.send_batch` sends each run
+   in one ``sendmsg`` with ``UDP_SEGMENT`` (at most :func:`gso_max_segs` messages a send).
+3. **peers → tun** (:func:`write_tun`).  Datagrams arrive GRO-coalesced and are split by the UDP socket; the
+   core opens them; the device applies the AllowedIPs ACL and forwarding.  With a vnet header, :func:`gro`
+   merges runs of in-order TCP segments into super-packets (and :func:`tunnel.offload.coalesce` handles the
+   rest, UDP into USO packets too), each written in one call; every other packet gets the all-zero header.
+
+What was measured, and kept or dropped (2-vCPU VM shared with other work, so wall-clock figures swing;
+CPU time per packet or per GB is the steadier measure; iperf3 TCP through pyvpn between two namespaces):
+
+* **TSO reads lose.**  With the tun's read offloads on, cutting super-packets in Python costs 3.6-5.5 us per
+  segment (the TCP checksum alone is two thirds of it), more than one ``read`` per packet plus the kernel's
+  own software GSO in C: the sending daemon needed 10.6-11.5 CPU s/GB against 8.1-8.7 with the kernel
+  segmenting.  So :func:`configure_tun` switches read offloads off (``TUNSETOFFLOAD(0)``) and keeps the vnet
+  header for GSO writes, which the kernel takes whatever ``TUNSETOFFLOAD`` says.  ``PYVPN_TSO_READS=1``
+  turns TSO reads back on (tests run both).  Capping the tun's ``gso_max_segs`` at :func:`gso_max_segs` is
+  then moot; with TSO reads a 47-segment super-packet costs one extra ``sendmsg``, about 0.1 us a packet.
+* **GRO writes win.**  The receiving daemon needed 6.8-8.0 CPU s/GB against 10.4-11.1 writing one packet per
+  ``write`` (each write is a system call plus a trip through the kernel's TCP receive path).
+* **glibc malloc tuning wins** (:func:`tune_allocator`): without it, 64 KiB buffers made glibc trim and
+  re-fault heap pages on every batch; GRO cost 2.1 us a packet instead of 1.2.
+* **``encrypt_into`` loses** here: sealing into slices of one preallocated buffer cost 2.65 us a packet
+  against 2.24 for ``encrypt`` plus a concatenation (1420-byte packets, best of 30 interleaved runs).
+* **More threads or processes did not help on 2 cores** (both tunnel ends, iperf3 and the kernel share
+  them): tun writes and UDP sends in a second thread moved 0.44-0.62 to 0.40-0.75 Gbit/s (noise) for 5-15 %
+  more CPU per GB and 0.2-1.4 ms more RTT; two daemon pairs with one peer each (the shape of
+  ``IFF_MULTI_QUEUE`` + ``SO_REUSEPORT`` workers with their own peer subsets) against one pair carrying both
+  streams: 0.14-0.24 against 0.12-0.30 Gbit/s.  One process per interface stays.
 
 Byte order: the virtio_net_hdr is little-endian (host order on the machines pyvpn targets); IP headers are
 big-endian.
