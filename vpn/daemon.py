@@ -34,6 +34,7 @@ from tunnel import netconf
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
+from .datapath import set_txqueuelen
 from .device import Device
 
 log = logging.getLogger("pyvpn")
@@ -280,6 +281,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         tun = open_tun(name, mtu=mtu, vnet_hdr=offload != "off")
         if offload == "on" and not tun.vnet_hdr:
             log.warning("%s: Offload = on, but the tun refused: %s", name, tun.fallback_reason)
+        set_txqueuelen(tun.name)  # before any move to another netns (vpn/datapath.py: TUN_TXQUEUELEN)
     except TunError as e:
         raise DaemonError(str(e)) from None
     iface = Interface(name, netns)

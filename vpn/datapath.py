@@ -139,6 +139,30 @@ def configure_tun(tun: Any, *, tso_reads: bool = TSO_READS_DEFAULT) -> TunMode:
     return TunMode(vnet_hdr=True, tso_reads=tso_reads and bool(offloads), gro_tcp=True, gro_udp=uso)
 
 
+#: The tun's transmit queue (packets the kernel queues for us to read).  The default, 500, overflows when the
+#: daemon is off-CPU for a moment during a TCP burst: measured, 220-250 retransmits in 5 s of iperf3 at
+#: 0.86-0.88 Gbit/s against none with 2000 (same throughput).  Every drop there is a TCP loss, since the
+#: tun gives no backpressure to the qdisc.
+TUN_TXQUEUELEN = 2000
+_SIOCSIFTXQLEN = 0x8943  # linux/sockios.h
+
+
+def set_txqueuelen(name: str, qlen: int = TUN_TXQUEUELEN) -> bool:
+    """Set the transmit queue length of interface ``name`` in this network namespace (best effort).
+
+    :returns: False (logged at debug level) when the kernel refuses or the interface is not here.
+    """
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s.fileno(), _SIOCSIFTXQLEN, struct.pack("16si12x", name.encode(), qlen))
+    except (OSError, ValueError) as e:
+        log.debug("%s: cannot set txqueuelen %d: %s", name, qlen, e)
+        return False
+    return True
+
+
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`tune_allocator` sets.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _TRIM_THRESHOLD = 32 << 20  # give heap memory back to the kernel only when this much is free at the top
