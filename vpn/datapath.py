@@ -59,14 +59,17 @@ log = logging.getLogger("pyvpn.datapath")
 
 __all__ = [
     "TSO_READS_DEFAULT",
+    "TUN_TXQUEUELEN",
     "VNET_HDR_SIZE",
     "TunMode",
     "configure_tun",
     "gro",
     "gso_max_segs",
     "route_reads",
+    "set_txqueuelen",
     "tun_buffers",
     "tune_allocator",
+    "write_tun",
 ]
 
 #: The virtio_net_hdr size pyvpn's tun uses (``tunnel.tun.VNET_HDR_SIZE``).
@@ -80,7 +83,7 @@ _GSO_PAYLOAD = 65507
 
 #: Whether the tun hands us TSO super-packets to segment in Python (see :func:`configure_tun`).  Off by
 #: default: measured, cutting them here costs more than the kernel's software GSO plus one read per packet.
-#: ``PYVPN_TSO_READS=1`` turns it on (for benchmarks).
+#: ``PYVPN_TSO_READS=1`` turns it on (benchmarks and tests compare both).
 TSO_READS_DEFAULT = os.environ.get("PYVPN_TSO_READS", "") == "1"
 
 
