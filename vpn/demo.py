@@ -72,6 +72,21 @@ class Demo:
         return f"pvd{self.tag}s"[:15]
 
     @property
+    def srv_tap(self) -> str:
+        return f"pvd{self.tag}st"[:15]
+
+    @property
+    def cli_tap(self) -> str:
+        return f"pvd{self.tag}ct"[:15]
+
+    def l2_segment(self) -> float | None:
+        """Give each side's tap an address on 100.64.100.0/24 and ping across the L2 segment."""
+        for ns, tap, addr in ((self.srv, self.srv_tap, "100.64.100.1/24"), (self.cli, self.cli_tap, "100.64.100.2/24")):
+            self.ns(ns, "ip", "addr", "add", addr, "dev", tap)
+            self.ns(ns, "ip", "link", "set", tap, "up")
+        return self.ping("100.64.100.1")
+
+    @property
     def cli_if(self) -> str:
         return f"pvd{self.tag}c"[:15]
 
@@ -101,11 +116,13 @@ class Demo:
         srv = (f"[Interface]\nPrivateKey = {encode_key(s_priv)}\nListenPort = 51820\n"
                f"Address = 198.19.0.1/24, fd00:19::1/64\n#pyvpn Name = {self.srv_if}\n\n"
                f"[Peer]\n#pyvpn Name = demo-client\nPublicKey = {encode_key(c_pub)}\n"
-               f"AllowedIPs = 198.19.0.2/32, fd00:19::2/128\n")
+               f"AllowedIPs = 198.19.0.2/32, fd00:19::2/128\n\n"
+               f"#pyvpn [Segment]\n#pyvpn VNI = 100\n#pyvpn Tap = {self.srv_tap}\n")
         cli = (f"[Interface]\nPrivateKey = {encode_key(c_priv)}\n"
                f"Address = 198.19.0.2/24, fd00:19::2/64\n#pyvpn Name = {self.cli_if}\n\n"
                f"[Peer]\n#pyvpn Name = demo-server\nPublicKey = {encode_key(s_pub)}\nEndpoint = 198.18.0.1:51820\n"
-               f"AllowedIPs = 198.19.0.0/24, fd00:19::/64\nPersistentKeepalive = 25\n")
+               f"AllowedIPs = 198.19.0.0/24, fd00:19::/64\nPersistentKeepalive = 25\n\n"
+               f"#pyvpn [Segment]\n#pyvpn VNI = 100\n#pyvpn Tap = {self.cli_tap}\n")
         paths = []
         for name, text in (("server.conf", srv), ("client.conf", cli)):
             p = self.workdir / name
@@ -257,6 +274,11 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
             rtt = demo.ping(addr)
             summary[label] = f"{rtt:.3f} ms avg" if rtt is not None else "FAILED"
             console.print(f"[green]{label}[/] {addr}: {summary[label]}")
+        rtt = demo.l2_segment()
+        summary["L2 segment (VNI 100)"] = (f"ping across the tap devices {rtt:.3f} ms avg (ARP crossed the tunnel)"
+                                           if rtt is not None else "FAILED")
+        console.print(f"[green]L2 segment[/] VXLAN VNI 100 inside the tunnel, tap to tap: "
+                      f"{summary['L2 segment (VNI 100)']}")
         rate = demo.iperf(seconds)
         summary["iperf3 TCP"] = f"{rate:.0f} Mbit/s" if rate is not None else "FAILED"
         snaps = [demo.show(demo.srv_if), demo.show(demo.cli_if)]
@@ -272,6 +294,11 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
                 why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
                 table.add_row(f"{label} transfer", f"{p['rx_bytes']} B received, {p['tx_bytes']} B sent; "
                               f"drops: {why}")
+                for seg in snap.get("segments", []):
+                    table.add_row(f"{label} VNI {seg.get('vni')}", f"{seg.get('macs', 0)} MACs learned on "
+                                  f"{seg.get('tap')}")
+                if snap.get("offloads") is not None:
+                    table.add_row(f"{label} offloads", ", ".join(snap["offloads"]) or "none")
         console.print(table)
         ok = all("FAILED" not in v for v in summary.values())
         if keep:
