@@ -47,8 +47,11 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 30.0, **kw: An
 
 
 def pyvpn_argv() -> list[str]:
-    exe = shutil.which("pyvpn")
-    return [exe] if exe else [sys.executable, "-m", "vpn.cli"]
+    """The pyvpn of this very installation (the venv's), not whatever `pyvpn` is first on PATH."""
+    sibling = Path(sys.executable).with_name("pyvpn")
+    if sibling.exists():
+        return [str(sibling)]
+    return [sys.executable, "-m", "vpn.cli"]
 
 
 @dataclass
