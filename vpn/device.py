@@ -18,6 +18,7 @@ Every drop is counted by reason in :attr:`Device.drops` (device-level), ``Core.d
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -229,7 +230,11 @@ class Device:
         try:
             bufs = tun.read_batch(TSO_BATCH if self.tun_mode.tso_reads else BATCH)
         except OSError as e:
-            log.error("%s: reading the tun device failed (%s); stopping", self.name, e)
+            if e.errno in (errno.EBADFD, errno.ENODEV, errno.EIO):
+                # The interface was deleted (ip link del, wg-quick down): a normal way to stop.
+                log.info("%s: the tun device is gone; stopping", self.name)
+            else:
+                log.error("%s: reading the tun device failed (%s); stopping", self.name, e)
             self.stop()
             return
         if not bufs:
