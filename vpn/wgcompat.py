@@ -29,6 +29,7 @@ from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
 from .daemon import DEFAULT_MTU, run_loop, wait_any
+from .datapath import set_txqueuelen
 from .device import Device
 from .uapi_server import UapiServer, UapiSocketInUse, bind_uapi_socket
 
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyvpn-wg: invalid interface name {name!r}", file=sys.stderr)
         return 1
     try:
-        tun = open_tun(name, mtu=DEFAULT_MTU)
+        # The same data path as `pyvpn server`: vnet_hdr for GRO writes (falls back when refused).
+        tun = open_tun(name, mtu=DEFAULT_MTU, vnet_hdr=os.environ.get("PYVPN_OFFLOAD", "auto") != "off")
+        set_txqueuelen(tun.name)
     except TunError as e:
         print(f"pyvpn-wg: failed to create TUN device {name}: {e}", file=sys.stderr)
         return 1
