@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -243,9 +244,12 @@ def test_ratio() -> None:
 def test_comparisons() -> None:
     rows = netbench.comparisons(list(PATH_KEYS))
     assert rows[:5] == [(k, "veth") for k in PATH_KEYS if k != "veth"]
-    assert ("pyvpn", "wireguard-go") in rows and ("pyvpn", "openvpn") in rows and ("pyvpn", "vxlan") in rows
-    assert ("pyvpn-l2", "wireguard-go") in rows and ("pyvpn-l2", "pyvpn") in rows
+    assert rows[5:] == [("pyvpn", "wireguard-go"), ("pyvpn", "openvpn"), ("pyvpn", "vxlan"),
+                        ("pyvpn-l2", "pyvpn"), ("pyvpn-l2", "vxlan"), ("pyvpn-l2", "wireguard-go")]
+    assert ("pyvpn-l2", "openvpn") not in rows  # OpenVPN runs in L3 (tun) mode here
     assert len(rows) == len(set(rows))
+    assert netbench.comparisons(["pyvpn", "pyvpn-l2"]) == [("pyvpn-l2", "pyvpn")]
+    assert netbench.comparisons(["vxlan", "pyvpn-l2"]) == [("pyvpn-l2", "vxlan")]
     assert netbench.comparisons(["wireguard-go", "pyvpn"]) == [("pyvpn", "wireguard-go")]
     assert netbench.comparisons(["veth"]) == []
     assert netbench.comparisons(["veth", "openvpn"]) == [("openvpn", "veth")]
@@ -277,9 +281,53 @@ def test_make_path() -> None:
         p = make_path(key, pyvpn_command=["pyvpn"])
         assert p.key == key and p.title
     assert make_path("veth").is_vpn is False and make_path("pyvpn").is_vpn is True
-    assert make_path("pyvpn-l2").unavailable() is not None  # the L2 slot says why
     with pytest.raises(ValueError):
         make_path("tinc")
+
+
+def _fake_sh(results: dict[str, subprocess.CompletedProcess[str]]) -> Any:
+    """A stand-in for ``paths.lab.sh`` answering by the last word of the command."""
+    calls: list[list[str]] = []
+
+    def sh(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(list(argv))
+        return results[argv[-1]]
+
+    sh.calls = calls  # type: ignore[attr-defined]
+    return sh
+
+
+def test_pyvpn_l2_unavailable_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths.pyvpn as pp
+
+    helptext = "Commands:\n genkey ...\n client  Run ...\n server  Run ...\n"
+    ok = subprocess.CompletedProcess([], 0, helptext, "")
+    fake = _fake_sh({"--help": ok, "import vpn.l2": ok})
+    monkeypatch.setattr(pp, "sh", fake)
+    monkeypatch.setattr(pp.os.path, "exists", lambda p: True)
+    assert make_path("pyvpn-l2").unavailable() is None
+    assert fake.calls[-1][-2:] == ["-c", "import vpn.l2"]  # the default command's tree is checked for L2
+    fake.calls.clear()
+    assert make_path("pyvpn-l2", pyvpn_command=["pyvpn"]).unavailable() is None
+    assert fake.calls == [["pyvpn", "--help"]]  # another command: only its --help
+
+    broken = subprocess.CompletedProcess([], 1, "", "Traceback ...\nModuleNotFoundError: No module named 'vpn.l2'")
+    monkeypatch.setattr(pp, "sh", _fake_sh({"--help": ok, "import vpn.l2": broken}))
+    assert "no L2 mode" in (make_path("pyvpn-l2").unavailable() or "")
+    monkeypatch.setattr(pp, "sh", _fake_sh({"--help": subprocess.CompletedProcess([], 127, "", "pyvpn: not found")}))
+    assert "--help failed: pyvpn: not found" in (make_path("pyvpn-l2", pyvpn_command=["pyvpn"]).unavailable() or "")
+    monkeypatch.setattr(pp, "sh", _fake_sh({"--help": subprocess.CompletedProcess([], 0, "Commands: genkey", "")}))
+    assert "no server/client" in (make_path("pyvpn-l2").unavailable() or "")
+    monkeypatch.setattr(pp, "sh", _fake_sh({"--help": ok, "import vpn.l2": ok}))
+    monkeypatch.setattr(pp.os.path, "exists", lambda p: p != "/dev/net/tun")
+    assert "/dev/net/tun" in (make_path("pyvpn-l2").unavailable() or "")
+
+
+def test_pyvpn_l2_unavailable_for_real() -> None:
+    """The real checks on this checkout (rootless: ``--help`` and an import); a missing command is named."""
+    assert make_path("pyvpn-l2").unavailable() is None
+    why = make_path("pyvpn-l2", pyvpn_command=["/nonexistent/pyvpn"]).unavailable()
+    assert why is not None and "--help failed" in why
 
 
 # -- report: JSON, tables, chart -----------------------------------------------------------------------------
@@ -486,6 +534,56 @@ def test_pyvpn_configs_parse_with_pyvpn() -> None:
     c = config.parse_config(client_config(private_key=cpriv, address=["198.19.5.1/24"], server_public=spub,
                                           server_nets=["198.19.5.0/24"], endpoint="198.18.5.2:51820"))
     assert c.peers[0].endpoint == ("198.18.5.2", 51820) and c.peers[0].persistent_keepalive == 25
+
+
+def test_pyvpn_l2_configs_parse_with_pyvpn() -> None:
+    config = pytest.importorskip("vpn.config")
+    l2 = pytest.importorskip("vpn.l2")
+    from paths.pyvpn import L2_TAP_MTU, L2_VNI, PYVPN_MTU, client_config, segment_section, server_config
+
+    from tunnel.encap.vxlan import mtu_for_tap
+
+    assert L2_TAP_MTU == mtu_for_tap(PYVPN_MTU, False) == 1370  # the benchmark's expectation is pyvpn's rule
+    (spriv, spub), (cpriv, cpub) = _key(), _key()
+    s = config.parse_config(server_config(
+        private_key=spriv, address=["198.19.5.2/24", "fd00:5::2/64"], client_public=cpub,
+        client_ips=["198.19.5.1/32", "fd00:5::1/128"], client_vtep="198.19.5.1",
+        segments=[segment_section(vni=L2_VNI, tap="nblaaaaaat")]))
+    c = config.parse_config(client_config(
+        private_key=cpriv, address=["198.19.5.1/24", "fd00:5::1/64"], server_public=spub,
+        server_nets=["198.19.5.0/24", "fd00:5::/64"], endpoint="198.18.5.2:51820", server_vtep="198.19.5.2",
+        segments=[segment_section(vni=L2_VNI, tap="nblbbbbbbt")]))
+    assert s.peers[0].vtep == "198.19.5.1" and c.peers[0].vtep == "198.19.5.2"
+    assert c.peers[0].endpoint == ("198.18.5.2", 51820) and s.interface.listen_port == 51820
+    for cfg, role, tap in ((s, "server", "nblaaaaaat"), (c, "client", "nblbbbbbbt")):
+        (seg,) = cfg.segments
+        assert (seg.vni, seg.tap, seg.mtu, seg.mode) == (L2_VNI, tap, None, "tunnel")
+        (plan,) = l2.plan_segments(cfg, role=role, tunnel_mtu=PYVPN_MTU)
+        assert plan.name == tap and plan.mtu == L2_TAP_MTU  # IPv4 VTEPs: tunnel MTU - 50
+    plain = config.parse_config(server_config(private_key=spriv, address=["198.19.5.2/24"], client_public=cpub,
+                                              client_ips=["198.19.5.1/32"]))
+    assert plain.segments == () and plain.peers[0].vtep is None  # the L3 configs are unchanged
+
+
+def test_ratio_table_with_l2() -> None:
+    report = make_report()
+    report.records[-1] = netbench.PathRecord("pyvpn-l2", "pyvpn L2", True,
+                                             rounds=[make_round(i, gbps=0.2, cpu=2.0) for i in (1, 2, 3)])
+    report.records.insert(1, netbench.PathRecord("vxlan", "kernel vxlan", False,
+                                                 rounds=[make_round(i, gbps=4.0, cpu=None) for i in (1, 2, 3)]))
+    rows = {(r["num"], r["den"]): r["ratios"] for r in report.ratio_rows()}
+    assert math.isclose(rows[("pyvpn-l2", "pyvpn")]["tcp1_gbps"] or 0.0, 0.2 / 0.42)
+    assert math.isclose(rows[("pyvpn-l2", "vxlan")]["tcp1_gbps"] or 0.0, 0.2 / 4.0)
+    assert rows[("pyvpn-l2", "vxlan")]["tcp1_cpu_s_per_gb"] is None  # kernel path: no daemon CPU
+    assert ("pyvpn-l2", "openvpn") not in rows
+    text = render(netbench.ratio_table(report))
+    for label in ("pyvpn L2 ÷ raw veth", "pyvpn L2 ÷ pyvpn L3", "pyvpn L2 ÷ kernel vxlan",
+                  "pyvpn L2 ÷ wireguard-go"):
+        assert label in text
+    assert text.index("pyvpn L2 ÷ pyvpn L3") < text.index("pyvpn L2 ÷ kernel vxlan")
+    lines = {line.split("│")[1].strip(): line for line in render(netbench.results_table(report)).splitlines()
+             if line.count("│") > 2}
+    assert "0.20" in lines["pyvpn L2"] and "not available" not in lines["pyvpn L2"]
 
 
 # -- /proc accounting ----------------------------------------------------------------------------------------
