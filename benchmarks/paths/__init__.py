@@ -1,7 +1,7 @@
 """The paths that ``benchmarks/netbench.py`` measures side by side, and the plumbing they share.
 
 Each module holds one family of paths (:mod:`.kernel`: raw veth and kernel vxlan; :mod:`.wggo`:
-wireguard-go; :mod:`.openvpn`: OpenVPN 2.6; :mod:`.pyvpn`: pyvpn L3 and the L2 slot), all subclasses of
+wireguard-go; :mod:`.openvpn`: OpenVPN 2.6; :mod:`.pyvpn`: pyvpn L3 and L2), all subclasses of
 :class:`.base.BenchPath`.  :mod:`.lab` owns namespaces and processes; :mod:`.measure` runs and parses
 iperf3 and ping.
 """
