@@ -6,6 +6,8 @@
   order of delivery (duplicates, reordering, stale counters, forged tags, unknown indices, keepalives,
   short and control messages mixed in, random batch cuts), the packets delivered and the drop counts must
   equal a one-message-at-a-time reference that checks, opens and accepts each message in order.
+* The bulk path (``Core._decapsulate_run``, one GRO batch of one peer opened with C-level loops) gives
+  the reference result on clean batches and declines, changing nothing, on anything else.
 * ``seal_batch`` keeps equal-length packets equal-length on the wire (UDP GSO runs) and pads as WireGuard.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pair"))
 from cryptography.exceptions import InvalidTag
 from wgpair import A_ADDR, Pair, ipv4_packet, ipv6_packet, seq_of
 
+from crypto.constants import REJECT_AFTER_TIME
 from crypto.replay import RING_BLOCKS, WINDOW_SIZE, ReplayWindow
-from crypto.session import NONCE, Keypair, mark_increasing
+from crypto.session import NONCE, Keypair, mark_increasing, mark_run
+from crypto.tunnel import Core
 
 
 def _window_from(counters: list[int]) -> ReplayWindow:
@@ -190,3 +196,147 @@ def test_seal_batch_equal_sizes_for_gso_runs() -> None:
     assert len(kp.seal_batch([ipv4_packet(1419, 0)], 1420)[0]) == 32 + 1420
     assert len(kp.seal_batch([ipv4_packet(1500, 0)], 1420)[0]) == 32 + 1500
     assert WINDOW_SIZE > 0
+
+
+# -- the bulk path: one GRO batch of one peer (Core._decapsulate_run) -------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 40_000), max_size=30),
+    st.integers(1, 3 * 64 * RING_BLOCKS),
+    st.integers(1, 300),
+)
+def test_mark_run_equals_accept(history: list[int], gap: int, count: int) -> None:
+    ref = _window_from(history)
+    fast = _window_from(history)
+    first = ref._last + gap
+    for c in range(first, first + count):
+        assert ref.accept(c)
+    mark_run(fast, first, count)
+    assert (fast._last, fast._ring) == (ref._last, ref._ring)
+
+
+class _RunSpy:
+    """Counts how often the bulk path answered (not None) for a Core."""
+
+    def __init__(self, core: Core) -> None:
+        self.taken = 0
+        inner = core._decapsulate_run
+
+        def spy(*args: Any) -> Any:
+            r = inner(*args)
+            self.taken += r is not None
+            return r
+
+        core._decapsulate_run = spy  # type: ignore[method-assign]
+
+
+def _decap_all(pair: Pair, batches: list[list[bytes]]) -> list[bytes]:
+    b = pair.b
+    return [p for batch in batches for _, ps in b.core.decapsulate(A_ADDR, batch, now=pair.now) for p in ps]
+
+
+def test_bulk_path_equals_reference_on_clean_batches() -> None:
+    """In-order GRO-like batches (one size, mixed sizes, IPv4, IPv6, padded): same packets, counters and
+    window as the one-at-a-time reference, and the bulk path was the one that answered."""
+    cases = [
+        [ipv4_packet(1420, i) for i in range(44)],
+        [ipv6_packet(1420, i) for i in range(30)] + [ipv6_packet(700, 30)],
+        [ipv4_packet(92, i) for i in range(40)],  # padded to 96: trimmed on the slow loop
+        [ipv4_packet(sz, i) for i, sz in enumerate((60, 1420, 333, 1420, 41, 1000))],
+        [ipv4_packet(1420, 0), ipv6_packet(1420, 1), ipv4_packet(100, 2), ipv6_packet(61, 3)],
+    ]
+    for n, packets in enumerate(cases):
+        pair = Pair(100 + n)
+        pair.handshake()
+        a, b = pair.a, pair.b
+        kp = b.tunnel.current
+        assert kp is not None
+        spy = _RunSpy(b.core)
+        a.tunnel.encapsulate(packets, now=pair.now)
+        msgs = pair.take(a)
+        expect, _ = _reference(kp, msgs, {kp.local_index})
+        ref_window = ReplayWindow()
+        ref_window._last, ref_window._ring = kp.replay._last, list(kp.replay._ring)
+        for m in msgs:
+            ref_window.accept(int.from_bytes(m[8:16], "little"))
+        rx0, drops0 = (b.tunnel.rx_bytes, b.tunnel.rx_packets), Counter(b.core.drops)
+        got = _decap_all(pair, [msgs])
+        assert got == packets, n
+        assert [seq_of(p) for p in got] == expect
+        assert spy.taken == 1, n
+        assert (kp.replay._last, kp.replay._ring) == (ref_window._last, ref_window._ring)
+        assert (b.tunnel.rx_bytes - rx0[0], b.tunnel.rx_packets - rx0[1]) == (sum(map(len, msgs)), len(msgs))
+        assert Counter(b.core.drops) == drops0
+        assert _decap_all(pair, [msgs]) == [], "replays are refused afterwards"
+        assert b.core.drops["replayed_counter"] - drops0["replayed_counter"] == len(msgs)
+
+
+def test_bulk_path_declines_and_changes_nothing() -> None:
+    """A forged tag, a counter gap, a duplicate, a keepalive, an unknown or mixed index: the bulk path
+    returns None without touching the window, and the general path gives the reference result.  An
+    inner packet whose IP length is wrong is dropped and counted by the bulk path itself."""
+
+    def forged(msgs: list[bytes]) -> list[bytes]:
+        m = bytearray(msgs[5])
+        m[-1] ^= 1
+        return msgs[:5] + [bytes(m)] + msgs[6:]
+
+    def mixed_index(msgs: list[bytes]) -> list[bytes]:
+        m = bytearray(msgs[3])
+        m[4:8] = (int.from_bytes(m[4:8], "little") ^ 1).to_bytes(4, "little")
+        return msgs[:3] + [bytes(m)] + msgs[4:]
+
+    def inner_runt(msgs: list[bytes], pair: Pair) -> list[bytes]:
+        pair.a.tunnel.encapsulate([ipv4_packet(1420, 99)[:19] + bytes(13)], now=pair.now)
+        return msgs + pair.take(pair.a)  # a 32-byte plaintext whose IPv4 length says 1420
+
+    edits: list[Callable[[list[bytes], Pair], list[bytes]]] = [
+        lambda m, p: forged(m),
+        lambda m, p: m[:4] + m[5:],  # a gap (a loss upstream)
+        lambda m, p: m[:4] + [m[3]] + m[4:],  # a duplicate
+        lambda m, p: list(reversed(m)),
+        lambda m, p: mixed_index(m),
+        inner_runt,
+    ]
+    for n, edit in enumerate(edits):
+        pair = Pair(200 + n)
+        pair.handshake()
+        a, b = pair.a, pair.b
+        kp = b.tunnel.current
+        assert kp is not None
+        spy = _RunSpy(b.core)
+        a.tunnel.encapsulate([ipv4_packet(1420, i) for i in range(20)], now=pair.now)
+        msgs = edit(pair.take(a), pair)
+        expect, expect_drops = _reference(kp, msgs, {kp.local_index})
+        drops0 = Counter(b.core.drops)
+        got = [seq_of(p) for p in _decap_all(pair, [msgs])]
+        drops = Counter(b.core.drops)
+        drops.subtract(drops0)
+        assert spy.taken == (edit is inner_runt), n
+        assert got == (expect[:-1] if edit is inner_runt else expect), n  # the runt is the last message
+        assert drops["invalid_inner_packet"] == (edit is inner_runt), n
+        for reason in ("replayed_counter", "decrypt_failed", "unknown_index"):
+            assert drops[reason] == expect_drops[reason], (n, reason)
+    # a keepalive inside a batch
+    pair = Pair(300)
+    pair.handshake()
+    spy = _RunSpy(pair.b.core)
+    pair.a.tunnel.encapsulate([ipv4_packet(1420, i) for i in range(6)], now=pair.now)
+    pair.a.tunnel.send_keepalive(now=pair.now)
+    msgs = pair.take(pair.a)
+    assert [seq_of(p) for p in _decap_all(pair, [msgs])] == list(range(6))
+    assert spy.taken == 0
+
+
+def test_bulk_path_refuses_an_expired_keypair() -> None:
+    pair = Pair(301)
+    pair.handshake()
+    spy = _RunSpy(pair.b.core)
+    pair.a.tunnel.encapsulate([ipv4_packet(1420, i) for i in range(8)], now=pair.now)
+    msgs = pair.take(pair.a)
+    before = pair.b.core.drops["expired_keypair"]
+    out = pair.b.core.decapsulate(A_ADDR, msgs, now=pair.now + REJECT_AFTER_TIME + 1)
+    assert out == [] and spy.taken == 0
+    assert pair.b.core.drops["expired_keypair"] - before == 8
