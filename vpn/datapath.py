@@ -51,7 +51,9 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from operator import and_, itemgetter
+from typing import Any, Literal
 
 from tunnel.offload import OffloadError, checksum, coalesce, segment
 
@@ -350,6 +352,10 @@ def gro(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
     :param udp: let ``coalesce`` merge UDP datagrams too (the tun accepted USO).
     :returns: buffers for a vnet-hdr (10-byte) tun.
     """
+    if len(packets) >= _BULK_MIN:
+        bulk = _gro_bulk(packets)
+        if bulk is not None:
+            return bulk
     out: list[bytes] = []
     rest: list[bytes] = []
     frombytes = int.from_bytes
@@ -420,25 +426,111 @@ def gro(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
         if rest:
             out.extend(coalesce(rest, udp=udp))
             rest = []
-        h = bytearray(p[:hl])
-        if version == 4:
-            h[2:4] = total.to_bytes(2, "big")
-            h[10:12] = b"\0\0"
-            h[10:12] = checksum(h[:20]).to_bytes(2, "big")
-            pseudo = frombytes(h[12:20], "big")
-            vh = _NEEDS_CSUM_TCP4
-        else:
-            h[4:6] = (total - 40).to_bytes(2, "big")
-            pseudo = frombytes(h[8:40], "big")
-            vh = _NEEDS_CSUM_TCP6
-        if psh:
-            h[l4 + 13] |= _PSH
-        seed = (pseudo + 6 + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
-        h[l4 + 16:l4 + 18] = seed.to_bytes(2, "big")
-        parts: list[bytes | bytearray] = [vh + _VNET_TAIL.pack(hl, plen, l4, 16), h, p[hl:]]
+        parts: list[bytes | bytearray] = [b"", b"", p[hl:]]
         parts += [q[hl:] for q in packets[i:j]]
-        out.append(b"".join(parts))
+        out.append(_super_packet(p, parts, version, hl, total, plen, psh))
         i = j
     if rest:
         out.extend(coalesce(rest, udp=udp))
+    return out
+
+
+def _super_packet(first: bytes, parts: list[bytes | bytearray], version: int, hl: int, total: int,
+                  plen: int, psh: bool) -> bytes:
+    """One GSO super-packet for a vnet-hdr tun: ``first``'s headers with the total length, PSH and the
+    pseudo-header checksum seed (CHECKSUM_PARTIAL), behind a virtio_net_hdr; ``parts[0:2]`` are filled
+    in here and ``parts[2:]`` are the payloads in order."""
+    l4 = 20 if version == 4 else 40
+    h = bytearray(first[:hl])
+    if version == 4:
+        h[2:4] = total.to_bytes(2, "big")
+        h[10:12] = b"\0\0"
+        h[10:12] = checksum(h[:20]).to_bytes(2, "big")
+        pseudo = int.from_bytes(h[12:20], "big")
+        vh = _NEEDS_CSUM_TCP4
+    else:
+        h[4:6] = (total - 40).to_bytes(2, "big")
+        pseudo = int.from_bytes(h[8:40], "big")
+        vh = _NEEDS_CSUM_TCP6
+    if psh:
+        h[l4 + 13] |= _PSH
+    seed = (pseudo + 6 + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
+    h[l4 + 16:l4 + 18] = seed.to_bytes(2, "big")
+    parts[0] = vh + _VNET_TAIL.pack(hl, plen, l4, 16)
+    parts[1] = h
+    return b"".join(parts)
+
+
+# --- GRO in bulk: a whole batch that is one run of one TCP flow, checked with C-level loops -------------
+_BULK_MIN = 4
+_BIG: Literal["big"] = "big"
+
+
+def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
+    """:func:`gro` for a batch that is exactly one run: the same super-packets, or ``None`` (then the
+    general loop decides).
+
+    The first segment must pass the loop's test; every other one must be full-size with the same headers
+    under the loop's mask and the next sequence number, except that the last may be shorter and the last
+    may carry PSH.  The headers become integers with one ``map`` each (slice, ``int.from_bytes``, mask)
+    and are compared with a ``range`` of the expected values, so no bytecode runs per segment (0.88
+    against 1.28 us a segment for the loop, 45 x 1368 B, best of 7); runs longer than a super-packet are
+    cut where the loop cuts them.
+    """
+    p = packets[0]
+    size = len(p)
+    if size < 60:
+        return None
+    b0 = p[0]
+    if b0 == 0x45:
+        if p[9] != 6 or p[6] != 0x40 or p[7] or p[33] != 0x10 or (p[2] << 8 | p[3]) != size:
+            return None
+        version, l4 = 4, 20
+    elif b0 >> 4 == 6:
+        if p[6] != 6 or p[53] != 0x10 or (p[4] << 8 | p[5]) + 40 != size:
+            return None
+        version, l4 = 6, 40
+    else:
+        return None
+    hl = l4 + ((p[l4 + 12] >> 4) << 2)
+    plen = size - hl
+    if plen <= 0 or hl < l4 + 20:
+        return None
+    n = len(packets)
+    lens = list(map(len, packets))
+    full = lens.count(size)
+    last = lens[-1]
+    if full != n and (full != n - 1 or not hl < last < size):
+        return None
+    frombytes = int.from_bytes
+    seq0 = frombytes(p[l4 + 4:l4 + 8], "big")
+    if seq0 + n * plen > 0xFFFFFFFF:
+        return None  # the sequence number wraps inside the batch: the loop handles it
+    mask, short_mask, shift = _gro_masks(version, hl)
+    step = plen << shift
+    first = (frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)) | (seq0 << shift)
+    heads = list(map(frombytes, map(itemgetter(slice(0, hl)), packets), repeat(_BIG)))
+    if list(map(and_, heads[:full], repeat(mask))) != list(range(first, first + full * step, step)):
+        return None
+    if full != n:  # a shorter last segment: the same headers but for the length, which must be right
+        q = packets[-1]
+        if (heads[-1] & short_mask != (first + full * step) & short_mask
+                or (version == 4 and (q[2] << 8 | q[3]) != last)
+                or (version == 6 and (q[4] << 8 | q[5]) + 40 != last)):
+            return None
+    flags = list(map(itemgetter(l4 + 13), packets))
+    psh_last = flags[-1] & _PSH != 0
+    if flags.count(0x10) != n - psh_last:
+        return None  # PSH before the last segment: the loop ends the run there
+    cut = itemgetter(slice(hl, None))
+    per = 1 + (_MAX_SUPER - size) // plen  # segments per super-packet, as the loop counts them
+    out: list[bytes] = []
+    for i in range(0, n, per):
+        j = min(n, i + per)
+        if j - i == 1:  # a lone segment left over: the loop would pass it on as it is
+            return None
+        parts: list[bytes | bytearray] = [b"", b""]
+        parts += map(cut, packets[i:j])
+        total = (j - i - 1) * plen + lens[j - 1]
+        out.append(_super_packet(packets[i], parts, version, hl, total, plen, j == n and psh_last))
     return out

@@ -132,6 +132,63 @@ def test_hub_forwards_between_clients_and_drops_spoofed(run) -> None:  # type: i
     run(main())
 
 
+def test_hub_batches_of_one_flow(run) -> None:  # type: ignore[no-untyped-def]
+    """Batches of one address pair take Device._route_flow (one ACL lookup): forwarding, spoofed
+    sources (every packet counted), mixed batches (the per-packet loop) and the kernel route."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        hub = Node(net, "198.18.0.1", 51820, "hub")
+        clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(3)]
+        for i, c in enumerate(clients):
+            hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32", f"fd00::{i + 2}/128"])
+            c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24", "fd00::/64"], endpoint=hub.addr,
+                           persistent_keepalive=25)
+        for n in (hub, *clients):
+            n.dev.start()
+        try:
+            assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
+            c0, c1, c2 = clients
+            peer2 = hub.dev.peers[c2.pub]
+            taken: list[bool] = []
+            inner = hub.dev._route_flow
+
+            def spy(*args):  # type: ignore[no-untyped-def]
+                taken.append(inner(*args))
+                return taken[-1]
+
+            hub.dev._route_flow = spy  # type: ignore[method-assign]
+            fwd = [ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1 %d" % i) for i in range(6)]
+            c0.tun.inject(fwd)
+            assert await until(lambda: all(p in c1.tun.written for p in fwd))
+            assert not set(fwd) & set(hub.tun.written)
+            six = [ipv6_udp("fd00::2", "fd00::1", b"six %d" % i) for i in range(6)]
+            c0.tun.inject(six)
+            assert await until(lambda: all(p in hub.tun.written for p in six))
+            spoof = [ipv4_udp("100.64.0.2", "100.64.0.1", b"spoof %d" % i) for i in range(6)]
+            d0, p0 = hub.dev.drops["spoofed_source"], peer2.drops["spoofed_source"]
+            c2.tun.inject(spoof)
+            assert await until(lambda: hub.dev.drops["spoofed_source"] - d0 == 6)
+            assert peer2.drops["spoofed_source"] - p0 == 6
+            mixed = [ipv4_udp("100.64.0.4" if i % 2 else "100.64.0.2", "100.64.0.1", b"mix %d" % i)
+                     for i in range(6)]
+            c2.tun.inject(mixed)
+            assert await until(lambda: hub.dev.drops["spoofed_source"] - d0 == 9)
+            assert await until(lambda: all(p in hub.tun.written for p in mixed[1::2]))
+            assert not set(spoof + mixed[0::2]) & set(hub.tun.written)
+            hub.dev.forward = False
+            via = [ipv4_udp("100.64.0.3", "100.64.0.4", b"via kernel %d" % i) for i in range(6)]
+            c1.tun.inject(via)
+            assert await until(lambda: all(p in hub.tun.written for p in via))
+            assert not set(via) & set(c2.tun.written)
+            assert taken.count(True) >= 3 and False in taken  # both paths ran
+        finally:
+            for n in (hub, *clients):
+                n.dev.close()
+
+    run(main())
+
+
 def test_unroutable_and_garbage_counted(run) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
         net = MemoryNetwork()

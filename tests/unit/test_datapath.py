@@ -377,3 +377,71 @@ def test_random_bytes_never_raise() -> None:
         assert len(gro(mixed, udp=True)) <= len(mixed)
 
     check()
+
+
+def test_gro_bulk_equals_the_loop() -> None:
+    """_gro_bulk (a whole batch that is one run, checked with C-level loops) gives exactly the loop's
+    super-packets, and declines (None) whenever the batch is not one clean run."""
+    import random
+
+    import vpn.datapath as dp
+
+    def loop_only(packets: list[bytes]) -> list[bytes]:
+        saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30
+        try:
+            return gro(packets)
+        finally:
+            dp._BULK_MIN = saved
+
+    clean = [
+        _run(4, 1000, 45, 1368),
+        _run(4, 1000, 44, 1368, last=500, psh=True),
+        _run(4, 1000, 4, 1368, psh=True),
+        _run(6, 5, 30, 1348, opts=b""),
+        _run(6, 5, 30, 1348, last=17),
+        _run(4, 9, 100, 1368),  # three super-packets
+        _run(4, 9, 48, 1368),  # 47 + 1: the last would be alone
+        _run(4, 0xFFFFF000, 45, 1368),  # the sequence number wraps
+    ]
+    taken = 0
+    for packets in clean:
+        bulk = dp._gro_bulk(packets)
+        assert gro(packets) == loop_only(packets)
+        if bulk is not None:
+            taken += 1
+            assert bulk == loop_only(packets)
+    assert taken == 6  # all but the lone-leftover and the wrapping case
+
+    rng = random.Random(7)
+    declined = 0
+    for _ in range(300):
+        version = rng.choice([4, 6])
+        packets = _run(version, rng.getrandbits(31), rng.randint(4, 50), rng.choice([536, 1368]),
+                       last=rng.choice([None, None, rng.randint(1, 600)]), psh=rng.random() < 0.3)
+        i = rng.randrange(len(packets))
+        p = bytearray(packets[i])
+        l4 = 20 if version == 4 else 40
+        what = rng.randrange(9)
+        if what == 0:
+            p[l4 + 13] |= 0x08  # PSH in the middle
+        elif what == 1:
+            p[l4 + 8] ^= 1  # another ACK number
+        elif what == 2:
+            p[1] ^= 4  # TOS / traffic class
+        elif what == 3:
+            p = p[:-1]  # one byte short (IP length now wrong)
+        elif what == 4:
+            p[l4 + 7] ^= 1  # sequence gap
+        elif what == 5:
+            p[4 if version == 4 else 7] ^= 1  # IPv4 ID (allowed to differ) / IPv6 hop limit
+        elif what == 6:
+            p[l4 + 1] ^= 1  # destination port
+        elif what == 7:
+            p[8 if version == 4 else 3] ^= 1  # TTL / flow label
+        packets[i] = bytes(p)
+        bulk = dp._gro_bulk(packets)
+        declined += bulk is None
+        assert gro(packets) == loop_only(packets)
+        if bulk is not None:
+            assert bulk == loop_only(packets)
+    assert 100 < declined < 300
