@@ -35,6 +35,7 @@ import os
 import platform
 import struct
 from collections import Counter
+from itertools import repeat
 from typing import Protocol, Self, runtime_checkable
 
 import pytun  # type: ignore[import-not-found, unused-ignore]  # C extension without stubs
@@ -240,15 +241,12 @@ class PytunDevice:
 
     def read_batch(self, max_packets: int) -> list[bytes]:
         self._require_open()
-        fd, size, read = self._fd, self._bufsize, os.read
         out: list[bytes] = []
-        for _ in range(max_packets):
-            try:
-                out.append(read(fd, size))
-            except BlockingIOError:
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-                continue
+        try:
+            # the loop runs in C: list.extend keeps what was read before EAGAIN ends the map
+            out.extend(map(os.read, repeat(self._fd, max_packets), repeat(self._bufsize)))
+        except BlockingIOError:
+            pass
         return out
 
     def write_batch(self, packets: list[bytes]) -> int:

@@ -438,6 +438,18 @@ class UdpSocket:
         sock = self._require()
         sa = self.to_sockaddr(addr)
         n = len(datagrams)
+        if n > 1 and self._gso:
+            size = len(datagrams[0])
+            if size and list(map(len, datagrams)).count(size) == n:  # one size: no per-datagram scan
+                per = min(GSO_MAX_SEGMENTS, GSO_MAX_PAYLOAD // size)
+                for i in range(0, n, per):
+                    run = datagrams[i:i + per]
+                    if len(run) > 1 and self._gso:
+                        self._send_gso(sock, run, size, sa)
+                    else:
+                        for d in run:
+                            self._sendto(sock, d, sa)
+                return
         i = 0
         while i < n:
             size = len(datagrams[i])

@@ -530,6 +530,10 @@ def test_send_runs_respect_gso_limits_and_order(udp_sockets: Any) -> None:
     tx.send_batch(("127.0.0.1", rx.port), [b"b" * 100] * 200)
     assert tx.gso_sends == 6
     assert _flat(_drain(rx, 300)) == [b"a" * 1200] * 100 + [b"b" * 100] * 200
+    # one size, 65 datagrams: one GSO send of 64, the last one alone
+    tx.send_batch(("127.0.0.1", rx.port), [b"c" * 100] * 64 + [b"d" * 100])
+    assert tx.gso_sends == 7
+    assert _flat(_drain(rx, 65)) == [b"c" * 100] * 64 + [b"d" * 100]
     # mixed sizes: a shorter datagram ends a run, bigger ones start a new one, empty ones go alone
     mixed = [b"1" * 500, b"2" * 500, b"3" * 700, b"4" * 700, b"5" * 700, b"6" * 100, b"", b"7" * 5, b"8" * 5]
     tx.send_batch(("127.0.0.1", rx.port), mixed)

@@ -340,3 +340,16 @@ def test_bulk_path_refuses_an_expired_keypair() -> None:
     out = pair.b.core.decapsulate(A_ADDR, msgs, now=pair.now + REJECT_AFTER_TIME + 1)
     assert out == [] and spy.taken == 0
     assert pair.b.core.drops["expired_keypair"] - before == 8
+
+
+def test_seal_batch_one_size_equals_one_at_a_time() -> None:
+    """The one-size branch of seal_batch (map over counters) seals exactly as sealing one packet at a
+    time: same headers, counters, padding (up to 16, never past the MTU) and ciphertexts."""
+    for size, n, mtu in ((1420, 45, 1420), (92, 40, 1420), (1419, 4, 1420), (1, 5, 1420), (0, 4, 1420),
+                         (1500, 6, 1420), (100, 4, 110), (1420, 3, 1420)):
+        bulk = Keypair(bytes(range(32)), bytes(32), initiator=True, local_index=1, remote_index=9, created=0.0)
+        ref = Keypair(bytes(range(32)), bytes(32), initiator=True, local_index=1, remote_index=9, created=0.0)
+        bulk.send_counter = ref.send_counter = 77
+        packets = [bytes([i]) * size for i in range(n)]
+        assert bulk.seal_batch(packets, mtu) == [ref.seal_batch([p], mtu)[0] for p in packets], size
+        assert bulk.send_counter == ref.send_counter == 77 + n
