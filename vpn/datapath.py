@@ -507,8 +507,47 @@ _BIG: Literal["big"] = "big"
 
 
 def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
-    """:func:`gro` for a batch that is exactly one run: the same super-packets, or ``None`` (then the
-    general loop decides).
+    """:func:`gro` for a batch of back-to-back runs of one flow: the same super-packets, or ``None``
+    (then the general loop decides).
+
+    A batch often holds several bursts of the sender (each closed by a shorter segment or PSH); it is
+    cut after each such segment, where the loop would end a run, and each piece goes through
+    :func:`_gro_run`.
+    """
+    n = len(packets)
+    size = len(packets[0])
+    if size < 60:
+        return None
+    p0 = packets[0]
+    l4 = 20 if p0[0] >> 4 == 4 else 40
+    lens = list(map(len, packets))
+    flags = bytes(map(itemgetter(l4 + 13), packets)) if min(lens) > l4 + 13 else b""
+    if lens.count(size) == n and flags.count(0x10) == n:
+        return _gro_run(packets)
+    if len(flags) != n:
+        return None
+    out: list[bytes] = []
+    start = 0
+    for i in [i for i, (m, f) in enumerate(zip(lens, flags)) if m != size or f & _PSH]:
+        if i - start < 1:  # a run of one: the loop would pass it on as it is
+            return None
+        r = _gro_run(packets[start:i + 1])
+        if r is None:
+            return None
+        out += r
+        start = i + 1
+    if start < n:
+        if n - start < 2:
+            return None
+        r = _gro_run(packets[start:])
+        if r is None:
+            return None
+        out += r
+    return out
+
+
+def _gro_run(packets: list[bytes]) -> list[bytes] | None:
+    """:func:`gro` for packets that are exactly one run: the same super-packets, or ``None``.
 
     The first segment must pass the loop's test; every other one must be full-size with the same headers
     under the loop's mask and the next sequence number, except that the last may be shorter and the last
