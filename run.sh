@@ -27,10 +27,10 @@ setup() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
-    if ! .venv/bin/python -c "import vpn, crypto, tunnel, pytest, hypothesis" 2>/dev/null \
+    if ! .venv/bin/python -c "import vpn, crypto, tunnel, pytest, hypothesis, matplotlib" 2>/dev/null \
         || [ pyproject.toml -nt .venv/.installed ]; then
         .venv/bin/pip install -q --upgrade pip >/dev/null
-        .venv/bin/pip install -q -e ".[test]"
+        .venv/bin/pip install -q -e ".[test,bench]"  # bench: matplotlib, for pyvpn bench's PNG chart and its test
         touch .venv/.installed
     fi
 }
