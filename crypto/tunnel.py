@@ -47,7 +47,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import itemgetter
+from operator import add, itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -467,10 +467,6 @@ _INNER_HEAD = struct.Struct(">BxHH")  # first byte, IPv4 total length, IPv6 payl
 _after_header = itemgetter(slice(16, None))  # the ciphertext and tag of a transport message
 
 
-def _add(a: int, b: int) -> int:
-    return a + b
-
-
 class Core:
     """The protocol state of one WireGuard interface.
 
@@ -787,7 +783,7 @@ class Core:
         lo, hi = min(b0s), max(b0s)
         if 0x40 <= lo and hi <= 0x4F and list(len4) == plens:
             packets = pts  # IPv4, no padding
-        elif 0x60 <= lo and hi <= 0x6F and list(map(_add, len6, repeat(40))) == plens:
+        elif 0x60 <= lo and hi <= 0x6F and list(map(add, len6, repeat(40))) == plens:
             packets = pts  # IPv6, no padding
         else:
             packets = []

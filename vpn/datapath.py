@@ -83,6 +83,7 @@ __all__ = [
     "TUN_TXQUEUELEN",
     "VNET_HDR_SIZE",
     "TunMode",
+    "batch_ip_version",
     "configure_tun",
     "gro",
     "gso_max_segs",
@@ -300,6 +301,20 @@ _v4_dst = itemgetter(slice(16, 20))
 _v6_dst = itemgetter(slice(24, 40))
 
 
+def batch_ip_version(packets: list[bytes]) -> int:
+    """4 or 6 when every packet's first nibble says that IP version, else 0 (one C-level pass).
+
+    :param packets: non-empty packets.
+    """
+    b0 = bytes(map(_first, packets))
+    lo, hi = min(b0), max(b0)
+    if 0x40 <= lo and hi <= 0x4F:
+        return 4
+    if 0x60 <= lo and hi <= 0x6F:
+        return 6
+    return 0
+
+
 def _route_bulk(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any]) -> dict[Any, list[bytes]] | None:
     """:func:`route_reads` for a batch of plain packets (all-zero vnet headers) of one IP version to one
     routed destination, with C-level loops: one lookup, no per-packet bytecode.  ``None`` (nothing done)
@@ -313,11 +328,10 @@ def _route_bulk(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any]) -
     lens = list(map(len, packets))
     if min(lens) < 40:
         return None
-    b0 = bytes(map(_first, packets))
-    lo, hi = min(b0), max(b0)
-    if 0x40 <= lo and hi <= 0x4F:
+    version = batch_ip_version(packets)
+    if version == 4:
         dsts = list(map(_v4_dst, packets))
-    elif 0x60 <= lo and hi <= 0x6F:
+    elif version == 6:
         dsts = list(map(_v6_dst, packets))
     else:
         return None
@@ -542,7 +556,7 @@ def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
     lens = list(map(len, packets))
     flags = bytes(map(itemgetter(l4 + 13), packets)) if min(lens) > l4 + 13 else b""
     if lens.count(size) == n and flags.count(0x10) == n:
-        return _gro_run(packets)
+        return _gro_run(packets, lens, flags)
     if len(flags) != n:
         return None
     out: list[bytes] = []
@@ -550,7 +564,7 @@ def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
     for i in [i for i, (m, f) in enumerate(zip(lens, flags)) if m != size or f & _PSH]:
         if i - start < 1:  # a run of one: the loop would pass it on as it is
             return None
-        r = _gro_run(packets[start:i + 1])
+        r = _gro_run(packets[start:i + 1], lens[start:i + 1], flags[start:i + 1])
         if r is None:
             return None
         out += r
@@ -558,15 +572,16 @@ def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
     if start < n:
         if n - start < 2:
             return None
-        r = _gro_run(packets[start:])
+        r = _gro_run(packets[start:], lens[start:], flags[start:])
         if r is None:
             return None
         out += r
     return out
 
 
-def _gro_run(packets: list[bytes]) -> list[bytes] | None:
+def _gro_run(packets: list[bytes], lens: list[int], flags: bytes) -> list[bytes] | None:
     """:func:`gro` for packets that are exactly one run: the same super-packets, or ``None``.
+    ``lens`` and ``flags`` are their lengths and TCP flag bytes (computed once by :func:`_gro_bulk`).
 
     The first segment must pass the loop's test; every other one must be full-size with the same headers
     under the loop's mask and the next sequence number, except that the last may be shorter and the last
@@ -595,7 +610,6 @@ def _gro_run(packets: list[bytes]) -> list[bytes] | None:
     if plen <= 0 or hl < l4 + 20:
         return None
     n = len(packets)
-    lens = list(map(len, packets))
     full = lens.count(size)
     last = lens[-1]
     if full != n and (full != n - 1 or not hl < last < size):
@@ -616,7 +630,6 @@ def _gro_run(packets: list[bytes]) -> list[bytes] | None:
                 or (version == 4 and (q[2] << 8 | q[3]) != last)
                 or (version == 6 and (q[4] << 8 | q[5]) + 40 != last)):
             return None
-    flags = list(map(itemgetter(l4 + 13), packets))
     psh_last = flags[-1] & _PSH != 0
     if flags.count(0x10) != n - psh_last:
         return None  # PSH before the last segment: the loop ends the run there

@@ -39,7 +39,7 @@ from crypto.tunnel import (
 )
 
 from .allowedips import AllowedIPs
-from .datapath import configure_tun, route_reads, tune_allocator, write_tun
+from .datapath import batch_ip_version, configure_tun, route_reads, tune_allocator, write_tun
 from .peer import Peer
 
 log = logging.getLogger("pyvpn.device")
@@ -78,7 +78,6 @@ class DatagramSocket(Protocol):
     def close(self) -> None: ...
 
 
-_first_byte = itemgetter(0)
 _v4_addrs = itemgetter(slice(12, 20))  # IPv4 source + destination
 _v6_addrs = itemgetter(slice(8, 40))  # IPv6 source + destination
 
@@ -319,13 +318,12 @@ class Device:
         """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
         lookup and one ``extend``, the addresses compared with C-level loops.  Returns False, having done
         nothing, unless every packet has the same IP version and addresses and goes to the tun."""
-        b0 = bytes(map(_first_byte, packets))
-        lo, hi = min(b0), max(b0)
-        if 0x40 <= lo and hi <= 0x4F:
+        version = batch_ip_version(packets)
+        if version == 4:
             keys = list(map(_v4_addrs, packets))
             k = keys[0]
             src, dst = k[:4], k[4:]
-        elif 0x60 <= lo and hi <= 0x6F:
+        elif version == 6:
             keys = list(map(_v6_addrs, packets))
             k = keys[0]
             src, dst = k[:16], k[16:]
