@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Linux machine (run as root):
 #   ./run.sh demo    set everything up, then run the two-namespace demo
-#   ./run.sh test    set everything up, then run the whole test suite
+#   ./run.sh test    set everything up, then lint (ruff, mypy --strict) and run the whole test suite;
+#                    pytest arguments pass through: ./run.sh test -m "not netns" is the fast rootless part
+#   ./run.sh lint    set everything up, then only ruff and mypy --strict
 #   ./run.sh setup   only set up (apt packages, .venv, pip install)
 # Set-up is idempotent: a second run only checks.
 set -euo pipefail
@@ -27,12 +29,22 @@ setup() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
-    if ! .venv/bin/python -c "import vpn, crypto, tunnel, pytest, hypothesis, matplotlib" 2>/dev/null \
-        || [ pyproject.toml -nt .venv/.installed ]; then
+    if ! .venv/bin/python -c "import vpn, crypto, tunnel, pytest, hypothesis, matplotlib, mypy" 2>/dev/null \
+        || [ ! -x .venv/bin/ruff ] || [ pyproject.toml -nt .venv/.installed ]; then
         .venv/bin/pip install -q --upgrade pip >/dev/null
         .venv/bin/pip install -q -e ".[test,bench]"  # bench: matplotlib, for pyvpn bench's PNG chart and its test
         touch .venv/.installed
     fi
+}
+
+# ruff and mypy --strict over what pyproject.toml holds to them; a finding fails like a failing test.
+lint() {
+    local rc=0
+    echo "run.sh: ruff check"
+    .venv/bin/ruff check --quiet . || rc=1
+    echo "run.sh: mypy --strict (crypto, tunnel, vpn)"
+    .venv/bin/mypy || rc=1
+    return "$rc"
 }
 
 cmd="${1:-demo}"
@@ -40,6 +52,13 @@ shift || true
 case "$cmd" in
     setup) setup ;;
     demo) setup; exec .venv/bin/pyvpn demo "$@" ;;
-    test) setup; exec .venv/bin/python -m pytest "$@" ;;
-    *) echo "usage: ./run.sh [demo|test|setup] [args...]" >&2; exit 2 ;;
+    lint) setup; lint ;;
+    test)
+        setup
+        rc=0
+        lint || rc=$?
+        .venv/bin/python -m pytest "$@" || rc=$?
+        if [ "$rc" -ne 0 ]; then echo "run.sh: FAILED (lint or tests, see above)" >&2; fi
+        exit "$rc" ;;
+    *) echo "usage: ./run.sh [demo|test|lint|setup] [args...]" >&2; exit 2 ;;
 esac

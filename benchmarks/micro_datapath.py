@@ -19,7 +19,8 @@ opened once, so no path can beat these on one core).
 
 Method: every round prepares fresh inputs untimed (distinct counters, so the replay window accepts them),
 then times each row over the same packets, interleaved, in CPU time (``time.process_time``; the 2-core
-machine is shared and wall-clock figures swing).  Figures: the best and the median of ``--rounds`` rounds (x AEAD uses the best).
+machine is shared and wall-clock figures swing).  Figures: the best and the median of ``--rounds``
+rounds (x AEAD uses the best).
 
 Run: ``python benchmarks/micro_datapath.py [--rounds 15] [--reads 16] [--segs 45]`` from the repository
 root (the script puts it on ``sys.path``).

@@ -533,7 +533,8 @@ def parse_config(text: str, path: str = "<string>") -> Config:
             elif title == "[peer]":
                 current = ("peer", lineno, {}, {})
             else:
-                raise ConfigError(path, lineno, None, f"unknown section {_shown(body)} (expected [Interface] or [Peer])")
+                raise ConfigError(path, lineno, None,
+                                  f"unknown section {_shown(body)} (expected [Interface] or [Peer])")
             sections.append(current)
             continue
         if "=" not in body:

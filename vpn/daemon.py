@@ -89,7 +89,7 @@ class Interface:
         netconf.set_up(self.name, netns=ns)
         if table is not None and table.lower() == "off":
             return
-        table_id = None if table in (None, "auto", "main") else int(table)  # type: ignore[arg-type]
+        table_id = None if table in (None, "auto", "main") else int(table)
         own = [ipaddress.ip_interface(a).network for a in addresses]
         nets = sorted({ipaddress.ip_network(r, strict=False) for r in routes}, key=lambda n: -n.prefixlen)
         for net in nets:

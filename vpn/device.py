@@ -50,8 +50,10 @@ Endpoint = tuple[str, int]
 
 
 class PacketDevice(Protocol):
-    name: str
-    mtu: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def mtu(self) -> int: ...
 
     def fileno(self) -> int: ...
     def read_batch(self, max_packets: int) -> list[bytes]: ...
@@ -70,7 +72,8 @@ class L2Hook(Protocol):
 
 
 class DatagramSocket(Protocol):
-    port: int
+    @property
+    def port(self) -> int: ...
 
     def fileno(self) -> int: ...
     def recv_batch(self, max_datagrams: int) -> list[tuple[list[bytes], Any]]: ...
@@ -100,7 +103,7 @@ class Device:
         self.udp = udp
         self.name = tun.name
         self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu)
-        self.allowed = AllowedIPs()
+        self.allowed: AllowedIPs[Tunnel] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
         self.forward = forward
         self.drops: Counter[str] = Counter()

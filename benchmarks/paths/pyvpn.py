@@ -255,7 +255,8 @@ class PyvpnL2Path(_PyvpnPath):
             mtu_note = f"tap MTU {mtu} (pyvpn's default: tunnel {PYVPN_MTU} - {VXLAN_HEADROOM_IPV4} VXLAN/IPv4)"
         else:
             shown = "/".join("?" if m is None else str(m) for m in mtus)
-            mtu_note = f"tap MTU {shown} (server/client; expected {L2_TAP_MTU} = tunnel {PYVPN_MTU} - {VXLAN_HEADROOM_IPV4})"
+            mtu_note = (f"tap MTU {shown} (server/client; expected {L2_TAP_MTU} = "
+                        f"tunnel {PYVPN_MTU} - {VXLAN_HEADROOM_IPV4})")
         return Endpoints(pair.client, pair.server, server_addr, mtu, offloads,
                          f"{shlex.join(self.command)} server/client, udp {PYVPN_PORT}, VXLAN VNI {L2_VNI} "
                          f"port 4789 inside the tunnel (VTEPs {v4}.1/.2), taps {t4}.1/.2, {mtu_note}")

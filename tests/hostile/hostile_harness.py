@@ -314,7 +314,8 @@ class Lab:
         self.server = Daemon(self.srv_ns, "server", self.server_if,
                              self.write("server.conf", self.server_conf(server_extra_peers)),
                              self.workdir / "server.log", env=self.server_env, log_level=self.log_level)
-        self.client = Daemon(self.cli_ns, "client", self.client_if, self.write("client.conf", self.client_conf(client_extra)),
+        self.client = Daemon(self.cli_ns, "client", self.client_if,
+                             self.write("client.conf", self.client_conf(client_extra)),
                              self.workdir / "client.log", env=self.client_env, log_level=self.log_level)
         self.server.start(wait=False)  # both start-ups (Python imports) overlap
         self.client.start(wait=False)

@@ -292,7 +292,8 @@ def flood(a: argparse.Namespace) -> None:
         time.sleep(0.02)
     elapsed = time.monotonic() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    emit({"cpu_seconds": usage.ru_utime + usage.ru_stime, "sent": dict(sent), "replies": dict(replies), "total": total, "seconds": min(elapsed, a.seconds),
+    emit({"cpu_seconds": usage.ru_utime + usage.ru_stime, "sent": dict(sent), "replies": dict(replies),
+          "total": total, "seconds": min(elapsed, a.seconds),
           "rate": total / max(1e-9, min(elapsed, a.seconds)), "t0": t0, "t_end": min(end, t0 + elapsed),
           "source_ports": len(vsocks) + len(isocks)})
 

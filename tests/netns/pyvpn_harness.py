@@ -47,6 +47,7 @@ for _p in (str(ROOT), str(TESTS)):
 
 from netns import Netns
 from wgharness import wg_genkey, wg_pubkey
+from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
@@ -71,9 +72,8 @@ def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any
 
 
 def pyvpn_argv() -> list[str]:
-    """The ``pyvpn`` command: the installed script, else ``python -m vpn.cli``."""
-    exe = shutil.which("pyvpn")
-    return [exe] if exe else [sys.executable, "-m", "vpn.cli"]
+    """The ``pyvpn`` command of the installation under test (see tests/conftest.py)."""
+    return _installed_pyvpn_argv()
 
 
 def _env() -> dict[str, str]:

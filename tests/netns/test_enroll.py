@@ -111,7 +111,8 @@ def test_enroll_into_running_server_without_disturbing_others(netns_factory) -> 
             assert "bob" in _ok(run_pyvpn("server", "list-clients", "--config", str(conf))).stdout
 
             if shutil.which("zbarimg"):
-                decoded = subprocess.run(["zbarimg", "--raw", "-q", "-Sbinary", str(png)], check=False, capture_output=True,
+                decoded = subprocess.run(["zbarimg", "--raw", "-q", "-Sbinary", str(png)], check=False,
+                                         capture_output=True,
                                          timeout=30).stdout.decode()
                 assert decoded.rstrip("\n") == bob_conf.read_text().rstrip("\n")
             else:

@@ -80,7 +80,8 @@ def test_mtu_for_tap(tunnel_mtu: int, ipv6: bool, tags: int, expected: int) -> N
     assert mtu_for_tap(tunnel_mtu, ipv6, vlan_tags=tags) == expected
 
 
-@pytest.mark.parametrize("tunnel_mtu, ipv6, tags", [(117, False, 0), (137, True, 0), (100, False, 0), (1420, False, -1)])
+@pytest.mark.parametrize("tunnel_mtu, ipv6, tags",
+                         [(117, False, 0), (137, True, 0), (100, False, 0), (1420, False, -1)])
 def test_mtu_for_tap_rejects_nonsense(tunnel_mtu: int, ipv6: bool, tags: int) -> None:
     with pytest.raises(ValueError):
         mtu_for_tap(tunnel_mtu, ipv6, vlan_tags=tags)
