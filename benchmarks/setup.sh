@@ -4,12 +4,16 @@
 #   bash benchmarks/setup.sh            # apt packages + matplotlib
 #   SKIP_PIP=1 bash benchmarks/setup.sh # apt packages only
 #
-# Packages: openvpn (2.6 on bookworm), iperf3, wireguard-go, wireguard-tools (wg), ethtool (veth offload
-# settings), iputils-ping, iproute2 (ip netns, vxlan).  Python: matplotlib for the PNG chart (optional: the
-# benchmark runs without it and says so).
+# Packages: openvpn (2.6 on bookworm), fastd, tinc (1.0), iperf3, wireguard-go, wireguard-tools (wg), ethtool
+# (veth offload settings), iputils-ping, iproute2 (ip netns, vxlan), util-linux (taskset, for --pin).
+# Python: matplotlib for the PNG chart (optional: the benchmark runs without it and says so).
+#
+# Debian trixie's wireguard-go (0.0.20231211, with TUN and UDP offloads) is fetched with apt's own client into
+# the git-ignored benchmarks/.cache/trixie and unpacked there, never installed: bookworm's wireguard-go stays
+# the installed package (the interop tests use it).  See benchmarks/paths/trixie.py.
 set -euo pipefail
 
-APT_PACKAGES=(openvpn iperf3 wireguard-go wireguard-tools ethtool iputils-ping iproute2)
+APT_PACKAGES=(openvpn fastd tinc iperf3 wireguard-go wireguard-tools ethtool iputils-ping iproute2 util-linux)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup.sh: run as root (apt-get install)" >&2
@@ -32,7 +36,11 @@ else
     echo "setup.sh: apt packages already installed"
 fi
 
-# The openvpn package ships a systemd unit; the benchmark starts its own daemons, never the service.
+# The openvpn, fastd and tinc packages ship systemd units; the benchmark starts its own daemons, never the services.
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+# trixie's wireguard-go into benchmarks/.cache/trixie (idempotent: a second run only checks the binary)
+timeout 900 python3 "$HERE/paths/trixie.py"
 
 if [[ -z "${SKIP_PIP:-}" ]]; then
     PY=${PYTHON:-python3}
@@ -44,7 +52,7 @@ if [[ -z "${SKIP_PIP:-}" ]]; then
     fi
 fi
 
-for tool in openvpn iperf3 wireguard-go wg ethtool ping ip; do
+for tool in openvpn fastd tincd iperf3 wireguard-go wg ethtool ping ip taskset; do
     command -v "$tool" >/dev/null || { echo "setup.sh: $tool still missing" >&2; exit 1; }
 done
 echo "setup.sh: ready ($(openvpn --version 2>/dev/null | head -1 | cut -d' ' -f1-2), $(iperf3 --version 2>/dev/null | head -1))"
