@@ -1,7 +1,8 @@
-"""Side-by-side network benchmark: raw veth, kernel vxlan, wireguard-go, OpenVPN and pyvpn in one run.
+"""Side-by-side network benchmark: raw veth, kernel vxlan, wireguard-go (trixie and bookworm), fastd, tinc,
+OpenVPN and pyvpn in one run.
 
-Run as root: ``python benchmarks/netbench.py [--quick] [--paths veth,wireguard-go,pyvpn] [--rounds 3]
-[--seconds 5] [--out DIR] [--veth-gso]`` (``bash benchmarks/setup.sh`` installs the tools).  From code:
+Run as root: ``python benchmarks/netbench.py [--quick] [--pin] [--paths veth,wireguard-go-trixie,pyvpn]
+[--rounds 3] [--seconds 5] [--out DIR] [--veth-gso]`` (``bash benchmarks/setup.sh`` installs the tools).  From code:
 ``main(argv) -> exit status`` or ``run(Options(...), progress=print) -> Report``.
 
 Theory of operation:
@@ -10,6 +11,9 @@ Theory of operation:
    tunnel ``198.19.<slot>.1/.2`` and ``fd00:<slot>::1/2``), with the veth offload settings of
    PROTOCOL-NOTES section 3 unless ``--veth-gso``.  All paths are set up first; a path that cannot be
    set up is reported as ``failed: <reason>`` (or ``not available``) and the others go on.
+   Shared mode (the default): both ends, their daemons and iperf3 share every core.  Pinned mode
+   (``--pin``): the client namespace's daemon, iperf3 client and ping run on one CPU and the server
+   namespace's daemon and iperf3 server on another, like two one-core hosts (``paths.lab.pin_cpus``).
 2. Rounds are interleaved: round 1 of every path, then round 2, ... so that slow drifts of a shared
    machine spread over all paths.  One round of one path is: ping RTT (``--pings`` pings,
    ``--ping-interval`` apart), iperf3 TCP with 1 stream, with 4 streams, and UDP with small datagrams at
@@ -49,7 +53,7 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 from paths import PATH_KEYS, PATH_TITLES, BenchPath, Endpoints, make_path
-from paths.lab import Lab, cpu_delta, have, sh, sweep_stale, system_busy_seconds, tree_cpu_seconds
+from paths.lab import Lab, cpu_delta, have, pin_cpus, sh, sweep_stale, system_busy_seconds, tree_cpu_seconds
 from paths.measure import (
     MeasureError,
     parse_iperf3_tcp,
@@ -63,13 +67,15 @@ DEFAULT_OUT = _HERE / "results"
 SCHEMA = "pyvpn-netbench/1"
 BASELINE = "veth"
 #: Paths compared against their peers in the ratio table (numerator), and the peers (denominator), most
-#: telling first.  pyvpn L3 against the other VPNs and kernel vxlan.  pyvpn L2 against pyvpn L3 (what the
-#: tap + VXLAN layer costs), kernel vxlan (the same L2 encapsulation, in the kernel, unencrypted) and
-#: wireguard-go (the encrypted L3 reference); not against OpenVPN, which runs in L3 (tun) mode here and
-#: adds nothing that the wireguard-go row does not say.
+#: telling first.  pyvpn L3 against the other VPNs (the modern wireguard-go first) and kernel vxlan.
+#: pyvpn L2 against pyvpn L3 (what the tap + VXLAN layer costs), kernel vxlan (the same L2 encapsulation,
+#: in the kernel, unencrypted) and the modern wireguard-go (the encrypted L3 reference); not against the
+#: L3 (tun) VPNs, which add nothing that the wireguard-go row does not say.
 PYVPN_PATHS = ("pyvpn", "pyvpn-l2")
-PEERS: dict[str, tuple[str, ...]] = {"pyvpn": ("wireguard-go", "openvpn", "vxlan"),
-                                     "pyvpn-l2": ("pyvpn", "vxlan", "wireguard-go")}
+PEERS: dict[str, tuple[str, ...]] = {
+    "pyvpn": ("wireguard-go-trixie", "wireguard-go", "fastd", "tinc", "openvpn", "vxlan"),
+    "pyvpn-l2": ("pyvpn", "vxlan", "wireguard-go-trixie")}
+MODES = ("shared", "pinned")
 PAUSE = 0.3  # seconds between tests, so that queues of the previous test drain
 
 Progress = Callable[[str], None]
@@ -92,6 +98,7 @@ class Options:
     :param pyvpn_command: command that runs pyvpn (``server``/``client`` follow), default
         ``<python> -m vpn.cli``.
     :param quick: shorter runs (set by ``--quick``; kept for the JSON).
+    :param pin: pinned mode: each end (daemon + its iperf3 end) on its own CPU (``--pin``).
     """
 
     paths: tuple[str, ...] = PATH_KEYS
@@ -106,6 +113,12 @@ class Options:
     chart: bool = True
     pyvpn_command: tuple[str, ...] | None = None
     quick: bool = False
+    pin: bool = False
+
+    @property
+    def mode(self) -> str:
+        """``pinned`` with ``--pin``, else ``shared`` (one of :data:`MODES`)."""
+        return MODES[1] if self.pin else MODES[0]
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.paths if p not in PATH_KEYS]
@@ -139,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ping-interval", type=float, default=0.05, help="seconds between pings (default 0.05)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="short runs: 2 s per iperf3 run, 10 pings, 3 rounds")
+    p.add_argument("--pin", action="store_true",
+                   help="pinned mode: client end (daemon, iperf3 client, ping) on one CPU, server end on another")
     p.add_argument("--veth-gso", action="store_true",
                    help="keep veth default offloads (UDP GSO crosses the veth unsegmented; less realistic)")
     p.add_argument("--no-chart", action="store_true", help="do not write the PNG chart")
@@ -167,6 +182,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
             chart=not a.no_chart,
             pyvpn_command=tuple(shlex.split(a.pyvpn_cmd)) if a.pyvpn_cmd else None,
             quick=quick,
+            pin=bool(a.pin),
         )
     except ValueError as e:
         parser.error(str(e))
@@ -318,6 +334,7 @@ class PathRecord:
     detail: str = ""
     offloads: str = ""
     setup_seconds: float | None = None
+    daemon_cpus: list[list[int]] | None = None  # pinned mode: each daemon's allowed CPUs, read back after set-up
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -347,6 +364,7 @@ class Report:
     started: str
     finished: str = ""
     interrupted: bool = False
+    pin: tuple[int, int] | None = None  # (client CPU, server CPU) in pinned mode
 
     def record(self, key: str) -> PathRecord | None:
         return next((r for r in self.records if r.key == key), None)
@@ -376,9 +394,11 @@ def report_json(report: Report) -> dict[str, Any]:
         "options": {
             "paths": list(opts.paths), "rounds": opts.rounds, "seconds": opts.seconds, "streams": opts.streams,
             "udp_payload": opts.udp_payload, "pings": opts.pings, "ping_interval": opts.ping_interval,
-            "veth_gso": opts.veth_gso, "quick": opts.quick,
+            "veth_gso": opts.veth_gso, "quick": opts.quick, "mode": opts.mode,
             "pyvpn_command": list(opts.pyvpn_command) if opts.pyvpn_command else None,
         },
+        "mode": opts.mode,
+        "pin_cpus": list(report.pin) if report.pin else None,
         "machine": report.machine,
         "metrics": {m.key: {"title": metric_title(m, opts), "unit": m.unit, "higher_is_better": m.higher_is_better}
                     for m in METRICS},
@@ -386,6 +406,7 @@ def report_json(report: Report) -> dict[str, Any]:
             r.key: {
                 "title": r.title, "status": r.status, "is_vpn": r.is_vpn, "version": r.version,
                 "detail": r.detail, "offloads": r.offloads, "setup_seconds": r.setup_seconds,
+                "daemon_cpus": r.daemon_cpus,
                 "summary": {k: s.as_dict() for k, s in sums[r.key].items()},
                 "errors": r.errors(),
                 "rounds": r.rounds,
@@ -415,6 +436,13 @@ def metric_title(metric: Metric, opts: Options) -> str:
     return metric.title.format(streams=opts.streams, payload=opts.udp_payload)
 
 
+def mode_text(report: Report) -> str:
+    """``shared CPUs`` or ``pinned: client end CPU a, server end CPU b``."""
+    if report.pin is None:
+        return "shared CPUs"
+    return f"pinned: client end CPU {report.pin[0]}, server end CPU {report.pin[1]}"
+
+
 def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
@@ -430,8 +458,8 @@ def results_table(report: Report) -> Any:
     from rich.table import Table
 
     opts = report.options
-    table = Table(title=f"netbench: median (min–max) of {opts.rounds} interleaved rounds, {opts.seconds} s per "
-                        f"iperf3 run; UDP = delivered packets/s; CPU = VPN daemons of both ends",
+    table = Table(title=f"netbench ({mode_text(report)}): median (min–max) of {opts.rounds} interleaved rounds, "
+                        f"{opts.seconds} s per iperf3 run; UDP = delivered packets/s; CPU = VPN daemons of both ends",
                   title_justify="left")
     table.add_column("path", no_wrap=True)
     for m in METRICS:
@@ -472,6 +500,7 @@ def notes_lines(report: Report) -> list[str]:
     """Lines under the tables: offload setting, path details, per-test errors."""
     lines = []
     offloads = sorted({r.offloads for r in report.records if r.offloads})
+    lines.append(f"mode: {mode_text(report)}")
     lines.append(f"veth offloads: {'; '.join(offloads) or 'n/a'}")
     for r in report.records:
         if not r.ok:
@@ -480,6 +509,9 @@ def notes_lines(report: Report) -> list[str]:
             lines.append(f"{r.title}: {r.detail}")
         if r.version:
             lines.append(f"{r.title} version: {r.version}")
+        if r.daemon_cpus is not None:
+            shown = ", ".join(",".join(map(str, cpus)) or "?" for cpus in r.daemon_cpus)
+            lines.append(f"{r.title} daemons' CPUs (in start order): {shown}")
         for err in r.errors()[:5]:
             lines.append(f"{r.title}: {err}")
     if report.interrupted:
@@ -504,8 +536,8 @@ def write_chart(report: Report, path: Path) -> str | None:
     cols = 4
     rows = (len(METRICS) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
-    colors = {"veth": "#999999", "vxlan": "#bbbbbb", "wireguard-go": "#88419d", "openvpn": "#ef8a17",
-              "pyvpn": "#1f78b4", "pyvpn-l2": "#6baed6"}
+    colors = {"veth": "#999999", "vxlan": "#bbbbbb", "wireguard-go-trixie": "#54278f", "wireguard-go": "#9e9ac8",
+              "fastd": "#31a354", "tinc": "#a1d99b", "openvpn": "#ef8a17", "pyvpn": "#1f78b4", "pyvpn-l2": "#6baed6"}
     for ax, m in zip(axes.flat, METRICS, strict=False):
         names, med, lo, hi, col = [], [], [], [], []
         for r in records:
@@ -537,7 +569,7 @@ def write_chart(report: Report, path: Path) -> str | None:
         spare[0].text(0.0, 1.0, "ratios of medians\n" + "\n".join(lines or ["(no pyvpn figures)"]),
                       va="top", ha="left", fontsize=8, family="monospace", transform=spare[0].transAxes)
     machine = report.machine
-    fig.suptitle(f"pyvpn netbench {report.started} — {machine.get('cpu_model', '?')}, "
+    fig.suptitle(f"pyvpn netbench {report.started} ({mode_text(report)}) — {machine.get('cpu_model', '?')}, "
                  f"{machine.get('nproc', '?')} CPUs, Linux {machine.get('kernel', '?')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -661,13 +693,18 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def preflight() -> str | None:
-    """Why the benchmark cannot run at all here (not root, tools missing), or None."""
+def preflight(*, pin: bool = False) -> str | None:
+    """Why the benchmark cannot run at all here (not root, tools missing, one CPU in pinned mode), or None."""
     if os.geteuid() != 0:
         return "netbench needs root (network namespaces): run it with sudo"
-    missing = [t for t in ("ip", "iperf3", "ping", "ss") if not have(t)]
+    missing = [t for t in ("ip", "iperf3", "ping", "ss", *(["taskset"] if pin else [])) if not have(t)]
     if missing:
         return f"missing tools: {', '.join(missing)} (run benchmarks/setup.sh)"
+    if pin:
+        try:
+            pin_cpus(os.sched_getaffinity(0))
+        except ValueError as e:
+            return str(e)
     return None
 
 
@@ -681,13 +718,15 @@ def run(options: Options, progress: Progress | None = None) -> Report:
     :raises RuntimeError: when :func:`preflight` finds a reason not to run.
     """
     say: Progress = progress or (lambda _line: None)
-    if (why := preflight()) is not None:
+    if (why := preflight(pin=options.pin)) is not None:
         raise RuntimeError(why)
-    report = Report(options=options, machine=machine_info(), records=[], started=_now())
+    pin = pin_cpus(os.sched_getaffinity(0)) if options.pin else None
+    report = Report(options=options, machine=machine_info(), records=[], started=_now(), pin=pin)
     with _signals_as_interrupt():
         for name in sweep_stale() + sweep_stale_sockets():
             say(f"removed stale {name}")
-        lab = Lab()
+        say(f"mode: {mode_text(report)}")
+        lab = Lab(pin=pin)
         try:
             _run_in(lab, report, say)
         except KeyboardInterrupt:
@@ -697,6 +736,17 @@ def run(options: Options, progress: Progress | None = None) -> Report:
             lab.close()
     report.finished = _now()
     return report
+
+
+def daemon_affinities(pids: Sequence[int]) -> list[list[int]]:
+    """The CPUs each of ``pids`` may run on (what pinned mode set; [] for a process that is gone)."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(sorted(os.sched_getaffinity(pid)))
+        except OSError:
+            out.append([])
+    return out
 
 
 def _run_in(lab: Lab, report: Report, say: Progress) -> None:
@@ -725,6 +775,8 @@ def _run_in(lab: Lab, report: Report, say: Progress) -> None:
             continue
         rec.setup_seconds = round(time.monotonic() - t0, 2)
         rec.detail, rec.offloads = ep.detail, ep.offloads
+        if report.pin is not None and path.is_vpn:
+            rec.daemon_cpus = daemon_affinities(path.daemon_pids())
         active.append((path, rec, ep))
     for round_no in range(1, opts.rounds + 1):
         for path, rec, ep in active:
@@ -749,7 +801,7 @@ def _run_in(lab: Lab, report: Report, say: Progress) -> None:
 def write_outputs(report: Report, out: Path, *, chart: bool = True) -> tuple[Path, Path | None, str | None]:
     """Write ``netbench-<time>.json`` (and ``.png``) into ``out``; return the paths and a chart note."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{report.options.mode}"
     json_path = out / f"netbench-{stamp}.json"
     json_path.write_text(json.dumps(report_json(report), indent=1) + "\n")
     png_path = out / f"netbench-{stamp}.png"

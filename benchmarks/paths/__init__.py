@@ -1,9 +1,10 @@
 """The paths that ``benchmarks/netbench.py`` measures side by side, and the plumbing they share.
 
 Each module holds one family of paths (:mod:`.kernel`: raw veth and kernel vxlan; :mod:`.wggo`:
-wireguard-go; :mod:`.openvpn`: OpenVPN 2.6; :mod:`.pyvpn`: pyvpn L3 and L2), all subclasses of
-:class:`.base.BenchPath`.  :mod:`.lab` owns namespaces and processes; :mod:`.measure` runs and parses
-iperf3 and ping.
+wireguard-go, bookworm's and trixie's; :mod:`.fastd`: fastd; :mod:`.tinc`: tinc 1.0; :mod:`.openvpn`:
+OpenVPN 2.6; :mod:`.pyvpn`: pyvpn L3 and L2), all subclasses of :class:`.base.BenchPath`.  :mod:`.lab`
+owns namespaces, processes and CPU pinning; :mod:`.measure` runs and parses iperf3 and ping;
+:mod:`.trixie` fetches trixie's wireguard-go.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .base import BenchPath, Endpoints
+from .fastd import FastdPath
 from .kernel import VethPath, VxlanPath
 from .openvpn import OpenVpnPath
 from .pyvpn import PyvpnL2Path, PyvpnL3Path
-from .wggo import WireguardGoPath
+from .tinc import TincPath
+from .wggo import WireguardGoPath, WireguardGoTrixiePath
 
+#: Paths without a pyvpn command, by key, in table order.
+_PLAIN: dict[str, type[BenchPath]] = {cls.key: cls for cls in (
+    VethPath, VxlanPath, WireguardGoTrixiePath, WireguardGoPath, FastdPath, TincPath, OpenVpnPath)}
+_PYVPN: dict[str, type[PyvpnL3Path | PyvpnL2Path]] = {cls.key: cls for cls in (PyvpnL3Path, PyvpnL2Path)}
 #: Every path, in table order.
-PATH_KEYS: tuple[str, ...] = ("veth", "vxlan", "wireguard-go", "openvpn", "pyvpn", "pyvpn-l2")
-PATH_TITLES: dict[str, str] = {cls.key: cls.title for cls in (VethPath, VxlanPath, WireguardGoPath, OpenVpnPath,
-                                                                 PyvpnL3Path, PyvpnL2Path)}
+PATH_KEYS: tuple[str, ...] = (*_PLAIN, *_PYVPN)
+PATH_TITLES: dict[str, str] = {key: cls.title for key, cls in (*_PLAIN.items(), *_PYVPN.items())}
 
 
 def make_path(key: str, *, pyvpn_command: Sequence[str] | None = None) -> BenchPath:
@@ -27,18 +33,10 @@ def make_path(key: str, *, pyvpn_command: Sequence[str] | None = None) -> BenchP
 
     :raises ValueError: unknown key.
     """
-    if key == "veth":
-        return VethPath()
-    if key == "vxlan":
-        return VxlanPath()
-    if key == "wireguard-go":
-        return WireguardGoPath()
-    if key == "openvpn":
-        return OpenVpnPath()
-    if key == "pyvpn":
-        return PyvpnL3Path(pyvpn_command)
-    if key == "pyvpn-l2":
-        return PyvpnL2Path(pyvpn_command)
+    if key in _PLAIN:
+        return _PLAIN[key]()
+    if key in _PYVPN:
+        return _PYVPN[key](pyvpn_command)
     raise ValueError(f"unknown path {key!r} (known: {', '.join(PATH_KEYS)})")
 
 

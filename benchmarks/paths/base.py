@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -99,6 +100,37 @@ def wait_reachable(ns: Netns, addr: str, *, timeout: float, what: str) -> None:
 
     if not poll(answered, timeout, interval=0.2):
         raise LabError(f"no ping reply from {addr} through {what} within {timeout:g}s")
+
+
+def has_link(ns: Netns, ifname: str) -> bool:
+    """True when ``ifname`` exists in namespace ``ns``."""
+    return ns.run(["ip", "link", "show", "dev", ifname], check=False, timeout=5.0).returncode == 0
+
+
+def wait_links(path: BenchPath, ns: Netns, links: Sequence[str], *, timeout: float, what: str) -> None:
+    """Wait until every one of ``links`` exists in ``ns`` (the daemon that makes them is ``path.procs[-1]``).
+
+    :raises LabError: the daemon exited, or a link did not appear within ``timeout`` seconds.
+    """
+    proc = path.procs[-1]
+
+    def links_up() -> bool:
+        return proc.poll() is not None or all(has_link(ns, name) for name in links)
+
+    poll(links_up, timeout, interval=0.1)
+    if (dead := path.alive()) is not None:
+        raise LabError(f"{what}: {dead}")
+    missing = [name for name in links if not has_link(ns, name)]
+    if missing:
+        raise LabError(f"{what} made no {', '.join(missing)} within {timeout:g}s")
+
+
+def address_link(ns: Netns, ifname: str, *, slot: int, host: int, mtu: int) -> None:
+    """Give a daemon's tunnel device in ``ns`` the path's tunnel addresses (``198.19.<slot>.<host>/24``,
+    ``fd00:<slot>::<host>/64``) and ``mtu``, and set it up (for daemons that leave this to the admin)."""
+    ns.run(["ip", "addr", "add", f"198.19.{slot}.{host}/24", "dev", ifname])
+    ns.run(["ip", "-6", "addr", "add", f"fd00:{slot:x}::{host}/64", "dev", ifname, "nodad"])
+    ns.run(["ip", "link", "set", ifname, "mtu", str(mtu), "up"])
 
 
 def underlay_only(pair: Pair, offloads: str) -> Endpoints:

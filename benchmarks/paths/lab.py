@@ -7,6 +7,10 @@ Theory of operation:
    benchmark, which then cleans up), and one private temporary directory for configs, keys and logs.
 2. :meth:`Lab.pair` makes two namespaces joined by a veth, with underlay addresses ``198.18.<slot>.1`` (the
    "client" end) and ``198.18.<slot>.2`` (the "server" end), and applies the veth offload settings.
+   In pinned mode (``Lab(pin=(a, b))``, see :func:`pin_cpus`) every command and process of the client
+   namespace runs on CPU ``a`` and of the server namespace on CPU ``b`` (``taskset -c``; threads and
+   children inherit it): each end's daemon and its iperf3/ping end share one core, like two one-core
+   hosts.  Kernel work (softirq of the veth and the tun devices) is not pinned.
 3. :meth:`Lab.close` (idempotent; also run by ``with``) stops every process (SIGTERM, then SIGKILL after a
    bounded wait), kills whatever still runs inside the namespaces, deletes them (which deletes the veth
    and any vxlan/tun device in them) and removes the temporary directory.  :func:`sweep_stale` removes
@@ -25,7 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -199,18 +203,40 @@ def sweep_stale() -> list[str]:
     return removed
 
 
-class Netns:
-    """One namespace made by a :class:`Lab` (loopback up)."""
+def pin_cpus(usable: Iterable[int]) -> tuple[int, int]:
+    """The two CPUs of pinned mode: the lowest two this process may use (client end, server end).
 
-    def __init__(self, name: str) -> None:
+    :raises ValueError: fewer than two usable CPUs.
+    """
+    cpus = sorted(set(usable))
+    if len(cpus) < 2:
+        raise ValueError(f"pinned mode needs two usable CPUs, this process has {len(cpus)}")
+    return cpus[0], cpus[1]
+
+
+def netns_argv(name: str, cmd: Sequence[str], cpu: int | None = None) -> list[str]:
+    """``cmd`` run inside namespace ``name`` (``ip netns exec`` execs, and so does ``taskset``, so the pid
+    is the command's), on CPU ``cpu`` only when given."""
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return [*pin, "ip", "netns", "exec", name, *cmd]
+
+
+class Netns:
+    """One namespace made by a :class:`Lab` (loopback up).
+
+    :param cpu: the CPU every command and process in it runs on (pinned mode), or None.
+    """
+
+    def __init__(self, name: str, cpu: int | None = None) -> None:
         self.name = name
+        self.cpu = cpu
         sh(["ip", "netns", "add", name])
         self.created = True
         self.run(["ip", "link", "set", "lo", "up"])
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
-        """``cmd`` prefixed to run inside this namespace (``ip netns exec`` execs, so pids are the command's)."""
-        return ["ip", "netns", "exec", self.name, *cmd]
+        """``cmd`` prefixed to run inside this namespace (and on its CPU); see :func:`netns_argv`."""
+        return netns_argv(self.name, cmd, self.cpu)
 
     def run(self, cmd: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
             input: str | None = None, env: dict[str, str] | None = None,
@@ -244,9 +270,13 @@ class Pair:
 
 
 class Lab:
-    """Owner of every namespace, process and file the benchmark makes; see the module docstring."""
+    """Owner of every namespace, process and file the benchmark makes; see the module docstring.
 
-    def __init__(self) -> None:
+    :param pin: ``(client_cpu, server_cpu)`` for pinned mode (:func:`pin_cpus`), or None (shared mode).
+    """
+
+    def __init__(self, pin: tuple[int, int] | None = None) -> None:
+        self.pin = pin
         self.namespaces: list[Netns] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix="pyvpn-netbench-"))
@@ -254,8 +284,8 @@ class Lab:
         self._cleanups: list[Callable[[], None]] = []
 
     # -- building ---------------------------------------------------------------------------------------
-    def netns(self, tag: str) -> Netns:
-        ns = Netns(f"{NS_PREFIX}-{os.getpid()}-{tag}")
+    def netns(self, tag: str, cpu: int | None = None) -> Netns:
+        ns = Netns(f"{NS_PREFIX}-{os.getpid()}-{tag}", cpu)
         self.namespaces.append(ns)
         return ns
 
@@ -267,7 +297,8 @@ class Lab:
         """
         if not 0 < slot < 255:
             raise ValueError(f"slot {slot} out of range 1..254")
-        a, b = self.netns(f"{slot}a"), self.netns(f"{slot}b")
+        cpu_a, cpu_b = self.pin if self.pin is not None else (None, None)
+        a, b = self.netns(f"{slot}a", cpu_a), self.netns(f"{slot}b", cpu_b)
         tmp_a, tmp_b = f"pvb{os.getpid() % 100000}x{slot}a", f"pvb{os.getpid() % 100000}x{slot}b"
         sh(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
         try:

@@ -40,8 +40,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, wait_reachable
-from .lab import Lab, LabError, Netns, Pair, poll, sh
+from .base import BenchPath, Endpoints, wait_links, wait_reachable
+from .lab import Lab, LabError, Netns, Pair, sh
 from .wggo import free_ifname, remove_stale_socket, wg_keypair, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,16 +137,7 @@ class _PyvpnPath(BenchPath):
         proc = lab.popen(ns, [*self.command, role, str(conf)], log=log, env=self._env(), cwd=str(REPO_ROOT))
         self.procs.append(proc)
         self.logs.append(log)
-
-        def links_up() -> bool:
-            return proc.poll() is not None or all(has_link(ns, name) for name in links)
-
-        poll(links_up, START_TIMEOUT, interval=0.1)
-        if (dead := self.alive()) is not None:
-            raise LabError(f"pyvpn {role}: {dead}")
-        missing = [name for name in links if not has_link(ns, name)]
-        if missing:
-            raise LabError(f"pyvpn {role} made no {', '.join(missing)} within {START_TIMEOUT:g}s")
+        wait_links(self, ns, links, timeout=START_TIMEOUT, what=f"pyvpn {role}")
 
     def _wait_ping(self, pair: Pair, addr: str, what: str) -> None:
         try:
@@ -185,11 +176,6 @@ class PyvpnL3Path(_PyvpnPath):
         self._wait_ping(pair, server_addr, "pyvpn")
         return Endpoints(pair.client, pair.server, server_addr, PYVPN_MTU, offloads,
                          f"{shlex.join(self.command)} server/client, udp {PYVPN_PORT}, wg-quick configs")
-
-
-def has_link(ns: Netns, ifname: str) -> bool:
-    """True when ``ifname`` exists in namespace ``ns``."""
-    return ns.run(["ip", "link", "show", "dev", ifname], check=False, timeout=5.0).returncode == 0
 
 
 def link_mtu(ns: Netns, ifname: str) -> int | None:

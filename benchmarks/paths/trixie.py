@@ -212,8 +212,8 @@ def _run(argv: Sequence[str], *, cwd: Path | None = None) -> None:
         raise FetchError(f"{argv[0]}: {e}") from None
     if r.returncode != 0:
         tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
-        raise FetchError(f"{' '.join(argv[:1] + [a for a in argv[1:] if not a.startswith('Dir::')][:6])} "
-                         f"exited {r.returncode}: {' / '.join(tail)}")
+        words = [w for w in argv if w != "-o" and "::" not in w]  # the private Dir:: options are long
+        raise FetchError(f"{' '.join(words)} exited {r.returncode}: {' / '.join(tail)}")
 
 
 def fetch(cache_dir: Path = CACHE_DIR, *, refresh: bool = False) -> Path:

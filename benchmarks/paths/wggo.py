@@ -1,4 +1,9 @@
-"""wireguard-go (Debian's package) at both ends, configured with ``wg`` and ``ip``.
+"""wireguard-go at both ends, configured with ``wg`` and ``ip``: two paths, one per Debian release.
+
+:class:`WireguardGoPath` (``wireguard-go``) runs the installed package, bookworm's 0.0.20220316.
+:class:`WireguardGoTrixiePath` (``wireguard-go-trixie``) runs trixie's 0.0.20231211 (TUN TSO/GRO, UDP
+GSO/GRO), unpacked by :mod:`.trixie` into ``benchmarks/.cache/trixie`` and never installed.  Both are set up
+the same way:
 
 1. Each end runs ``wireguard-go -f <if>`` in its namespace.  The UAPI socket
    ``/var/run/wireguard/<if>.sock`` is global, so interface names are random (``nbw<6 hex>``).
@@ -14,12 +19,14 @@ import functools
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, wait_reachable
-from .lab import Lab, LabError, have, poll, sh
+from . import trixie
+from .base import BenchPath, Endpoints, address_link, wait_reachable
+from .lab import Lab, LabError, Netns, have, poll, sh
 
 WG_RUN_DIR = Path("/var/run/wireguard")
 WG_PORT = 51820
@@ -81,19 +88,37 @@ def sweep_stale_sockets() -> list[str]:
     return removed
 
 
+def tun_tso(ns: Netns, ifname: str) -> str:
+    """``on``/``off`` from ``ethtool -k``'s ``tcp-segmentation-offload`` line (whether the daemon enabled TUN
+    offloads: trixie's wireguard-go does, bookworm's does not), ``?`` when ethtool cannot say."""
+    r = ns.run(["ethtool", "-k", ifname], check=False, timeout=5.0)
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "tcp-segmentation-offload":
+            return value.split()[0] if value.split() else "?"
+    return "?"
+
+
 def _started_or_dead(proc: subprocess.Popen[bytes], sock: Path) -> bool:
     return proc.poll() is not None or sock.exists()
 
 
 class WireguardGoPath(BenchPath):
     key = "wireguard-go"
-    title = "wireguard-go"
+    title = "wireguard-go (bookworm)"
+
+    def binary(self) -> str | None:
+        """The wireguard-go executable this path runs, or None when there is none."""
+        return shutil.which("wireguard-go")
 
     def unavailable(self) -> str | None:
         missing = [t for t in ("wireguard-go", "wg") if not have(t)]
         return f"not installed: {', '.join(missing)} (run benchmarks/setup.sh)" if missing else None
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
+        binary = self.binary()
+        if binary is None:
+            raise LabError(f"{self.title}: no binary")
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
         keys = [wg_keypair(), wg_keypair()]
         ends = [(pair.client, pair.server_ip, 1, 2), (pair.server, pair.client_ip, 2, 1)]
@@ -101,8 +126,8 @@ class WireguardGoPath(BenchPath):
         for i, (ns, peer_ip, me, other) in enumerate(ends):
             ifname = free_ifname("nbw")
             lab.on_close(functools.partial(remove_stale_socket, ifname))
-            log = lab.dir / f"wireguard-go-{slot}-{me}.log"
-            proc = lab.popen(ns, ["wireguard-go", "-f", ifname], log=log, env=env)
+            log = lab.dir / f"{self.key}-{slot}-{me}.log"
+            proc = lab.popen(ns, [binary, "-f", ifname], log=log, env=env)
             self.procs.append(proc)
             self.logs.append(log)
             sock = WG_RUN_DIR / f"{ifname}.sock"
@@ -115,15 +140,42 @@ class WireguardGoPath(BenchPath):
                     "peer", keys[1 - i][1], "endpoint", f"{peer_ip}:{WG_PORT}",
                     "allowed-ips", f"198.19.{slot}.{other}/32,fd00:{slot:x}::{other}/128",
                     *(["persistent-keepalive", "25"] if me == 1 else [])])
-            ns.run(["ip", "addr", "add", f"198.19.{slot}.{me}/24", "dev", ifname])
-            ns.run(["ip", "-6", "addr", "add", f"fd00:{slot:x}::{me}/64", "dev", ifname, "nodad"])
-            ns.run(["ip", "link", "set", ifname, "mtu", str(WG_MTU), "up"])
+            address_link(ns, ifname, slot=slot, host=me, mtu=WG_MTU)
+            tso = tun_tso(ns, ifname)
         server_addr = f"198.19.{slot}.2"
-        wait_reachable(pair.client, server_addr, timeout=15.0, what="wireguard-go")
+        wait_reachable(pair.client, server_addr, timeout=15.0, what=self.title)
         return Endpoints(pair.client, pair.server, server_addr, WG_MTU, offloads,
-                         f"wireguard-go, udp {WG_PORT}, mtu {WG_MTU}")
+                         f"{binary} -f, udp {WG_PORT}, mtu {WG_MTU}, tun TSO {tso}")
 
     def version(self) -> str:
-        out = sh(["wireguard-go", "--version"], check=False).stdout.strip().splitlines()[:1]
+        binary = self.binary()
+        out = sh([binary, "--version"], check=False).stdout.strip().splitlines()[:1] if binary else []
         wg = sh(["wg", "--version"], check=False).stdout.strip().split(" - ")[:1]
-        return "; ".join(x for x in (*out, *wg) if x)
+        pkg = sh(["dpkg-query", "-W", "-f", "${Version}", "wireguard-go"], check=False).stdout.strip()
+        return "; ".join(x for x in (*out, f"Debian package {pkg}" if pkg else "", *wg) if x)
+
+
+class WireguardGoTrixiePath(WireguardGoPath):
+    """Debian trixie's wireguard-go 0.0.20231211, from ``benchmarks/.cache/trixie`` (see :mod:`.trixie`)."""
+
+    key = "wireguard-go-trixie"
+    title = "wireguard-go (trixie)"
+
+    def binary(self) -> str | None:
+        found = trixie.find_binary()
+        return str(found) if found is not None else None
+
+    def unavailable(self) -> str | None:
+        found = trixie.find_binary()
+        if found is None:
+            return f"not fetched: no wireguard-go under {trixie.ROOT_DIR} (run benchmarks/setup.sh)"
+        if trixie.binary_version(found) is None:
+            return f"{found} --version does not run here"
+        return None if have("wg") else "not installed: wg (run benchmarks/setup.sh)"
+
+    def version(self) -> str:
+        found = trixie.find_binary()
+        said = trixie.binary_version(found) if found is not None else None
+        pkg = trixie.package_version()
+        wg = sh(["wg", "--version"], check=False).stdout.strip().split(" - ")[:1]
+        return "; ".join(x for x in (f"Debian trixie package {pkg or '?'}", f"binary says {said or '?'}", *wg) if x)
