@@ -173,23 +173,23 @@ def os_codename(os_release: Path = Path("/etc/os-release")) -> str:
     raise FetchError(f"{os_release} has no VERSION_CODENAME")
 
 
-def find_binary(root: Path = ROOT_DIR) -> Path | None:
-    """The unpacked wireguard-go under ``root``, or None."""
+def find_binary(root: Path | None = None) -> Path | None:
+    """The unpacked wireguard-go under ``root`` (default :data:`ROOT_DIR`), or None."""
     for rel in BINARY_CANDIDATES:
-        p = root / rel
+        p = (root or ROOT_DIR) / rel
         if p.is_file() and os.access(p, os.X_OK):
             return p
     return None
 
 
-def package_version(cache_dir: Path = CACHE_DIR) -> str | None:
+def package_version(cache_dir: Path | None = None) -> str | None:
     """The Debian version of the unpacked package (``0.0.20231211-1+b9``), or None before a fetch.
 
     The binary's own ``--version`` says ``v0.0.20230223`` (upstream did not bump it for the 20231211
     snapshot), so the package version is what names the row.
     """
     try:
-        return (cache_dir / VERSION_FILE).read_text().strip() or None
+        return ((cache_dir or CACHE_DIR) / VERSION_FILE).read_text().strip() or None
     except OSError:
         return None
 
@@ -216,12 +216,13 @@ def _run(argv: Sequence[str], *, cwd: Path | None = None) -> None:
         raise FetchError(f"{' '.join(words)} exited {r.returncode}: {' / '.join(tail)}")
 
 
-def fetch(cache_dir: Path = CACHE_DIR, *, refresh: bool = False) -> Path:
+def fetch(cache_dir: Path | None = None, *, refresh: bool = False) -> Path:
     """Make sure trixie's wireguard-go is unpacked under ``cache_dir``; return the binary.
 
     :param refresh: fetch again even if a working binary is there.
     :raises FetchError: a step failed (message says which).
     """
+    cache_dir = cache_dir or CACHE_DIR
     root = cache_dir / "root"
     have = find_binary(root)
     if have is not None and binary_version(have) and package_version(cache_dir) and not refresh:

@@ -243,14 +243,18 @@ def test_ratio() -> None:
 
 def test_comparisons() -> None:
     rows = netbench.comparisons(list(PATH_KEYS))
-    assert rows[:5] == [(k, "veth") for k in PATH_KEYS if k != "veth"]
-    assert rows[5:] == [("pyvpn", "wireguard-go"), ("pyvpn", "openvpn"), ("pyvpn", "vxlan"),
-                        ("pyvpn-l2", "pyvpn"), ("pyvpn-l2", "vxlan"), ("pyvpn-l2", "wireguard-go")]
+    n = len(PATH_KEYS) - 1
+    assert rows[:n] == [(k, "veth") for k in PATH_KEYS if k != "veth"]
+    assert rows[n:] == [("pyvpn", "wireguard-go-trixie"), ("pyvpn", "wireguard-go"), ("pyvpn", "fastd"),
+                        ("pyvpn", "tinc"), ("pyvpn", "openvpn"), ("pyvpn", "vxlan"),
+                        ("pyvpn-l2", "pyvpn"), ("pyvpn-l2", "vxlan"), ("pyvpn-l2", "wireguard-go-trixie")]
     assert ("pyvpn-l2", "openvpn") not in rows  # OpenVPN runs in L3 (tun) mode here
     assert len(rows) == len(set(rows))
     assert netbench.comparisons(["pyvpn", "pyvpn-l2"]) == [("pyvpn-l2", "pyvpn")]
     assert netbench.comparisons(["vxlan", "pyvpn-l2"]) == [("pyvpn-l2", "vxlan")]
     assert netbench.comparisons(["wireguard-go", "pyvpn"]) == [("pyvpn", "wireguard-go")]
+    assert netbench.comparisons(["pyvpn", "tinc", "wireguard-go-trixie"]) == [
+        ("pyvpn", "wireguard-go-trixie"), ("pyvpn", "tinc")]  # the modern anchor first, whatever --paths says
     assert netbench.comparisons(["veth"]) == []
     assert netbench.comparisons(["veth", "openvpn"]) == [("openvpn", "veth")]
 
@@ -281,8 +285,10 @@ def test_make_path() -> None:
         p = make_path(key, pyvpn_command=["pyvpn"])
         assert p.key == key and p.title
     assert make_path("veth").is_vpn is False and make_path("pyvpn").is_vpn is True
+    assert {"wireguard-go-trixie", "fastd", "tinc"} <= set(PATH_KEYS)
+    assert PATH_KEYS.index("wireguard-go-trixie") < PATH_KEYS.index("wireguard-go")  # the anchor row first
     with pytest.raises(ValueError):
-        make_path("tinc")
+        make_path("boringtun")
 
 
 def _fake_sh(results: dict[str, subprocess.CompletedProcess[str]]) -> Any:
@@ -456,6 +462,7 @@ def test_run_loop_interleaves_and_isolates(monkeypatch: pytest.MonkeyPatch) -> N
     fakes = {"veth": FakePath("veth"), "vxlan": FakePath("vxlan", fail="ip link add: no vxlan module"),
              "wireguard-go": FakePath("wireguard-go", dies_after=2), "openvpn": FakePath("openvpn"),
              "pyvpn": FakePath("pyvpn"), "pyvpn-l2": FakePath("pyvpn-l2", missing="not wired")}
+    paths = ("veth", "vxlan", "wireguard-go", "openvpn", "pyvpn", "pyvpn-l2")
     calls: list[tuple[int, str]] = []
 
     def fake_measure(lab: Any, path: BenchPath, ep: Endpoints, opts: Any, round_no: int) -> dict[str, Any]:
@@ -466,7 +473,7 @@ def test_run_loop_interleaves_and_isolates(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(netbench, "make_path", lambda key, pyvpn_command=None: fakes[key])
     monkeypatch.setattr(netbench, "measure_round", fake_measure)
-    report = netbench.Report(netbench.Options(rounds=3), {}, [], started="now")
+    report = netbench.Report(netbench.Options(paths=paths, rounds=3), {}, [], started="now")
     lines: list[str] = []
     netbench._run_in(object(), report, lines.append)  # type: ignore[arg-type]
     # round 1 of every live path, then round 2, ...; the dead daemon stops after its 2nd round
@@ -571,14 +578,17 @@ def test_ratio_table_with_l2() -> None:
                                              rounds=[make_round(i, gbps=0.2, cpu=2.0) for i in (1, 2, 3)])
     report.records.insert(1, netbench.PathRecord("vxlan", "kernel vxlan", False,
                                                  rounds=[make_round(i, gbps=4.0, cpu=None) for i in (1, 2, 3)]))
+    report.records.insert(2, netbench.PathRecord("wireguard-go-trixie", "wireguard-go (trixie)", True,
+                                                 rounds=[make_round(i, gbps=0.8, cpu=0.5) for i in (1, 2, 3)]))
     rows = {(r["num"], r["den"]): r["ratios"] for r in report.ratio_rows()}
     assert math.isclose(rows[("pyvpn-l2", "pyvpn")]["tcp1_gbps"] or 0.0, 0.2 / 0.42)
     assert math.isclose(rows[("pyvpn-l2", "vxlan")]["tcp1_gbps"] or 0.0, 0.2 / 4.0)
     assert rows[("pyvpn-l2", "vxlan")]["tcp1_cpu_s_per_gb"] is None  # kernel path: no daemon CPU
-    assert ("pyvpn-l2", "openvpn") not in rows
+    assert math.isclose(rows[("pyvpn-l2", "wireguard-go-trixie")]["tcp1_gbps"] or 0.0, 0.2 / 0.8)
+    assert ("pyvpn-l2", "openvpn") not in rows and ("pyvpn-l2", "wireguard-go") not in rows
     text = render(netbench.ratio_table(report))
     for label in ("pyvpn L2 ÷ raw veth", "pyvpn L2 ÷ pyvpn L3", "pyvpn L2 ÷ kernel vxlan",
-                  "pyvpn L2 ÷ wireguard-go"):
+                  "pyvpn L2 ÷ wireguard-go (trixie)", "pyvpn L3 ÷ wireguard-go (trixie)"):
         assert label in text
     assert text.index("pyvpn L2 ÷ pyvpn L3") < text.index("pyvpn L2 ÷ kernel vxlan")
     lines = {line.split("│")[1].strip(): line for line in render(netbench.results_table(report)).splitlines()
@@ -594,3 +604,284 @@ def test_cpu_accounting_helpers() -> None:
     assert os.getpid() in sample and sample[os.getpid()] >= 0.0
     assert process_cpu_seconds(2**22 + 7) == 0.0  # no such pid
     assert system_busy_seconds() > 0.0
+
+
+# -- trixie's wireguard-go: sources parsing and the private apt set-up -----------------------------------------
+SOURCES_LIST = """# comment
+deb-src http://deb.example.org/debian bookworm main
+deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.example.net/debian/ bookworm main contrib
+deb http://security.example.net/debian-security bookworm-security main
+"""
+DEB822 = """Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb deb-src
+Enabled: no
+URIs: http://disabled.example/debian
+Suites: bookworm
+Components: main
+"""
+
+
+def test_trixie_parse_sources() -> None:
+    from paths.trixie import AptSource, parse_deb822, parse_one_line
+
+    assert parse_one_line(SOURCES_LIST) == [
+        AptSource("http://mirror.example.net/debian", ("bookworm",), ("main", "contrib"), "/usr/share/keyrings/k.gpg"),
+        AptSource("http://security.example.net/debian-security", ("bookworm-security",), ("main",), None)]
+    assert parse_one_line("deb http://x\n\x00garbage\ndeb\n") == []  # too short or malformed: skipped
+    assert parse_deb822(DEB822) == [
+        AptSource("http://deb.debian.org/debian", ("bookworm", "bookworm-updates"), ("main",),
+                  "/usr/share/keyrings/debian-archive-keyring.gpg"),
+        AptSource("http://deb.debian.org/debian-security", ("bookworm-security",), ("main",), None)]
+
+
+def test_trixie_mirror_and_private_apt(tmp_path: Path) -> None:
+    from paths.trixie import (
+        FetchError,
+        apt_options,
+        find_mirror,
+        parse_deb822,
+        parse_one_line,
+        private_sources,
+    )
+
+    # the machine's own bookworm mirror, never -security or -updates, whichever comes first
+    sources = parse_one_line(SOURCES_LIST)[::-1] + parse_deb822(DEB822)
+    m = find_mirror(sources, "bookworm")
+    assert m.uri == "http://mirror.example.net/debian"
+    assert private_sources(m, suite="trixie", arch="amd64") == (
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.example.net/debian trixie main\n")
+    assert find_mirror(parse_deb822(DEB822), "bookworm").uri == "http://deb.debian.org/debian"
+    with pytest.raises(FetchError, match="suite 'trixie'"):
+        find_mirror(sources, "trixie")
+    with pytest.raises(FetchError):
+        find_mirror(parse_one_line("deb http://m/debian bookworm contrib\n"), "bookworm")  # no main
+    opts = apt_options(tmp_path)
+    values = dict(o.split("=", 1) for o in opts[1::2])
+    for key in ("Dir::State", "Dir::State::status", "Dir::Cache", "Dir::Etc::SourceList", "Dir::Etc::SourceParts"):
+        assert values[key].startswith(str(tmp_path)), key  # nothing of the machine's apt state is used or written
+    assert opts[0::2] == ["-o"] * len(values)
+
+
+def test_trixie_machine_sources_and_codename(tmp_path: Path) -> None:
+    from paths.trixie import FetchError, machine_sources, os_codename
+
+    etc = tmp_path / "apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list.d" / "debian.sources").write_text(DEB822)
+    (etc / "sources.list.d" / "other.list").write_text("deb http://other.example/debian bookworm main\n")
+    (etc / "sources.list.d" / "x.sources.disabled-by-farm").write_text(DEB822.replace("deb.debian", "nope"))
+    uris = [s.uri for s in machine_sources(etc)]
+    assert uris == ["http://deb.debian.org/debian", "http://deb.debian.org/debian-security",
+                    "http://other.example/debian"]  # no sources.list: only the parts, in name order
+    (etc / "sources.list").write_text(SOURCES_LIST)
+    assert machine_sources(etc)[0].uri == "http://mirror.example.net/debian"
+    osr = tmp_path / "os-release"
+    osr.write_text('NAME="Debian GNU/Linux"\nVERSION_CODENAME=bookworm\n')
+    assert os_codename(osr) == "bookworm"
+    osr.write_text("NAME=x\n")
+    with pytest.raises(FetchError):
+        os_codename(osr)
+
+
+def test_trixie_this_machine_has_a_mirror() -> None:
+    """The real sources of this machine name a mirror for its own codename (what setup.sh relies on)."""
+    from paths.trixie import find_mirror, machine_sources, os_codename
+
+    try:
+        codename = os_codename()
+    except (OSError, Exception) as e:  # noqa: BLE001 - not Debian-like: nothing to check
+        pytest.skip(f"no codename: {e}")
+    m = find_mirror(machine_sources(), codename)
+    assert m.uri.startswith(("http://", "https://", "file:", "mirror"))
+
+
+def test_trixie_path_unavailable_is_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths.trixie as tx
+    from paths import wggo
+
+    monkeypatch.setattr(tx, "ROOT_DIR", tmp_path / "root")
+    monkeypatch.setattr(tx, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(wggo, "have", lambda tool: True)
+    path = make_path("wireguard-go-trixie")
+    assert "not fetched" in (path.unavailable() or "") and path.binary() is None
+    binary = tmp_path / "root" / "usr" / "bin" / "wireguard-go"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\nexit 3\n")
+    binary.chmod(0o755)
+    assert "does not run" in (path.unavailable() or "")  # present but broken
+    binary.write_text("#!/bin/sh\necho wireguard-go v0.0.20230223\n")
+    assert path.unavailable() is None and path.binary() == str(binary)
+    assert tx.package_version() is None
+    (tmp_path / tx.VERSION_FILE).write_text("0.0.20231211-1+b9\n")
+    assert tx.package_version() == "0.0.20231211-1+b9"
+    assert "trixie package 0.0.20231211-1+b9" in path.version() and "v0.0.20230223" in path.version()
+
+
+# -- fastd and tinc configs ----------------------------------------------------------------------------------
+FASTD_KEYS = """2026-12-06 23:06:30 +0000 --- Info: Reading 32 bytes from /dev/random...
+Secret: e07e8a45353762311b041a0515c8ac2f38e48cfcecca9d6e9a598717bc6ec362
+Public: 59a8f018d4609c644aefbbd4be008986924c2f329ed55ff88c12c62f579f5abf
+"""
+
+
+def test_fastd_key_parsing() -> None:
+    from paths.fastd import parse_generated_key
+
+    secret, public = parse_generated_key(FASTD_KEYS)
+    assert secret.startswith("e07e8a45") and public.endswith("579f5abf")
+    for bad in ("", FASTD_KEYS.replace("Public", "Publik"), FASTD_KEYS.replace("e07e8a45", "xyz")):
+        with pytest.raises(ValueError):
+            parse_generated_key(bad)
+
+
+def test_fastd_config(tmp_path: Path) -> None:
+    from paths.fastd import fastd_config, parse_generated_key
+
+    secret, public = parse_generated_key(FASTD_KEYS)
+    text = fastd_config(ifname="fd0", bind="198.18.4.1", secret=secret, peer_key=public, peer_remote="198.18.4.2")
+    lines = [line.strip() for line in text.splitlines()]
+    for want in ("mode tun;", 'interface "fd0";', 'method "salsa2012+umac";', "bind 198.18.4.1:10000;",
+                 f'secret "{secret}";', "mtu 1420;", f'key "{public}";', "remote 198.18.4.2:10000;"):
+        assert want in lines
+    assert text.count("{") == text.count("}") == 1
+    with pytest.raises(ValueError):
+        fastd_config(ifname='fd0"; evil', bind="198.18.4.1", secret=secret, peer_key=public, peer_remote="x")
+    import shutil
+
+    if shutil.which("fastd") is None:
+        return
+    conf = tmp_path / "fastd.conf"
+    conf.write_text(text)
+    r = subprocess.run(["fastd", "--verify-config", "--config", str(conf)], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert r.returncode == 0, r.stderr + r.stdout  # fastd itself accepts what the benchmark writes
+
+
+def test_tinc_config(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from paths.tinc import host_file, rsa_keypair, tinc_conf, write_node
+
+    private, public = rsa_keypair(1024)
+    assert private.startswith("-----BEGIN RSA PRIVATE KEY-----")  # PKCS#1, what tinc 1.0 reads
+    assert public.startswith("-----BEGIN RSA PUBLIC KEY-----")
+    key = serialization.load_pem_private_key(private.encode(), None)
+    assert key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.PKCS1).decode() == public
+    conf = tinc_conf(name="client", bind="198.18.7.1", connect_to="server").splitlines()
+    for want in ("Name = client", "Mode = router", "DeviceType = tun", "Interface = tnc0",
+                 "BindToAddress = 198.18.7.1 655", "ConnectTo = server", "AddressFamily = ipv4"):
+        assert want in conf
+    assert not any(line.startswith("ConnectTo") for line in tinc_conf(name="server", bind="x", connect_to=None)
+                   .splitlines())
+    host = host_file(address="198.18.7.2", subnets=["198.19.7.2/32", "fd00:7::2/128"], public_pem=public)
+    lines = host.splitlines()
+    for want in ("Address = 198.18.7.2", "Port = 655", "Subnet = 198.19.7.2/32", "Subnet = fd00:7::2/128",
+                 "Cipher = aes-256-cbc", "Digest = sha256"):
+        assert want in lines
+    assert public.strip() in host
+    with pytest.raises(ValueError):
+        host_file(address="x", subnets=[], public_pem="-----BEGIN PUBLIC KEY-----")
+    with pytest.raises(ValueError):
+        tinc_conf(name="my-node", bind="x", connect_to=None)  # tinc names: letters, digits, _
+    node = tmp_path / "node"
+    write_node(node, name="client", bind="198.18.7.1", connect_to="server", private_pem=private,
+               hosts={"client": host, "server": host})
+    assert (node / "rsa_key.priv").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in (node / "hosts").iterdir()) == ["client", "server"]
+    assert "Name = client" in (node / "tinc.conf").read_text()
+
+
+def test_new_paths_unavailable_without_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths.fastd as pf
+    import paths.tinc as pt
+
+    monkeypatch.setattr(pf, "have", lambda tool: False)
+    monkeypatch.setattr(pt, "have", lambda tool: False)
+    assert "fastd" in (make_path("fastd").unavailable() or "")
+    assert "tincd" in (make_path("tinc").unavailable() or "")
+    monkeypatch.setattr(pf, "have", lambda tool: tool == "fastd")
+    monkeypatch.setattr(pt, "have", lambda tool: tool == "tincd")
+    assert make_path("fastd").unavailable() is None and make_path("tinc").unavailable() is None
+
+
+# -- pinned mode ---------------------------------------------------------------------------------------------
+def test_pin_cpus_and_argv() -> None:
+    from paths.lab import netns_argv, pin_cpus
+
+    assert pin_cpus({3, 1, 0, 2}) == (0, 1)
+    assert pin_cpus([5, 7]) == (5, 7)  # the two lowest this process may use, not literally 0 and 1
+    for bad in ([], [0], [2, 2]):
+        with pytest.raises(ValueError, match="two usable CPUs"):
+            pin_cpus(bad)
+    assert netns_argv("n1", ["iperf3", "-s"]) == ["ip", "netns", "exec", "n1", "iperf3", "-s"]
+    assert netns_argv("n1", ["iperf3", "-s"], 1) == ["taskset", "-c", "1", "ip", "netns", "exec", "n1", "iperf3", "-s"]
+
+
+def test_pinned_lab_puts_each_end_on_its_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of the client namespace (daemon, iperf3 client, ping) runs on the first CPU, every one of
+    the server namespace on the second; shared mode pins nothing.  Rootless: ``sh`` is recorded, not run."""
+    import paths.lab as lab_mod
+
+    calls: list[list[str]] = []
+
+    def fake_sh(argv: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
+
+    monkeypatch.setattr(lab_mod, "sh", fake_sh)
+    for pin, want in (((0, 1), {"a": ["taskset", "-c", "0"], "b": ["taskset", "-c", "1"]}), (None, {"a": [], "b": []})):
+        calls.clear()
+        lab = lab_mod.Lab(pin=pin)
+        try:
+            pair, _ = lab.pair(3, veth_gso=True)
+            assert (pair.client.cpu, pair.server.cpu) == (pin or (None, None))
+            pair.client.run(["iperf3", "-c", "198.19.3.2"])
+            pair.server.run(["iperf3", "-s"])
+            in_ns = [c for c in calls if "exec" in c]
+            assert in_ns, calls
+            for c in in_ns:
+                side = c[c.index("exec") + 1][-1]  # pvb-<pid>-3a / -3b
+                assert c[:c.index("ip")] == want[side], c
+            argv = lab_mod.netns_argv(pair.server.name, ["wireguard-go", "-f", "x"], pair.server.cpu)
+            assert pair.server.argv(["wireguard-go", "-f", "x"]) == argv  # popen uses the same prefix
+        finally:
+            lab.close()
+
+
+def test_pin_option_mode_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    o = netbench.parse_options(["--pin", "--paths", "veth"])
+    assert o.pin and o.mode == "pinned" and netbench.parse_options([]).mode == "shared"
+    report = make_report()
+    assert netbench.report_json(report)["mode"] == "shared" and netbench.report_json(report)["pin_cpus"] is None
+    report.options = netbench.Options(paths=report.options.paths, rounds=3, seconds=2, pin=True)
+    report.pin = (0, 1)
+    report.records[1].daemon_cpus = [[0], [1]]
+    doc = netbench.report_json(report)
+    assert doc["mode"] == doc["options"]["mode"] == "pinned" and doc["pin_cpus"] == [0, 1]
+    assert doc["paths"]["wireguard-go"]["daemon_cpus"] == [[0], [1]]
+    assert "pinned: client end CPU 0, server end CPU 1" in render(netbench.results_table(report))
+    assert any("daemons' CPUs (in start order): 0, 1" in n for n in netbench.notes_lines(report))
+    # pinned mode refuses to start on one CPU (or without taskset), before anything is built
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netbench, "have", lambda tool: True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert "two usable CPUs" in (netbench.preflight(pin=True) or "")
+    assert netbench.preflight(pin=False) is None
+    monkeypatch.setattr(netbench, "have", lambda tool: tool != "taskset")
+    assert "taskset" in (netbench.preflight(pin=True) or "")
+
+
+def test_daemon_affinities() -> None:
+    assert netbench.daemon_affinities([os.getpid()]) == [sorted(os.sched_getaffinity(0))]
+    assert netbench.daemon_affinities([2**22 + 7]) == [[]]  # gone: empty, no exception
