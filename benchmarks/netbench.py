@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pinned mode: client end (daemon, iperf3 client, ping) on one CPU, server end on another")
     p.add_argument("--veth-gso", action="store_true",
                    help="keep veth default offloads (UDP GSO crosses the veth unsegmented; less realistic)")
+    p.add_argument("--both-modes", action="store_true",
+                   help="run shared, then pinned; also write one table (.md) and one chart of both modes")
+    p.add_argument("--combine", nargs=2, type=Path, metavar=("SHARED_JSON", "PINNED_JSON"),
+                   help="no run: write the table (.md) and chart of both modes from two runs' JSON files")
     p.add_argument("--no-chart", action="store_true", help="do not write the PNG chart")
     p.add_argument("--pyvpn-cmd", default=None,
                    help="command that runs pyvpn, e.g. 'pyvpn' (default: this python -m vpn.cli)")
@@ -165,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     """Options from command-line arguments (``SystemExit`` on bad ones, as argparse does)."""
     parser = build_parser()
-    a = parser.parse_args(argv)
+    return options_from_args(parser, parser.parse_args(argv))
+
+
+def options_from_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> Options:
+    """Options from parsed arguments (``parser.error`` on bad values)."""
     paths = tuple(x.strip() for x in a.paths.split(",") if x.strip())
     quick = bool(a.quick)
     try:
@@ -821,31 +829,67 @@ def print_report(report: Report, console: Any = None) -> None:
         con.print(line, markup=False, highlight=False)
 
 
+def write_modes(docs: Sequence[Mapping[str, Any]], out: Path, *, chart: bool,
+                console: Any) -> None:
+    """The table (.md) and chart of both modes (:mod:`modes`), named after the runs' start."""
+    import modes
+
+    stem = "netbench-modes-" + str(docs[0].get("started", "run")).replace(":", "")[:17]
+    md, png, note = modes.write(docs, out, stem, chart=chart)
+    console.print(f"both modes: {md}", markup=False, highlight=False)
+    console.print(f"both modes: {png}" if png else f"both modes: no chart ({note})", markup=False, highlight=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: parse, run, print, write files; return the exit status."""
+    """Command-line entry point: parse, run (once, or shared then pinned), print, write files; return the
+    exit status."""
     from rich.console import Console
 
-    opts = parse_options(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
+    if args.combine:
+        import modes
+
+        try:
+            given = [modes.load(p) for p in args.combine]
+            modes.by_mode(given)
+        except modes.ModesError as e:
+            console.print(f"netbench: {e}", style="red", markup=False)
+            return 2
+        write_modes(given, args.out, chart=not args.no_chart, console=console)
+        return 0
+    opts = options_from_args(parser, args)
+    if args.both_modes and opts.pin:
+        parser.error("--both-modes runs the pinned mode itself: leave out --pin")
+    runs = [opts, replace(opts, pin=True)] if args.both_modes else [opts]
     started = time.monotonic()
 
     def progress(line: str) -> None:
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {line}", highlight=False)
 
-    try:
-        report = run(opts, progress=progress)
-    except RuntimeError as e:
-        console.print(f"netbench: {e}", style="red", markup=False)
-        return 2
-    print_report(report, console)
-    json_path, png_path, note = write_outputs(report, opts.out, chart=opts.chart)
-    console.print(f"JSON: {json_path}", markup=False, highlight=False)
-    console.print(f"PNG:  {png_path}" if png_path else f"PNG:  none ({note})", markup=False, highlight=False)
-    if report.interrupted:
-        return 130
-    return 0 if any(r.ok and r.rounds for r in report.records) else 1
+    docs: list[dict[str, Any]] = []
+    status = 0
+    for run_opts in runs:
+        try:
+            report = run(run_opts, progress=progress)
+        except RuntimeError as e:
+            console.print(f"netbench: {e}", style="red", markup=False)
+            return 2
+        print_report(report, console)
+        json_path, png_path, note = write_outputs(report, run_opts.out, chart=run_opts.chart)
+        console.print(f"JSON: {json_path}", markup=False, highlight=False)
+        console.print(f"PNG:  {png_path}" if png_path else f"PNG:  none ({note})", markup=False, highlight=False)
+        docs.append(json.loads(json_path.read_text()))
+        if report.interrupted:
+            return 130
+        if not any(r.ok and r.rounds for r in report.records):
+            status = 1
+    if len(docs) == 2:
+        write_modes(docs, opts.out, chart=opts.chart, console=console)
+    return status
 
 
 if __name__ == "__main__":

@@ -885,3 +885,94 @@ def test_pin_option_mode_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_daemon_affinities() -> None:
     assert netbench.daemon_affinities([os.getpid()]) == [sorted(os.sched_getaffinity(0))]
     assert netbench.daemon_affinities([2**22 + 7]) == [[]]  # gone: empty, no exception
+
+
+# -- both modes: one table and one chart from a shared and a pinned run ---------------------------------------
+def _mode_docs() -> tuple[dict[str, Any], dict[str, Any]]:
+    shared = make_report()
+    pinned = make_report()
+    pinned.options = netbench.Options(paths=pinned.options.paths, rounds=3, seconds=2, pin=True)
+    pinned.pin = (0, 1)
+    pinned.records[1] = netbench.PathRecord("wireguard-go", "wireguard-go (bookworm)", True,
+                                            rounds=[make_round(i, gbps=0.3, cpu=1.0) for i in (1, 2, 3)])
+    del pinned.records[3]  # pyvpn L3 not in the pinned run
+    return netbench.report_json(shared), netbench.report_json(pinned)
+
+
+def test_modes_markdown() -> None:
+    import modes
+
+    shared, pinned = _mode_docs()
+    text = modes.markdown([pinned, shared])  # order of the files does not matter
+    lines = text.splitlines()
+    assert lines[0].startswith("Machine: test, 2 CPUs, Linux 6.18") and "pinned" in lines[0] and "CPUs 0/1" in lines[0]
+    assert lines[2] == ("| path (shared / pinned) | TCP 1 Gbit/s | TCP 4 Gbit/s | UDP 64B kpps | RTT ms "
+                        "| CPU TCP 1 s/GB |")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if line.startswith("| ")}
+    assert rows["raw veth"][0].strip() == "8.00 (8.00–8.00) / 8.00 (8.00–8.00)" and rows["raw veth"][4].strip() == "kernel / kernel"
+    assert rows["wireguard-go"][0].strip() == "0.22 (0.21–0.23) / 0.30 (0.30–0.30)"
+    assert rows["OpenVPN"][0].strip() == "failed / failed"
+    assert rows["pyvpn L3"][0].strip().endswith("/ pending")  # not in the pinned run
+    assert rows["pyvpn L2"][0].strip() == "not available / not available"
+    ratio = rows["pyvpn L3 ÷ wireguard-go"]
+    assert ratio[0].strip() == f"{0.42 / 0.22:.2f}× / pending"
+    assert modes.markdown([shared]).count("/ pending") >= 5  # a shared run alone: the pinned half is pending
+
+
+def test_modes_rejects(tmp_path: Path) -> None:
+    import modes
+
+    shared, _ = _mode_docs()
+    with pytest.raises(modes.ModesError, match="two shared"):
+        modes.by_mode([shared, shared])
+    bad = tmp_path / "x.json"
+    bad.write_text('{"schema": "other"}')
+    with pytest.raises(modes.ModesError, match="not a pyvpn-netbench/1"):
+        modes.load(bad)
+    bad.write_text("{")
+    with pytest.raises(modes.ModesError):
+        modes.load(bad)
+    old = dict(shared)
+    del old["mode"]  # runs from before --pin: shared
+    assert modes.doc_mode(old) == "shared"
+
+
+def test_combine_from_files(tmp_path: Path) -> None:
+    shared, pinned = _mode_docs()
+    a, b = tmp_path / "s.json", tmp_path / "p.json"
+    a.write_text(json.dumps(shared))
+    b.write_text(json.dumps(pinned))
+    out = tmp_path / "out"
+    assert netbench.main(["--combine", str(a), str(b), "--out", str(out), "--no-chart"]) == 0
+    (md,) = out.glob("netbench-modes-*.md")
+    assert "| wireguard-go | 0.22 (0.21–0.23) / 0.30 (0.30–0.30) |" in md.read_text()
+    assert netbench.main(["--combine", str(a), str(a), "--out", str(out)]) == 2  # two shared runs
+
+
+def test_combined_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import modes
+
+    assert modes.write_chart(list(_mode_docs()), tmp_path / "m.png") is None
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_both_modes_runs_shared_then_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def fake_run(options: netbench.Options, progress: Any = None) -> netbench.Report:
+        seen.append(options.pin)
+        report = make_report()
+        report.options = options
+        report.pin = (0, 1) if options.pin else None
+        return report
+
+    monkeypatch.setattr(netbench, "run", fake_run)
+    out = tmp_path / "out"
+    assert netbench.main(["--both-modes", "--paths", "veth,pyvpn", "--out", str(out), "--no-chart"]) == 0
+    assert seen == [False, True]
+    docs = sorted(json.loads(p.read_text())["mode"] for p in out.glob("netbench-*-*.json"))
+    assert docs == ["pinned", "shared"]
+    assert len(list(out.glob("netbench-modes-*.md"))) == 1
+    with pytest.raises(SystemExit):
+        netbench.main(["--both-modes", "--pin"])
