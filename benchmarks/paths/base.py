@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .lab import Lab, LabError, Netns, Pair, poll
+from .lab import Lab, LabError, Netns, Pair, have, poll, sh
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +50,16 @@ class BenchPath(ABC):
     key: ClassVar[str]  # short name used by --paths and in the JSON
     title: ClassVar[str]  # label in the table and the chart
     is_vpn: ClassVar[bool] = True  # False for kernel paths without daemons (no per-process CPU)
+    requires: ClassVar[tuple[str, ...]] = ()  # tools that must be on PATH (checked by unavailable())
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
     def unavailable(self) -> str | None:
-        """Why this path cannot run here (e.g. a missing tool), or None."""
-        return None
+        """Why this path cannot run here (e.g. a tool of :attr:`requires` is missing), or None."""
+        missing = [t for t in self.requires if not have(t)]
+        return f"not installed: {', '.join(missing)} (run benchmarks/setup.sh)" if missing else None
 
     @abstractmethod
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
@@ -70,6 +72,16 @@ class BenchPath(ABC):
     def daemon_pids(self) -> list[int]:
         """Pids of this path's daemons at both ends (their descendants are added by the caller)."""
         return [p.pid for p in self.procs if p.poll() is None]
+
+    def wait_ready(self, ns: Netns, addr: str, *, timeout: float, what: str) -> None:
+        """:func:`wait_reachable`, with the daemons' state in the error (a dead daemon's log tail).
+
+        :raises LabError: nothing answered within ``timeout`` seconds.
+        """
+        try:
+            wait_reachable(ns, addr, timeout=timeout, what=what)
+        except LabError as e:
+            raise LabError(f"{e}; {self.alive() or 'daemons still running'}") from None
 
     def alive(self) -> str | None:
         """None while every daemon runs, else a reason with the end of its log."""
@@ -100,6 +112,12 @@ def wait_reachable(ns: Netns, addr: str, *, timeout: float, what: str) -> None:
 
     if not poll(answered, timeout, interval=0.2):
         raise LabError(f"no ping reply from {addr} through {what} within {timeout:g}s")
+
+
+def first_line(argv: Sequence[str]) -> str:
+    """The first line ``argv`` prints (a ``--version``), or "" when it prints nothing or is missing."""
+    out = sh(argv, check=False, timeout=5.0).stdout.strip()
+    return out.splitlines()[0].strip() if out else ""
 
 
 def has_link(ns: Netns, ifname: str) -> bool:

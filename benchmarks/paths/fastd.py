@@ -13,8 +13,8 @@ Outer datagrams: 1420 + fastd's 24-byte header + UDP 8 + IPv4 20 = 1472 < the ve
 
 from __future__ import annotations
 
-from .base import BenchPath, Endpoints, address_link, wait_links, wait_reachable
-from .lab import Lab, LabError, have, sh
+from .base import BenchPath, Endpoints, address_link, first_line, wait_links
+from .lab import Lab, sh
 from .wggo import write_private
 
 FASTD_PORT = 10000
@@ -67,9 +67,8 @@ def fastd_config(*, ifname: str, bind: str, secret: str, peer_key: str, peer_rem
 class FastdPath(BenchPath):
     key = "fastd"
     title = "fastd"
+    requires = ("fastd",)
 
-    def unavailable(self) -> str | None:
-        return None if have("fastd") else "not installed: fastd (run benchmarks/setup.sh)"
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
@@ -85,13 +84,9 @@ class FastdPath(BenchPath):
             wait_links(self, ns, [FASTD_IFNAME], timeout=START_TIMEOUT, what="fastd")
             address_link(ns, FASTD_IFNAME, slot=slot, host=me, mtu=FASTD_MTU)
         server_addr = f"198.19.{slot}.2"
-        try:
-            wait_reachable(pair.client, server_addr, timeout=START_TIMEOUT, what="fastd")
-        except LabError as e:
-            raise LabError(f"{e}; {self.alive() or 'daemons still running'}") from None
+        self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="fastd")
         return Endpoints(pair.client, pair.server, server_addr, FASTD_MTU, offloads,
                          f"fastd tun mode, method {FASTD_METHOD}, udp {FASTD_PORT}, mtu {FASTD_MTU}")
 
     def version(self) -> str:
-        out = sh(["fastd", "--version"], check=False, timeout=5.0).stdout.strip()
-        return out.splitlines()[0] if out else ""
+        return first_line(["fastd", "--version"])

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, wait_reachable
-from .lab import Lab, LabError, have, poll, sh
+from .base import BenchPath, Endpoints, first_line
+from .lab import Lab, LabError, poll
 from .wggo import write_private
 
 OVPN_PORT = 1194
@@ -68,9 +68,8 @@ def p2p_config(*, tls_role: str, local: str, remote: str, ifconfig_local: str, i
 class OpenVpnPath(BenchPath):
     key = "openvpn"
     title = "OpenVPN"
+    requires = ("openvpn",)
 
-    def unavailable(self) -> str | None:
-        return None if have("openvpn") else "not installed: openvpn (run benchmarks/setup.sh)"
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
@@ -101,11 +100,10 @@ class OpenVpnPath(BenchPath):
         poll(up, START_TIMEOUT, interval=0.1)
         if (dead := self.alive()) is not None:
             raise LabError(f"openvpn: {dead}")
-        wait_reachable(pair.client, server_addr, timeout=START_TIMEOUT, what="OpenVPN")
+        self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="OpenVPN")
         return Endpoints(pair.client, pair.server, server_addr, OVPN_MTU, offloads,
                          f"p2p udp {OVPN_PORT}, TLS (self-signed, peer-fingerprint), {CIPHER}, no DCO, "
                          f"tun-mtu {OVPN_MTU}")
 
     def version(self) -> str:
-        out = sh(["openvpn", "--version"], check=False, timeout=5.0).stdout
-        return out.splitlines()[0].strip() if out else ""
+        return first_line(["openvpn", "--version"])

@@ -40,8 +40,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, wait_links, wait_reachable
-from .lab import Lab, LabError, Netns, Pair, sh
+from .base import BenchPath, Endpoints, wait_links
+from .lab import Lab, LabError, Netns, sh
 from .wggo import free_ifname, remove_stale_socket, wg_keypair, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -139,12 +139,6 @@ class _PyvpnPath(BenchPath):
         self.logs.append(log)
         wait_links(self, ns, links, timeout=START_TIMEOUT, what=f"pyvpn {role}")
 
-    def _wait_ping(self, pair: Pair, addr: str, what: str) -> None:
-        try:
-            wait_reachable(pair.client, addr, timeout=START_TIMEOUT, what=what)
-        except LabError as e:
-            raise LabError(f"{e}; {self.alive() or 'daemons still running'}") from None
-
     def version(self) -> str:
         rev = sh(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], check=False, timeout=5.0)
         from importlib.metadata import PackageNotFoundError, version
@@ -173,7 +167,7 @@ class PyvpnL3Path(_PyvpnPath):
         self._start(lab, slot, pair.server, "server", sconf, [sname])
         self._start(lab, slot, pair.client, "client", cconf, [cname])
         server_addr = f"{v4}.2"
-        self._wait_ping(pair, server_addr, "pyvpn")
+        self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="pyvpn")
         return Endpoints(pair.client, pair.server, server_addr, PYVPN_MTU, offloads,
                          f"{shlex.join(self.command)} server/client, udp {PYVPN_PORT}, wg-quick configs")
 
@@ -235,7 +229,7 @@ class PyvpnL2Path(_PyvpnPath):
             ns.run(["ip", "-6", "addr", "add", f"{t6}:{host}/64", "dev", tap, "nodad"])
             ns.run(["ip", "link", "set", tap, "up"])  # pyvpn sets it up; harmless if already up
         server_addr = f"{t4}.2"
-        self._wait_ping(pair, server_addr, "pyvpn L2 taps")
+        self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="pyvpn L2 taps")
         mtu = min((m for m in mtus if m is not None), default=L2_TAP_MTU)
         if mtus == [L2_TAP_MTU, L2_TAP_MTU]:
             mtu_note = f"tap MTU {mtu} (pyvpn's default: tunnel {PYVPN_MTU} - {VXLAN_HEADROOM_IPV4} VXLAN/IPv4)"

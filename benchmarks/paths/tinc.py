@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, address_link, wait_links, wait_reachable
-from .lab import Lab, LabError, have, sh
+from .base import BenchPath, Endpoints, address_link, first_line, wait_links
+from .lab import Lab
 from .wggo import write_private
 
 TINC_PORT = 655
@@ -83,9 +83,8 @@ def write_node(confdir: Path, *, name: str, bind: str, connect_to: str | None, p
 class TincPath(BenchPath):
     key = "tinc"
     title = "tinc"
+    requires = ("tincd",)
 
-    def unavailable(self) -> str | None:
-        return None if have("tincd") else "not installed: tincd (run benchmarks/setup.sh)"
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
@@ -106,14 +105,10 @@ class TincPath(BenchPath):
             wait_links(self, ns, [TINC_IFNAME], timeout=START_TIMEOUT, what="tincd")
             address_link(ns, TINC_IFNAME, slot=slot, host=host, mtu=TINC_MTU)
         server_addr = f"198.19.{slot}.2"
-        try:
-            wait_reachable(pair.client, server_addr, timeout=START_TIMEOUT, what="tinc")
-        except LabError as e:
-            raise LabError(f"{e}; {self.alive() or 'daemons still running'}") from None
+        self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="tinc")
         return Endpoints(pair.client, pair.server, server_addr, TINC_MTU, offloads,
                          f"tinc router mode (tun), {TINC_CIPHER} + {TINC_DIGEST}, RSA-{RSA_BITS}, "
                          f"port {TINC_PORT}, mtu {TINC_MTU}")
 
     def version(self) -> str:
-        out = sh(["tincd", "--version"], check=False, timeout=5.0).stdout.strip()
-        return out.splitlines()[0] if out else ""
+        return first_line(["tincd", "--version"])

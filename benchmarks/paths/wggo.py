@@ -23,10 +23,11 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 from . import trixie
-from .base import BenchPath, Endpoints, address_link, wait_reachable
-from .lab import Lab, LabError, Netns, have, poll, sh
+from .base import BenchPath, Endpoints, address_link
+from .lab import Lab, LabError, Netns, poll, sh
 
 WG_RUN_DIR = Path("/var/run/wireguard")
 WG_PORT = 51820
@@ -106,14 +107,11 @@ def _started_or_dead(proc: subprocess.Popen[bytes], sock: Path) -> bool:
 class WireguardGoPath(BenchPath):
     key = "wireguard-go"
     title = "wireguard-go (bookworm)"
+    requires: ClassVar[tuple[str, ...]] = ("wireguard-go", "wg")
 
     def binary(self) -> str | None:
         """The wireguard-go executable this path runs, or None when there is none."""
         return shutil.which("wireguard-go")
-
-    def unavailable(self) -> str | None:
-        missing = [t for t in ("wireguard-go", "wg") if not have(t)]
-        return f"not installed: {', '.join(missing)} (run benchmarks/setup.sh)" if missing else None
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
         binary = self.binary()
@@ -143,7 +141,7 @@ class WireguardGoPath(BenchPath):
             address_link(ns, ifname, slot=slot, host=me, mtu=WG_MTU)
             tso = tun_tso(ns, ifname)
         server_addr = f"198.19.{slot}.2"
-        wait_reachable(pair.client, server_addr, timeout=15.0, what=self.title)
+        self.wait_ready(pair.client, server_addr, timeout=15.0, what=self.title)
         return Endpoints(pair.client, pair.server, server_addr, WG_MTU, offloads,
                          f"{binary} -f, udp {WG_PORT}, mtu {WG_MTU}, tun TSO {tso}")
 
@@ -160,6 +158,7 @@ class WireguardGoTrixiePath(WireguardGoPath):
 
     key = "wireguard-go-trixie"
     title = "wireguard-go (trixie)"
+    requires = ("wg",)  # the binary is checked above
 
     def binary(self) -> str | None:
         found = trixie.find_binary()
@@ -171,7 +170,7 @@ class WireguardGoTrixiePath(WireguardGoPath):
             return f"not fetched: no wireguard-go under {trixie.ROOT_DIR} (run benchmarks/setup.sh)"
         if trixie.binary_version(found) is None:
             return f"{found} --version does not run here"
-        return None if have("wg") else "not installed: wg (run benchmarks/setup.sh)"
+        return super().unavailable()
 
     def version(self) -> str:
         found = trixie.find_binary()

@@ -707,12 +707,12 @@ def test_trixie_this_machine_has_a_mirror() -> None:
 
 
 def test_trixie_path_unavailable_is_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths.base
     import paths.trixie as tx
-    from paths import wggo
 
     monkeypatch.setattr(tx, "ROOT_DIR", tmp_path / "root")
     monkeypatch.setattr(tx, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(wggo, "have", lambda tool: True)
+    monkeypatch.setattr(paths.base, "have", lambda tool: True)
     path = make_path("wireguard-go-trixie")
     assert "not fetched" in (path.unavailable() or "") and path.binary() is None
     binary = tmp_path / "root" / "usr" / "bin" / "wireguard-go"
@@ -722,6 +722,8 @@ def test_trixie_path_unavailable_is_real(tmp_path: Path, monkeypatch: pytest.Mon
     assert "does not run" in (path.unavailable() or "")  # present but broken
     binary.write_text("#!/bin/sh\necho wireguard-go v0.0.20230223\n")
     assert path.unavailable() is None and path.binary() == str(binary)
+    monkeypatch.setattr(paths.base, "have", lambda tool: tool != "wg")
+    assert path.unavailable() == "not installed: wg (run benchmarks/setup.sh)"
     assert tx.package_version() is None
     (tmp_path / tx.VERSION_FILE).write_text("0.0.20231211-1+b9\n")
     assert tx.package_version() == "0.0.20231211-1+b9"
@@ -802,16 +804,15 @@ def test_tinc_config(tmp_path: Path) -> None:
     assert "Name = client" in (node / "tinc.conf").read_text()
 
 
-def test_new_paths_unavailable_without_tools(monkeypatch: pytest.MonkeyPatch) -> None:
-    import paths.fastd as pf
-    import paths.tinc as pt
+def test_paths_unavailable_without_their_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths.base
 
-    monkeypatch.setattr(pf, "have", lambda tool: False)
-    monkeypatch.setattr(pt, "have", lambda tool: False)
-    assert "fastd" in (make_path("fastd").unavailable() or "")
-    assert "tincd" in (make_path("tinc").unavailable() or "")
-    monkeypatch.setattr(pf, "have", lambda tool: tool == "fastd")
-    monkeypatch.setattr(pt, "have", lambda tool: tool == "tincd")
+    monkeypatch.setattr(paths.base, "have", lambda tool: False)
+    for key, tools in (("fastd", "fastd"), ("tinc", "tincd"), ("openvpn", "openvpn"),
+                       ("wireguard-go", "wireguard-go, wg")):
+        assert make_path(key).unavailable() == f"not installed: {tools} (run benchmarks/setup.sh)"
+    assert make_path("veth").unavailable() is None  # kernel paths need only what preflight checks
+    monkeypatch.setattr(paths.base, "have", lambda tool: tool in ("fastd", "tincd"))
     assert make_path("fastd").unavailable() is None and make_path("tinc").unavailable() is None
 
 
