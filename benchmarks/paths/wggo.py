@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from . import trixie
-from .base import BenchPath, Endpoints, address_link
+from .base import BenchPath, Endpoints, address_link, first_line
 from .lab import Lab, LabError, Netns, poll, sh
 
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -121,6 +121,7 @@ class WireguardGoPath(BenchPath):
         keys = [wg_keypair(), wg_keypair()]
         ends = [(pair.client, pair.server_ip, 1, 2), (pair.server, pair.client_ip, 2, 1)]
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
+        tso: list[str] = []
         for i, (ns, peer_ip, me, other) in enumerate(ends):
             ifname = free_ifname("nbw")
             lab.on_close(functools.partial(remove_stale_socket, ifname))
@@ -139,18 +140,17 @@ class WireguardGoPath(BenchPath):
                     "allowed-ips", f"198.19.{slot}.{other}/32,fd00:{slot:x}::{other}/128",
                     *(["persistent-keepalive", "25"] if me == 1 else [])])
             address_link(ns, ifname, slot=slot, host=me, mtu=WG_MTU)
-            tso = tun_tso(ns, ifname)
+            tso.append(tun_tso(ns, ifname))
         server_addr = f"198.19.{slot}.2"
         self.wait_ready(pair.client, server_addr, timeout=15.0, what=self.title)
         return Endpoints(pair.client, pair.server, server_addr, WG_MTU, offloads,
-                         f"{binary} -f, udp {WG_PORT}, mtu {WG_MTU}, tun TSO {tso}")
+                         f"{binary} -f, udp {WG_PORT}, mtu {WG_MTU}, tun TSO {'/'.join(tso)} (client/server)")
 
     def version(self) -> str:
         binary = self.binary()
-        out = sh([binary, "--version"], check=False).stdout.strip().splitlines()[:1] if binary else []
-        wg = sh(["wg", "--version"], check=False).stdout.strip().split(" - ")[:1]
-        pkg = sh(["dpkg-query", "-W", "-f", "${Version}", "wireguard-go"], check=False).stdout.strip()
-        return "; ".join(x for x in (*out, f"Debian package {pkg}" if pkg else "", *wg) if x)
+        said = first_line([binary, "--version"]) if binary else ""
+        pkg = first_line(["dpkg-query", "-W", "-f", "${Version}", "wireguard-go"])
+        return "; ".join(x for x in (said, f"Debian package {pkg}" if pkg else "", _wg_version()) if x)
 
 
 class WireguardGoTrixiePath(WireguardGoPath):
@@ -176,5 +176,10 @@ class WireguardGoTrixiePath(WireguardGoPath):
         found = trixie.find_binary()
         said = trixie.binary_version(found) if found is not None else None
         pkg = trixie.package_version()
-        wg = sh(["wg", "--version"], check=False).stdout.strip().split(" - ")[:1]
-        return "; ".join(x for x in (f"Debian trixie package {pkg or '?'}", f"binary says {said or '?'}", *wg) if x)
+        return "; ".join(x for x in (f"Debian trixie package {pkg or '?'}", f"binary says {said or '?'}",
+                                     _wg_version()) if x)
+
+
+def _wg_version() -> str:
+    """``wireguard-tools v1.0.20210914`` (the ``wg`` that configures both wireguard-go paths)."""
+    return first_line(["wg", "--version"]).split(" - ")[0]
