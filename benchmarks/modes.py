@@ -218,7 +218,8 @@ def write_chart(docs: Sequence[Mapping[str, Any]], path: Path) -> str | None:
     return None
 
 
-def write(docs: Sequence[Mapping[str, Any]], out: Path, stem: str, *, chart: bool = True) -> tuple[Path, Path | None, str | None]:
+def write(docs: Sequence[Mapping[str, Any]], out: Path, stem: str, *,
+          chart: bool = True) -> tuple[Path, Path | None, str | None]:
     """Write ``<stem>.md`` (and ``<stem>.png``) into ``out``; return the paths and a chart note."""
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"{stem}.md"

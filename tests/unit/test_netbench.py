@@ -910,7 +910,8 @@ def test_modes_markdown() -> None:
     assert lines[2] == ("| path (shared / pinned) | TCP 1 Gbit/s | TCP 4 Gbit/s | UDP 64B kpps | RTT ms "
                         "| CPU TCP 1 s/GB |")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if line.startswith("| ")}
-    assert rows["raw veth"][0].strip() == "8.00 (8.00–8.00) / 8.00 (8.00–8.00)" and rows["raw veth"][4].strip() == "kernel / kernel"
+    assert rows["raw veth"][0].strip() == "8.00 (8.00–8.00) / 8.00 (8.00–8.00)"
+    assert rows["raw veth"][4].strip() == "kernel / kernel"
     assert rows["wireguard-go"][0].strip() == "0.22 (0.21–0.23) / 0.30 (0.30–0.30)"
     assert rows["OpenVPN"][0].strip() == "failed / failed"
     assert rows["pyvpn L3"][0].strip().endswith("/ pending")  # not in the pinned run
