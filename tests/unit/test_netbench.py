@@ -696,11 +696,13 @@ def test_trixie_machine_sources_and_codename(tmp_path: Path) -> None:
 
 def test_trixie_this_machine_has_a_mirror() -> None:
     """The real sources of this machine name a mirror for its own codename (what setup.sh relies on)."""
-    from paths.trixie import find_mirror, machine_sources, os_codename
+    from paths.trixie import FetchError, find_mirror, machine_sources, os_codename
 
+    if not Path("/etc/apt").is_dir():
+        pytest.skip("no apt on this machine")
     try:
         codename = os_codename()
-    except (OSError, Exception) as e:  # noqa: BLE001 - not Debian-like: nothing to check
+    except (OSError, FetchError) as e:
         pytest.skip(f"no codename: {e}")
     m = find_mirror(machine_sources(), codename)
     assert m.uri.startswith(("http://", "https://", "file:", "mirror"))
