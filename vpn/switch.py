@@ -38,6 +38,31 @@ That is what Linux does when a limit is set (vxlan ``addrmax``, bridge ``fdb_max
 active entries survive a flood of random source MACs, and memory stays flat.  Evicting the oldest entry
 instead would let such a flood push every real host out, turning the switch into a hub.
 
+**Untrusted members** (a peer may be hostile; the local tap is trusted):
+
+* *Sticky local MACs.*  A MAC learned on ``LOCAL`` does not move to a peer while its entry lives: a peer's
+  frame with that source is dropped (``drop_local_mac_claim``), so one forged frame cannot hijack the LAN's
+  gateway, and the local bridge never learns the gateway on the tap.  The local tap always wins: a MAC
+  seen on the tap moves back to ``LOCAL`` at once.  (A MAC the tap has not carried within ``age`` can
+  still be claimed; the tap only sees a LAN host's broadcasts and its traffic to the far side.)
+* *MAC moves between peers* are allowed (a host or VM moving between sites) but damped as EVPN does
+  (RFC 7432 §15.1): at most ``move_limit`` moves of one MAC in ``move_window`` seconds; beyond that the
+  MAC stays where it is until the window ends and frames claiming it elsewhere are dropped
+  (``drop_mac_move_limited``).  Moves and refused claims are recorded for the caller to log
+  (:meth:`MacTable.take_events`).
+* *Per-peer MAC quota.*  A peer may hold at most ``max_per_peer`` entries (OpenVPN's
+  ``max-routes-per-client``); frames from a further source MAC of that peer are dropped
+  (``drop_mac_quota``: like a switch port's port-security "restrict"), so no one member can fill the
+  table and turn the switch into a hub.
+* *Storm control.*  Flooded frames (broadcast, multicast, unknown unicast) from peers pass a token bucket
+  per peer (only on a hub, the node that replicates them to N-1 members; a spoke's one peer is the hub,
+  whose output is already limited) and one for the whole segment (every node), both optional; the excess
+  is dropped (``drop_broadcast_rate_peer``, ``drop_broadcast_rate_segment``).  Frames from the local tap
+  are not limited.
+* *No peer-supplied VLAN tags* where the segment maps a VLAN (``untagged_only``): a peer's frame that
+  carries an 802.1Q/802.1ad tag is dropped (``drop_peer_vlan_tag``), or it would cross into that VLAN on
+  the local trunk, another VNI's LAN.
+
 **Aging.**  An entry lives ``age`` seconds (default 300, as Linux's vxlan and bridge) after the last frame
 from its MAC; expired entries are ignored by :meth:`MacTable.lookup` and reclaimed lazily or by
 :meth:`MacTable.expire`.  ``now`` must come from a monotonic clock (it must not go backwards).
@@ -56,14 +81,18 @@ from dataclasses import dataclass
 from typing import Final, Generic, Literal, Never, TypeVar
 
 __all__ = [
+    "DEFAULT_MAC_MOVE_LIMIT",
+    "DEFAULT_MAC_MOVE_WINDOW",
     "DROP",
     "ETH_HEADER_SIZE",
     "LOCAL",
     "LOCAL_ONLY",
     "VLAN_TPIDS",
     "Forward",
+    "MacEvent",
     "MacTable",
     "Switch",
+    "TokenBucket",
     "VlanMap",
     "add_vlan",
     "is_group",
@@ -84,6 +113,9 @@ ZERO_MAC: Final = bytes(MAC_SIZE)
 # -- implementation ----------------------------------------------------------------------------------------------
 DEFAULT_MAX_ENTRIES: Final = 4096
 DEFAULT_AGE: Final = 300.0  # seconds; Linux vxlan FDB_AGE_DEFAULT and bridge ageing_time
+DEFAULT_MAC_MOVE_LIMIT: Final = 5  # moves of one MAC between peers ...
+DEFAULT_MAC_MOVE_WINDOW: Final = 180.0  # ... per this many seconds (RFC 7432 §15.1: M = 5, N = 180)
+MAX_EVENTS: Final = 64  # distinct MAC events kept between two take_events() calls
 LOCAL: Final = "local"  # the port of the local tap; peers must not compare equal to it
 VNI_MAX: Final = (1 << 24) - 1
 
@@ -98,63 +130,153 @@ def is_group(mac: bytes | bytearray | memoryview) -> bool:
 
 
 # -- MAC table -----------------------------------------------------------------------------------------------------
-class MacTable(Generic[P]):
-    """MAC → port with aging and a hard size bound.  Ports are opaque hashable values (peers or ``LOCAL``).
+@dataclass(frozen=True, slots=True)
+class MacEvent(Generic[P_co]):
+    """Something about one MAC worth a log line (see :meth:`MacTable.take_events`).
 
+    :param kind: ``moved`` (from one port to another), ``move_limited`` (a move refused by the damping),
+        ``local_claim`` (a peer claimed a MAC learned on the local tap; refused).
+    :param mac: the 6-byte MAC.
+    :param old: the port it is (or was) on.
+    :param new: the port that claimed it.
+    """
+
+    kind: Literal["moved", "move_limited", "local_claim"]
+    mac: bytes
+    old: P_co
+    new: P_co
+
+
+class MacTable(Generic[P]):
+    """MAC → port with aging, a hard size bound, a per-peer quota, sticky local MACs and damped moves.
+
+    Ports are opaque hashable values: peers or ``LOCAL`` (the trusted local tap, exempt from the quota).
     Counters (in :attr:`counters`): ``learned`` (new entry), ``moved`` (a MAC changed port), ``refused``
-    (table full, not learned), ``group_source`` (a multicast/broadcast MAC offered as a source, not
-    learned), ``expired`` (entries dropped by age), ``removed`` (entries dropped with their port).
+    (table full, not learned), ``refused_quota`` (the peer holds ``max_per_peer`` MACs), ``refused_sticky``
+    (a peer claimed a live ``LOCAL`` MAC), ``refused_move`` (move damping), ``group_source`` (a
+    multicast/broadcast MAC offered as a source, not learned), ``expired`` (entries dropped by age),
+    ``removed`` (entries dropped with their port), ``events_lost`` (events beyond :data:`MAX_EVENTS`).
 
     :param max_entries: the most MACs held at once (>= 1).
     :param age: seconds an entry lives after its MAC was last seen (> 0).
+    :param max_per_peer: the most MACs one peer (any port but ``LOCAL``) may hold, or None for no quota.
+    :param move_limit: moves of one MAC between peers allowed per ``move_window`` (>= 1).
+    :param move_window: seconds (> 0).
     """
 
-    def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES, age: float = DEFAULT_AGE) -> None:
+    def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES, age: float = DEFAULT_AGE,
+                 max_per_peer: int | None = None, move_limit: int = DEFAULT_MAC_MOVE_LIMIT,
+                 move_window: float = DEFAULT_MAC_MOVE_WINDOW) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         if not age > 0:
             raise ValueError("age must be > 0")
+        if max_per_peer is not None and max_per_peer < 1:
+            raise ValueError("max_per_peer must be >= 1 (or None)")
+        if move_limit < 1 or not move_window > 0:
+            raise ValueError("move_limit must be >= 1 and move_window > 0")
         self.max_entries: Final = max_entries
         self.age: Final = age
-        # Oldest "last seen" first: learn() moves a refreshed entry to the end, so expiry scans the front.
-        self._entries: OrderedDict[bytes, tuple[P, float]] = OrderedDict()
+        self.max_per_peer: Final = max_per_peer
+        self.move_limit: Final = move_limit
+        self.move_window: Final = move_window
+        # mac → (port, last seen, moves in the current window, start of that window).  Oldest "last seen"
+        # first: learn() moves a refreshed entry to the end, so expiry scans the front.
+        self._entries: OrderedDict[bytes, tuple[P, float, int, float]] = OrderedDict()
+        self._per_port: Counter[P] = Counter()
+        self._events: dict[MacEvent[P], int] = {}
         self.counters: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def learn(self, mac: bytes, port: P, *, now: float) -> None:
+    def count(self, port: P) -> int:
+        """How many MACs ``port`` holds (expired ones included until they are reclaimed)."""
+        return self._per_port[port]
+
+    def learn(self, mac: bytes, port: P, *, now: float) -> str | None:
         """Record that ``mac`` was last seen at ``now`` on ``port``.
 
         Group MACs are never learned (counted as ``group_source``).  A new MAC on a full table is refused
-        once expired entries are gone (counted as ``refused``).
+        once expired entries are gone (counted as ``refused``); the frame may still pass (it floods back).
 
         :param mac: the 6-byte source MAC (bytes: it is a dictionary key).
         :param port: where the frame came from.
         :param now: monotonic time in seconds.
+        :returns: None when the frame may pass, else why it must be dropped: ``local_mac_claim`` (a peer
+            claimed a live ``LOCAL`` MAC), ``mac_move_limited`` (move damping) or ``mac_quota`` (the
+            peer's quota is full).
         """
         if mac[0] & 1:
             self.counters["group_source"] += 1
-            return
+            return None
         entries = self._entries
         entry = entries.get(mac)
         if entry is not None:
-            old_port, seen = entry
-            if now - seen >= self.age:
+            old_port, seen, moves, since = entry
+            if now - seen >= self.age:  # expired: as good as new
+                del entries[mac]
+                self._per_port[old_port] -= 1
                 self.counters["expired"] += 1
-                self.counters["learned"] += 1
-            elif old_port != port:
-                self.counters["moved"] += 1
-            entries[mac] = (port, now)
+                return self._insert(mac, port, now)
+            if old_port == port:
+                entries[mac] = (port, now, moves, since)
+                entries.move_to_end(mac)
+                return None
+            if port != LOCAL:
+                if old_port == LOCAL:
+                    self.counters["refused_sticky"] += 1
+                    self._event(MacEvent("local_claim", mac, old_port, port))
+                    return "local_mac_claim"
+                if now - since >= self.move_window:
+                    moves, since = 0, now
+                if moves >= self.move_limit:
+                    self.counters["refused_move"] += 1
+                    self._event(MacEvent("move_limited", mac, old_port, port))
+                    return "mac_move_limited"
+                if self.max_per_peer is not None and self._per_port[port] >= self.max_per_peer:
+                    self.counters["refused_quota"] += 1
+                    return "mac_quota"
+                moves += 1
+            self.counters["moved"] += 1
+            self._event(MacEvent("moved", mac, old_port, port))
+            self._per_port[old_port] -= 1
+            self._per_port[port] += 1
+            entries[mac] = (port, now, moves, since)
             entries.move_to_end(mac)
-            return
+            return None
+        return self._insert(mac, port, now)
+
+    def _insert(self, mac: bytes, port: P, now: float) -> str | None:
+        entries = self._entries
+        if port != LOCAL and self.max_per_peer is not None and self._per_port[port] >= self.max_per_peer:
+            self._expire_front(now)
+            if self._per_port[port] >= self.max_per_peer:
+                self.counters["refused_quota"] += 1
+                return "mac_quota"
         if len(entries) >= self.max_entries:
             self._expire_front(now)
             if len(entries) >= self.max_entries:
                 self.counters["refused"] += 1
-                return
-        entries[mac] = (port, now)
+                return None
+        entries[mac] = (port, now, 0, now)
+        self._per_port[port] += 1
         self.counters["learned"] += 1
+        return None
+
+    def _event(self, event: MacEvent[P]) -> None:
+        events = self._events
+        if event in events:
+            events[event] += 1
+        elif len(events) < MAX_EVENTS:
+            events[event] = 1
+        else:
+            self.counters["events_lost"] += 1
+
+    def take_events(self) -> list[tuple[MacEvent[P], int]]:
+        """The MAC events since the last call, each with how often it happened (for a rate-limited log)."""
+        events, self._events = self._events, {}
+        return list(events.items())
 
     def lookup(self, mac: bytes, *, now: float) -> P | None:
         """The port ``mac`` was last seen on, or ``None`` when unknown or expired (an expired entry is removed).
@@ -165,9 +287,10 @@ class MacTable(Generic[P]):
         entry = self._entries.get(mac)
         if entry is None:
             return None
-        port, seen = entry
+        port, seen, _moves, _since = entry
         if now - seen >= self.age:
             del self._entries[mac]
+            self._per_port[port] -= 1
             self.counters["expired"] += 1
             return None
         return port
@@ -184,9 +307,10 @@ class MacTable(Generic[P]):
 
         :param port: the port whose entries go.
         """
-        gone = [mac for mac, (p, _seen) in self._entries.items() if p == port]
+        gone = [mac for mac, (p, _seen, _m, _s) in self._entries.items() if p == port]
         for mac in gone:
             del self._entries[mac]
+        self._per_port.pop(port, None)
         self.counters["removed"] += len(gone)
         return len(gone)
 
@@ -195,19 +319,55 @@ class MacTable(Generic[P]):
 
         :param now: monotonic time in seconds.
         """
-        return [(mac, port, now - seen) for mac, (port, seen) in self._entries.items() if now - seen < self.age]
+        return [(mac, port, now - seen) for mac, (port, seen, _m, _s) in self._entries.items()
+                if now - seen < self.age]
 
     def _expire_front(self, now: float) -> int:
-        entries, age, n = self._entries, self.age, 0
+        entries, age, per_port, n = self._entries, self.age, self._per_port, 0
         while entries:
-            mac, (_port, seen) = next(iter(entries.items()))
+            mac, (port, seen, _m, _s) = next(iter(entries.items()))
             if now - seen < age:
                 break
             del entries[mac]
+            per_port[port] -= 1
             n += 1
         if n:
             self.counters["expired"] += n
         return n
+
+
+class TokenBucket:
+    """One token bucket: ``rate`` tokens a second, at most ``burst`` saved up; starts full.  Pure.
+
+    :param rate: tokens per second (> 0).
+    :param burst: bucket size (>= 1).
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if not rate > 0 or not burst >= 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def take(self, *, now: float) -> bool:
+        """Take one token if there is one.
+
+        :param now: monotonic time in seconds.
+        """
+        tokens = self._tokens
+        last = self._last
+        if last is not None and now > last:
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+        self._last = now if last is None or now > last else last
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
 
 
 # -- decisions -----------------------------------------------------------------------------------------------------
@@ -243,13 +403,22 @@ class Switch(Generic[P]):
     (delivered to the tap only, destination learned there); and by drop reason: ``drop_runt``,
     ``drop_bad_source``, ``drop_unknown_peer``, ``drop_local_destination`` (a tap frame for a MAC on the
     tap's own side), ``drop_hairpin`` (a peer's frame for a MAC behind that same peer), ``drop_other_peer``
-    (not a hub: a peer's frame for a MAC behind another peer, who got its own copy).
+    (not a hub: a peer's frame for a MAC behind another peer, who got its own copy), and the untrusted-member
+    rules of the module docstring: ``drop_local_mac_claim``, ``drop_mac_move_limited``, ``drop_mac_quota``,
+    ``drop_broadcast_rate_peer``, ``drop_broadcast_rate_segment``, ``drop_peer_vlan_tag``.
     Learning counters are in ``table.counters``.
 
     :param vni: the segment's VXLAN Network Identifier (informational; 0 … 2**24 - 1).
     :param max_entries: MAC table bound.
     :param age: MAC entry lifetime in seconds.
     :param hub: relay frames between peers (the server of a star); ``False`` for spokes and full meshes.
+    :param max_per_peer: MAC quota of each peer, or None for none.
+    :param flood_rate_per_peer: / :param flood_burst_per_peer: token bucket (frames/s, frames) for the
+        flooded frames of each peer, applied on a hub only; rate 0 = no limit.
+    :param flood_rate: / :param flood_burst: one token bucket for the flooded frames of all peers together;
+        rate 0 = no limit.
+    :param untagged_only: drop peers' frames that carry a VLAN tag (the segment maps a VLAN on its tap).
+    :param move_limit: / :param move_window: MAC move damping (see :class:`MacTable`).
     """
 
     def __init__(
@@ -259,13 +428,29 @@ class Switch(Generic[P]):
         max_entries: int = DEFAULT_MAX_ENTRIES,
         age: float = DEFAULT_AGE,
         hub: bool = False,
+        max_per_peer: int | None = None,
+        flood_rate_per_peer: float = 0.0,
+        flood_burst_per_peer: float = 1.0,
+        flood_rate: float = 0.0,
+        flood_burst: float = 1.0,
+        untagged_only: bool = False,
+        move_limit: int = DEFAULT_MAC_MOVE_LIMIT,
+        move_window: float = DEFAULT_MAC_MOVE_WINDOW,
     ) -> None:
         if not 0 <= vni <= VNI_MAX:
             raise ValueError(f"VNI {vni!r} outside 0..{VNI_MAX}")
+        if flood_rate < 0 or flood_rate_per_peer < 0:
+            raise ValueError("flood rates must be >= 0")
         self.vni: Final = vni
         self.hub: Final = hub
-        self.table: MacTable[P | Literal["local"]] = MacTable(max_entries=max_entries, age=age)
+        self.untagged_only: Final = untagged_only
+        self.table: MacTable[P | Literal["local"]] = MacTable(max_entries=max_entries, age=age,
+                                                              max_per_peer=max_per_peer, move_limit=move_limit,
+                                                              move_window=move_window)
         self.counters: Counter[str] = Counter()
+        self._peer_rate = (flood_rate_per_peer, flood_burst_per_peer) if hub and flood_rate_per_peer else None
+        self._peer_buckets: dict[P, TokenBucket] = {}
+        self._segment_bucket = TokenBucket(flood_rate, flood_burst) if flood_rate else None
         self._peers: dict[P, None] = {}  # insertion-ordered set
         self._flood_all: Forward[P] = Forward(False, ())
         self._flood_from: dict[P, Forward[P]] = {}
@@ -286,6 +471,8 @@ class Switch(Generic[P]):
             raise ValueError(f"a peer may not be {LOCAL!r}")
         if peer not in self._peers:
             self._peers[peer] = None
+            if self._peer_rate is not None:
+                self._peer_buckets[peer] = TokenBucket(*self._peer_rate)
             self._rebuild()
 
     def remove_peer(self, peer: P) -> int:
@@ -293,6 +480,7 @@ class Switch(Generic[P]):
         if peer not in self._peers:
             return 0
         del self._peers[peer]
+        self._peer_buckets.pop(peer, None)
         self._rebuild()
         return self.table.remove_port(peer)
 
@@ -344,16 +532,26 @@ class Switch(Generic[P]):
         if len(frame) < ETH_HEADER_SIZE:
             self.counters["drop_runt"] += 1
             return DROP
+        if self.untagged_only and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
+            self.counters["drop_peer_vlan_tag"] += 1
+            return DROP
         src = bytes(frame[6:12])
         if src[0] & 1 or src == ZERO_MAC:
             self.counters["drop_bad_source"] += 1
             return DROP
-        self.table.learn(src, peer, now=now)
+        refused = self.table.learn(src, peer, now=now)
+        if refused is not None:
+            self.counters["drop_" + refused] += 1
+            return DROP
         if frame[0] & 1:
+            if not self._may_flood(peer, now):
+                return DROP
             self.counters["flood_group"] += 1
             return flood if self.hub else LOCAL_ONLY
         port = self.table.lookup(bytes(frame[0:6]), now=now)
         if port is None:
+            if not self._may_flood(peer, now):
+                return DROP
             self.counters["flood_unknown"] += 1
             return flood if self.hub else LOCAL_ONLY
         if port == LOCAL:
@@ -367,6 +565,19 @@ class Switch(Generic[P]):
             return self._to_peer[port]
         self.counters["drop_other_peer"] += 1
         return DROP
+
+    def _may_flood(self, peer: P, now: float) -> bool:
+        """Storm control for a flooded frame from ``peer``: the peer's bucket (hub), then the segment's."""
+        if self._peer_buckets:
+            bucket = self._peer_buckets.get(peer)
+            if bucket is not None and not bucket.take(now=now):
+                self.counters["drop_broadcast_rate_peer"] += 1
+                return False
+        seg = self._segment_bucket
+        if seg is not None and not seg.take(now=now):
+            self.counters["drop_broadcast_rate_segment"] += 1
+            return False
+        return True
 
     def expire(self, *, now: float) -> int:
         """Age out MAC entries (call it now and then, e.g. every 10 s as Linux does); returns how many went."""

@@ -16,8 +16,10 @@ from vpn.switch import (
     LOCAL,
     LOCAL_ONLY,
     Forward,
+    MacEvent,
     MacTable,
     Switch,
+    TokenBucket,
     VlanMap,
     add_vlan,
     is_group,
@@ -256,6 +258,137 @@ def test_vlan_tagged_frames_switch_on_their_macs_and_stay_intact() -> None:
     assert bytes(tagged) == before
 
 
+# -- Switch: untrusted members (fake clock) ---------------------------------------------------------------------
+def test_local_macs_are_sticky_against_a_peer_claim() -> None:
+    sw = spoke("A", "B", hub=True)
+    gw = mac(1)
+    sw.from_local(frame(BCAST, gw), now=0.0)  # the LAN's gateway, seen on the tap
+    for t in (1.0, 2.0, 299.0):
+        assert sw.from_peer(frame(BCAST, gw), "A", now=t) == DROP  # one forged frame: not even flooded
+        assert sw.from_peer(frame(mac(2), gw), "A", now=t) == DROP
+    assert sw.table.lookup(gw, now=299.0) == LOCAL
+    assert sw.from_local(frame(gw, mac(3)), now=299.0) == DROP  # LAN traffic to the gateway stays on the LAN
+    assert sw.counters["drop_local_mac_claim"] == 6 and sw.table.counters["refused_sticky"] == 6
+    assert sw.table.take_events() == [(MacEvent("local_claim", gw, LOCAL, "A"), 6)]
+    assert sw.table.take_events() == []  # drained
+    # the tap always wins: a MAC behind a peer that shows up on the LAN moves there at once
+    sw.from_peer(frame(BCAST, mac(4)), "B", now=300.0)
+    sw.from_local(frame(BCAST, mac(4)), now=300.5)
+    assert sw.table.lookup(mac(4), now=300.5) == LOCAL
+    # once the tap has not carried it for `age` seconds, the entry is gone and a peer may learn it
+    assert sw.from_peer(frame(BCAST, gw), "A", now=300.0) == Forward(True, ("B",))
+    assert sw.table.lookup(gw, now=300.0) == "A"
+
+
+def test_mac_moves_between_peers_are_damped_and_reported() -> None:
+    sw = spoke("A", "B", hub=True, move_limit=3, move_window=60.0)  # type: ignore[arg-type]
+    m = mac(7)
+    sw.from_peer(frame(BCAST, m), "A", now=0.0)
+    for i, p in enumerate("BABA"[:3]):  # three moves within the window are allowed
+        assert sw.from_peer(frame(BCAST, m), p, now=1.0 + i) == Forward(True, ("B" if p == "A" else "A",))
+    assert sw.table.lookup(m, now=4.0) == "B"
+    assert sw.from_peer(frame(BCAST, m), "A", now=5.0) == DROP  # the fourth: refused, stays on B
+    assert sw.from_peer(frame(mac(1), m), "A", now=59.0) == DROP
+    assert sw.table.lookup(m, now=59.0) == "B"
+    assert sw.counters["drop_mac_move_limited"] == 2
+    # frames from where it is still pass
+    assert sw.from_peer(frame(BCAST, m), "B", now=59.5) == Forward(True, ("A",))
+    events = dict(sw.table.take_events())
+    assert events[MacEvent("moved", m, "A", "B")] == 2 and events[MacEvent("moved", m, "B", "A")] == 1
+    assert events[MacEvent("move_limited", m, "B", "A")] == 2
+    # a new window: it may move again
+    assert sw.from_peer(frame(BCAST, m), "A", now=61.0) == Forward(True, ("B",))
+    assert sw.table.lookup(m, now=61.0) == "A"
+
+
+def test_per_peer_mac_quota() -> None:
+    sw = spoke("A", "B", hub=True, max_entries=100, max_per_peer=4, age=10.0)  # type: ignore[arg-type]
+    for i in range(10):
+        d = sw.from_peer(frame(BCAST, mac(0x100 + i)), "A", now=0.0)
+        assert d == (Forward(True, ("B",)) if i < 4 else DROP)
+    assert sw.table.count("A") == 4 and sw.counters["drop_mac_quota"] == 6
+    assert sw.from_peer(frame(BCAST, mac(0x100)), "A", now=1.0) == Forward(True, ("B",))  # known MACs pass
+    # other peers and the tap are not affected; the table is not full, so nothing is refused
+    for i in range(4):
+        assert not sw.from_peer(frame(BCAST, mac(0x200 + i)), "B", now=1.0).dropped
+    for i in range(20):
+        sw.from_local(frame(BCAST, mac(0x300 + i)), now=1.0)
+    assert sw.table.count(LOCAL) == 20 and sw.table.counters["refused"] == 0
+    # a move into a full peer is refused too (and leaves the MAC where it was)
+    assert sw.from_peer(frame(BCAST, mac(0x200)), "A", now=2.0) == DROP
+    assert sw.table.lookup(mac(0x200), now=2.0) == "B" and sw.counters["drop_mac_quota"] == 7
+    # expired entries give the quota back
+    assert sw.from_peer(frame(BCAST, mac(0x1FF)), "A", now=10.5) == Forward(True, ("B",))
+    assert sw.table.count("A") == 2  # mac(0x100) (refreshed at 1.0) and the newcomer
+    assert sw.remove_peer("A") == 2 and sw.table.count("A") == 0
+
+
+def test_table_quota_counts_follow_moves_expiry_and_removal() -> None:
+    t: MacTable[str] = MacTable(max_per_peer=2, age=10.0)
+    assert t.learn(mac(1), "A", now=0.0) is None and t.learn(mac(2), "A", now=0.0) is None
+    assert t.learn(mac(3), "A", now=0.0) == "mac_quota"
+    assert t.learn(mac(1), "B", now=1.0) is None  # moved: A has room again
+    assert (t.count("A"), t.count("B")) == (1, 1)
+    assert t.learn(mac(3), "A", now=1.0) is None
+    assert t.lookup(mac(2), now=10.0) is None  # expired on lookup
+    assert t.count("A") == 1
+    assert t.expire(now=20.0) == 2 and t.count("A") == t.count("B") == 0
+
+
+def test_storm_control_per_peer_on_a_hub() -> None:
+    sw = spoke("A", "B", "C", hub=True, flood_rate_per_peer=10.0, flood_burst_per_peer=5.0)  # type: ignore[arg-type]
+    passed = [not sw.from_peer(frame(BCAST, mac(1)), "A", now=0.0).dropped for _ in range(20)]
+    assert passed == [True] * 5 + [False] * 15  # the burst, then nothing at the same instant
+    assert sw.counters["drop_broadcast_rate_peer"] == 15 and sw.counters["flood_group"] == 5
+    # unknown unicast floods too, and counts against the same bucket
+    assert sw.from_peer(frame(mac(0x999), mac(1)), "A", now=0.0) == DROP
+    # another peer has its own bucket; the tap is not limited
+    assert all(not sw.from_peer(frame(MCAST, mac(2)), "B", now=0.0).dropped for _ in range(5))
+    assert all(sw.from_local(frame(BCAST, mac(3)), now=0.0).to_peers for _ in range(100))
+    # after an idle second the bucket is full again (5); then 10 frames/s pass of 100 frames/s for 2 s
+    n = sum(not sw.from_peer(frame(BCAST, mac(1)), "A", now=1.0 + i / 100).dropped for i in range(200))
+    assert 5 + 19 <= n <= 5 + 20, n
+    # known unicast is never limited
+    sw.from_peer(frame(BCAST, mac(4)), "C", now=0.0)
+    assert all(sw.from_peer(frame(mac(4), mac(1)), "A", now=3.0) == Forward(False, ("C",)) for _ in range(50))
+
+
+def test_storm_control_per_segment_and_spokes_do_not_limit_their_hub_per_peer() -> None:
+    sw = spoke("A", "B", "C", hub=True, flood_rate_per_peer=100.0, flood_burst_per_peer=100.0,  # type: ignore[arg-type]
+               flood_rate=10.0, flood_burst=8.0)
+    results = [sw.from_peer(frame(BCAST, mac(1 + i % 3)), "ABC"[i % 3], now=0.0).dropped for i in range(30)]
+    assert results.count(False) == 8 and sw.counters["drop_broadcast_rate_segment"] == 22
+    assert sw.counters["drop_broadcast_rate_peer"] == 0
+    # a spoke: no per-peer bucket (its one peer is the hub), the segment bucket still applies
+    s = spoke("H", flood_rate_per_peer=1.0, flood_burst_per_peer=1.0, flood_rate=50.0, flood_burst=50.0)  # type: ignore[arg-type]
+    assert sum(s.from_peer(frame(BCAST, mac(9)), "H", now=0.0) == LOCAL_ONLY for _ in range(60)) == 50
+    assert s.counters["drop_broadcast_rate_segment"] == 10 and s.counters["drop_broadcast_rate_peer"] == 0
+
+
+def test_token_bucket() -> None:
+    b = TokenBucket(2.0, 3.0)
+    assert [b.take(now=0.0) for _ in range(4)] == [True, True, True, False]
+    assert b.take(now=0.4) is False and b.take(now=0.5) is True  # 0.5 s * 2/s = 1 token
+    assert [b.take(now=100.0) for _ in range(4)] == [True, True, True, False]  # never more than the burst
+    assert b.take(now=50.0) is False  # a clock going backwards adds nothing
+    with pytest.raises(ValueError):
+        TokenBucket(0.0, 1.0)
+    with pytest.raises(ValueError):
+        TokenBucket(1.0, 0.5)
+
+
+def test_peer_vlan_tags_dropped_where_the_segment_maps_a_vlan() -> None:
+    sw = spoke("A", "B", hub=True, untagged_only=True)  # type: ignore[arg-type]
+    for tag in ("81000014", "88a80014", "81000000"):  # VLAN 20 (C-tag, S-tag) and a priority tag
+        assert sw.from_peer(frame(BCAST, mac(2), tag=bytes.fromhex(tag)), "A", now=0.0) == DROP
+    assert sw.counters["drop_peer_vlan_tag"] == 3 and len(sw.table) == 0  # nothing learned from them
+    assert sw.from_peer(frame(BCAST, mac(2)), "A", now=0.0) == Forward(True, ("B",))
+    # the local side is trusted (its tags are the VLAN map's business), and a trunk passes tags
+    assert sw.from_local(frame(BCAST, mac(1), tag=bytes.fromhex("81000014")), now=0.0).to_peers == ("A", "B")
+    trunk = spoke("A", "B", hub=True)
+    assert trunk.from_peer(frame(BCAST, mac(2), tag=bytes.fromhex("81000014")), "A", now=0.0) == Forward(True, ("B",))
+
+
 # -- whole topologies in memory ---------------------------------------------------------------------------------
 class Net:
     """Nodes with a Switch each, hosts on their taps, and a delivery log."""
@@ -433,8 +566,10 @@ def test_vlan_map() -> None:
 def test_fuzz_switch_never_raises_and_respects_split_horizon() -> None:
     rng = random.Random(99)
     peers = ["A", "B", "C", "D"]
-    for hub in (False, True):
-        sw = spoke(*peers[:3], hub=hub, max_entries=64, age=5.0)
+    guarded = {"max_per_peer": 8, "flood_rate_per_peer": 50.0, "flood_burst_per_peer": 10.0, "flood_rate": 80.0,
+               "flood_burst": 20.0, "untagged_only": True, "move_limit": 2, "move_window": 3.0}
+    for hub, kw in ((False, {}), (True, {}), (False, guarded), (True, guarded)):
+        sw = spoke(*peers[:3], hub=hub, max_entries=64, age=5.0, **kw)  # type: ignore[arg-type]
         now = 0.0
         for _ in range(20_000):
             now += rng.random() * 0.01
@@ -453,5 +588,7 @@ def test_fuzz_switch_never_raises_and_respects_split_horizon() -> None:
                     assert d.to_peers == ()
             assert set(d.to_peers) <= set(sw.peers) and len(set(d.to_peers)) == len(d.to_peers)
             assert len(sw.table) <= 64
+            if kw:
+                assert all(sw.table.count(p) <= 8 for p in peers)
             if rng.random() < 0.001:
                 sw.expire(now=now)
