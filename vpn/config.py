@@ -21,7 +21,10 @@ They live in comment lines that start with ``#pyvpn`` (exactly that, then a spac
   ``#pyvpn Key = Value``: ``VNI`` (required), ``Tap`` (required), ``Bridge``, ``MTU``,
   ``Port`` (VXLAN UDP port, 4789), ``Peers`` (names or public keys; default all), ``VLAN``,
   ``Mode`` (``tunnel``, or ``plain`` = unencrypted RFC 7348 over the underlay, with ``Local``
-  and ``Remote`` = ``ip``, ``ip:port`` or ``[v6]:port``), ``MacAge`` (300), ``MacLimit`` (4096).
+  and ``Remote`` = ``ip``, ``ip:port`` or ``[v6]:port``), ``MacAge`` (300), ``MacLimit`` (4096),
+  and the limits for untrusted members: ``MacLimitPerPeer`` (256), ``BroadcastRatePerPeer``
+  (200 flooded frames/s per peer, on the hub; 0 = off), ``BroadcastBurstPerPeer`` (twice the rate),
+  ``BroadcastRate`` (1000 flooded frames/s from all peers together; 0 = off), ``BroadcastBurst``.
   A normal section header ends it.  :mod:`vpn.l2` runs the segments.
 
 Every error is a :class:`ConfigError` naming the file, the line and the key, e.g.
@@ -175,6 +178,13 @@ class SegmentConfig:
     :ivar remote: plain mode: ``ip``, ``ip:port`` or ``[v6]:port`` of each remote VTEP.
     :ivar mac_age: seconds before a learned MAC address is forgotten.
     :ivar mac_limit: the most MAC addresses learned on the segment.
+    :ivar mac_limit_per_peer: the most MAC addresses learned behind one peer (frames from more source
+        MACs of that peer are dropped), at most ``mac_limit``; None = 256 (or ``mac_limit`` if smaller).
+    :ivar broadcast_rate_per_peer: flooded frames (broadcast, multicast, unknown unicast) per second that
+        the hub accepts from each peer; 0 = no limit.
+    :ivar broadcast_burst_per_peer: the burst allowed on top of it (frames), or None for twice the rate.
+    :ivar broadcast_rate: flooded frames per second accepted from all peers together; 0 = no limit.
+    :ivar broadcast_burst: its burst (frames), or None for twice the rate.
     :ivar line: where ``#pyvpn [Segment]`` is (1-based; not part of equality).
     """
 
@@ -190,6 +200,11 @@ class SegmentConfig:
     remote: tuple[str, ...] = ()
     mac_age: float = 300.0
     mac_limit: int = 4096
+    mac_limit_per_peer: int | None = None
+    broadcast_rate_per_peer: int = 200
+    broadcast_burst_per_peer: int | None = None
+    broadcast_rate: int = 1000
+    broadcast_burst: int | None = None
     line: int = field(default=0, compare=False)
 
 
@@ -389,7 +404,9 @@ _PEER_KEYS = {"publickey": "public_key", "presharedkey": "preshared_key", "allow
 _PEER_PYVPN = {"name": "name", "vtep": "vtep"}
 _SEGMENT_KEYS = {"vni": "vni", "tap": "tap", "bridge": "bridge", "mtu": "mtu", "port": "port", "peers": "peers",
                  "vlan": "vlan", "mode": "mode", "local": "local", "remote": "remote", "macage": "mac_age",
-                 "maclimit": "mac_limit"}
+                 "maclimit": "mac_limit", "maclimitperpeer": "mac_limit_per_peer",
+                 "broadcastrateperpeer": "broadcast_rate_per_peer", "broadcastburstperpeer": "broadcast_burst_per_peer",
+                 "broadcastrate": "broadcast_rate", "broadcastburst": "broadcast_burst"}
 _REPEATABLE = {"addresses", "dns", "pre_up", "post_up", "pre_down", "post_down", "allowed_ips", "remote", "peers"}
 
 
@@ -470,8 +487,12 @@ def _convert(section: str, attr: str, raw: str) -> Any:
             raise ValueError(f"{raw!r} is not an IP address") from None
     if attr == "mac_age":
         return float(_int(raw, 1, 86400 * 365))
-    if attr == "mac_limit":
+    if attr in ("mac_limit", "mac_limit_per_peer"):
         return _int(raw, 1, 1 << 20)
+    if attr in ("broadcast_rate", "broadcast_rate_per_peer"):
+        return _int(raw, 0, 1_000_000)
+    if attr in ("broadcast_burst", "broadcast_burst_per_peer"):
+        return _int(raw, 1, 10_000_000)
     return raw
 
 
@@ -646,6 +667,15 @@ def parse_config(text: str, path: str = "<string>") -> Config:
                 if attr in values:
                     raise ConfigError(path, lines[attr], key, "only applies to 'Mode = plain' (a tunnel segment "
                                       "reaches its peers through the tunnel)")
+        per_peer, limit = values.get("mac_limit_per_peer"), values.get("mac_limit", 4096)
+        if per_peer is not None and per_peer > limit:
+            raise ConfigError(path, lines["mac_limit_per_peer"], "MacLimitPerPeer", f"{per_peer} is larger than "
+                              f"MacLimit ({limit})")
+        for burst, rate, bkey, rkey in (("broadcast_burst", "broadcast_rate", "BroadcastBurst", "BroadcastRate"),
+                                        ("broadcast_burst_per_peer", "broadcast_rate_per_peer",
+                                         "BroadcastBurstPerPeer", "BroadcastRatePerPeer")):
+            if burst in values and values.get(rate, 1) == 0:
+                raise ConfigError(path, lines[burst], bkey, f"has no effect with {rkey} = 0 (no limit)")
         segments.append(SegmentConfig(line=line, **frozen(values)))
     return Config(path=path, interface=iface, peers=tuple(peers), segments=tuple(segments))
 
@@ -745,6 +775,13 @@ def format_config(cfg: Config) -> str:
             out.append(f"#pyvpn MacAge = {int(s.mac_age)}")
         if s.mac_limit != 4096:
             out.append(f"#pyvpn MacLimit = {s.mac_limit}")
+        if s.mac_limit_per_peer is not None:
+            out.append(f"#pyvpn MacLimitPerPeer = {s.mac_limit_per_peer}")
+        for key, attr, default in (("BroadcastRatePerPeer", "broadcast_rate_per_peer", 200),
+                                   ("BroadcastBurstPerPeer", "broadcast_burst_per_peer", None),
+                                   ("BroadcastRate", "broadcast_rate", 1000), ("BroadcastBurst", "broadcast_burst", None)):
+            if getattr(s, attr) != default:
+                out.append(f"#pyvpn {key} = {getattr(s, attr)}")
     return "\n".join(out) + "\n"
 
 

@@ -54,6 +54,15 @@ Addresses and MTU
   (``dstport 4789``).  Plain segments never relay (a full mesh, like the kernel's).  Start-up logs a
   warning, and ``pyvpn show`` marks them, because nothing is encrypted or authenticated.
 
+Untrusted members
+-----------------
+Every member of a segment may be hostile; the switch (:mod:`vpn.switch`) enforces the rules: MACs of the
+local tap are sticky (``l2_local_mac_claim``), MAC moves between peers are damped (``l2_mac_move_limited``)
+and logged (each housekeeping tick, at most :data:`MAX_EVENT_LINES` lines per segment), each peer holds
+at most ``MacLimitPerPeer`` MACs (``l2_mac_quota``), flooded frames are rate-limited per peer on the hub
+and per segment (``l2_broadcast_rate_peer``, ``l2_broadcast_rate_segment``), and on a tap that maps VLANs
+peers' tagged frames are dropped (``l2_peer_vlan_tag``).
+
 Counters: device-level drops (merged into ``Device.drop_counts``, so ``pyvpn show`` lists them) are
 ``l2_bad_vxlan``, ``l2_unknown_vni``, ``l2_vni_not_member``, ``l2_unmapped_vlan``,
 ``l2_plain_unknown_source``, ``l2_tap_write_<errno>`` and each switch's ``drop_*`` reasons as ``l2_*``.
@@ -82,7 +91,7 @@ from tunnel.encap.vxlan import (
 )
 
 from .config import format_endpoint
-from .switch import Switch, VlanMap
+from .switch import LOCAL, Switch, VlanMap
 
 if TYPE_CHECKING:
     from crypto.tunnel import Tunnel
@@ -110,6 +119,7 @@ log = logging.getLogger("pyvpn.l2")
 # -- implementation constants ---------------------------------------------------------------------------------
 BATCH = 256  # frames per wakeup and tap/socket
 EXPIRE_INTERVAL = 10.0  # seconds between MAC-table sweeps (Linux's vxlan and bridge gc run about this often)
+MAX_EVENT_LINES = 5  # MAC move / claim log lines per segment and housekeeping tick (1 s)
 PLAIN_UNDERLAY_MTU = 1500  # assumed underlay MTU for plain segments without MTU =
 _IPPROTO_UDP = 17
 
@@ -156,6 +166,10 @@ class SegmentPlan:
     :param remotes: plain mode: ``(ip, port)`` of every remote VTEP.
     :param mac_age: MAC entry lifetime in seconds.
     :param mac_limit: MAC table bound.
+    :param mac_limit_per_peer: MAC quota of each peer.
+    :param broadcast_rate_per_peer: / :param broadcast_burst_per_peer: storm control per peer (hub only;
+        frames/s and frames; rate 0 = off).
+    :param broadcast_rate: / :param broadcast_burst: storm control for all peers together.
     :param hub: relay frames between peers (the server of a star).
     :param ipv6_vteps: whether any outer (VTEP) address is IPv6 (decides the default MTU).
     """
@@ -170,6 +184,11 @@ class SegmentPlan:
     remotes: tuple[tuple[str, int], ...] = ()
     mac_age: float = 300.0
     mac_limit: int = 4096
+    mac_limit_per_peer: int = 256
+    broadcast_rate_per_peer: int = 200
+    broadcast_burst_per_peer: int = 400
+    broadcast_rate: int = 1000
+    broadcast_burst: int = 2000
     hub: bool = False
     ipv6_vteps: bool = False
 
@@ -305,6 +324,11 @@ def plan_segments(cfg: Config, *, role: str, tunnel_mtu: int) -> tuple[TapPlan, 
         plan = SegmentPlan(vni=seg.vni, tap=seg.tap, port=seg.port, plain=plain,
                            members=tuple(seg.peers), vlan=seg.vlan, local=seg.local if plain else None,
                            remotes=remotes, mac_age=float(seg.mac_age), mac_limit=seg.mac_limit,
+                           mac_limit_per_peer=min(seg.mac_limit, seg.mac_limit_per_peer or 256),
+                           broadcast_rate_per_peer=seg.broadcast_rate_per_peer,
+                           broadcast_burst_per_peer=seg.broadcast_burst_per_peer or 2 * seg.broadcast_rate_per_peer,
+                           broadcast_rate=seg.broadcast_rate,
+                           broadcast_burst=seg.broadcast_burst or 2 * seg.broadcast_rate,
                            hub=role == "server" and not plain, ipv6_vteps=ipv6)
         by_tap.setdefault(seg.tap, []).append((seg, plan, mtu))
 
@@ -370,8 +394,12 @@ class _Segment:
         self.vni = plan.vni
         self.port = port
         self.plain = plain
-        self.switch: Switch[PortKey] = Switch(plan.vni, max_entries=plan.mac_limit, age=plan.mac_age,
-                                              hub=plan.hub)
+        self.switch: Switch[PortKey] = Switch(
+            plan.vni, max_entries=plan.mac_limit, age=plan.mac_age, hub=plan.hub,
+            max_per_peer=plan.mac_limit_per_peer, flood_rate_per_peer=plan.broadcast_rate_per_peer,
+            flood_burst_per_peer=max(1, plan.broadcast_burst_per_peer), flood_rate=plan.broadcast_rate,
+            flood_burst=max(1, plan.broadcast_burst),
+            untagged_only=not port.plan.trunk)  # the tap maps VLANs: peers' own tags would cross into them
         self.header = pack_header(plan.vni)
         self.members: dict[bytes, _Member] = {}  # tunnel mode
         self.remotes: dict[str, tuple[str, int]] = {ip: (ip, p) for ip, p in plan.remotes}  # plain mode
@@ -728,6 +756,38 @@ class L2Runtime:
             self._last_expire = now
             for seg in self._segments:
                 seg.switch.expire(now=now)
+        for seg in self._segments:
+            self._log_mac_events(seg)
+
+    def _port_label(self, port: object) -> str:
+        if port == LOCAL:
+            return "the local tap"
+        if isinstance(port, bytes):
+            peer = self.device.peers.get(port)
+            return f"peer {peer.label if peer is not None else encode_key(port)}"
+        return f"remote {port}"
+
+    def _log_mac_events(self, seg: _Segment) -> None:
+        """Log what the switch recorded since the last tick: MAC moves and refused claims (rate-limited:
+        at most :data:`MAX_EVENT_LINES` lines per segment a second, each event with its count)."""
+        events = seg.switch.table.take_events()
+        for event, n in events[:MAX_EVENT_LINES]:
+            mac = event.mac.hex(":")
+            old, new = self._port_label(event.old), self._port_label(event.new)
+            times = f" ({n} times)" if n > 1 else ""
+            if event.kind == "local_claim":
+                log.warning("segment VNI %d: %s claimed MAC %s of the local LAN%s; frames dropped (local MACs "
+                            "are sticky)", seg.vni, new, mac, times)
+            elif event.kind == "move_limited":
+                log.warning("segment VNI %d: MAC %s moves too often (over %d in %.0f s); %s claimed it from %s%s; "
+                            "frames dropped", seg.vni, mac, seg.switch.table.move_limit, seg.switch.table.move_window,
+                            new, old, times)
+            elif event.new == LOCAL:
+                log.info("segment VNI %d: MAC %s moved from %s to the local tap%s", seg.vni, mac, old, times)
+            else:
+                log.warning("segment VNI %d: MAC %s moved from %s to %s%s", seg.vni, mac, old, new, times)
+        if len(events) > MAX_EVENT_LINES:
+            log.warning("segment VNI %d: and %d more MAC events", seg.vni, len(events) - MAX_EVENT_LINES)
 
     def drop_counts(self) -> Counter[str]:
         """Drops by reason: the runtime's own, each switch's ``drop_*`` as ``l2_*``, tap write refusals."""
@@ -767,6 +827,10 @@ class L2Runtime:
                 "hub": p.hub,
                 "macs": len(seg.switch.table) if now is None else len(seg.switch.table.entries(now=now)),
                 "mac_limit": p.mac_limit,
+                "mac_limit_per_peer": p.mac_limit_per_peer,
+                "broadcast_rate_per_peer": p.broadcast_rate_per_peer if p.hub else 0,
+                "broadcast_rate": p.broadcast_rate,
+                "untagged_only": seg.switch.untagged_only,
                 "peers": peers,
                 "counters": dict(seg.switch.counters),
                 "table": dict(seg.switch.table.counters),

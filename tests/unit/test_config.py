@@ -179,6 +179,17 @@ def test_segments() -> None:
     assert [p.public_key for p in c.segment_peers(s1)] == [decode_key(PUB_A), decode_key(PUB_B)]
     assert c.segment_peers(s2) == c.peers
     assert len(c.peers) == 2 and c.peers[1].line == 32  # the [Peer] header ended the plain segment
+    assert (s1.mac_limit_per_peer, s1.broadcast_rate_per_peer, s1.broadcast_burst_per_peer, s1.broadcast_rate,
+            s1.broadcast_burst) == (None, 200, None, 1000, None)  # defaults (the planner resolves None)
+
+
+def test_segment_limits_for_untrusted_members() -> None:
+    text = iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn MacLimitPerPeer = 32\n"
+                 "#pyvpn BroadcastRatePerPeer = 50\n#pyvpn BroadcastBurstPerPeer = 75\n#pyvpn broadcastrate = 0\n")
+    (s,) = cfg(text).segments
+    assert (s.mac_limit_per_peer, s.broadcast_rate_per_peer, s.broadcast_burst_per_peer, s.broadcast_rate,
+            s.broadcast_burst) == (32, 50, 75, 0, None)
+    assert parse_config(format_config(cfg(text))) == cfg(text)
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -276,6 +287,22 @@ ERRORS: list[tuple[str, str]] = [
     (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn Mode = plain\n#pyvpn Local = 198.18.0.1\n"
            "#pyvpn Remote = remote.example\n"), "8: Remote: 'remote.example' is not"),
     (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn MacAge = 0\n"), "6: MacAge: 0 is out of range"),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn MacLimitPerPeer = 0\n"),
+     "6: MacLimitPerPeer: 0 is out of range (1..1048576)"),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn MacLimit = 64\n#pyvpn MacLimitPerPeer = 65\n"),
+     "7: MacLimitPerPeer: 65 is larger than MacLimit (64)"),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn MacLimitPerPeer = 4097\n"),
+     "6: MacLimitPerPeer: 4097 is larger than MacLimit (4096)"),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastRate = -1\n"),
+     "6: BroadcastRate: "),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastRatePerPeer = lots\n"),
+     "6: BroadcastRatePerPeer: "),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastBurst = 0\n"),
+     "6: BroadcastBurst: 0 is out of range (1..10000000)"),
+    (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastBurstPerPeer = 10\n"
+           "#pyvpn BroadcastRatePerPeer = 0\n"), "6: BroadcastBurstPerPeer: has no effect with BroadcastRatePerPeer = 0"),
+    (iface("[Peer]\nPublicKey = " + PUB_A + "\n#pyvpn MacLimitPerPeer = 5\n"),
+     "5: MacLimitPerPeer: unknown key in #pyvpn [Peer]; it belongs in #pyvpn [Segment]"),
 ]
 
 
@@ -425,8 +452,12 @@ def configs(draw: st.DrawFn) -> Config:
         persistent_keepalive=draw(st.integers(0, 65535)), name=draw(st.none()) if n == "x" else n)
         for k, n in zip(pubs, peer_names, strict=True))
     refs = [p.name or encode_key(p.public_key) for p in peers]  # a segment names a peer or gives its key
+    rate = draw(st.sampled_from((0, 1000, 7)))
     segs = tuple(SegmentConfig(vni=vni, tap=f"tap{vni % 10000}", vlan=draw(st.none() | st.integers(1, 4094)),
-                               peers=tuple(draw(st.lists(st.sampled_from(refs), max_size=2))) if refs else ())
+                               peers=tuple(draw(st.lists(st.sampled_from(refs), max_size=2))) if refs else (),
+                               mac_limit_per_peer=draw(st.none() | st.integers(1, 4096)), broadcast_rate=rate,
+                               broadcast_burst=draw(st.none() | st.integers(1, 99)) if rate else None,
+                               broadcast_rate_per_peer=draw(st.sampled_from((200, 1))))
                  for vni in draw(st.lists(st.integers(1, 2**24 - 1), unique_by=lambda v: v % 10000, max_size=2)))
     return Config(path="<random>", interface=i, peers=peers, segments=segs)
 
