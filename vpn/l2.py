@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from crypto.keys import encode_key
+from crypto.keys import abbreviate, encode_key
 from tunnel.encap.vxlan import (
     VXLAN_PORT,
     VxlanError,
@@ -764,7 +764,9 @@ class L2Runtime:
             return "the local tap"
         if isinstance(port, bytes):
             peer = self.device.peers.get(port)
-            return f"peer {peer.label if peer is not None else encode_key(port)}"
+            if peer is not None and peer.name:
+                return f"peer {peer.name}"
+            return peer.label if peer is not None else f"peer({abbreviate(port)})"
         return f"remote {port}"
 
     def _log_mac_events(self, seg: _Segment) -> None:
@@ -808,13 +810,16 @@ class L2Runtime:
         for seg in self._segments:
             p = seg.plan
             peers: list[str]
+            table = seg.switch.table
             if p.plain:
                 peers = [format_endpoint(r) for r in p.remotes]
+                by_peer = {format_endpoint(r): table.count(r[0]) for r in p.remotes}
             else:
-                peers = []
+                peers, by_peer = [], {}
                 for key in seg.members:
                     peer = self.device.peers.get(key)
                     peers.append(peer.label if peer is not None else encode_key(key))
+                    by_peer[peers[-1]] = table.count(key)
             out.append({
                 "vni": p.vni,
                 "tap": p.tap,
@@ -828,6 +833,7 @@ class L2Runtime:
                 "macs": len(seg.switch.table) if now is None else len(seg.switch.table.entries(now=now)),
                 "mac_limit": p.mac_limit,
                 "mac_limit_per_peer": p.mac_limit_per_peer,
+                "macs_by_peer": by_peer,
                 "broadcast_rate_per_peer": p.broadcast_rate_per_peer if p.hub else 0,
                 "broadcast_rate": p.broadcast_rate,
                 "untagged_only": seg.switch.untagged_only,

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -407,6 +408,19 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def capture_frames(path: Path) -> list[tuple[int, bytes, bytes]]:
+    """(pkttype, virtio_net_hdr, ethernet frame) records written by ``hostile_tools capture``."""
+    data = path.read_bytes()
+    out = []
+    i = 0
+    while i + 5 <= len(data):
+        n, pkttype = struct.unpack_from("<IB", data, i)
+        rec = data[i + 5 : i + 5 + n]
+        out.append((pkttype, rec[:10], rec[10:]))
+        i += 5 + n
+    return out
 
 
 def assert_no_traceback(*daemons: Daemon) -> None:

@@ -517,12 +517,21 @@ def _mac(rng: random.Random, group: bool = False) -> bytes:
     return bytes([first | (1 if group else 0)]) + rng.randbytes(5)
 
 
-def _frame(rng: random.Random, cls: str, macs: list[bytes]) -> bytes:
+def _frame(rng: random.Random, cls: str, macs: list[bytes], dst: bytes | None = None, vlan: int | None = None) -> bytes:
     if cls == "runt":
         return rng.randbytes(rng.randrange(1, 14))
     src = _mac(rng, group=True) if cls == "group_src" else rng.choice(macs)
-    dst = b"\xff" * 6 if rng.random() < 0.5 else _mac(rng)
-    return dst + src + b"\x88\xb5" + rng.randbytes(rng.randrange(46, 200))  # 0x88B5: local experimental
+    if dst is None:
+        dst = b"\xff" * 6 if rng.random() < 0.5 else _mac(rng)
+    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
+    return dst + src + tag + b"\x88\xb5" + rng.randbytes(rng.randrange(46, 200))  # 0x88B5: local experimental
+
+
+def _macs(rng: random.Random, a: argparse.Namespace) -> list[bytes]:
+    """``--src-mac`` (one fixed source MAC) or ``--macs`` random ones."""
+    if getattr(a, "src_mac", None):
+        return [bytes.fromhex(a.src_mac.replace(":", ""))]
+    return [_mac(rng) for _ in range(a.macs)]
 
 
 def vxlan_inject(a: argparse.Namespace) -> None:
@@ -530,7 +539,8 @@ def vxlan_inject(a: argparse.Namespace) -> None:
     rng = random.Random(a.seed)
     host, port = _addr(a.to)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    macs = [_mac(rng) for _ in range(a.macs)]
+    macs = _macs(rng, a)
+    dst = bytes.fromhex(a.dst_mac.replace(":", "")) if a.dst_mac else None
     classes = a.classes.split(",")
     sent: Counter[str] = Counter()
     for i in range(a.count):
@@ -541,7 +551,8 @@ def vxlan_inject(a: argparse.Namespace) -> None:
             vni = {"unknown_vni": a.unknown_vni, "not_member": a.other_vni}.get(cls, a.vni)
             flags = 0x00 if cls == "bad_flags" else 0x08
             hdr = struct.pack("!B3xI", flags, vni << 8)
-            payload = hdr + _frame(rng, "valid" if cls in ("unknown_vni", "not_member", "bad_flags") else cls, macs)
+            payload = hdr + _frame(rng, "valid" if cls in ("unknown_vni", "not_member", "bad_flags") else cls, macs,
+                                   dst, a.vlan)
         s.sendto(payload, (host, port))
         sent[cls] += 1
         if i % 32 == 31:
@@ -554,7 +565,7 @@ def tap_inject(a: argparse.Namespace) -> None:
     rng = random.Random(a.seed)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.bind((a.ifname, 0))
-    macs = [_mac(rng) for _ in range(a.macs)]
+    macs = _macs(rng, a)
     classes = a.classes.split(",")
     sent: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -672,6 +683,9 @@ def main() -> None:
     p.add_argument("--macs", type=int, default=200)
     p.add_argument("--classes", default="unknown_vni,not_member,bad_flags,short,runt,group_src,valid")
     p.add_argument("--pause", type=float, default=0.001)
+    p.add_argument("--src-mac", default=None, help="one fixed source MAC (aa:bb:...) instead of --macs random ones")
+    p.add_argument("--dst-mac", default=None, help="one fixed destination MAC (default: half broadcast, half random)")
+    p.add_argument("--vlan", type=int, default=None, help="put this 802.1Q tag into every frame")
     p = sub.add_parser("tap-inject")
     p.add_argument("--ifname", required=True)
     p.add_argument("--count", type=int, default=600)
@@ -679,6 +693,7 @@ def main() -> None:
     p.add_argument("--macs", type=int, default=200)
     p.add_argument("--classes", default="runt,group_src,valid")
     p.add_argument("--pause", type=float, default=0.001)
+    p.add_argument("--src-mac", default=None, help="one fixed source MAC instead of --macs random ones")
     p = sub.add_parser("capture")
     p.add_argument("--ifname", required=True)
     p.add_argument("--seconds", type=float, default=5.0)

@@ -20,25 +20,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hostile_harness import PORT, SERVER_TUN, SERVER_TUN6, SERVER_UNDERLAY, Lab, assert_no_traceback, report
+from hostile_harness import (
+    PORT,
+    SERVER_TUN,
+    SERVER_TUN6,
+    SERVER_UNDERLAY,
+    Lab,
+    assert_no_traceback,
+    report,
+)
+from hostile_harness import capture_frames as frames
 
 MTU = 1420
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 GSO_UDP_L4 = 5
 TUNNEL_NETS = (ipaddress.ip_network("198.19.0.0/16"), ipaddress.ip_network("fd00:19::/64"))
-
-
-def frames(path: Path) -> list[tuple[int, bytes, bytes]]:
-    """(pkttype, virtio_net_hdr, ethernet frame) records written by ``hostile_tools capture``."""
-    data = path.read_bytes()
-    out = []
-    i = 0
-    while i + 5 <= len(data):
-        n, pkttype = struct.unpack_from("<IB", data, i)
-        rec = data[i + 5 : i + 5 + n]
-        out.append((pkttype, rec[:10], rec[10:]))
-        i += 5 + n
-    return out
 
 
 def wg_size_ok(msg: bytes) -> bool:

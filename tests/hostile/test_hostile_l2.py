@@ -13,16 +13,28 @@ has VNI 100; both MAC tables are limited to 64 entries.
   client counts the bad ones, both tables stay bounded, the flooded ones reach the hub.
 (The kernel refuses to send frames shorter than an Ethernet header on a tap, so tap runts cannot
 be injected this way.)
+
+A malicious member (the client, through its own session) against the hub's segment rules:
+
+- hijacking the MAC of the hub LAN's gateway with forged frames (``l2_local_mac_claim``; the LAN keeps
+  reaching its gateway, the hub's bridge never learns the gateway on the tap);
+- filling the MAC table from many source MACs (``MacLimitPerPeer``: ``l2_mac_quota``; hosts on the
+  hub's LAN are still learned);
+- a broadcast storm (``BroadcastRatePerPeer``: ``l2_broadcast_rate_peer``; the hub replicates at most
+  the bucket's worth);
+- its own 802.1Q tag into a segment that maps a VLAN (``l2_peer_vlan_tag``; nothing arrives in the
+  LAN as VLAN 20 nested in VLAN 10).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_harness import SERVER_TUN, Daemon, Lab, assert_no_traceback, keypair, report
-from netns import wait_for
+from hostile_harness import SERVER_TUN, Daemon, Lab, assert_no_traceback, capture_frames, keypair, report
+from netns import Netns, veth, wait_for
 
 from crypto.keys import encode_key
 
@@ -44,9 +56,10 @@ def vni100(d: Daemon) -> dict[str, Any]:
 def test_vxlan_injection_and_tap_garbage_are_counted_and_bounded() -> None:
     other = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(keypair()[1])}\nAllowedIPs = 198.19.0.50/32\n"
     with Lab(log_level="debug") as lab:
-        lab.start(server_extra_peers=other + segment(100, "hstap0", f"MacLimit = {LIMIT}")
+        no_storm_control = ("BroadcastRatePerPeer = 0", "BroadcastRate = 0")  # exact accounting below
+        lab.start(server_extra_peers=other + segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control)
                   + segment(200, "hstap1", "Peers = other"),
-                  client_extra=segment(100, "hstap0", f"MacLimit = {LIMIT}"))
+                  client_extra=segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control))
         srv, cli = lab.server, lab.client
         time.sleep(0.5)
         # -- VXLAN injection through the tunnel
@@ -84,3 +97,149 @@ def test_vxlan_injection_and_tap_garbage_are_counted_and_bounded() -> None:
         assert srv.alive() and cli.alive()
         assert lab.ping(count=2, interval=0.05) == 2
         assert_no_traceback(srv, cli)
+
+
+# -- a malicious member against the hub's segment rules ----------------------------------------------------------
+OTHER = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(keypair()[1])}\nAllowedIPs = 198.19.0.50/32\n"
+BCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def lan_host(lab: Lab, tag: str, bridge: str, address: str) -> tuple[Netns, str]:
+    """A host namespace on ``bridge`` in the server namespace (IPv4 only: no chatter of its own); its MAC."""
+    ns = lab._ns(tag)  # the lab removes it with the others
+    port = f"p{tag}"
+    ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    veth(ns, "eth0", lab.srv_ns, port)
+    lab.srv_ns.run(f"ip link set {port} master {bridge}")
+    ns.run(f"ip addr add {address}/24 dev eth0")
+    return ns, ns.run("cat /sys/class/net/eth0/address").stdout.strip()
+
+
+def pings(ns: Netns, addr: str, count: int = 5) -> int:
+    p = ns.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", addr], check=False, timeout=30)
+    for line in p.stdout.splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    return 0
+
+
+def inject(lab: Lab, *args: str) -> dict[str, Any]:
+    """VXLAN frames for VNI 100 from the client's namespace, through its own session, to the hub's VTEP."""
+    return lab.run_tool(lab.cli_ns, "vxlan-inject", "--to", f"{SERVER_TUN}:4789", "--classes", "valid", *args)
+
+
+@pytest.mark.root
+def test_member_cannot_hijack_the_gateway_mac_of_the_hub_lan() -> None:
+    with Lab(log_level="debug") as lab:
+        lab.start(server_extra_peers=segment(100, "hstap0", "Bridge = hsbr0"))
+        srv = lab.server
+        gw, gw_mac = lan_host(lab, "gw", "hsbr0", "100.64.100.1")
+        lan, _ = lan_host(lab, "lan", "hsbr0", "100.64.100.2")
+        # the gateway ARPs for the LAN host: the broadcast crosses the tap, so the hub learns it on its LAN
+        assert pings(gw, "100.64.100.2", count=1) == 1
+        time.sleep(0.3)
+        d0 = srv.drops()
+        res = inject(lab, "--count", "64", "--src-mac", gw_mac, "--dst-mac", BCAST, "--pause", "0.01")
+        sent = res["sent"]["valid"]
+        wait_for(lambda: srv.drops()["l2_local_mac_claim"] - d0["l2_local_mac_claim"] >= sent, timeout=5)
+        claims = srv.drops()["l2_local_mac_claim"] - d0["l2_local_mac_claim"]
+        fdb = lab.srv_ns.run("bridge fdb show br hsbr0").stdout
+        gw_ports = [ln.split()[2] for ln in fdb.splitlines() if ln.startswith(gw_mac) and "permanent" not in ln]
+        got = pings(lan, "100.64.100.1")
+        seg = vni100(srv)
+        report("l2-hijack", sent=sent, claims=claims, gateway_fdb_ports=gw_ports, lan_to_gateway=got,
+               counters=seg["counters"])
+        # before: the forged frames reached the LAN (the bridge moved the gateway to the tap) and the hub's
+        # switch sent the LAN's frames for the gateway to the attacker, so these pings were lost
+        assert claims == sent, (claims, sent)
+        assert gw_ports == ["pgw"], fdb
+        assert got == 5
+        assert seg["counters"].get("unicast", 0) == 0  # nothing for the gateway went into the tunnel
+        assert "of the local LAN" in srv.log_text()  # logged
+        assert_no_traceback(srv)
+
+
+@pytest.mark.root
+def test_member_cannot_fill_the_mac_table() -> None:
+    quota, limit = 16, 64
+    with Lab(log_level="debug") as lab:
+        lab.start(server_extra_peers=segment(100, "hstap0", f"MacLimit = {limit}", f"MacLimitPerPeer = {quota}",
+                                             "BroadcastRatePerPeer = 0", "BroadcastRate = 0"))
+        srv = lab.server
+        time.sleep(0.3)
+        d0 = srv.drops()
+        res = inject(lab, "--count", "600", "--macs", "300")
+        wait_for(lambda: vni100(srv)["counters"].get("flood_group", 0) + vni100(srv)["counters"].get(
+            "flood_unknown", 0) + srv.drops()["l2_mac_quota"] - d0["l2_mac_quota"] >= res["sent"]["valid"], timeout=5)
+        after_attack = vni100(srv)
+        # new hosts on the hub's LAN (frames into its tap) must still be learned
+        lan = lab.run_tool(lab.srv_ns, "tap-inject", "--ifname", "hstap0", "--count", "80", "--macs", "10",
+                           "--classes", "valid", "--seed", "11")
+        time.sleep(0.5)
+        seg = vni100(srv)
+        quota_drops = srv.drops()["l2_mac_quota"] - d0["l2_mac_quota"]
+        report("l2-mac-quota", sent=res["sent"], quota_drops=quota_drops, after_attack=after_attack, after_lan=seg,
+               lan_sent=lan["sent"])
+        # before: the attacker's 300 MACs filled all 64 entries and the LAN's new hosts were refused
+        assert seg["macs_by_peer"] == {"client": quota}, seg
+        assert quota_drops > 0
+        assert seg["table"].get("refused", 0) == 0, seg["table"]
+        assert seg["table"]["learned"] - after_attack["table"]["learned"] >= 10
+        assert_no_traceback(srv)
+
+
+@pytest.mark.root
+def test_member_broadcast_storm_is_rate_limited() -> None:
+    rate = burst = 20
+    with Lab(log_level="debug") as lab:
+        lab.start(server_extra_peers=OTHER + segment(100, "hstap0", f"BroadcastRatePerPeer = {rate}",
+                                                     f"BroadcastBurstPerPeer = {burst}", "BroadcastRate = 0"))
+        srv = lab.server
+        time.sleep(0.3)
+        c0, d0 = vni100(srv)["counters"], srv.drops()
+        t0 = time.monotonic()
+        res = inject(lab, "--count", "1000", "--macs", "1", "--dst-mac", BCAST)
+        sent = res["sent"]["valid"]
+        wait_for(lambda: vni100(srv)["counters"].get("flood_group", 0) - c0.get("flood_group", 0)
+                 + srv.drops()["l2_broadcast_rate_peer"] - d0["l2_broadcast_rate_peer"] >= sent, timeout=5)
+        elapsed = time.monotonic() - t0
+        flooded = vni100(srv)["counters"].get("flood_group", 0) - c0.get("flood_group", 0)
+        limited = srv.drops()["l2_broadcast_rate_peer"] - d0["l2_broadcast_rate_peer"]
+        report("l2-storm", sent=sent, flooded=flooded, rate_limited=limited, seconds=round(elapsed, 2))
+        # before: all 1000 were flooded (to the LAN and re-encrypted for the other member).  (flood_group
+        # also counts the tap's own IPv6 multicast, hence >=)
+        assert flooded + limited >= sent
+        assert sent - limited <= burst + rate * elapsed + 1, (limited, elapsed)
+        assert_no_traceback(srv)
+
+
+@pytest.mark.root
+def test_member_cannot_inject_its_own_vlan_tag(tmp_path: Path) -> None:
+    with Lab(log_level="debug") as lab:
+        lab.start(server_extra_peers=OTHER + segment(100, "hstrk0", "VLAN = 10")
+                  + segment(200, "hstrk0", "VLAN = 20", "Peers = other"))
+        srv = lab.server
+        # what pyvpn writes to its trunk tap (the kernel moves the outer tag out of the data on receive)
+        cap_file, stop = tmp_path / "trunk.cap", tmp_path / "stop"
+        cap = lab.tool(lab.srv_ns, "capture", "--ifname", "hstrk0", "--seconds", "20", "--max-packets", "10000",
+                       "--out", str(cap_file), "--stop-file", str(stop))
+        assert cap.stdout is not None and b"capturing" in cap.stdout.readline()
+        d0 = srv.drops()
+        tagged = inject(lab, "--count", "50", "--macs", "1", "--dst-mac", BCAST, "--vlan", "20")["sent"]["valid"]
+        plain = inject(lab, "--count", "50", "--macs", "1", "--dst-mac", BCAST, "--seed", "8")["sent"]["valid"]
+        wait_for(lambda: srv.drops()["l2_peer_vlan_tag"] - d0["l2_peer_vlan_tag"] >= tagged, timeout=5)
+        time.sleep(0.5)
+        stop.touch()
+        lab.tool_result(cap, 30)
+        vlan20 = bytes.fromhex("81000014")
+        received = [eth for pkttype, _vnet, eth in capture_frames(cap_file) if pkttype != 4]  # not outgoing
+        nested = [eth for eth in received if eth[12:16] == vlan20 or (eth[12:14] == b"\x81\x00" and eth[16:20] == vlan20)]
+        untagged_in_10 = [eth for eth in received if eth[12:14] == b"\x88\xb5" or eth[16:18] == b"\x88\xb5"]
+        dropped = srv.drops()["l2_peer_vlan_tag"] - d0["l2_peer_vlan_tag"]
+        report("l2-vlan", tagged_sent=tagged, plain_sent=plain, written_to_trunk=len(received),
+               vlan20_nested_in_10=len(nested), plain_in_10=len(untagged_in_10), dropped=dropped)
+        # before: the 50 tagged frames came out of the trunk as VLAN 10 ‖ VLAN 20 (a double-tagging VLAN hop)
+        assert nested == []
+        assert dropped == tagged == 50
+        assert len(untagged_in_10) >= plain
+        assert_no_traceback(srv)

@@ -545,7 +545,7 @@ def test_mac_moves_between_members_are_damped_and_logged(caplog: pytest.LogCaptu
         for i, node in enumerate((c1, c2, c1, c2, c1, c2, c1, c1)):
             seen = sw.counters["flood_group"] + sw.counters["drop_mac_move_limited"]
             node.taps["tap100"].inject([eth(BCAST, m, b"roam %d" % i)])
-            assert await until(lambda: sw.counters["flood_group"] + sw.counters["drop_mac_move_limited"] > seen)
+            assert await until(lambda s=seen: sw.counters["flood_group"] + sw.counters["drop_mac_move_limited"] > s)
         # 5 moves are allowed (RFC 7432 defaults), the next claims are refused and it stays on c2
         assert sw.table.counters["moved"] == 5 and sw.counters["drop_mac_move_limited"] == 2
         assert sw.table.lookup(m, now=asyncio.get_running_loop().time()) == PUBS[2]
