@@ -73,8 +73,9 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
                           f"every {p['persistent_keepalive']} s" if p.get("persistent_keepalive") else "off")
         console.print(peers)
         for seg in snap.get("segments", []):
+            limits = f" (at most {seg['mac_limit_per_peer']} per peer)" if seg.get("mac_limit_per_peer") else ""
             console.print(f"segment vni {seg['vni']} on {seg['tap']}: {seg['macs']} MACs learned"
-                          f"{' (plain VXLAN, unencrypted)' if seg.get('plain') else ''}")
+                          f"{' (plain VXLAN, unencrypted)' if seg.get('plain') else ''}{limits}")
         drops = snap.get("drops") or {}
         if drops:
             dt = Table(title="drops by reason")

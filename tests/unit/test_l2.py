@@ -8,6 +8,7 @@ crosses the WireGuard session as VXLAN-in-UDP-in-IP and comes out of the other t
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import struct
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 from tunnel.encap.vxlan import encap_ip, pack_header
@@ -22,6 +24,7 @@ from tunnel.testing import MemoryNetwork, MemoryTun, MemoryUdp
 from vpn.config import parse_config
 from vpn.device import Device
 from vpn.l2 import L2ConfigError, L2Runtime, TapPlan, choose_vtep, local_vteps, plan_segments
+from vpn.status import render
 
 KEYS = [private_from_random(bytes([i + 1]) * 32) for i in range(5)]
 PUBS = [public_from_private(k) for k in KEYS]
@@ -530,6 +533,11 @@ def test_a_member_cannot_hijack_a_local_mac_and_claims_are_logged(caplog: pytest
             srv.l2._housekeeping()
         assert f"peer c1 claimed MAC {gw.hex(':')} of the local LAN (5 times)" in caplog.text
         assert "l2_local_mac_claim" in srv.dev.snapshot()["drops"]
+        # pyvpn show: the drop reason and the quota
+        console = Console(file=io.StringIO(), width=200)
+        render([srv.dev.snapshot()], console)
+        text = console.file.getvalue()
+        assert "l2_local_mac_claim" in text and "MACs learned (at most 256 per peer)" in text, text
 
     run_nodes([srv, c1, c2], body)
 
