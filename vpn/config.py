@@ -779,7 +779,8 @@ def format_config(cfg: Config) -> str:
             out.append(f"#pyvpn MacLimitPerPeer = {s.mac_limit_per_peer}")
         for key, attr, default in (("BroadcastRatePerPeer", "broadcast_rate_per_peer", 200),
                                    ("BroadcastBurstPerPeer", "broadcast_burst_per_peer", None),
-                                   ("BroadcastRate", "broadcast_rate", 1000), ("BroadcastBurst", "broadcast_burst", None)):
+                                   ("BroadcastRate", "broadcast_rate", 1000),
+                                   ("BroadcastBurst", "broadcast_burst", None)):
             if getattr(s, attr) != default:
                 out.append(f"#pyvpn {key} = {getattr(s, attr)}")
     return "\n".join(out) + "\n"

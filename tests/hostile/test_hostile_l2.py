@@ -233,7 +233,8 @@ def test_member_cannot_inject_its_own_vlan_tag(tmp_path: Path) -> None:
         lab.tool_result(cap, 30)
         vlan20 = bytes.fromhex("81000014")
         received = [eth for pkttype, _vnet, eth in capture_frames(cap_file) if pkttype != 4]  # not outgoing
-        nested = [eth for eth in received if eth[12:16] == vlan20 or (eth[12:14] == b"\x81\x00" and eth[16:20] == vlan20)]
+        nested = [eth for eth in received
+                  if eth[12:16] == vlan20 or (eth[12:14] == b"\x81\x00" and eth[16:20] == vlan20)]
         untagged_in_10 = [eth for eth in received if eth[12:14] == b"\x88\xb5" or eth[16:18] == b"\x88\xb5"]
         dropped = srv.drops()["l2_peer_vlan_tag"] - d0["l2_peer_vlan_tag"]
         report("l2-vlan", tagged_sent=tagged, plain_sent=plain, written_to_trunk=len(received),

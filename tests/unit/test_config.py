@@ -300,7 +300,8 @@ ERRORS: list[tuple[str, str]] = [
     (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastBurst = 0\n"),
      "6: BroadcastBurst: 0 is out of range (1..10000000)"),
     (iface("#pyvpn [Segment]\n#pyvpn VNI = 1\n#pyvpn Tap = t0\n#pyvpn BroadcastBurstPerPeer = 10\n"
-           "#pyvpn BroadcastRatePerPeer = 0\n"), "6: BroadcastBurstPerPeer: has no effect with BroadcastRatePerPeer = 0"),
+           "#pyvpn BroadcastRatePerPeer = 0\n"),
+     "6: BroadcastBurstPerPeer: has no effect with BroadcastRatePerPeer = 0"),
     (iface("[Peer]\nPublicKey = " + PUB_A + "\n#pyvpn MacLimitPerPeer = 5\n"),
      "5: MacLimitPerPeer: unknown key in #pyvpn [Peer]; it belongs in #pyvpn [Segment]"),
 ]
