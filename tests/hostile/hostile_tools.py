@@ -555,9 +555,38 @@ def vxlan_inject(a: argparse.Namespace) -> None:
                                    dst, a.vlan)
         s.sendto(payload, (host, port))
         sent[cls] += 1
-        if i % 32 == 31:
+        if a.interval:
+            time.sleep(a.interval)
+        elif i % 32 == 31:
             time.sleep(a.pause)
     emit({"sent": dict(sent)})
+
+
+def vxlan_insider(a: argparse.Namespace) -> None:
+    """VXLAN frames from a second member: a real session as the peer whose private key is in
+    ``PYVPN_INSIDER_KEY`` (base64), held with the sans-IO core, frames encapsulated by hand."""
+    from crypto.keys import decode_key
+    from tunnel.encap.vxlan import encap_ip
+
+    rng = random.Random(a.seed)
+    target = _addr(a.target)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a.bind, 0))
+    me = Insider(decode_key(os.environ["PYVPN_INSIDER_KEY"]), decode_key(a.server_pub), target, s)
+    me.handshake()
+    host, port = _addr(a.to)
+    src_ip, dst_ip = socket.inet_aton(a.src_ip), socket.inet_aton(host)
+    macs = _macs(rng, a)
+    dst = bytes.fromhex(a.dst_mac.replace(":", "")) if a.dst_mac else None
+    sent = 0
+    for _ in range(a.count):
+        frame = _frame(rng, "valid", macs, dst)
+        me.tunnel.encapsulate([encap_ip(frame, vni=a.vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=port)],
+                              now=time.monotonic())
+        me.flush()
+        sent += 1
+        time.sleep(a.interval)
+    emit({"sent": sent})
 
 
 def tap_inject(a: argparse.Namespace) -> None:
@@ -686,6 +715,20 @@ def main() -> None:
     p.add_argument("--src-mac", default=None, help="one fixed source MAC (aa:bb:...) instead of --macs random ones")
     p.add_argument("--dst-mac", default=None, help="one fixed destination MAC (default: half broadcast, half random)")
     p.add_argument("--vlan", type=int, default=None, help="put this 802.1Q tag into every frame")
+    p.add_argument("--interval", type=float, default=0.0, help="sleep after every frame (instead of --pause)")
+    p = sub.add_parser("vxlan-insider")
+    p.add_argument("--target", required=True, help="the server's underlay address:port")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--server-pub", required=True)
+    p.add_argument("--src-ip", required=True, help="our tunnel address (our VTEP)")
+    p.add_argument("--to", required=True, help="the server's VTEP address:port")
+    p.add_argument("--vni", type=int, default=100)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--seed", type=int, default=9)
+    p.add_argument("--macs", type=int, default=1)
+    p.add_argument("--src-mac", default=None)
+    p.add_argument("--dst-mac", default=None)
+    p.add_argument("--interval", type=float, default=0.01)
     p = sub.add_parser("tap-inject")
     p.add_argument("--ifname", required=True)
     p.add_argument("--count", type=int, default=600)
@@ -703,7 +746,8 @@ def main() -> None:
     p.add_argument("--stop-file", default=None, help="stop early once this file exists")
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-send": udp_send, "flood": flood, "garbage": garbage,
-     "tun-inject": tun_inject, "vxlan-inject": vxlan_inject, "tap-inject": tap_inject,
+     "tun-inject": tun_inject, "vxlan-inject": vxlan_inject, "vxlan-insider": vxlan_insider,
+     "tap-inject": tap_inject,
      "capture": capture}[a.cmd](a)
 
 

@@ -23,7 +23,10 @@ A malicious member (the client, through its own session) against the hub's segme
 - a broadcast storm (``BroadcastRatePerPeer``: ``l2_broadcast_rate_peer``; the hub replicates at most
   the bucket's worth);
 - its own 802.1Q tag into a segment that maps a VLAN (``l2_peer_vlan_tag``; nothing arrives in the
-  LAN as VLAN 20 nested in VLAN 10).
+  LAN as VLAN 20 nested in VLAN 10);
+- with a second member (a real session held by ``hostile_tools vxlan-insider`` from the attacker
+  namespace), a MAC claimed back and forth between two members: moves are damped and logged
+  (``l2_mac_move_limited``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_harness import SERVER_TUN, Daemon, Lab, assert_no_traceback, capture_frames, keypair, report
+from hostile_harness import (
+    PORT,
+    SERVER_ATTACKER_SIDE,
+    SERVER_TUN,
+    Daemon,
+    Lab,
+    assert_no_traceback,
+    capture_frames,
+    keypair,
+    report,
+)
 from netns import Netns, veth, wait_for
 
 from crypto.keys import encode_key
@@ -243,4 +256,33 @@ def test_member_cannot_inject_its_own_vlan_tag(tmp_path: Path) -> None:
         assert nested == []
         assert dropped == tagged == 50
         assert len(untagged_in_10) >= plain
+        assert_no_traceback(srv)
+
+
+@pytest.mark.root
+def test_mac_moves_between_members_are_damped_and_logged() -> None:
+    priv, pub = keypair()
+    other = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(pub)}\nAllowedIPs = 198.19.0.50/32\n"
+    contested = "02:00:5e:00:53:01"
+    with Lab(attacker=True, log_level="debug") as lab:
+        lab.start(server_extra_peers=other + segment(100, "hstap0"))
+        srv = lab.server
+        time.sleep(0.3)
+        t0, d0 = vni100(srv)["table"], srv.drops()
+        # both members send frames from the same MAC, 20 a second each, at the same time
+        insider = lab.tool(lab.atk_ns, "vxlan-insider", "--target", f"{SERVER_ATTACKER_SIDE}:{PORT}",
+                           "--server-pub", encode_key(lab.server_key[1]), "--src-ip", "198.19.0.50",
+                           "--to", f"{SERVER_TUN}:4789", "--count", "40", "--src-mac", contested, "--dst-mac", BCAST,
+                           "--interval", "0.05", extra_env={"PYVPN_INSIDER_KEY": encode_key(priv)})
+        client = inject(lab, "--count", "60", "--src-mac", contested, "--dst-mac", BCAST, "--interval", "0.05")
+        ins = lab.tool_result(insider, 60)
+        time.sleep(1.5)  # a housekeeping tick logs the events
+        moved = vni100(srv)["table"].get("moved", 0) - t0.get("moved", 0)
+        limited = srv.drops()["l2_mac_move_limited"] - d0["l2_mac_move_limited"]
+        log = srv.log_text()
+        report("l2-mac-moves", client_sent=client["sent"], insider_sent=ins["sent"], moves=moved, limited=limited)
+        # before: the MAC flapped between the two members with every frame (dozens of moves), unlogged
+        assert moved <= 5, moved
+        assert limited > 0
+        assert f"MAC {contested} moves too often" in log and f"MAC {contested} moved from peer" in log
         assert_no_traceback(srv)
