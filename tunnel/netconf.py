@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped, unused-ignore]
@@ -28,20 +30,25 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 __all__ = [
     "NetconfError",
+    "PolicyRule",
     "add_address",
+    "add_policy_rule",
     "add_route",
     "addresses",
     "create_bridge",
     "del_address",
+    "del_policy_rule",
     "del_route",
     "delete_link",
     "enslave",
     "link_exists",
     "link_index",
     "move_to_netns",
+    "policy_rules",
     "set_down",
     "set_mtu",
     "set_up",
+    "table_routes",
 ]
 
 T = TypeVar("T")
@@ -390,3 +397,79 @@ def del_route(name: str, cidr: str, *, table: int | None = None, netns: str | No
     :raises NetconfError: no such route (``ESRCH``), no such interface, ...
     """
     _route("del", name, cidr, table, netns)
+
+
+# -- policy rules -----------------------------------------------------------------------------------------------
+
+#: include/uapi/linux/fib_rules.h: the rule matches when its selector does *not* (``ip rule add not ...``).
+FIB_RULE_INVERT = 0x2
+RT_TABLE_MAIN = 254
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ``ip rule``, as far as pyvpn uses them (wg-quick's /0 trick).
+
+    :ivar family: ``socket.AF_INET`` or ``socket.AF_INET6``.
+    :ivar priority: the rule's preference.
+    :ivar table: the routing table it looks up (254 = main).
+    :ivar fwmark: match packets with this mark (all 32 bits), or None.
+    :ivar invert: match packets that do *not* match the selector (``not fwmark ...``).
+    :ivar suppress_prefixlen: ignore routes with this prefix length or shorter, or None.
+    """
+
+    family: int
+    priority: int
+    table: int
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlen: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"family": self.family, "priority": self.priority, "table": self.table}
+        if self.fwmark is not None:
+            kw.update(fwmark=self.fwmark, fwmask=0xFFFFFFFF)
+        if self.invert:
+            kw["flags"] = FIB_RULE_INVERT
+        if self.suppress_prefixlen is not None:
+            kw["suppress_prefixlen"] = self.suppress_prefixlen
+        return kw
+
+    def __str__(self) -> str:
+        v = "-6 " if self.family == socket.AF_INET6 else ""
+        sel = f"{'not ' if self.invert else ''}{f'fwmark {self.fwmark:#x}' if self.fwmark is not None else 'from all'}"
+        sup = f" suppress_prefixlen {self.suppress_prefixlen}" if self.suppress_prefixlen is not None else ""
+        table = "main" if self.table == RT_TABLE_MAIN else str(self.table)
+        return f"ip {v}rule {self.priority}: {sel} lookup {table}{sup}"
+
+
+def _rule_from_msg(msg: Any) -> PolicyRule:
+    suppress = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
+    return PolicyRule(family=int(msg["family"]), priority=int(msg.get_attr("FRA_PRIORITY") or 0),
+                      table=int(msg.get_attr("FRA_TABLE") or msg["table"]), fwmark=msg.get_attr("FRA_FWMARK"),
+                      invert=bool(msg["flags"] & FIB_RULE_INVERT),
+                      suppress_prefixlen=None if suppress in (None, 0xFFFFFFFF) else int(suppress))
+
+
+def policy_rules(family: int, *, netns: str | None = None) -> list[PolicyRule]:
+    """The policy rules of one family (``ip [-6] rule show``), in kernel order.
+
+    :param family: ``socket.AF_INET`` or ``socket.AF_INET6``.
+    :param netns: named network namespace, or ``None`` for the current one.
+    """
+    return _run("policy_rules", netns, lambda ipr: [_rule_from_msg(m) for m in ipr.get_rules(family=family)])
+
+
+def add_policy_rule(rule: PolicyRule, *, netns: str | None = None) -> None:
+    """``ip rule add ...``; :raises NetconfError: e.g. ``EEXIST`` when the same rule is there already."""
+    _run(f"add rule ({rule})", netns, lambda ipr: ipr.rule("add", **rule.kwargs()))
+
+
+def del_policy_rule(rule: PolicyRule, *, netns: str | None = None) -> None:
+    """``ip rule del ...``; :raises NetconfError: ``ENOENT`` when there is no such rule."""
+    _run(f"del rule ({rule})", netns, lambda ipr: ipr.rule("del", **rule.kwargs()))
+
+
+def table_routes(table: int, family: int, *, netns: str | None = None) -> int:
+    """How many routes of ``family`` routing table ``table`` holds (0: nothing uses the table)."""
+    return _run(f"routes of table {table}", netns, lambda ipr: len(ipr.get_routes(family=family, table=table)))
