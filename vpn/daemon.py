@@ -12,7 +12,12 @@ Start-up, in wg-quick's order:
    WireGuard UAPI socket and the control socket, run PostUp hooks.
 4. Run until SIGINT/SIGTERM, the interface being deleted, or the UAPI socket being removed.
    Then PreDown, close everything (closing the tun removes the device and its routes),
-   remove the rules, PostDown.
+   remove the rules, PostDown.  SIGHUP reloads the peers from the file (:mod:`vpn.reload`).
+
+Before step 1, what an earlier run of the same interface left behind when it was killed
+without cleanup (kill -9, a crash) is removed and logged: its socket files if nothing listens
+on them, its nft tables, and the /0 policy rules of table 51820 if no route uses that table any
+more (:meth:`Interface.clean_stale`).  A live instance of the interface is refused first.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 from collections import Counter
 from collections.abc import Iterable
@@ -31,16 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from tunnel import netconf
+from tunnel.netconf import PolicyRule
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
 from .datapath import set_txqueuelen
 from .device import Device
+from .endpoints import EndpointResolver, ResolveError, resolve
+from .reload import Reloader
 
 log = logging.getLogger("pyvpn")
 
 DEFAULT_MTU = 1420
 DEFAULT_TABLE = 51820  # wg-quick's default table and fwmark for /0 routes
+RULE_PRIORITY = 32764  # "not fwmark 51820 lookup 51820"; "lookup main suppress_prefixlen 0" one before it
 
 
 class DaemonError(Exception):
@@ -56,19 +66,11 @@ def run_hooks(kind: str, commands: Iterable[str], iface: str) -> None:
             raise DaemonError(f"{kind} command failed with exit code {r.returncode}: {cmd}")
 
 
-def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
-    """Resolve ``host`` once (IPv4 preferred for names, like wg), return ``(ip, port)``."""
-    try:
-        ipaddress.ip_address(host)
-        return host, port
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as e:
-        raise DaemonError(f"cannot resolve endpoint {host}:{port}: {e.strerror}") from None
-    infos.sort(key=lambda i: i[0] != socket.AF_INET)
-    return str(infos[0][4][0]), port
+def default_rules(family: int) -> tuple[PolicyRule, PolicyRule]:
+    """wg-quick's two rules for a /0: every packet without our fwmark looks up table 51820 (the
+    tunnel's default route), and the main table is used except for its default routes."""
+    return (PolicyRule(family, RULE_PRIORITY, DEFAULT_TABLE, fwmark=DEFAULT_TABLE, invert=True),
+            PolicyRule(family, RULE_PRIORITY - 1, netconf.RT_TABLE_MAIN, suppress_prefixlen=0))
 
 
 class Interface:
@@ -77,67 +79,108 @@ class Interface:
     def __init__(self, name: str, netns: str | None) -> None:
         self.name = name
         self.netns = netns
-        self.rules: list[dict[str, Any]] = []
+        self.rules: list[PolicyRule] = []
         self.nft_tables: list[str] = []  # "ip pyvpn-IFACE", "ip6 pyvpn-IFACE"
         self.fwmark = 0
 
     def configure(self, addresses: Iterable[str], mtu: int, routes: Iterable[str], table: str | None) -> None:
         ns = self.netns
+        addresses = [str(a) for a in addresses]
         netconf.set_mtu(self.name, mtu, netns=ns)
         for a in addresses:
-            netconf.add_address(self.name, str(a), netns=ns)
+            netconf.add_address(self.name, a, netns=ns)
         netconf.set_up(self.name, netns=ns)
-        if table is not None and table.lower() == "off":
+        table_id = _table_id(table)
+        if table_id == -1:
             return
-        table_id = None if table in (None, "auto", "main") else int(table)
-        own = [ipaddress.ip_interface(a).network for a in addresses]
-        nets = sorted({ipaddress.ip_network(r, strict=False) for r in routes}, key=lambda n: -n.prefixlen)
-        for net in nets:
-            if net.prefixlen == 0 and table_id is None:
+        routes = list(routes)
+        for prefix in self.plain_routes(addresses, routes, table):
+            netconf.add_route(self.name, prefix, table=table_id, netns=ns)
+        if table_id is None:
+            for net in sorted({ipaddress.ip_network(r, strict=False) for r in routes if _is_default(r)},
+                              key=lambda n: n.version):
                 self._add_default(net)
                 self._add_firewall(net.version, [ipaddress.ip_interface(a) for a in addresses])
+
+    @staticmethod
+    def plain_routes(addresses: Iterable[str], routes: Iterable[str], table: str | None) -> list[str]:
+        """The AllowedIPs prefixes that get an ordinary route (``ip route add PREFIX dev IFACE``),
+        longest first: not those inside an address's own prefix, not a /0 in the main table (that
+        is policy routing), none with ``Table = off``."""
+        table_id = _table_id(table)
+        if table_id == -1:
+            return []
+        own = [ipaddress.ip_interface(a).network for a in addresses]
+        out = []
+        for net in sorted({ipaddress.ip_network(r, strict=False) for r in routes}, key=lambda n: -n.prefixlen):
+            if net.prefixlen == 0 and table_id is None:
                 continue
             if any(net.version == o.version and net.subnet_of(o) for o in own):  # type: ignore[arg-type]
                 continue  # already routed through the address's own prefix
-            netconf.add_route(self.name, str(net), table=table_id, netns=ns)
+            out.append(str(net))
+        return out
+
+    def update_routes(self, old: list[str], new: list[str], table: str | None) -> None:
+        """Add the routes in ``new`` but not in ``old`` and remove the others (a reload), logging each."""
+        table_id = _table_id(table)
+        if table_id == -1:
+            return
+        changes = [(netconf.del_route, "remove", n) for n in old if n not in new]
+        changes += [(netconf.add_route, "add", n) for n in new if n not in old]
+        for op, verb, net in changes:
+            try:
+                op(self.name, net, table=table_id, netns=self.netns)
+                log.info("%s: %s route to %s", self.name, "added a" if verb == "add" else "removed the", net)
+            except OSError as e:
+                log.warning("%s: could not %s the route to %s: %s", self.name, verb, net, e)
 
     def _add_default(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
-        """wg-quick's trick: default route in table 51820, used by every packet without our fwmark."""
-        table = DEFAULT_TABLE
-        self.fwmark = table
-        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-        netconf.add_route(self.name, str(net), table=table, netns=self.netns)
-        rules = [
-            {"family": family, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF, "flags": 2,
-             "priority": 32764},  # FIB_RULE_INVERT: "not fwmark 51820 lookup 51820"
-            {"family": family, "table": 254, "suppress_prefixlen": 0,  # FRA_SUPPRESS_PREFIXLEN
-             "priority": 32763},
-        ]
-        self.rules += self._rules("add", rules)
-
-    def _rules(self, cmd: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``ip rule add|del`` each of ``rules``; return those that worked (a failure is logged).
+        """wg-quick's trick: default route in table 51820, used by every packet without our fwmark.
 
         Through netconf's runner: we are inside the running (uv)loop here, where pyroute2's
         synchronous API cannot run its own loop.
         """
+        self.fwmark = DEFAULT_TABLE
+        netconf.add_route(self.name, str(net), table=DEFAULT_TABLE, netns=self.netns)
+        for rule in default_rules(socket.AF_INET if net.version == 4 else socket.AF_INET6):
+            try:
+                netconf.add_policy_rule(rule, netns=self.netns)
+            except OSError as e:  # keep going without the rule
+                log.warning("%s: could not add policy rule %s: %s", self.name, rule, e)
+                continue
+            self.rules.append(rule)
 
-        def op(ipr: Any) -> list[dict[str, Any]]:
-            done = []
-            for r in rules:
-                try:
-                    ipr.rule(cmd, **r)
-                    done.append(r)
-                except Exception as e:  # noqa: BLE001  # pyroute2 NetlinkError; keep going without the rule
-                    if cmd == "add":
-                        log.warning("%s: could not add policy rule %s: %s", self.name, r, e)
-            return done
+    def clean_stale(self) -> list[str]:
+        """Remove what an earlier run of this interface left when it was killed without cleanup.
 
-        try:
-            return netconf._run(f"rule {cmd}", self.netns, op)
-        except OSError as e:
-            log.warning("%s: policy rules (%s): %s", self.name, cmd, e)
-            return []
+        Call it when the interface does not exist (so nothing live owns its state): the nft
+        tables ``pyvpn-IFACE``, and per IP family the /0 rules of :func:`default_rules` when
+        table 51820 holds no route any more (the tun that had them is gone; a live /0 interface
+        in this namespace would still have its default route there).  Each removal is logged.
+
+        :returns: what was removed, one description each.
+        """
+        removed = []
+        if self.netns is None and shutil.which("nft") is not None:
+            for pf in ("ip", "ip6"):
+                table = f"pyvpn-{self.name}"
+                r = subprocess.run(["nft", "delete", "table", pf, table], capture_output=True, check=False)
+                if r.returncode == 0:
+                    removed.append(f"nft table {pf} {table}")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                if netconf.table_routes(DEFAULT_TABLE, family, netns=self.netns):
+                    continue
+                ours = default_rules(family)
+                for rule in netconf.policy_rules(family, netns=self.netns):
+                    if rule in ours:
+                        netconf.del_policy_rule(rule, netns=self.netns)
+                        removed.append(f"policy rule '{rule}'")
+            except OSError as e:
+                log.warning("%s: could not look for stale policy rules: %s", self.name, e)
+        for what in removed:
+            log.info("%s: removed the stale %s left by an earlier run", self.name, what)
+        return removed
 
     def _add_firewall(self, version: int, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
         """wg-quick's nft rules for a /0 (its ``add_default``), in table ``pyvpn-IFACE``.
@@ -184,10 +227,25 @@ class Interface:
         for table in self.nft_tables:
             subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True, check=False)
         self.nft_tables = []
-        if not self.rules:
-            return
-        self._rules("del", self.rules)
+        for rule in self.rules:
+            try:
+                netconf.del_policy_rule(rule, netns=self.netns)
+            except OSError as e:
+                log.warning("%s: could not remove policy rule %s: %s", self.name, rule, e)
         self.rules = []
+
+
+def _table_id(table: str | None) -> int | None:
+    """``Table =``: None for the main table (auto, main, unset), -1 for ``off``, else the number."""
+    if table is None or table.lower() in ("auto", "main"):
+        return None
+    if table.lower() == "off":
+        return -1
+    return int(table)
+
+
+def _is_default(route: str) -> bool:
+    return ipaddress.ip_network(route, strict=False).prefixlen == 0
 
 
 def set_dns(iface: str, servers: list[str], search: list[str]) -> bool:
@@ -273,6 +331,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     if role == "server" and not icfg.listen_port:
         log.warning("%s: no ListenPort; the server listens on a random port", cfg.path)
     mtu = icfg.mtu or DEFAULT_MTU
+    claim_sockets(name)
     run_hooks("PreUp", icfg.pre_up, name)
     if netconf.link_exists(name, netns=netns) if netns else netconf.link_exists(name):
         raise DaemonError(f"interface {name} already exists{' in netns ' + netns if netns else ''}")
@@ -289,9 +348,12 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     l2: Any = None
     servers: list[Any] = []
     dns_set = False
+    resolver: EndpointResolver | None = None
+    reloader: Reloader | None = None
     try:
         if netns:
             netconf.move_to_netns(name, netns)
+        iface.clean_stale()
         routes = [str(n) for p in cfg.peers for n in p.allowed_ips]
         iface.configure([str(a) for a in icfg.addresses], mtu, routes, icfg.table)
         fwmark = icfg.fwmark or iface.fwmark
@@ -304,15 +366,23 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         if fwmark:
             device.set_fwmark(fwmark)
         for p in cfg.peers:
-            ep = resolve_endpoint(*p.endpoint) if p.endpoint else None
-            device.add_peer(p.public_key, preshared_key=p.preshared_key,
-                            allowed_ips=[str(n) for n in p.allowed_ips], endpoint=ep,
-                            persistent_keepalive=p.persistent_keepalive or 0, name=getattr(p, "name", None))
+            try:
+                ep = await resolve(*p.endpoint) if p.endpoint else None
+            except ResolveError as e:
+                raise DaemonError(f"{cfg.path}:{p.line}: Endpoint: {e}") from None
+            peer = device.add_peer(p.public_key, preshared_key=p.preshared_key,
+                                   allowed_ips=[str(n) for n in p.allowed_ips], endpoint=ep,
+                                   persistent_keepalive=p.persistent_keepalive or 0, name=getattr(p, "name", None))
+            peer.config_endpoint = p.endpoint
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloader = Reloader(device, cfg, iface)
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
         device.start(loop)
+        resolver = EndpointResolver(device)
+        resolver.attach()
         if getattr(cfg, "segments", ()):
             from .l2 import L2ConfigError, open_segments
 
@@ -334,10 +404,14 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         await wait_any(stop, device.stopped)
         log.info("%s: shutting down", name)
         run_hooks("PreDown", icfg.pre_down, name)
-        if getattr(icfg, "save_config", False):
-            save_config(cfg, device)
+        if getattr(reloader.cfg.interface, "save_config", False):
+            save_config(reloader.cfg, device)
         return 0
     finally:
+        if reloader is not None:
+            reloader.close()
+        if resolver is not None:
+            resolver.close()
         for s in reversed(servers):
             with contextlib.suppress(Exception):
                 await s.close()
@@ -352,6 +426,25 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
             unset_dns(name)
         with contextlib.suppress(DaemonError):
             run_hooks("PostDown", icfg.post_down, name)
+
+
+def claim_sockets(name: str) -> None:
+    """Refuse to start when a live process serves this interface's UAPI or control socket (the
+    same name in another namespace: the socket paths are global); remove the socket files that
+    nothing listens on any more (a run killed without cleanup), logging each."""
+    from .control import socket_is_live, socket_path
+    from .uapi_server import uapi_path
+
+    for path in (uapi_path(name), socket_path(name)):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if socket_is_live(path):
+            raise DaemonError(f"{path} is in use by a running process ({name} runs already, maybe in "
+                              "another network namespace)")
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            log.info("%s: removed the stale socket %s left by an earlier run", name, path)
 
 
 async def start_servers(device: Device, *, role: str, metrics: str | None) -> list[Any]:

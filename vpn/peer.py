@@ -27,6 +27,9 @@ class Peer:
     :ivar allowed_ips: the CIDRs this peer owns, in the order they were given.
     :ivar name: a human name (from ``#pyvpn Name =``), or None.
     :ivar drops: drops attributed to this peer, by reason (for example ``spoofed_source``).
+    :ivar config_endpoint: the ``Endpoint`` as written in the config, ``(host, port)``, or None (no
+        Endpoint, or one set through UAPI).  A host name is looked up again when handshakes keep
+        failing (:mod:`vpn.endpoints`); a reload compares it with the file's.
     """
 
     tunnel: Tunnel
@@ -34,6 +37,7 @@ class Peer:
     name: str | None = None
     drops: Counter[str] = None  # type: ignore[assignment]
     log: PeerLog = None  # type: ignore[assignment]
+    config_endpoint: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.drops is None:

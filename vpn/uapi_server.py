@@ -189,6 +189,7 @@ def apply_set(device: Device, req: uapi.SetRequest) -> None:
             t.preshared_key = ps.preshared_key if any(ps.preshared_key) else None
         if ps.endpoint is not None:
             t.endpoint = ps.endpoint
+            existing.config_endpoint = None  # set by hand: no longer the config's host name to look up
         if ps.replace_allowed_ips:
             device.set_allowed_ips(existing, [], replace=True)
         if ps.allowed_ips:

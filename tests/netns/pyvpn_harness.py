@@ -13,7 +13,9 @@ Theory of operation:
    save a Python start-up per poll).  :meth:`Pyvpn.show_json` and :meth:`Pyvpn.show_table` run the
    real CLI.
 3. :meth:`Pyvpn.terminate` sends SIGTERM and waits (bounded); :meth:`Pyvpn.kill` sends SIGKILL;
-   :meth:`Pyvpn.close` does whatever is still needed and unlinks sockets nothing listens on.
+   :meth:`Pyvpn.reload` rewrites the config (optionally), sends SIGHUP and waits for the daemon's
+   log line about the reload; :meth:`Pyvpn.close` does whatever is still needed and unlinks
+   sockets nothing listens on.
    :class:`Fleet` owns the private directory and closes every daemon it started, even on failure.
 4. :func:`transfer` runs a small stdlib-only receiver (``ns.popen``) and sender (``ns.run``) that
    move random bytes over TCP and report the sha256 on each side.
@@ -262,6 +264,23 @@ class Pyvpn:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait(STOP_TIMEOUT)
+
+    def reload(self, text: str | None = None, *, timeout: float = 10.0) -> str:
+        """Write ``text`` as the new config (if given), send SIGHUP, and return the daemon's log line
+        that ends the reload (``... reloaded ...`` or ``... reload failed ...``)."""
+        if not self.running() or self.proc is None:
+            raise HarnessError(f"{self.ifname} is not running")
+        if text is not None:
+            write_private(self.config, text)
+
+        def outcomes() -> list[str]:
+            return [ln for ln in self.log().splitlines() if ": reloaded " in ln or ": reload failed" in ln]
+
+        before = len(outcomes())
+        self.proc.send_signal(signal.SIGHUP)
+        if not poll(lambda: len(outcomes()) > before, timeout):
+            raise HarnessError(f"{self.ifname}: no reload within {timeout}s of SIGHUP:\n{self.log_tail()}")
+        return outcomes()[before]
 
     def close(self) -> None:
         if self.terminate() is None and self.proc is not None:

@@ -1,4 +1,5 @@
-"""``pyvpn server`` / ``pyvpn client`` under faults: roaming, crashes and restarts, bad configs.
+"""``pyvpn server`` / ``pyvpn client`` under faults: roaming, crashes and restarts, bad configs, SIGHUP
+reloads, state left by a killed run, a server whose address changes behind its name.
 
 Topology as in test_l3_pyvpn: ``srv`` and ``cli`` joined by a veth (198.18.0.1/.2), tunnel
 198.19.0.0/24.  Every wait is bounded; the restart bounds follow WireGuard's timers (a responder
@@ -8,8 +9,10 @@ that lost its session is noticed by the initiator after KEEPALIVE + REKEY_TIMEOU
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import secrets
 import stat
 import subprocess
 import time
@@ -27,10 +30,13 @@ from pyvpn_harness import (
     Pyvpn,
     Transfer,
     conf_text,
+    control_path,
     endpoint,
     ping_ok,
     poll,
     pyvpn_argv,
+    socket_live,
+    uapi_path,
     unique_ifname,
     wait_ping,
     write_private,
@@ -62,7 +68,7 @@ class Pair:
 
 
 @contextmanager
-def pair(*, keepalive: int = 0) -> Iterator[Pair]:
+def pair(*, keepalive: int = 0, client_allowed: tuple[str, ...] = ("198.19.0.0/24",)) -> Iterator[Pair]:
     with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet:
         veth(srv_ns, "eth0", cli_ns, "eth0")
         srv_ns.run("ip addr add 198.18.0.1/24 dev eth0")
@@ -70,7 +76,7 @@ def pair(*, keepalive: int = 0) -> Iterator[Pair]:
         sk, ck = Keys.new(), Keys.new()
         server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, addresses=[f"{SRV}/24"],
                            peers=[PeerSpec(ck.public, [f"{CLI}/32"])], start=False)
-        to_server = PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=endpoint("198.18.0.1", PORT),
+        to_server = PeerSpec(sk.public, client_allowed, endpoint=endpoint("198.18.0.1", PORT),
                              persistent_keepalive=keepalive)
         client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI}/24"], peers=[to_server], start=False)
         server.start()  # first: a client's first initiation to a closed port would cost a 5 s retry
@@ -211,3 +217,175 @@ def test_world_readable_config_warns_and_debug_logs_hold_no_keys() -> None:
                 raw = base64.b64decode(k.private)
                 for text in texts:
                     assert k.private not in text and raw.hex() not in text and k.private[:20] not in text
+
+
+# -- 7. SIGHUP reloads the peers; a run killed without cleanup leaves nothing that stops the next ------------
+def _ping_summary(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_sighup_reloads_peers_without_disturbing_unchanged_ones(tmp_path: Path) -> None:
+    """SIGHUP with an edited file adds peer C and removes peer B while A's ping (20 per second) loses
+    nothing; a broken file is refused with one line and changes nothing; SIGTERM afterwards still
+    cleans up (PostDown runs, the interface and both sockets go)."""
+    marker = tmp_path / "postdown-ran"
+    with namespaces("srv", "a", "b", "c") as (srv_ns, *cli_ns), Fleet() as fleet:
+        for i, ns in enumerate(cli_ns):
+            veth(srv_ns, f"eth{i}", ns, "eth0")
+            srv_ns.run(f"ip addr add 198.18.{i}.1/24 dev eth{i}")
+            ns.run(f"ip addr add 198.18.{i}.2/24 dev eth0")
+        sk = Keys.new()
+        ck = [Keys.new() for _ in cli_ns]
+        tun = [f"198.19.0.{11 + i}" for i in range(len(cli_ns))]
+        spec = [PeerSpec(k.public, [f"{tun[i]}/32"], name=f"c{i}") for i, k in enumerate(ck)]
+        extra = [f"PostDown = touch {marker}"]
+        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, addresses=[f"{SRV}/24"],
+                           peers=spec[:2], extra=extra)
+        for i, ns in enumerate(cli_ns):
+            fleet.add(ns, "client", keys=ck[i], addresses=[f"{tun[i]}/24"],
+                      peers=[PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=endpoint(f"198.18.{i}.1", PORT),
+                                      persistent_keepalive=1)])
+        a_ns, b_ns, c_ns = cli_ns
+        try:
+            assert ping_ok(a_ns, SRV) and ping_ok(b_ns, SRV)
+            assert not ping_ok(c_ns, SRV, attempts=1, count=1, wait=1.0)  # not a peer yet
+            hs_a = server.wait_handshake(ck[0].public)["latest_handshake"]
+            pid = server.pid
+
+            # A pings all the way through the reload; B goes, C comes.
+            pinger = a_ns.popen(["ping", "-n", "-q", "-c", "100", "-i", "0.05", "-W", "2", SRV])
+            time.sleep(1.0)
+            new_text = conf_text(ifname=server.ifname, private_key=sk.private, addresses=[f"{SRV}/24"],
+                                 listen_port=PORT, peers=[spec[0], spec[2]], extra=extra)
+            line = server.reload(new_text)
+            assert "1 peer(s) added, 1 removed, 0 changed, 1 unchanged" in line, line
+            out = pinger.communicate(timeout=30)[0].decode()
+            sent, got = _ping_summary(out)
+            assert sent == 100 and got == sent, f"the unchanged peer lost pings during the reload:\n{out}"
+            assert server.running() and server.pid == pid
+            assert poll(lambda: ping_ok(c_ns, SRV, attempts=1), 15.0), "the added peer gets no session"
+            assert not ping_ok(b_ns, SRV, attempts=2, count=1, wait=1.0), "the removed peer still gets through"
+            keys = {p["public_key"] for p in server.show_json()["peers"]}
+            assert keys == {ck[0].public, ck[2].public}, keys
+            assert server.peer(ck[0].public)["latest_handshake"] == hs_a  # type: ignore[index]  # same session
+            assert "c2" in server.show_table()
+
+            # A file that does not parse: one clear line, the running peers stay.
+            bad = new_text.replace(f"{tun[2]}/32", "198.19.0.300/32")
+            line = server.reload(bad)
+            assert re.search(rf"reload failed, keeping the running configuration: {re.escape(str(server.config))}"
+                             r":\d+: AllowedIPs: ", line), line
+            assert "Traceback" not in server.log()
+            assert {p["public_key"] for p in server.show_json()["peers"]} == keys
+            assert ping_ok(a_ns, SRV) and ping_ok(c_ns, SRV)
+
+            # SIGTERM still cleans everything up.
+            assert server.terminate() == 0
+            assert marker.exists(), "PostDown did not run"
+            assert server.ifname not in srv_ns.run("ip -o link").stdout
+            assert not control_path(server.ifname).exists() and not uapi_path(server.ifname).exists()
+        except BaseException:
+            print(fleet.logs())
+            raise
+
+
+def _policy_rules(ns: Netns) -> list[str]:
+    return [ln for fam in ("-4", "-6") for ln in ns.run(["ip", fam, "rule", "show"]).stdout.splitlines()]
+
+
+def test_restart_after_kill9_of_a_default_route_client_clears_stale_state() -> None:
+    """kill -9 of a client with AllowedIPs = 0.0.0.0/0, ::/0 leaves its policy rules, nft tables and
+    socket files; the next start removes them (and says so), adds its own without a 'File exists'
+    warning, so there is exactly one set of rules, and works; SIGTERM then removes all of it."""
+    with pair(client_allowed=("0.0.0.0/0", "::/0")) as p:
+        cli_ns, client = p.cli_ns, p.client
+        assert ping_ok(cli_ns, SRV)
+        running = _policy_rules(cli_ns)
+        ours = [r for r in running if "lookup 51820" in r or "suppress_prefixlength 0" in r]
+        assert len(ours) == 4, running  # two rules per family
+        tables = cli_ns.run("nft list tables").stdout
+        assert tables.count(f"pyvpn-{client.ifname}") == 2, tables
+
+        client.kill()
+        assert _policy_rules(cli_ns) == running  # left behind by the crash
+        assert control_path(client.ifname).exists() and uapi_path(client.ifname).exists()
+        assert not socket_live(control_path(client.ifname))
+
+        client.start()
+        second = client.log().split("--- start 2", 1)[1]
+        assert "File exists" not in second, second
+        for what in ("stale socket", "stale nft table", "stale policy rule"):
+            assert what in second, f"{what!r} not logged:\n{second}"
+        assert sorted(_policy_rules(cli_ns)) == sorted(running)  # exactly one set of rules
+        assert cli_ns.run("nft list tables").stdout.count(f"pyvpn-{client.ifname}") == 2
+        assert socket_live(control_path(client.ifname)) and socket_live(uapi_path(client.ifname))
+        assert ping_ok(cli_ns, SRV)
+
+        assert client.terminate() == 0
+        assert sorted(_policy_rules(cli_ns)) == sorted(r for r in running if r not in ours)
+        assert "pyvpn-" not in cli_ns.run("nft list tables").stdout
+        assert p.server.running()
+
+
+# -- 8. a server whose address changes: its name is looked up again ----------------------------------------
+@contextmanager
+def netns_hosts(ns: Netns, text: str) -> Iterator[Path]:
+    """``/etc/netns/NS/hosts``: ``ip netns exec NS`` bind-mounts it over /etc/hosts for what it starts, so
+    the machine's own /etc/hosts is never touched.  Edit the yielded file in place (same inode)."""
+    d = Path("/etc/netns") / ns.name
+    d.mkdir(parents=True, exist_ok=False)
+    try:
+        hosts = d / "hosts"
+        hosts.write_text(text)
+        yield hosts
+    finally:
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+        with contextlib.suppress(OSError):
+            d.parent.rmdir()  # only if nothing else is in /etc/netns
+
+
+@pytest.mark.slow
+def test_client_follows_a_server_whose_name_resolves_elsewhere() -> None:
+    """A client whose Endpoint is a host name: the server comes back at another address and the name's
+    entry in the client's /etc/hosts follows; the client looks the name up again once its handshakes
+    fail and reaches the server at the new address, without a restart."""
+    name = f"pyvpn-test-{secrets.token_hex(4)}.invalid"
+    with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet, \
+            netns_hosts(cli_ns, f"198.18.0.1 {name}\n") as hosts:
+        veth(srv_ns, "eth0", cli_ns, "eth0")
+        srv_ns.run("ip addr add 198.18.0.1/24 dev eth0")
+        cli_ns.run("ip addr add 198.18.0.2/24 dev eth0")
+        assert name in cli_ns.run(["getent", "hosts", name]).stdout
+        sk, ck = Keys.new(), Keys.new()
+        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, addresses=[f"{SRV}/24"],
+                           peers=[PeerSpec(ck.public, [f"{CLI}/32"])])
+        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI}/24"],
+                           peers=[PeerSpec(sk.public, ["198.19.0.0/24"], endpoint=f"{name}:{PORT}")])
+        try:
+            assert ping_ok(cli_ns, SRV)
+            assert client.peer(sk.public)["endpoint"] == f"198.18.0.1:{PORT}"  # type: ignore[index]
+            pid = client.pid
+            # The server moves to .5 (a new run there, which does not know where the client is, so only
+            # the client can start the next handshake) and the name follows; the client still has its
+            # session to .1.
+            assert server.terminate() == 0
+            srv_ns.run("ip addr del 198.18.0.1/24 dev eth0")
+            srv_ns.run("ip addr add 198.18.0.5/24 dev eth0")
+            server.start()
+            with open(hosts, "r+") as f:  # in place: the bind mount holds this inode
+                f.truncate(0)
+                f.write(f"198.18.0.5 {name}\n")
+            assert "198.18.0.5" in cli_ns.run(["getent", "hosts", name]).stdout
+            took = wait_ping(cli_ns, SRV, timeout=70.0)
+            assert took is not None, "the client did not follow the server to its new address"
+            assert client.running() and client.pid == pid and client.starts == 1
+            assert client.peer(sk.public)["endpoint"] == f"198.18.0.5:{PORT}"  # type: ignore[index]
+            assert f"{name} now resolves to 198.18.0.5:{PORT}" in client.log()
+            assert "Traceback" not in client.log()
+        except BaseException:
+            print(fleet.logs())
+            raise
