@@ -86,7 +86,8 @@ class PeerConfig:
     :ivar public_key: 32 bytes.
     :ivar preshared_key: 32 bytes or None.
     :ivar allowed_ips: networks (host bits cleared).
-    :ivar endpoint: ``(host, port)`` as written (resolved when the daemon starts), or None.
+    :ivar endpoint: ``(host, port)`` as written (resolved when the daemon starts or reloads, and a
+        host name again when handshakes keep failing: :mod:`vpn.endpoints`), or None.
     :ivar persistent_keepalive: seconds, 0 = off.
     :ivar name: ``#pyvpn Name``, or None.
     :ivar vtep: ``#pyvpn Vtep``: the peer's VXLAN tunnel endpoint address (L2 segments), or None

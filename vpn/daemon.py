@@ -316,6 +316,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
 
     icfg = cfg.interface
     name = interface_name(cfg)
+    # Until the reload handler is in place, a SIGHUP must not kill us half set up (no cleanup).
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, log.info, "%s: SIGHUP during start-up ignored", name)
     warning = check_permissions(cfg.path)
     if warning:
         log.warning("%s", warning)
