@@ -6,8 +6,12 @@ Flow (one wakeup each, level-triggered readers, bounded batches so neither direc
    ``Tunnel.encapsulate(batch)`` → send the core's outbox (one ``send_batch`` per endpoint).
 2. UDP readable → receive a batch per source → ``Core.decapsulate`` → for each inner packet,
    the source must route back to the same peer (the cryptokey ACL; otherwise dropped as
-   ``spoofed_source``) → a destination owned by another peer is forwarded there directly
-   (``forward``), everything else is written to the tun in one batch → send the outbox.
+   ``spoofed_source``) → everything is written to the tun in one batch, so that a packet for
+   another peer goes through the host's routing and firewall like any routed packet (as with
+   WireGuard: ``ip_forward``, the FORWARD chain, conntrack and NAT decide) → send the outbox.
+   Only with ``forward`` (``#pyvpn Forward = on``, an explicit opt-in for a hub) is a packet for
+   another peer sent there directly, with its TTL or hop limit decremented
+   (:func:`vpn.datapath.forward_hop`), bypassing the host's firewall.
 3. Timer → ``Core.handle_timer`` → send the outbox; the timer is re-armed at the core's
    next deadline.
 
@@ -39,7 +43,7 @@ from crypto.tunnel import (
 )
 
 from .allowedips import AllowedIPs
-from .datapath import batch_ip_version, configure_tun, route_reads, tune_allocator, write_tun
+from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .peer import Peer
 
 log = logging.getLogger("pyvpn.device")
@@ -91,12 +95,14 @@ class Device:
     :param tun: the L3 packet device (a real tun, or :mod:`tunnel.testing`'s fake).
     :param udp: the UDP socket (real or fake).
     :param private_key: our static key, or None until set (``pyvpn-wg`` before ``wg setconf``).
-    :param forward: forward peer-to-peer packets inside the daemon (hub mode).
+    :param forward: forward peer-to-peer packets inside the daemon (``#pyvpn Forward = on``, hub mode),
+        decrementing their TTL but bypassing the host's firewall.  Off (the default, as WireGuard):
+        they go to the tun, and the kernel routes (or refuses) them.
     :param rng: source of randomness for the core.
     """
 
     def __init__(self, *, tun: PacketDevice, udp: DatagramSocket, private_key: bytes | None,
-                 mtu: int | None = None, forward: bool = True,
+                 mtu: int | None = None, forward: bool = False,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         self.tun = tun
         self.tun_mode = configure_tun(tun)
@@ -266,8 +272,10 @@ class Device:
         if to_tun:
             self.tun_mode = write_tun(self.tun, to_tun, self.tun_mode)
         for t, lst in forwarded.items():
-            self.forwarded_packets += len(lst)
-            t.encapsulate(lst, now=now)
+            lst = forward_hop(lst, self.drops)
+            if lst:
+                self.forwarded_packets += len(lst)
+                t.encapsulate(lst, now=now)
         self._flush()
 
     def _route_inbound(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
@@ -276,7 +284,7 @@ class Device:
         forward = self.forward
         l2 = self.l2
         vteps = l2.vteps if l2 is not None else frozenset()
-        if len(packets) >= 4 and self._route_flow(t, packets, to_tun, vteps):
+        if len(packets) >= 4 and self._route_flow(t, packets, to_tun, forwarded, vteps):
             return
         spoofed = 0
         # Consecutive packets mostly belong to one flow: look an address up only when it changes.
@@ -317,10 +325,13 @@ class Device:
             if isinstance(peer, Peer):
                 peer.drops["spoofed_source"] += spoofed
 
-    def _route_flow(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes], vteps: Any) -> bool:
+    def _route_flow(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
+                    forwarded: dict[Tunnel, list[bytes]], vteps: Any) -> bool:
         """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
-        lookup and one ``extend``, the addresses compared with C-level loops.  Returns False, having done
-        nothing, unless every packet has the same IP version and addresses and goes to the tun."""
+        lookup and one ``extend`` (to the tun, or with ``forward`` to another peer's list, whose TTLs
+        :func:`~vpn.datapath.forward_hop` then decrements as for the loop's), the addresses compared
+        with C-level loops.  Returns False, having done nothing, unless every packet has the same IP
+        version and addresses and none is for an L2 segment."""
         version = batch_ip_version(packets)
         if version == 4:
             keys = list(map(_v4_addrs, packets))
@@ -335,10 +346,6 @@ class Device:
         if keys.count(k) != len(keys) or dst in vteps:
             return False
         lookup = self.allowed.lookup
-        if self.forward:
-            d = lookup(dst)
-            if d is not None and d is not t:
-                return False
         if lookup(src) is not t:
             n = len(packets)
             self.drops["spoofed_source"] += n
@@ -346,6 +353,15 @@ class Device:
             if isinstance(peer, Peer):
                 peer.drops["spoofed_source"] += n
             return True
+        if self.forward:
+            d = lookup(dst)
+            if d is not None and d is not t:
+                fwd = forwarded.get(d)
+                if fwd is None:
+                    forwarded[d] = list(packets)
+                else:
+                    fwd.extend(packets)
+                return True
         to_tun.extend(packets)
         return True
 

@@ -16,6 +16,7 @@ import pytest
 import uvloop
 
 from crypto.keys import private_from_random, public_from_private
+from tunnel.offload import checksum
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.device import Device
 
@@ -30,26 +31,28 @@ def run(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return runner
 
 
-def ipv4_udp(src: str, dst: str, payload: bytes, sport: int = 1000, dport: int = 2000) -> bytes:
+def ipv4_udp(src: str, dst: str, payload: bytes, sport: int = 1000, dport: int = 2000, *, ttl: int = 64,
+             ident: int = 0) -> bytes:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + udp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident, 0x4000, ttl, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:] + udp
 
 
-def ipv6_udp(src: str, dst: str, payload: bytes) -> bytes:
+def ipv6_udp(src: str, dst: str, payload: bytes, *, hops: int = 64) -> bytes:
     udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
-    return struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, 64, socket.inet_pton(socket.AF_INET6, src),
+    return struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, hops, socket.inet_pton(socket.AF_INET6, src),
                        socket.inet_pton(socket.AF_INET6, dst)) + udp
 
 
 class Node:
-    def __init__(self, net: MemoryNetwork, host: str, port: int, name: str) -> None:
+    def __init__(self, net: MemoryNetwork, host: str, port: int, name: str, *, forward: bool = False) -> None:
         self.priv = private_from_random(os.urandom(32))
         self.pub = public_from_private(self.priv)
         self.tun = MemoryTun(name)
         self.udp = net.endpoint(host, port)
         self.addr = (host, port)
-        self.dev = Device(tun=self.tun, udp=self.udp, private_key=self.priv)
+        self.dev = Device(tun=self.tun, udp=self.udp, private_key=self.priv, forward=forward)
 
 
 async def until(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
@@ -99,7 +102,7 @@ def test_ping_both_ways_v4_v6(run) -> None:  # type: ignore[no-untyped-def]
 def test_hub_forwards_between_clients_and_drops_spoofed(run) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
         net = MemoryNetwork()
-        hub = Node(net, "198.18.0.1", 51820, "hub")
+        hub = Node(net, "198.18.0.1", 51820, "hub", forward=True)
         clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(3)]
         for i, c in enumerate(clients):
             hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32"])
@@ -110,9 +113,14 @@ def test_hub_forwards_between_clients_and_drops_spoofed(run) -> None:  # type: i
             assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
             c0, c1, c2 = clients
             pkt = ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1")
+            hopped = ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1", ttl=63)  # a router's TTL - 1
             c0.tun.inject([pkt])
-            assert await until(lambda: pkt in c1.tun.written)
+            assert await until(lambda: hopped in c1.tun.written)
             assert pkt not in hub.tun.written  # forwarded inside the daemon, not via the kernel
+            assert pkt not in c1.tun.written
+            # TTL 1 cannot take another hop: dropped and counted, like a router
+            c0.tun.inject([ipv4_udp("100.64.0.2", "100.64.0.3", b"last hop", ttl=1)])
+            assert await until(lambda: hub.dev.drops["ttl_exceeded"] == 1)
             # c2 claims c0's address: dropped by the hub's ACL and counted
             spoof = ipv4_udp("100.64.0.2", "100.64.0.1", b"spoof")
             c2.tun.inject([spoof])
@@ -133,12 +141,13 @@ def test_hub_forwards_between_clients_and_drops_spoofed(run) -> None:  # type: i
 
 
 def test_hub_batches_of_one_flow(run) -> None:  # type: ignore[no-untyped-def]
-    """Batches of one address pair take Device._route_flow (one ACL lookup): forwarding, spoofed
-    sources (every packet counted), mixed batches (the per-packet loop) and the kernel route."""
+    """Batches of one address pair take Device._route_flow (one ACL lookup): forwarding (TTL and hop
+    limit decremented exactly as by the per-packet loop), spoofed sources (every packet counted), mixed
+    batches (the per-packet loop) and the kernel route."""
 
     async def main() -> None:
         net = MemoryNetwork()
-        hub = Node(net, "198.18.0.1", 51820, "hub")
+        hub = Node(net, "198.18.0.1", 51820, "hub", forward=True)
         clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(3)]
         for i, c in enumerate(clients):
             hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32", f"fd00::{i + 2}/128"])
@@ -158,10 +167,33 @@ def test_hub_batches_of_one_flow(run) -> None:  # type: ignore[no-untyped-def]
                 return taken[-1]
 
             hub.dev._route_flow = spy  # type: ignore[method-assign]
-            fwd = [ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1 %d" % i) for i in range(6)]
+            fwd = [ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1 %d" % i, ident=i * 4099) for i in range(6)]
+            hopped = [ipv4_udp("100.64.0.2", "100.64.0.3", b"c0->c1 %d" % i, ident=i * 4099, ttl=63)
+                      for i in range(6)]
             c0.tun.inject(fwd)
-            assert await until(lambda: all(p in c1.tun.written for p in fwd))
-            assert not set(fwd) & set(hub.tun.written)
+            assert await until(lambda: all(p in c1.tun.written for p in hopped))
+            assert not set(fwd) & (set(hub.tun.written) | set(c1.tun.written))
+            n_bulk = taken.count(True)
+            assert n_bulk >= 1
+            fwd6 = [ipv6_udp("fd00::2", "fd00::3", b"six fwd %d" % i) for i in range(6)]
+            c0.tun.inject(fwd6)
+            hopped6 = [ipv6_udp("fd00::2", "fd00::3", b"six fwd %d" % i, hops=63) for i in range(6)]
+            assert await until(lambda: all(p in c1.tun.written for p in hopped6))
+            assert taken.count(True) > n_bulk
+            # the same forwarding through the per-packet loop (two flows in one batch): the same bytes
+            two = [ipv4_udp("100.64.0.2", "100.64.0.3" if i % 2 else "100.64.0.4", b"two %d" % i, ttl=9)
+                   for i in range(6)]
+            c0.tun.inject(two)
+            want = [ipv4_udp("100.64.0.2", "100.64.0.3" if i % 2 else "100.64.0.4", b"two %d" % i, ttl=8)
+                    for i in range(6)]
+            assert await until(lambda: all(p in c1.tun.written for p in want[1::2])
+                               and all(p in c2.tun.written for p in want[0::2]))
+            assert taken[-1] is False
+            # a batch at TTL 1: nothing goes on, every packet counted
+            t0 = hub.dev.drops["ttl_exceeded"]
+            c0.tun.inject([ipv4_udp("100.64.0.2", "100.64.0.3", b"ttl1 %d" % i, ttl=1) for i in range(6)])
+            assert await until(lambda: hub.dev.drops["ttl_exceeded"] - t0 == 6)
+            assert not any(b"ttl1" in p for p in c1.tun.written + hub.tun.written)
             six = [ipv6_udp("fd00::2", "fd00::1", b"six %d" % i) for i in range(6)]
             c0.tun.inject(six)
             assert await until(lambda: all(p in hub.tun.written for p in six))
@@ -181,7 +213,7 @@ def test_hub_batches_of_one_flow(run) -> None:  # type: ignore[no-untyped-def]
             c1.tun.inject(via)
             assert await until(lambda: all(p in hub.tun.written for p in via))
             assert not set(via) & set(c2.tun.written)
-            assert taken.count(True) >= 3 and False in taken  # both paths ran
+            assert taken.count(True) >= 5 and False in taken  # both paths ran
         finally:
             for n in (hub, *clients):
                 n.dev.close()
@@ -207,5 +239,38 @@ def test_unroutable_and_garbage_counted(run) -> None:  # type: ignore[no-untyped
         finally:
             a.dev.close()
             b.dev.close()
+
+    run(main())
+
+
+def test_default_sends_peer_to_peer_packets_to_the_kernel(run) -> None:  # type: ignore[no-untyped-def]
+    """Without ``Forward = on`` (the default, as WireGuard) a packet from one peer to another is written to
+    the tun, where the host's routing and firewall decide; the daemon never relays it itself.  This holds
+    for a client with two peers as much as for a hub (a client never routes between its peers)."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        hub = Node(net, "198.18.0.1", 51820, "hub")
+        clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(2)]
+        for i, c in enumerate(clients):
+            hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32"])
+            c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24"], endpoint=hub.addr, persistent_keepalive=25)
+        for n in (hub, *clients):
+            n.dev.start()
+        try:
+            assert not hub.dev.forward and hub.dev.snapshot()["forward"] is False
+            assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
+            c0, c1 = clients
+            one = ipv4_udp("100.64.0.2", "100.64.0.3", b"one")
+            batch = [ipv4_udp("100.64.0.2", "100.64.0.3", b"batch %d" % i) for i in range(8)]
+            c0.tun.inject([one])
+            c0.tun.inject(batch)
+            assert await until(lambda: all(p in hub.tun.written for p in [one, *batch]))
+            await asyncio.sleep(0.05)
+            assert not any(b"one" in p or b"batch" in p for p in c1.tun.written)
+            assert hub.dev.forwarded_packets == 0
+        finally:
+            for n in (hub, *clients):
+                n.dev.close()
 
     run(main())

@@ -530,3 +530,98 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
             taken += 1
             assert bulk == loop_only(batch)
     assert taken > 50
+
+
+def _udp(version: int, ttl: int, payload: bytes, *, ident: int = 0, proto: int = 17) -> bytes:
+    """An IPv4 (with a correct header checksum) or IPv6 packet with this TTL / hop limit."""
+    if version == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000, ttl, proto, 0,
+                         socket.inet_aton(A4), socket.inet_aton(B4))
+        return ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:] + payload
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), proto, ttl, socket.inet_pton(socket.AF_INET6, A6),
+                       socket.inet_pton(socket.AF_INET6, B6)) + payload
+
+
+def test_ttl_checksum_matches_a_full_recomputation() -> None:
+    """RFC 1624's incremental update gives the checksum a full recomputation gives, for every checksum
+    value class, including the 0xFEFF -> 0x0000 corner (eqn. 3 is exact where eqn. 2 is not)."""
+    import random
+
+    from vpn.datapath import ttl_checksum
+
+    rng = random.Random(3)
+    seen_corner = False
+    for i in range(20000):
+        h = bytearray(rng.randbytes(20))
+        h[0], h[8] = 0x45, rng.randint(2, 255)
+        if i < 16:  # aim at the corner: pick the ID that makes the checksum 0xFEFF (one's complement sum 0x0100)
+            h[4:6] = h[10:12] = b"\0\0"
+            x = checksum(bytes(h)) + 0x0100  # 0x0100 minus the sum without the ID, in one's complement
+            h[4:6] = ((x & 0xFFFF) + (x >> 16)).to_bytes(2, "big")
+        h[10:12] = b"\0\0"
+        before = checksum(bytes(h))
+        seen_corner |= before == 0xFEFF
+        h[8] -= 1
+        h[10:12] = b"\0\0"
+        after = checksum(bytes(h))
+        assert ttl_checksum(before) == after, (bytes(h).hex(), before, after)
+    assert seen_corner
+
+
+def test_forward_hop_decrements_and_drops_at_zero() -> None:
+    import collections
+
+    from vpn.datapath import forward_hop
+
+    drops: collections.Counter[str] = collections.Counter()
+    p4, p6 = _udp(4, 64, b"four"), _udp(6, 64, b"six")
+    out = forward_hop([p4, _udp(4, 1, b"dies"), p6, _udp(6, 1, b"dies"), _udp(4, 0, b"dead")], drops)
+    assert drops == {"ttl_exceeded": 3}
+    assert [len(p) for p in out] == [len(p4), len(p6)]
+    q4, q6 = out
+    assert q4[8] == 63 and checksum(q4[:20]) == 0 and q4[:8] == p4[:8] and q4[12:] == p4[12:]
+    assert q6[7] == 63 and q6[:7] == p6[:7] and q6[8:] == p6[8:]
+
+
+def test_forward_hop_bulk_equals_the_loop() -> None:
+    """The bulk branch (one IP version, one TTL and protocol, C-level loops) gives exactly the loop's packets
+    and drops, and declines batches the loop must look at packet by packet."""
+    import collections
+    import random
+
+    import vpn.datapath as dp
+
+    def loop_only(packets: list[bytes]) -> tuple[list[bytes], collections.Counter[str]]:
+        drops: collections.Counter[str] = collections.Counter()
+        saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30
+        try:
+            return dp.forward_hop(packets, drops), drops
+        finally:
+            dp._BULK_MIN = saved
+
+    rng = random.Random(11)
+    taken = declined = 0
+    for _ in range(400):
+        version = rng.choice([4, 6])
+        ttl = rng.choice([1, 2, 64, 255])
+        packets = [_udp(version, ttl, rng.randbytes(rng.randint(0, 200)), ident=rng.getrandbits(16))
+                   for _ in range(rng.randint(4, 40))]
+        what = rng.randrange(5)
+        i = rng.randrange(len(packets))
+        if what == 0:
+            packets[i] = _udp(version, rng.choice([0, 1, 2, 63]), b"other ttl")
+        elif what == 1:
+            packets[i] = _udp(10 - version, ttl, b"other version")
+        elif what == 2 and version == 4:
+            packets[i] = _udp(4, ttl, b"tcp", proto=6)
+        bulk = dp._hop_bulk(packets)
+        drops: collections.Counter[str] = collections.Counter()
+        got = dp.forward_hop(packets, drops)
+        assert (got, drops) == loop_only(packets)
+        if bulk is None:
+            declined += 1
+        else:
+            taken += 1
+            assert bulk == got and len(got) == len(packets)
+            assert all(checksum(p[:20]) == 0 for p in got if p[0] >> 4 == 4)
+    assert taken > 50 and declined > 50
