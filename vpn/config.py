@@ -12,7 +12,8 @@ They live in comment lines that start with ``#pyvpn`` (exactly that, then a spac
 - ``#pyvpn Key = Value`` inside ``[Interface]`` or ``[Peer]`` sets a pyvpn key there.
   Interface: ``Name`` (interface name; default the file's stem, as wg-quick), ``Namespace``
   (put the tun into this netns), ``User`` (drop privileges to it), ``Forward`` (on/off:
-  client-to-client forwarding inside the daemon, default on), ``Offload`` (on/off/auto),
+  peer-to-peer forwarding inside the daemon, bypassing the host's firewall; default off, as
+  WireGuard: the kernel routes such packets), ``Offload`` (on/off/auto),
   ``LogLevel``, ``Metrics`` (host:port), and for ``pyvpn server add-client``: ``Pool4`` and
   ``Pool6`` (the networks client addresses are drawn from) and ``PublicEndpoint`` (host:port
   that clients connect to).  Peer: ``Name``, ``Vtep`` (the peer's VXLAN tunnel endpoint
@@ -124,7 +125,9 @@ class InterfaceConfig:
     :ivar name: ``#pyvpn Name``: the interface name (default: the file's stem).
     :ivar namespace: ``#pyvpn Namespace``: move the tun into this network namespace.
     :ivar user: ``#pyvpn User``: drop privileges to this user after set-up.
-    :ivar forward: ``#pyvpn Forward``: forward client-to-client packets inside the daemon.
+    :ivar forward: ``#pyvpn Forward``: forward packets between peers inside the daemon (TTL decremented;
+        the host's FORWARD chain, conntrack, NAT and ``ip_forward`` are bypassed).  Off by default: such
+        packets go to the tun and the kernel routes or refuses them, as with WireGuard.
     :ivar offload: ``#pyvpn Offload``: ``on``, ``off`` or ``auto`` (TSO/USO/GRO on tun and UDP).
     :ivar log_level: ``#pyvpn LogLevel``: ``debug``, ``info``, ``warning`` or ``error``.
     :ivar metrics: ``#pyvpn Metrics``: ``host:port`` for Prometheus metrics, as written.
@@ -149,7 +152,7 @@ class InterfaceConfig:
     name: str | None = None
     namespace: str | None = None
     user: str | None = None
-    forward: bool = True
+    forward: bool = False
     offload: str = "auto"
     log_level: str | None = None
     metrics: str | None = None
@@ -752,8 +755,8 @@ def format_config(cfg: Config) -> str:
             out.append(f"#pyvpn {key} = {v}")
     if i.public_endpoint is not None:
         out.append(f"#pyvpn PublicEndpoint = {format_endpoint(i.public_endpoint)}")
-    if not i.forward:
-        out.append("#pyvpn Forward = off")
+    if i.forward:
+        out.append("#pyvpn Forward = on")
     if i.offload != "auto":
         out.append(f"#pyvpn Offload = {i.offload}")
     for p in cfg.peers:

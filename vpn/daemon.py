@@ -363,8 +363,12 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
             udp = UdpSocket.bind(None, icfg.listen_port or 0, family="dual")
         except OSError as e:
             raise DaemonError(f"cannot listen on UDP port {icfg.listen_port or 0}: {e.strerror or e}") from None
-        device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu,
-                        forward=bool(getattr(icfg, "forward", True)))
+        forward = bool(getattr(icfg, "forward", False))
+        if forward:
+            log.warning("%s: Forward = on: packets between peers are forwarded inside the daemon (TTL "
+                        "decremented), bypassing this host's firewall (FORWARD chain, conntrack, NAT) and "
+                        "ip_forward", name)
+        device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu, forward=forward)
         if fwmark:
             device.set_fwmark(fwmark)
         for p in cfg.peers:

@@ -55,7 +55,8 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
         head.add_row("mode", str(snap.get("mode", "l3")))
         if snap.get("offloads") is not None:
             head.add_row("offloads", ", ".join(snap["offloads"]) or "none")
-        fwd = "inside the daemon" if snap.get("forward") else "via the kernel"
+        fwd = ("inside the daemon (Forward = on: bypasses the host firewall)" if snap.get("forward")
+               else "via the kernel (ip_forward and the host firewall decide)")
         if snap.get("forwarded_packets"):
             fwd += f" ({snap['forwarded_packets']} packets so far)"
         head.add_row("forwarding", fwd)

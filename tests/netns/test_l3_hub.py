@@ -2,14 +2,22 @@
 
 The underlay is a bridge in a ``lan`` namespace with a veth to every node (198.18.0.1 for the server,
 198.18.0.11-13 for the clients, .14 for a stranger).  The tunnel is 100.64.0.0/24 and fd00:64::/64.
-Checks: client-to-client pings go through the server and are forwarded inside the daemon (the
-server's tun never sees them and its kernel does not forward: ``ip_forward`` stays 0); a packet whose
-source is outside the sender's AllowedIPs is dropped and counted as ``spoofed_source``; a key the
-server does not know gets no session.
+Checks:
+
+* by default (as WireGuard) packets between clients go through the server's kernel, so its
+  ``ip_forward`` and firewall decide: with ``ip_forward=0`` clients cannot reach each other, nor with
+  ``ip_forward=1`` and a FORWARD drop rule (``iifname wg oifname wg drop``, client isolation), and with
+  ``ip_forward=1`` alone they can, the kernel taking one off the TTL;
+* with ``#pyvpn Forward = on`` client-to-client pings are forwarded inside the daemon (the server's tun
+  never sees them and its kernel does not forward: ``ip_forward`` stays 0), and the TTL (hop limit)
+  arrives decremented, as through a router;
+* a packet whose source is outside the sender's AllowedIPs is dropped and counted as
+  ``spoofed_source``; a key the server does not know gets no session.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -43,7 +51,7 @@ class Hub:
 
 
 @contextmanager
-def hub() -> Iterator[Hub]:
+def hub(*, forward: bool) -> Iterator[Hub]:
     tags = ["lan", "srv", *(f"c{i}" for i in range(N_CLIENTS)), "stranger"]
     with ExitStack() as stack:
         lan, srv_ns, *rest = stack.enter_context(namespaces(*tags))
@@ -62,7 +70,8 @@ def hub() -> Iterator[Hub]:
         server_peers = [PeerSpec(k.public, [f"{tun4(11 + i)}/32", f"{tun6(11 + i)}/128"], name=f"c{i}")
                         for i, k in enumerate(ckeys[:N_CLIENTS])]
         server = fleet.add(srv_ns, "server", keys=skeys, listen_port=PORT,
-                           addresses=[f"{tun4(1)}/24", f"{tun6(1)}/64"], peers=server_peers, start=False)
+                           addresses=[f"{tun4(1)}/24", f"{tun6(1)}/64"], peers=server_peers, start=False,
+                           extra=["#pyvpn Forward = on"] if forward else [])
         hub_ep = endpoint("198.18.0.1", PORT)
         to_server = PeerSpec(skeys.public, ["100.64.0.0/24", "fd00:64::/64"], endpoint=hub_ep,
                              persistent_keepalive=25, name="hub")
@@ -85,8 +94,50 @@ def hub() -> Iterator[Hub]:
             raise
 
 
+def reply_ttl(ns: Netns, addr: str) -> int | None:
+    """The TTL (hop limit) of the echo reply to one ping from ``ns``, or None without a reply."""
+    r = ns.run(["ping", "-n", "-c", "1", "-W", "2", addr], check=False, timeout=15)
+    m = re.search(r"ttl=(\d+)", r.stdout)
+    return int(m.group(1)) if r.returncode == 0 and m else None
+
+
+def test_default_hub_leaves_client_to_client_to_the_kernel() -> None:
+    """Issue 13: no ``Forward`` line, so the server's kernel decides, as with WireGuard."""
+    with hub(forward=False) as h:
+        for c in h.clients:
+            assert c.keys is not None
+            h.server.wait_handshake(c.keys.public, timeout=10.0)
+        srv, wg = h.srv_ns, h.server.ifname
+        assert srv.run("sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
+        c0, c1 = h.cli_ns[0], h.cli_ns[1]
+        for ns in h.cli_ns:  # the hub itself answers: the tunnel works
+            assert ping_ok(ns, tun4(1)) and ping_ok(ns, tun6(1))
+
+        # ip_forward=0: the hub does not route between its clients
+        assert ping(c0, tun4(12), count=2, wait=1.0).returncode != 0, "forwarded despite ip_forward=0"
+        assert ping(c0, tun6(12), count=2, wait=1.0).returncode != 0, "forwarded despite forwarding=0"
+        assert h.server.show_json().get("forwarded_packets", 0) == 0
+
+        # ip_forward=1 with client isolation in the FORWARD chain: still no way through
+        srv.run("sysctl -qw net.ipv4.ip_forward=1")
+        srv.run("sysctl -qw net.ipv6.conf.all.forwarding=1")
+        srv.run("nft -f -", input=(f"add table inet iso\nadd chain inet iso isolate {{ type filter hook forward "
+                                  f"priority 0; policy accept; }}\nadd rule inet iso isolate iifname {wg} oifname {wg} "
+                                  "counter drop\n"))
+        assert ping(c0, tun4(12), count=2, wait=1.0).returncode != 0, "the FORWARD drop rule was bypassed"
+        assert ping(c1, tun6(11), count=2, wait=1.0).returncode != 0, "the FORWARD drop rule was bypassed"
+        counted = srv.run("nft list chain inet iso isolate").stdout
+        assert re.search(r"counter packets [1-9]", counted), counted  # the rule saw the packets
+
+        # the rule gone, the kernel forwards (and takes one off the TTL): the same path works
+        srv.run("nft delete table inet iso")
+        assert ping_ok(c0, tun4(12)) and ping_ok(c1, tun6(11))
+        assert reply_ttl(c0, tun4(12)) == 63
+        assert h.server.show_json().get("forwarded_packets", 0) == 0
+
+
 def test_hub_forwarding_spoofing_and_strangers() -> None:
-    with hub() as h:
+    with hub(forward=True) as h:
         assert h.server.keys is not None and h.stranger.keys is not None
         for c in h.clients:
             assert c.keys is not None
@@ -109,6 +160,9 @@ def test_hub_forwarding_spoofing_and_strangers() -> None:
                     assert ping_ok(ns, tun4(11 + j)), f"c{i} → c{j} (IPv4)"
                     assert ping_ok(ns, tun6(11 + j)), f"c{i} → c{j} (IPv6)"
         assert h.server.sysfs_stat("rx_packets") == rx0, "forwarded packets were written to the server's tun"
+        # ... and each hop counts, as through a router: the reply left c1 with 64 and arrives with 63
+        assert reply_ttl(h.cli_ns[0], tun4(12)) == 63
+        assert reply_ttl(h.cli_ns[0], tun6(12)) == 63
         # ... but counted as forwarded: 6 ordered pairs x 2 families x 3 echoes, requests and replies.
         snap1 = h.server.query()
         assert snap1 is not None

@@ -82,7 +82,7 @@ Endpoint = [fd00::2]:51821
     assert i.mtu == 1420 and i.dns == ("198.19.0.53", "fd00:19::53", "corp.example") and i.table == "1234"
     assert i.pre_up == ("echo pre-up",) and i.post_down == ("echo post-down",) and i.pre_down == ("echo pre-down",)
     assert i.post_up == ("iptables -A FORWARD -i %i -j ACCEPT; echo a=b", "echo second")
-    assert i.save_config is True and i.forward is True and i.offload == "auto" and i.name is None
+    assert i.save_config is True and i.forward is False and i.offload == "auto" and i.name is None
     a, b = c.peers
     assert a.public_key == decode_key(PUB_A) and a.preshared_key == decode_key(PSK)
     assert [str(n) for n in a.allowed_ips] == ["198.19.0.2/32", "fd00:19::2/128", "198.19.128.0/17"]  # masked
@@ -117,7 +117,7 @@ def test_pyvpn_keys() -> None:
 #pyvpn Name = pv-test0
 #pyvpn Namespace = app1
 #PYVPN user = nobody
-#pyvpn Forward = off   # trailing comment
+#pyvpn Forward = on   # trailing comment
 #pyvpn Offload = ON
 #pyvpn LogLevel = DEBUG
 #pyvpn Metrics = [::1]:9586
@@ -126,9 +126,21 @@ def test_pyvpn_keys() -> None:
 """) + f"[Peer]\n#pyvpn Name = Alice laptop\nPublicKey = {PUB_A}\n#pyvpn Vtep = 198.19.0.2\n")
     i = c.interface
     assert (i.name, i.namespace, i.user, i.forward, i.offload, i.log_level, i.metrics) == (
-        "pv-test0", "app1", "nobody", False, "on", "debug", "[::1]:9586")
+        "pv-test0", "app1", "nobody", True, "on", "debug", "[::1]:9586")
     assert c.interface_name == "pv-test0"
     assert c.peers[0].name == "Alice laptop" and c.peers[0].vtep == "198.19.0.2"
+
+
+def test_forward_is_off_unless_asked() -> None:
+    """Issue 13: peer-to-peer forwarding inside the daemon bypasses the host's firewall, so it is opt-in, for
+    servers and clients alike; a file says ``Forward = on`` only when it is on, and keeps saying it."""
+    plain = cfg(iface())
+    assert plain.interface.forward is False
+    assert "Forward" not in format_config(plain)
+    on = cfg(iface("#pyvpn Forward = on\n"))
+    assert on.interface.forward is True
+    assert "#pyvpn Forward = on" in format_config(on) and parse_config(format_config(on)) == on
+    assert cfg(iface("#pyvpn Forward = off\n")) == plain
 
 
 SEGMENTS = iface() + f"""\
@@ -506,6 +518,8 @@ def test_examples_fit_together() -> None:
     assert {str(n) for n in mine[0].allowed_ips} == {str(x.network) for x in client.interface.addresses}
     assert by["container.conf"].interface.namespace and by["vxlan-plain.conf"].segments[0].mode == "plain"
     assert by["l2-site.conf"].segments and all(s.mode == "tunnel" for s in by["l2-site.conf"].segments)
+    # in-daemon forwarding bypasses the host firewall: only the hub example asks for it
+    assert hub.interface.forward and not any(c.interface.forward for n, c in by.items() if n != "hub.conf")
 
 
 @pytest.mark.root
