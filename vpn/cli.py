@@ -111,7 +111,7 @@ app.add_typer(server_app, name="server")
 def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
            log_level: LogLevelOpt = "info",
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT")] = None,
+           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT (:PORT: 127.0.0.1)")] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
            ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM (`pyvpn server CONFIG` does the same)."""
@@ -242,7 +242,7 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
 def client(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
            log_level: LogLevelOpt = "info",
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT")] = None,
+           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT (:PORT: 127.0.0.1)")] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
            ) -> None:
     """Run `pyvpn client CONFIG` in the foreground until SIGINT/SIGTERM."""

@@ -230,8 +230,19 @@ class Config:
 
     @property
     def interface_name(self) -> str:
-        """``#pyvpn Name``, else the file's stem (``wg0`` for ``/etc/wireguard/wg0.conf``), as wg-quick."""
-        return self.interface.name or Path(self.path).stem
+        """``#pyvpn Name``, else the file's stem (``wg0`` for ``/etc/wireguard/wg0.conf``), as wg-quick.
+
+        :raises ConfigError: the stem is not a valid interface name (see :func:`check_ifname`); it would
+            reach the shell in hooks (``%i``) and nft scripts.
+        """
+        if self.interface.name:
+            return self.interface.name
+        stem = Path(self.path).stem
+        try:
+            return check_ifname(stem)
+        except ValueError as e:
+            raise ConfigError(self.path, None, None, f"{e}: the interface is named after the file (as wg-quick "
+                              "does); rename the file or set '#pyvpn Name = ...' in [Interface]") from None
 
     def segment_peers(self, segment: SegmentConfig) -> tuple[PeerConfig, ...]:
         """The peers of ``segment``: those its ``Peers`` names (by name or public key), else all."""
@@ -337,17 +348,26 @@ def _keepalive(v: str) -> int:
     return 0 if v.lower() == "off" else _int(v, 0, 65535)
 
 
-_IFNAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}")
+_IFNAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}", re.ASCII)
 _PEER_NAME = re.compile(r"[A-Za-z0-9_.@+-][A-Za-z0-9_.@+ -]{0,62}")
 _NETNS = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
 _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
 
 
-def _ifname(v: str) -> str:
+def check_ifname(v: str) -> str:
+    """``v`` if it is a valid interface name as the kernel and wg-quick take it (``^[a-zA-Z0-9_=+.-]{1,15}$``,
+    not ``.`` or ``..``), for the tun, taps and bridges.  Names reach shell hooks (``%i``) and nft scripts,
+    so nothing else may pass.
+
+    :raises ValueError: anything else (the name is shown with ``repr``, so control characters are escaped).
+    """
     if not _IFNAME.fullmatch(v) or v in (".", ".."):
         raise ValueError(f"{v!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _=+.-)")
     return v
+
+
+_ifname = check_ifname
 
 
 def _peer_name(v: str) -> str:
@@ -857,6 +877,6 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
     write_config_atomic(cfg.path, format_config(new))
 
 
-__all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_permissions",
+__all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_ifname", "check_permissions",
            "format_config", "format_endpoint", "format_peer", "load_config", "parse_config", "parse_endpoint",
            "parse_remote", "write_config_atomic"]

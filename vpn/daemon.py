@@ -298,11 +298,17 @@ async def wait_any(*events: asyncio.Event | None) -> None:
 
 
 def interface_name(cfg: Any) -> str:
-    name = getattr(cfg.interface, "name", None) or Path(str(cfg.path)).stem
-    if not name or len(name) > 15 or "/" in name or " " in name:
-        raise DaemonError(f"{cfg.path}: interface name {name!r} is not valid (1-15 characters); "
-                          "set '#pyvpn Name = ...' in [Interface] or rename the file")
-    return name
+    """The interface name for ``cfg`` (:attr:`vpn.config.Config.interface_name`), validated as wg-quick does.
+
+    :raises DaemonError: not a valid name (before any hook or nft script could see it).
+    """
+    from .config import ConfigError, check_ifname
+
+    try:
+        name = str(cfg.interface_name)
+        return check_ifname(name)  # also for configs built without the parser
+    except (ConfigError, ValueError) as e:
+        raise DaemonError(str(e) if isinstance(e, ConfigError) else f"{cfg.path}: {e}") from None
 
 
 def run_daemon(cfg: Any, *, role: str, netns: str | None = None, metrics: str | None = None,

@@ -515,8 +515,11 @@ def list_clients(path: str, *, live: bool = True) -> tuple[Config, list[ClientRo
 
 # -- the running server ------------------------------------------------------------------------
 def interface_name(cfg: Config) -> str:
-    """The interface a daemon runs this config as: ``#pyvpn Name`` or the file's stem."""
-    return cfg.interface.name or Path(cfg.path).stem
+    """The interface a daemon runs this config as: ``#pyvpn Name`` or the file's stem.
+
+    :raises ConfigError: the stem is not a valid interface name.
+    """
+    return cfg.interface_name
 
 
 def running_snapshot(cfg: Config) -> dict[str, Any] | None:

@@ -4,7 +4,13 @@ Nothing is counted per packet for this: the data path already keeps its counters
 the core's ``Tunnel``, drops by reason in the device).  At scrape time the collector asks the
 event loop for :meth:`~vpn.device.Device.snapshot` (the loop thread owns the device; the HTTP
 server runs in its own thread, as ``prometheus_client.start_http_server`` does) and turns it
-into metric families.
+into metric families.  That work on the data path's thread is bounded whatever the scrape rate:
+one snapshot at a time, and at most one per :data:`SNAPSHOT_MIN_INTERVAL` (scrapes in between
+get the last one).
+
+The endpoint has no authentication and shows the interface's and the peers' public keys and
+names, so ``:PORT`` means ``127.0.0.1:PORT``; any other address must be given explicitly
+(``0.0.0.0:9586``, ``[::]:9586``) and is warned about at start-up.
 
 Exported (labels ``interface``, and for peers ``public_key`` in base64 and ``name``):
 
@@ -25,15 +31,19 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import ipaddress
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("pyvpn.metrics")
 
 SNAPSHOT_TIMEOUT = 5.0  # seconds a scrape waits for the event loop
+SNAPSHOT_MIN_INTERVAL = 1.0  # seconds: scrapes closer together than this share one snapshot
+DEFAULT_HOST = "127.0.0.1"  # ':PORT' binds here; anything else must be written out
 
 
 class MetricsError(ValueError):
@@ -45,15 +55,26 @@ def _b64(key: Any) -> str:
 
 
 def parse_listen(address: str) -> tuple[str, int]:
-    """``127.0.0.1:9586``, ``[::1]:9586`` or ``:9586`` (all IPv4 addresses) → ``(host, port)``.
+    """``127.0.0.1:9586``, ``[::1]:9586`` or ``:9586`` (loopback: ``127.0.0.1``) → ``(host, port)``.
 
-    Port 0 picks a free port (see :attr:`MetricsServer.bound_port`).
+    Port 0 picks a free port (see :attr:`MetricsServer.bound_port`).  Every address but loopback
+    (``0.0.0.0:9586``, ``[::]:9586``, a LAN address) must be written out.
     """
     a = address.strip()
     m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\]:(\d{1,5})", a) or re.fullmatch(r"([^:\[\]\s]*):(\d{1,5})", a)
     if not m or int(m.group(2)) > 65535:
         raise MetricsError(f"metrics address {address!r} is not HOST:PORT, [IPv6]:PORT or :PORT")
-    return m.group(1) or "0.0.0.0", int(m.group(2))
+    return m.group(1) or DEFAULT_HOST, int(m.group(2))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def families(snap: dict[str, Any]) -> list[Any]:
@@ -101,19 +122,38 @@ def families(snap: dict[str, Any]) -> list[Any]:
 
 
 class DeviceCollector:
-    """A ``prometheus_client`` collector: one snapshot per scrape, taken on the loop's thread.
+    """A ``prometheus_client`` collector: snapshots taken on the loop's thread, at most one at a time
+    and one per ``min_interval`` (scrapes in between, or waiting for one in flight, share it).
 
     :param snapshot: returns the device snapshot; it is called through ``loop`` when one is
         given (from the HTTP server's thread), directly otherwise.
     :param loop: the event loop that owns the device, or None.
+    :param min_interval: seconds a snapshot is reused for.
+    :param clock: monotonic seconds (tests pass a fake).
     """
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]],
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *,
+                 min_interval: float = SNAPSHOT_MIN_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._snapshot = snapshot
         self._loop = loop
+        self._min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.Lock()  # one snapshot in flight; other scrapes wait for it
+        self._last: tuple[float, dict[str, Any]] | None = None
 
     def _take(self) -> dict[str, Any] | None:
+        with self._lock:
+            last = self._last
+            if last is not None and self._clock() - last[0] < self._min_interval:
+                return last[1]
+            snap = self._take_now()
+            if snap is not None:
+                self._last = (self._clock(), snap)
+            return snap
+
+    def _take_now(self) -> dict[str, Any] | None:
         loop = self._loop
         if loop is None:
             return self._snapshot()
@@ -179,8 +219,13 @@ class MetricsServer:
             self._httpd, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
         except OSError as e:
             raise MetricsError(f"cannot serve metrics on {self.host}:{self.port}: {e.strerror or e}") from None
-        log.info("%s: Prometheus metrics on http://%s/metrics", getattr(self.device, "name", "?"),
-                 f"[{self.host}]:{self.bound_port}" if ":" in self.host else f"{self.host}:{self.bound_port}")
+        where = f"[{self.host}]:{self.bound_port}" if ":" in self.host else f"{self.host}:{self.bound_port}"
+        name = getattr(self.device, "name", "?")
+        log.info("%s: Prometheus metrics on http://%s/metrics", name, where)
+        if not is_loopback(self.host):
+            log.warning("%s: the metrics endpoint on %s is reachable from other hosts, without authentication; "
+                        "it shows this interface's and its peers' public keys and names (use 127.0.0.1:PORT "
+                        "and a reverse proxy, or a firewall, to limit who can scrape it)", name, where)
 
     async def close(self) -> None:
         httpd, thread = self._httpd, self._thread
@@ -198,4 +243,4 @@ class MetricsServer:
             await asyncio.get_running_loop().run_in_executor(None, stop)
 
 
-__all__ = ["DeviceCollector", "MetricsError", "MetricsServer", "families", "parse_listen"]
+__all__ = ["DeviceCollector", "MetricsError", "MetricsServer", "families", "is_loopback", "parse_listen"]

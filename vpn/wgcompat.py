@@ -28,6 +28,7 @@ from tunnel import netconf
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
+from .config import check_ifname
 from .daemon import DEFAULT_MTU, run_loop, wait_any
 from .datapath import set_txqueuelen
 from .device import Device
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     name = args[0]
     logging.basicConfig(level=_log_level(), stream=sys.stderr,
                         format=f"%(levelname)s: ({name}) %(asctime)s %(message)s")
-    if len(name) > 15 or "/" in name:
-        print(f"pyvpn-wg: invalid interface name {name!r}", file=sys.stderr)
+    try:
+        check_ifname(name)
+    except ValueError as e:
+        print(f"pyvpn-wg: {e}", file=sys.stderr)
         return 1
     try:
         # The same data path as `pyvpn server`: vnet_hdr for GRO writes (falls back when refused).

@@ -489,9 +489,69 @@ def test_collector_takes_the_snapshot_on_the_loop_thread() -> None:
 
 
 @pytest.mark.parametrize("value, expected", [("127.0.0.1:9586", ("127.0.0.1", 9586)), ("[::1]:1", ("::1", 1)),
-                                             (":9586", ("0.0.0.0", 9586))])
+                                             (":9586", ("127.0.0.1", 9586)), ("0.0.0.0:9586", ("0.0.0.0", 9586)),
+                                             ("[::]:9586", ("::", 9586))])
 def test_metrics_listen_address(value: str, expected: tuple[str, int]) -> None:
+    """Issue 13: ``:PORT`` is loopback; all addresses only when written out."""
     assert parse_listen(value) == expected
+
+
+def test_metrics_warns_when_reachable_from_other_hosts(caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("prometheus_client")
+    from vpn.metrics import MetricsServer, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("198.18.0.1")
+
+    class Dev:
+        name = "wg0"
+
+        def snapshot(self) -> dict[str, Any]:
+            return SNAP
+
+    async def start_stop(address: str) -> None:
+        m = MetricsServer(Dev(), address)
+        await m.start()
+        await m.close()
+
+    caplog.set_level("INFO", logger="pyvpn.metrics")
+    asyncio.run(start_stop(":0"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    asyncio.run(start_stop("0.0.0.0:0"))
+    (w,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "without authentication" in w.getMessage() and "0.0.0.0" in w.getMessage()
+
+
+def test_scrapes_share_bounded_snapshots() -> None:
+    """Issue 13: however often (and however many at once) scrapes come, the data path's thread takes at most
+    one snapshot at a time and one per interval."""
+    pytest.importorskip("prometheus_client")
+    from concurrent.futures import ThreadPoolExecutor
+
+    taken: list[float] = []
+    now = [100.0]
+
+    def snap() -> dict[str, Any]:
+        taken.append(now[0])
+        return SNAP
+
+    async def main() -> None:
+        c = DeviceCollector(snap, asyncio.get_running_loop(), min_interval=1.0, clock=lambda: now[0])
+
+        def scrape_many() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                assert all(len(list(f)) > 5 for f in pool.map(lambda _: list(c.collect()), range(40)))
+
+        await asyncio.to_thread(scrape_many)
+        assert len(taken) == 1
+        now[0] += 0.5
+        await asyncio.to_thread(scrape_many)
+        assert len(taken) == 1
+        now[0] += 0.6
+        await asyncio.to_thread(scrape_many)
+        assert taken == [100.0, 101.1]
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("value", ["9586", "host", "127.0.0.1:0x", "127.0.0.1:70000"])
@@ -543,6 +603,34 @@ def test_lookup_user() -> None:
     assert (n.uid, n.gid, n.groups) == (4000000, 4000000, (4000000,))
     with pytest.raises(PrivilegeError, match="no such user"):
         lookup_user("no-such-user-pyvpn")
+
+
+def test_interface_names_from_file_stems_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the interface is named after the file, and the name reaches the shell (``%i`` in hooks) and
+    nft scripts, so a stem wg-quick would refuse (``a$(id)``) stops everything before any hook runs."""
+    from vpn import daemon, wgcompat
+
+    out = tmp_path / "hook-ran"
+    text = f"[Interface]\nPrivateKey = {encode_key(key(1))}\nPreUp = echo %i > {out}\n"
+    for stem in ("a$(id)", "a;id", "a b", "`id`", "ab\u00e9", "0123456789abcdef", "x" * 16):
+        f = tmp_path / f"{stem}.conf"
+        f.write_text(text)
+        f.chmod(0o600)
+        cfg = load_config(f)
+        with pytest.raises(ConfigError, match="not a valid interface name"):
+            _ = cfg.interface_name
+        with pytest.raises(daemon.DaemonError, match="not a valid interface name"):
+            daemon.run_daemon(cfg, role="server")
+        with pytest.raises(ConfigError):
+            enroll.interface_name(cfg)
+        assert not out.exists()
+    good = tmp_path / "wg_0.a-b=c+d.conf"
+    good.write_text(text)
+    assert load_config(good).interface_name == "wg_0.a-b=c+d"
+    # pyvpn-wg takes the name from its argument: refused before any device is opened
+    opened: list[str] = []
+    monkeypatch.setattr(wgcompat, "open_tun", lambda name, **kw: opened.append(name))
+    assert wgcompat.main(["a$(id)"]) == 1 and opened == []
 
 
 def test_ipaddress_sanity() -> None:  # the /32 and /128 host prefixes the server gets
