@@ -38,10 +38,12 @@ keys never appear in messages or reprs; a token long enough to be a key is never
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import stat
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -829,20 +831,22 @@ def format_peer(p: PeerConfig) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_config_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write with mode 0600 through a temporary file and rename: a crash never leaves half a file."""
+def write_config_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) with mode 0600: into a fresh temporary file in the target's directory,
+    then an atomic rename.  A crash never leaves half a file, and the temporary file comes from ``mkstemp``
+    (an unpredictable name, ``O_CREAT|O_EXCL|O_NOFOLLOW``), so a file or symlink planted beside the target
+    cannot catch or redirect the private key; a symlink at the target itself is replaced, not followed.
+    """
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, p)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     dfd = os.open(p.parent, os.O_RDONLY)
@@ -850,14 +854,6 @@ def write_config_atomic(path: str | os.PathLike[str], text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def save_runtime_config(cfg: Config, device: Any) -> None:

@@ -384,24 +384,9 @@ def qr_png(text: str, *, box_size: int = 8) -> bytes:
 
 # -- files -------------------------------------------------------------------------------------
 def write_private(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write atomically with mode 0600 (a client file or its QR code holds a private key)."""
-    if isinstance(data, str):
-        write_config_atomic(path, data)
-        return
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write atomically with mode 0600 (a client file or its QR code holds a private key); see
+    :func:`vpn.config.write_config_atomic`."""
+    write_config_atomic(path, data)
 
 
 @contextlib.contextmanager

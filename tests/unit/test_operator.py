@@ -633,6 +633,34 @@ def test_interface_names_from_file_stems_are_validated(tmp_path: Path, monkeypat
     assert wgcompat.main(["a$(id)"]) == 1 and opened == []
 
 
+def test_private_files_ignore_planted_temporary_names(tmp_path: Path) -> None:
+    """Issue 13: the temporary file of an atomic write has no guessable name and is opened with O_EXCL and
+    O_NOFOLLOW, so a symlink planted at the old name (``.NAME.tmpPID``) neither receives the key nor
+    becomes the file; text (configs) and bytes (QR PNGs) alike."""
+    from vpn.config import write_config_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    for i, (writer, data) in enumerate([(write_config_atomic, "PrivateKey = secret\n"),
+                                        (enroll.write_private, "PrivateKey = secret\n"),
+                                        (enroll.write_private, b"\x89PNG secret")]):
+        target = tmp_path / f"client{i}.conf"
+        planted = tmp_path / f".{target.name}.tmp{os.getpid()}"
+        planted.symlink_to(victim)
+        writer(target, data)
+        assert victim.read_text() == "untouched\n"
+        assert not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600
+        assert target.read_bytes() == (data.encode() if isinstance(data, str) else data)
+        assert planted.is_symlink()  # left alone
+        # a symlink at the target itself is replaced, not written through
+        target.unlink()
+        target.symlink_to(victim)
+        writer(target, data)
+        assert victim.read_text() == "untouched\n" and not target.is_symlink()
+        planted.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client0.conf", "client1.conf", "client2.conf", "victim"]
+
+
 def test_ipaddress_sanity() -> None:  # the /32 and /128 host prefixes the server gets
     e = add(server(), "a", 10)
     assert all(n.prefixlen == n.max_prefixlen for n in e.peer.allowed_ips)
