@@ -40,12 +40,16 @@ def initial_hash(prologue: bytes = IDENTIFIER) -> bytes:
 INITIAL_HASH = initial_hash()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class SymmetricState:
-    """The running chaining key ``C`` and transcript hash ``H`` of one handshake."""
+    """The running chaining key ``C`` and transcript hash ``H`` of one handshake (never shown by ``repr``:
+    the chaining key derives the session keys)."""
 
     chain_key: bytes
     hash: bytes
+
+    def __repr__(self) -> str:
+        return "SymmetricState(chain_key=(hidden), hash=(hidden))"
 
 
 @dataclass(frozen=True, slots=True)

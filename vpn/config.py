@@ -70,16 +70,20 @@ class ConfigError(ValueError):
         self.path, self.line, self.key, self.reason = path, line, key, message
 
 
-_SECRET_FIELDS = ("private_key", "preshared_key")
+SECRET_FIELDS = ("private_key", "preshared_key")
 
 
-def _redacted_repr(obj: Any) -> str:
-    """A dataclass repr with the secret keys replaced by ``(hidden)``."""
+def redacted_repr(obj: Any, hidden: tuple[str, ...] = SECRET_FIELDS) -> str:
+    """A dataclass repr with the fields named in ``hidden`` (secret keys, texts holding them) shown as
+    ``(hidden)`` unless they are None."""
     parts = []
     for f in fields(obj):
         v = getattr(obj, f.name)
-        parts.append(f"{f.name}={'(hidden)' if f.name in _SECRET_FIELDS and v is not None else repr(v)}")
+        parts.append(f"{f.name}={'(hidden)' if f.name in hidden and v is not None else repr(v)}")
     return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+_redacted_repr = redacted_repr
 
 
 @dataclass(frozen=True, slots=True, repr=False)

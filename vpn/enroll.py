@@ -51,6 +51,7 @@ from .config import (
     format_peer,
     load_config,
     parse_config,
+    redacted_repr,
     write_config_atomic,
 )
 
@@ -429,7 +430,7 @@ def init_server(path: str, *, port: int = DEFAULT_PORT, pool4: str | None = DEFA
     return cfg
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class AddResult:
     """What :func:`add_client` did.
 
@@ -442,6 +443,9 @@ class AddResult:
     client_text: str
     running: str | None
     error: str | None
+
+    def __repr__(self) -> str:  # the client's file holds its private key
+        return redacted_repr(self, ("client_text",))
 
 
 def add_client(path: str, name: str, *, endpoint: str | None = None, dns: Sequence[str] = (),

@@ -33,8 +33,10 @@ import errno as _errno
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .config import SECRET_FIELDS, redacted_repr
 
 __all__ = [
     "IPC_ERROR_INVALID", "IPC_ERROR_IO", "IPC_ERROR_PORT_IN_USE", "IPC_ERROR_PROTOCOL", "IPC_ERROR_UNKNOWN",
@@ -74,15 +76,6 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 32 else f"({len(text)} characters, not shown)"
 
 
-def _redacted_repr(obj: Any) -> str:
-    parts = []
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        hidden = f.name in ("private_key", "preshared_key") and v is not None
-        parts.append(f"{f.name}={'(hidden)' if hidden else repr(v)}")
-    return f"{type(obj).__name__}({', '.join(parts)})"
-
-
 # -- set ----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, repr=False)
 class PeerSet:
@@ -111,7 +104,7 @@ class PeerSet:
     protocol_version: int | None = None
 
     def __repr__(self) -> str:
-        return _redacted_repr(self)
+        return redacted_repr(self)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -132,7 +125,7 @@ class SetRequest:
     peers: tuple[PeerSet, ...] = ()
 
     def __repr__(self) -> str:
-        return _redacted_repr(self)
+        return redacted_repr(self)
 
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
@@ -192,11 +185,15 @@ def _allowed_ip(value: str) -> str:
         raise _invalid(f"allowed_ip: {value[:64]!r} is not a valid prefix") from None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class _PeerBuilder:
     public_key: bytes
     values: dict[str, Any] = field(default_factory=dict)
     allowed_ips: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # values may hold the preshared key
+        shown = {k: "(hidden)" if k in SECRET_FIELDS and v is not None else v for k, v in self.values.items()}
+        return f"_PeerBuilder(public_key={self.public_key!r}, values={shown!r}, allowed_ips={self.allowed_ips!r})"
 
     def build(self) -> PeerSet:
         return PeerSet(public_key=self.public_key, allowed_ips=tuple(self.allowed_ips), **self.values)
@@ -323,7 +320,7 @@ class PeerState:
     protocol_version: int = PROTOCOL_VERSION
 
     def __repr__(self) -> str:
-        return _redacted_repr(self)
+        return redacted_repr(self)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -342,7 +339,7 @@ class DeviceState:
     peers: Sequence[PeerState] = ()
 
     def __repr__(self) -> str:
-        return _redacted_repr(self)
+        return redacted_repr(self)
 
 
 def format_endpoint(ep: tuple[Any, ...]) -> str:
