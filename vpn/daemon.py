@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -358,6 +359,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     dns_set = False
     resolver: EndpointResolver | None = None
     reloader: Reloader | None = None
+    helper: Any = None  # vpn.cleanup.CleanupHelper after a privilege drop
     try:
         if netns:
             netconf.move_to_netns(name, netns)
@@ -410,14 +412,18 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         log.info("%s: %s up: listening on UDP port %d, %d peer(s)", name, role, device.listen_port,
                  len(device.peers))
         if user:
-            from .privileges import drop_privileges
-
-            drop_privileges(user)
+            helper = drop_root(user, name, netns, icfg, iface, dns_set)
         await wait_any(stop, device.stopped)
         log.info("%s: shutting down", name)
-        run_hooks("PreDown", icfg.pre_down, name)
+        if helper is not None:
+            helper.step("predown")
+        else:
+            run_hooks("PreDown", icfg.pre_down, name)
         if getattr(reloader.cfg.interface, "save_config", False):
-            save_config(reloader.cfg, device)
+            if helper is not None or (user and os.geteuid() != 0):
+                log.warning("%s: SaveConfig skipped: privileges were dropped (the configuration is root's)", name)
+            else:
+                save_config(reloader.cfg, device)
         return 0
     finally:
         if reloader is not None:
@@ -433,11 +439,56 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
             device.close()
         else:
             tun.close()
-        iface.teardown()
-        if dns_set:
-            unset_dns(name)
-        with contextlib.suppress(DaemonError):
-            run_hooks("PostDown", icfg.post_down, name)
+        if helper is not None:  # root's part of the cleanup, by the helper kept for it
+            helper.close()
+        else:
+            iface.teardown()
+            if dns_set:
+                unset_dns(name)
+            with contextlib.suppress(DaemonError):
+                run_hooks("PostDown", icfg.post_down, name)
+
+
+def drop_root(user: str, name: str, netns: str | None, icfg: Any, iface: Interface, dns_set: bool) -> Any:
+    """Drop privileges to ``user`` (:func:`vpn.privileges.drop_privileges`), first starting the root helper
+    (:class:`vpn.cleanup.CleanupHelper`) that will run what the exit needs root for: PreDown/PostDown hooks,
+    policy rules, nft tables, DNS, socket files.  Says in the log what it kept.
+
+    :returns: the helper, or None when nothing at exit needs root or we are not root.
+    :raises DaemonError: the drop failed (the caller's cleanup then runs as root, without a helper).
+    """
+    from .cleanup import CleanupHelper
+    from .control import socket_path
+    from .privileges import drop_privileges, lookup_user
+    from .uapi_server import uapi_path
+
+    helper = None
+    acct = lookup_user(user)
+    if os.geteuid() == 0 and acct.uid != 0:
+        plan = {"iface": name, "netns": netns, "pre_down": list(icfg.pre_down), "post_down": list(icfg.post_down),
+                "rules": iface.rules, "nft_tables": iface.nft_tables, "dns": dns_set,
+                "sockets": [str(uapi_path(name)), str(socket_path(name))],
+                "log_level": logging.getLogger("pyvpn").getEffectiveLevel()}
+        try:
+            helper = CleanupHelper.start(plan)
+        except OSError as e:
+            log.warning("%s: cannot start the cleanup helper (%s): after dropping privileges, PreDown/PostDown, "
+                        "policy rules, nft tables and DNS will not be cleaned up at exit", name, e)
+        else:
+            what = [w for w, on in (("PreDown/PostDown hooks", icfg.pre_down or icfg.post_down),
+                                    (f"{len(iface.rules)} policy rule(s)", iface.rules),
+                                    ("nft tables " + ", ".join(iface.nft_tables), iface.nft_tables),
+                                    ("DNS", dns_set)) if on]
+            log.info("%s: a root helper process (pid %d) stays for the cleanup at exit: %s", name, helper.pid,
+                     ", ".join([*what, "socket files"]))
+    try:
+        drop_privileges(user)
+    except DaemonError:
+        if helper is not None:
+            helper.proc.kill()  # we are still root: the normal cleanup runs
+            helper.proc.wait()
+        raise
+    return helper
 
 
 def claim_sockets(name: str) -> None:

@@ -12,15 +12,16 @@ privilege.  So :func:`drop_privileges` keeps **no capabilities at all**: it sets
 supplementary groups, then the real, effective and saved gid and uid, then
 ``PR_SET_NO_NEW_PRIVS``, and checks that root cannot be regained.
 
+What the exit needs root for (PreDown/PostDown hooks, wg-quick's ``/0`` policy rules and nft
+tables, DNS, the socket files in root-owned directories) is handed, just before the drop, to a
+small root helper process that does only that (:mod:`vpn.cleanup`); the log says so.
+
 What stops working after the drop (documented, not worked around):
 
-- removing wg-quick's ``/0`` policy rules at exit (the kernel removes the interface and its
-  routes when the tun closes; the two rules stay until reboot or ``ip rule del``), and the
-  interface watch with ``Namespace`` (entering a namespace needs ``CAP_SYS_ADMIN``);
-- ``SaveConfig``, PreDown/PostDown hooks that need root, UAPI ``listen_port`` changes to a
-  port below 1024 or with an ``fwmark``;
-- unlinking the socket files at exit (their root-owned directories): the next start finds
-  them stale and replaces them.
+- the interface watch with ``Namespace`` (entering a namespace needs ``CAP_SYS_ADMIN``);
+- ``SaveConfig`` (skipped, with a warning: the unprivileged daemon would choose what root writes
+  into a file whose hooks root runs), UAPI ``listen_port`` changes to a port below 1024 or with
+  an ``fwmark``.
 
 ``setresuid`` in CPython goes through glibc, which applies it to every thread of the
 process (the metrics HTTP thread too).  Python imports modules lazily in places: the Python
@@ -70,17 +71,36 @@ def lookup_user(user: str) -> Account:
     try:
         pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except (KeyError, OverflowError):
-        if user.isdigit():  # a uid without a passwd entry: its own gid, no supplementary groups
+        if user.isdigit():  # a uid without a passwd entry: nogroup, no supplementary groups
             uid = int(user)
             if uid > 0xFFFFFFFE:
                 raise PrivilegeError(f"uid {user} is out of range") from None
-            return Account(name=user, uid=uid, gid=uid, groups=(uid,))
+            gid = nogroup()
+            return Account(name=user, uid=uid, gid=gid, groups=(gid,))
         raise PrivilegeError(f"no such user {user!r} (for '--user' / '#pyvpn User')") from None
     try:
         groups = sorted({pw.pw_gid, *os.getgrouplist(pw.pw_name, pw.pw_gid)})
     except OSError:
         groups = [pw.pw_gid]
     return Account(name=pw.pw_name, uid=pw.pw_uid, gid=pw.pw_gid, groups=tuple(groups))
+
+
+#: The overflow gid (``/proc/sys/kernel/overflowgid``), when neither ``nogroup`` nor ``nobody`` exists.
+NOGROUP_GID = 65534
+
+
+def nogroup() -> int:
+    """The gid of ``nogroup`` (Debian), else of the group ``nobody`` (Fedora, Arch), else 65534.
+
+    A numeric ``User`` without a passwd entry runs with this group, never with a gid equal to its uid
+    (which may be some real group's).
+    """
+    for name in ("nogroup", "nobody"):
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+    return NOGROUP_GID
 
 
 def _no_new_privs() -> bool:
@@ -163,4 +183,5 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-__all__ = ["Account", "PrivilegeError", "drop_privileges", "effective_capabilities", "lookup_user"]
+__all__ = ["NOGROUP_GID", "Account", "PrivilegeError", "drop_privileges", "effective_capabilities", "lookup_user",
+           "nogroup"]

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from netns import Netns, veth
-from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, poll, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
+from pyvpn_harness import (Fleet, Keys, PeerSpec, Pyvpn, conf_text, ping, ping_ok, poll, pyvpn_argv, run_pyvpn,
+                           unique_ifname, wait_ping)
 
 pytestmark = pytest.mark.root
 
@@ -134,3 +135,41 @@ def test_server_runs_as_nobody_after_start_up(netns_factory) -> None:  # type: i
         assert server.proc is not None and server.proc.wait(10) == 0, server.log_tail()
         assert "shutting down" in server.log()  # (the watch, or the tun read failing, noticed it)
         assert "Traceback" not in server.log(), server.log_tail()
+
+
+def _rules_and_tables(ns: Netns, ifname: str) -> tuple[str, str]:
+    rules = ns.run(["ip", "-4", "rule", "show"]).stdout
+    tables = ns.run(["nft", "list", "tables"]).stdout
+    return ("51820" if "51820" in rules else ""), ("pyvpn-" + ifname if f"pyvpn-{ifname}" in tables else "")
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "sigkill"])
+def test_cleanup_after_dropping_privileges(netns_factory, ending: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13: after ``--user nobody`` the exit still runs PreDown and PostDown as root (they write into a
+    root-only directory here), and removes wg-quick's /0 policy rules and nft table: a root helper kept for
+    it does that (and says so in the log), also when the daemon itself is killed."""
+    ns, peer = netns_factory("pdrop"), netns_factory("ppeer")
+    veth(ns, "eth0", peer, "eth0")  # the endpoint's underlay (nothing answers there)
+    ns.run("ip addr add 198.18.6.1/24 dev eth0")
+    with Fleet() as fleet:  # its workdir is root's, mode 0700: nobody cannot write there
+        marks = fleet.workdir / "marks"
+        marks.mkdir(mode=0o700)
+        ifname = unique_ifname("pvc")
+        text = conf_text(ifname=ifname, private_key=Keys.new().private, addresses=["100.64.11.2/32"],
+                         peers=[PeerSpec(Keys.new().public, ["0.0.0.0/0"], endpoint="198.18.6.2:51820")],
+                         extra=[f"PreDown = touch {marks}/pre-%i", f"PostDown = touch {marks}/post-%i"])
+        client = WithArgs(ns, "client", text, ifname=ifname, workdir=fleet.workdir, args=("--user", "nobody"))
+        fleet.daemons.append(client)
+        client.start()
+        assert poll(lambda: "dropped privileges to user nobody" in client.log(), 10), client.log_tail()
+        assert _rules_and_tables(ns, ifname) == ("51820", f"pyvpn-{ifname}")
+        if ending == "sigterm":
+            assert client.terminate() == 0, client.log_tail()
+            assert (marks / f"pre-{ifname}").exists(), client.log_tail()
+        else:
+            client.kill()  # the daemon dies; the helper notices and cleans up (no PreDown: it is too late)
+        assert poll(lambda: (marks / f"post-{ifname}").exists(), 10), client.log_tail()
+        assert poll(lambda: _rules_and_tables(ns, ifname) == ("", ""), 10), client.log_tail()
+        assert poll(lambda: not ns.pids(), 10), ns.pids()  # the helper is gone too
+        assert "Traceback" not in client.log(), client.log_tail()
+        assert "root helper process" in client.log(), client.log_tail()  # the log says what stays root

@@ -599,8 +599,11 @@ def test_lookup_user() -> None:
     root = lookup_user("root")
     assert (root.uid, root.gid) == (0, 0)
     assert lookup_user("0").name == "root"
-    n = lookup_user("4000000")  # a uid without a passwd entry
-    assert (n.uid, n.gid, n.groups) == (4000000, 4000000, (4000000,))
+    n = lookup_user("4000000")  # a uid without a passwd entry: nogroup, not a gid equal to the uid
+    import grp
+
+    nogroup = grp.getgrnam("nogroup").gr_gid  # Debian; 65534
+    assert (n.uid, n.gid, n.groups) == (4000000, nogroup, (nogroup,))
     with pytest.raises(PrivilegeError, match="no such user"):
         lookup_user("no-such-user-pyvpn")
 
