@@ -20,8 +20,20 @@ from typing import Any
 
 import pytest
 from netns import Netns, veth
-from pyvpn_harness import (Fleet, Keys, PeerSpec, Pyvpn, conf_text, ping, ping_ok, poll, pyvpn_argv, run_pyvpn,
-                           unique_ifname, wait_ping)
+from pyvpn_harness import (
+    Fleet,
+    Keys,
+    PeerSpec,
+    Pyvpn,
+    conf_text,
+    ping,
+    ping_ok,
+    poll,
+    pyvpn_argv,
+    run_pyvpn,
+    unique_ifname,
+    wait_ping,
+)
 
 pytestmark = pytest.mark.root
 
