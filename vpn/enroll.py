@@ -56,6 +56,13 @@ from .config import (
 )
 
 # -- implementation constants ------------------------------------------------------------------
+#: The comment ``server init`` puts at the top of a new server file.
+SERVER_HEADER = (
+    "# pyvpn server (pyvpn server add-client NAME adds clients).  Clients reach each other through this\n"
+    "# host's kernel, as with WireGuard: net.ipv4.ip_forward / net.ipv6.conf.all.forwarding and the\n"
+    "# FORWARD chain decide.  A '#pyvpn Forward = on' line in [Interface] forwards between clients inside\n"
+    "# the daemon instead, bypassing this host's firewall.\n"
+)
 DEFAULT_CONFIG = "/etc/pyvpn/wg0.conf"
 DEFAULT_PORT = 51820
 DEFAULT_POOL4 = "100.64.0.0/24"  # RFC 6598 shared address space
@@ -426,7 +433,7 @@ def init_server(path: str, *, port: int = DEFAULT_PORT, pool4: str | None = DEFA
     cfg = new_server_config(str(p), private_key=private_from_random(random or os.urandom(32)), port=port,
                             pool4=net4, pool6=net6, endpoint=ep)
     with locked(p):
-        write_private(p, format_config(cfg))
+        write_private(p, SERVER_HEADER + format_config(cfg))
     return cfg
 
 

@@ -8,7 +8,8 @@ Topology: ``srv`` has one veth to ``c1`` (198.18.1.0/24) and one to ``c2`` (198.
 2. alice pings the server without pause; meanwhile ``add-client bob --endpoint 198.18.2.1 --png``
    adds bob to the file and to the running server through the control socket.
 3. bob's file runs on wireguard-go in ``c2``: ``wg-quick strip`` then ``wg setconf`` (and ``ip``
-   for the addresses).  bob reaches the server and, through the hub, alice.
+   for the addresses).  bob reaches the server and, through the hub's kernel (``ip_forward=1``; no
+   ``Forward = on``, as with WireGuard), alice.
 4. alice's ping lost nothing and her session was not re-keyed; ``list-clients`` shows both with
    handshakes; the PNG decodes to bob's file.  ``remove-client bob`` cuts him off at once.
 """
@@ -97,7 +98,9 @@ def test_enroll_into_running_server_without_disturbing_others(netns_factory) -> 
                 c2.run(["ip", "route", "add", str(net), "dev", wg.ifname])
             assert wait_ping(c2, SERVER4, 10) is not None, fleet.logs()
             assert ping_ok(c2, SERVER6)
-            assert ping_ok(c2, "100.64.7.2")  # alice, through the hub
+            assert ping(c2, "100.64.7.2", count=1, wait=1.0).returncode != 0  # ip_forward=0: the hub's kernel says no
+            srv.run("sysctl -qw net.ipv4.ip_forward=1")
+            assert ping_ok(c2, "100.64.7.2")  # alice, through the hub's kernel
             assert pinger.poll() is None, "alice's ping ended before bob was connected: nothing was overlapped"
             out = pinger.communicate(timeout=30)[0].decode()
             assert pinger.returncode == 0 and "80 received" in out and " 0% packet loss" in out, out

@@ -237,11 +237,14 @@ def test_init_add_remove_list_on_disk(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "etc").st_mode) == 0o700
     assert load_config(path).interface.public_endpoint == ("198.18.0.1", 51999)
+    assert load_config(path).interface.forward is False  # as WireGuard; the header says how to change it
+    assert Path(path).read_text().startswith(enroll.SERVER_HEADER) and "Forward = on" in enroll.SERVER_HEADER
     with pytest.raises(EnrollError, match="already exists"):
         enroll.init_server(path)
     r = enroll.add_client(path, "alice", dns=["100.64.0.1"])
     assert r.running is None and r.error is None  # no daemon called pvtest0
     assert [p.name for p in load_config(path).peers] == ["alice"]
+    assert Path(path).read_text().startswith(enroll.SERVER_HEADER)  # edits keep the comment
     assert parse_config(r.client_text).interface.private_key != cfg.interface.private_key
     enroll.add_client(path, "bob", psk=False)
     bob = load_config(path).peers[1]
