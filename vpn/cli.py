@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
+METRICS_HELP = "serve Prometheus metrics on HOST:PORT (:PORT means 127.0.0.1; no authentication)"
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"pyvpn: {message}", err=True)
     raise typer.Exit(code)
@@ -111,7 +113,7 @@ app.add_typer(server_app, name="server")
 def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
            log_level: LogLevelOpt = "info",
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT (:PORT: 127.0.0.1)")] = None,
+           metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
            ) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM (`pyvpn server CONFIG` does the same)."""
@@ -242,7 +244,7 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
 def client(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
            log_level: LogLevelOpt = "info",
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help="serve Prometheus metrics on HOST:PORT (:PORT: 127.0.0.1)")] = None,
+           metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
            ) -> None:
     """Run `pyvpn client CONFIG` in the foreground until SIGINT/SIGTERM."""

@@ -877,6 +877,6 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
     write_config_atomic(cfg.path, format_config(new))
 
 
-__all__ = ["Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_ifname", "check_permissions",
-           "format_config", "format_endpoint", "format_peer", "load_config", "parse_config", "parse_endpoint",
-           "parse_remote", "write_config_atomic"]
+__all__ = ["SECRET_FIELDS", "Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_ifname",
+           "check_permissions", "format_config", "format_endpoint", "format_peer", "load_config", "parse_config",
+           "parse_endpoint", "parse_remote", "redacted_repr", "write_config_atomic"]
