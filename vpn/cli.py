@@ -19,9 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN.")
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-
-
 METRICS_HELP = "serve Prometheus metrics on HOST:PORT (:PORT means 127.0.0.1; no authentication)"
+
 
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"pyvpn: {message}", err=True)
