@@ -55,6 +55,21 @@ class Node:
         self.dev = Device(tun=self.tun, udp=self.udp, private_key=self.priv, forward=forward)
 
 
+def start_hub(n_clients: int, *, forward: bool = False, v6: bool = False) -> tuple[Node, list[Node]]:
+    """A hub (``forward`` as given) and ``n_clients`` clients 100.64.0.2... (and fd00::2... with ``v6``), started
+    on the running loop."""
+    net = MemoryNetwork()
+    hub = Node(net, "198.18.0.1", 51820, "hub", forward=forward)
+    clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(n_clients)]
+    for i, c in enumerate(clients):
+        hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32", *([f"fd00::{i + 2}/128"] if v6 else [])])
+        c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24", *(["fd00::/64"] if v6 else [])], endpoint=hub.addr,
+                       persistent_keepalive=25)
+    for n in (hub, *clients):
+        n.dev.start()
+    return hub, clients
+
+
 async def until(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -101,14 +116,7 @@ def test_ping_both_ways_v4_v6(run) -> None:  # type: ignore[no-untyped-def]
 
 def test_hub_forwards_between_clients_and_drops_spoofed(run) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
-        net = MemoryNetwork()
-        hub = Node(net, "198.18.0.1", 51820, "hub", forward=True)
-        clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(3)]
-        for i, c in enumerate(clients):
-            hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32"])
-            c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24"], endpoint=hub.addr, persistent_keepalive=25)
-        for n in (hub, *clients):
-            n.dev.start()
+        hub, clients = start_hub(3, forward=True)
         try:
             assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
             c0, c1, c2 = clients
@@ -146,15 +154,7 @@ def test_hub_batches_of_one_flow(run) -> None:  # type: ignore[no-untyped-def]
     batches (the per-packet loop) and the kernel route."""
 
     async def main() -> None:
-        net = MemoryNetwork()
-        hub = Node(net, "198.18.0.1", 51820, "hub", forward=True)
-        clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(3)]
-        for i, c in enumerate(clients):
-            hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32", f"fd00::{i + 2}/128"])
-            c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24", "fd00::/64"], endpoint=hub.addr,
-                           persistent_keepalive=25)
-        for n in (hub, *clients):
-            n.dev.start()
+        hub, clients = start_hub(3, forward=True, v6=True)
         try:
             assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
             c0, c1, c2 = clients
@@ -249,14 +249,7 @@ def test_default_sends_peer_to_peer_packets_to_the_kernel(run) -> None:  # type:
     for a client with two peers as much as for a hub (a client never routes between its peers)."""
 
     async def main() -> None:
-        net = MemoryNetwork()
-        hub = Node(net, "198.18.0.1", 51820, "hub")
-        clients = [Node(net, f"198.18.0.{i + 2}", 51820, f"c{i}") for i in range(2)]
-        for i, c in enumerate(clients):
-            hub.dev.add_peer(c.pub, allowed_ips=[f"100.64.0.{i + 2}/32"])
-            c.dev.add_peer(hub.pub, allowed_ips=["100.64.0.0/24"], endpoint=hub.addr, persistent_keepalive=25)
-        for n in (hub, *clients):
-            n.dev.start()
+        hub, clients = start_hub(2)
         try:
             assert not hub.dev.forward and hub.dev.snapshot()["forward"] is False
             assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
