@@ -159,6 +159,7 @@ def main() -> int:
     """``python -m vpn.cleanup``: read the plan line, then serve the commands (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon handles these and then asks us to clean up
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal reaches the whole group; the daemon reloads
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     plan = json.loads(stdin.readline() or b"{}")
     if "iface" not in plan:
