@@ -104,10 +104,12 @@ class CleanupHelper:
 
 def _teardown(plan: dict[str, Any]) -> bool:
     from .control import socket_is_live
+    from tunnel.netconf import PolicyRule
+
     from .daemon import Interface, run_hooks, unset_dns
 
     iface = Interface(str(plan["iface"]), plan.get("netns"))
-    iface.rules = list(plan.get("rules", []))
+    iface.rules = [PolicyRule(**r) for r in plan.get("rules", [])]
     iface.nft_tables = [str(t) for t in plan.get("nft_tables", [])]
     iface.teardown()
     if plan.get("dns"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -466,7 +467,7 @@ def drop_root(user: str, name: str, netns: str | None, icfg: Any, iface: Interfa
     acct = lookup_user(user)
     if os.geteuid() == 0 and acct.uid != 0:
         plan = {"iface": name, "netns": netns, "pre_down": list(icfg.pre_down), "post_down": list(icfg.post_down),
-                "rules": iface.rules, "nft_tables": iface.nft_tables, "dns": dns_set,
+                "rules": [dataclasses.asdict(r) for r in iface.rules], "nft_tables": iface.nft_tables, "dns": dns_set,
                 "sockets": [str(uapi_path(name)), str(socket_path(name))],
                 "log_level": logging.getLogger("pyvpn").getEffectiveLevel()}
         try:
