@@ -6,11 +6,16 @@
   ``HASH(LABEL_COOKIE ‖ our public key)``, with the answered message's mac1 as AD).
 - :class:`CookieGenerator` is the sending side, one per peer: it adds mac1, and mac2 while
   it holds a cookie younger than :data:`COOKIE_REFRESH_TIME`.
-- :class:`RateLimiter` is the per-source token bucket applied under load.
 
 The responder's cookie is ``MAC(secret, source address)``; the initiator treats it as opaque,
 so the encoding of the source is ours to choose.  The secret is 32 random bytes rotated every
 two minutes.
+
+A cookie reply's 24-byte nonce is a random 16-byte prefix, chosen again with each secret, then
+a little-endian 64-bit counter: unique under the key, which is all XChaCha20-Poly1305 needs,
+and the HChaCha20 subkey is then derived once per prefix rather than per reply, which makes a
+reply cheaper than receiving the datagram it answers (the per-source limits of
+:mod:`crypto.ratelimiter` apply; there is no global cap that a flood could exhaust).
 """
 
 from __future__ import annotations
@@ -18,16 +23,11 @@ from __future__ import annotations
 import hmac as _hmac
 from collections.abc import Callable
 
-from .constants import (
-    COOKIE_REFRESH_TIME,
-    RATELIMIT_BURST,
-    RATELIMIT_MAX_SOURCES,
-    RATELIMIT_PACKETS_PER_SECOND,
-)
+from .constants import COOKIE_REFRESH_TIME
 from .errors import MalformedMessage
 from .messages import CookieReply, pack_cookie_reply
 from .noise import LABEL_COOKIE, LABEL_MAC1
-from .primitives import hash_, mac, xaead_decrypt, xaead_encrypt
+from .primitives import XAeadSealer, hash_, mac, xaead_decrypt
 
 _ZERO_MAC = bytes(16)
 
@@ -40,6 +40,8 @@ class CookieChecker:
         self._encryption_key = hash_(LABEL_COOKIE, local_public)
         self._secret = rng(32)
         self._secret_time: float | None = None
+        self._sealer = XAeadSealer(self._encryption_key, rng(16))
+        self._nonce_counter = 0
 
     def check_mac1(self, msg: bytes | memoryview, mac1_offset: int) -> bool:
         expected = mac(self.mac1_key, bytes(msg[:mac1_offset]))
@@ -49,6 +51,8 @@ class CookieChecker:
         if self._secret_time is None or now - self._secret_time > COOKIE_REFRESH_TIME:
             self._secret = self._rng(32)
             self._secret_time = now
+            self._sealer = XAeadSealer(self._encryption_key, self._rng(16))
+            self._nonce_counter = 0
         return mac(self._secret, source)
 
     def check_mac2(self, msg: bytes | memoryview, mac2_offset: int, source: bytes, *, now: float) -> bool:
@@ -58,10 +62,12 @@ class CookieChecker:
     def create_reply(self, msg: bytes | memoryview, mac1_offset: int, receiver: int, source: bytes, *,
                      now: float) -> bytes:
         """A 64-byte cookie reply answering ``msg`` (whose sender index is ``receiver``)."""
-        nonce = self._rng(24)
+        cookie = self._cookie(source, now)  # first: it may rotate the secret and the nonce prefix
+        suffix = self._nonce_counter.to_bytes(8, "little")
+        self._nonce_counter += 1
         ad = bytes(msg[mac1_offset : mac1_offset + 16])
-        enc = xaead_encrypt(self._encryption_key, nonce, self._cookie(source, now), ad)
-        return pack_cookie_reply(CookieReply(receiver, nonce, enc))
+        enc = self._sealer.seal(suffix, cookie, ad)
+        return pack_cookie_reply(CookieReply(receiver, self._sealer.prefix + suffix, enc))
 
 class CookieGenerator:
     """Adds mac1/mac2 to the handshake messages we send to one peer."""
@@ -98,42 +104,3 @@ class CookieGenerator:
     def has_cookie(self) -> bool:
         return self._cookie is not None
 
-
-class RateLimiter:
-    """A token bucket per source (kernel ``ratelimiter.c``): 20 packets/s, burst 5.
-
-    Memory is bounded: at most ``max_sources`` entries; when full, entries idle for more
-    than a second are dropped, and if it is still full the packet is refused.
-    """
-
-    def __init__(self, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
-                 max_sources: int = RATELIMIT_MAX_SOURCES) -> None:
-        self._cost = 1.0 / rate
-        self._max_tokens = self._cost * burst
-        self._max_sources = max_sources
-        self._table: dict[bytes, list[float]] = {}
-
-    def allow(self, source: bytes, *, now: float) -> bool:
-        entry = self._table.get(source)
-        if entry is None:
-            if len(self._table) >= self._max_sources:
-                self.gc(now=now)
-                if len(self._table) >= self._max_sources:
-                    return False
-            self._table[source] = [now, self._max_tokens - self._cost]
-            return True
-        tokens = min(self._max_tokens, entry[1] + (now - entry[0]))
-        entry[0] = now
-        if tokens >= self._cost:
-            entry[1] = tokens - self._cost
-            return True
-        entry[1] = tokens
-        return False
-
-    def gc(self, *, now: float) -> None:
-        stale = [k for k, (t, _) in self._table.items() if now - t > 1.0]
-        for k in stale:
-            del self._table[k]
-
-    def __len__(self) -> int:
-        return len(self._table)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from itertools import repeat
 from operator import add, itemgetter
@@ -53,12 +53,13 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from .constants import (
-    COOKIE_REPLIES_BURST,
-    COOKIE_REPLIES_PER_SECOND,
     HANDSHAKE_INITIATION_RATE,
+    HANDSHAKES_QUIET_PER_SECOND,
+    HANDSHAKES_SHARED_PER_SECOND,
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
+    QUIET_SOURCE_INTERVAL,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
@@ -68,7 +69,7 @@ from .constants import (
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD,
 )
-from .cookie import CookieChecker, CookieGenerator, RateLimiter
+from .cookie import CookieChecker, CookieGenerator
 from .errors import (
     DecryptFailed,
     HandshakeFlood,
@@ -105,6 +106,7 @@ from .noise import (
     derive_transport_keys,
 )
 from .primitives import KEY_SIZE, dh, public_key
+from .ratelimiter import HandshakeLimiter, RateLimiter, source_key
 from .session import NONCE, TRANSPORT_HEADER, Keypair, inner_length, mark_increasing, mark_run
 
 Endpoint = Any
@@ -486,12 +488,12 @@ class Core:
         self.has_private_key = private_key is not None
         self.public_key = public_key(self.private_key) if private_key is not None else bytes(KEY_SIZE)
         self.cookie_checker = CookieChecker(self.public_key, rng)
-        self.ratelimiter = RateLimiter()
-        # Cookie replies cost an XChaCha20-Poly1305 seal (~50-90 us here): bounded per source and in
-        # total, so that a flood cannot starve the data path (see _check_macs).
+        # Under load (see _check_macs): cookie replies are limited per source only (a reply costs
+        # less than receiving the datagram it answers); DH work per source and in total.
         self.cookie_limiter = RateLimiter()
-        self.cookie_budget = RateLimiter(rate=COOKIE_REPLIES_PER_SECOND, burst=COOKIE_REPLIES_BURST,
-                                         max_sources=1)
+        self.handshake_limiter = HandshakeLimiter(shared_rate=HANDSHAKES_SHARED_PER_SECOND,
+                                                  quiet_rate=HANDSHAKES_QUIET_PER_SECOND,
+                                                  quiet_interval=QUIET_SOURCE_INTERVAL)
         self.peers: dict[bytes, Tunnel] = {}
         self._indices: dict[int, tuple[Tunnel, Keypair | _Handshake]] = {}
         self.outbox: list[tuple[Endpoint, list[bytes]]] = []
@@ -839,15 +841,17 @@ class Core:
             raise ProtocolError("transport message shorter than 32 bytes", reason="short")
 
     @staticmethod
-    def _source_key(endpoint: Endpoint) -> bytes:
-        host = endpoint[0] if isinstance(endpoint, tuple) and endpoint else endpoint
-        return str(host).encode()
+    def _source_key(endpoint: Endpoint) -> Hashable:
+        """Who a source is for the limits: its IPv4 address or IPv6 /64 (ports do not count)."""
+        return source_key(endpoint[0] if isinstance(endpoint, tuple) and endpoint else endpoint)
 
     def under_load(self, *, now: float) -> bool:
         return self.force_under_load or now < self.under_load_until
 
     def _note_handshake(self, now: float) -> bool:
-        """Count one handshake message; the core is under load above a rate per second."""
+        """Count one handshake message with a valid mac1; the core is under load above a rate per
+        second.  Only these count: anyone can send garbage without the public key, and it costs us
+        one MAC, not a DH."""
         if now - self._load_window >= 1.0:
             self._load_window = now
             self._load_count = 0
@@ -857,22 +861,25 @@ class Core:
         return self.under_load(now=now)
 
     def _check_macs(self, d: bytes, off1: int, off2: int, sender: int, endpoint: Endpoint, now: float) -> bool:
-        """mac1 always (before any DH); under load, mac2 or a (rate-limited) cookie reply, then the
-        rate limit."""
-        loaded = self._note_handshake(now)
+        """Whether a handshake message may go on to the DH (PROTOCOL-NOTES §1.5).
+
+        1. mac1, always, before anything else; an invalid one is dropped and not counted as load.
+        2. Not under load: go on.
+        3. Under load, no valid mac2: a cookie reply (at most 20/s, burst 5, per source), no DH.
+        4. Under load, valid mac2: the handshake limiter (per source, and the shared and quiet
+           totals of :class:`crypto.ratelimiter.HandshakeLimiter`), then the DH.
+
+        A flood from many sources therefore gets cookie replies, which cost less than receiving
+        it, and its DH work is bounded; a legitimate client retrying with its cookie has its own
+        bucket and, quiet since its last try, the quiet budget.
+        """
         if not self.cookie_checker.check_mac1(d, off1):
             raise InvalidMac("mac1 does not verify")
-        if not loaded:
+        if not self._note_handshake(now):
             return True
         source = str(endpoint).encode()
         if not self.cookie_checker.check_mac2(d, off2, source, now=now):
-            # One thread does everything here, so a flood of valid-mac1 initiations answered with
-            # cookie replies at full rate starves the data path and overflows the socket buffer
-            # (tests/hostile: a 12k/s flood cut a tunnelled TCP transfer to ~3 %).  Replies are
-            # therefore limited per source IP (20/s, burst 5) and in total, the single-threaded
-            # analogue of the bounded handshake queues of wireguard-go and the kernel.
-            if not (self.cookie_limiter.allow(self._source_key(endpoint), now=now)
-                    and self.cookie_budget.allow(b"", now=now)):
+            if not self.cookie_limiter.allow(self._source_key(endpoint), now=now):
                 self.drops["cookie_reply_limited"] += 1
                 return False
             reply = self.cookie_checker.create_reply(d, off1, sender, source, now=now)
@@ -880,8 +887,9 @@ class Core:
             self.cookie_replies_sent += 1
             self.drops["cookie_reply_sent"] += 1
             return False
-        if not self.ratelimiter.allow(self._source_key(endpoint), now=now):
-            self.drops["rate_limited"] += 1
+        refused = self.handshake_limiter.check(self._source_key(endpoint), now=now)
+        if refused is not None:
+            self.drops[refused] += 1
             return False
         return True
 

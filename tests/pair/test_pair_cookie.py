@@ -7,18 +7,32 @@ mac1 gets nothing at all.  Handshakes with a valid mac2 are rate-limited per sou
 
 from __future__ import annotations
 
+import contextlib
+import random
+
 import pytest
-from wgpair import B_ADDR, Pair
+from wgpair import A_ADDR, B_ADDR, Pair
 
 from crypto.constants import (
     COOKIE_REFRESH_TIME,
+    HANDSHAKES_QUIET_PER_SECOND,
+    HANDSHAKES_SHARED_PER_SECOND,
     RATELIMIT_BURST,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD,
 )
-from crypto.messages import INITIATION_MAC2_OFFSET, MESSAGE_COOKIE_REPLY_SIZE, RESPONSE_MAC2_OFFSET
+from crypto.cookie import CookieGenerator
+from crypto.errors import ProtocolError
+from crypto.messages import (
+    INITIATION_MAC2_OFFSET,
+    MESSAGE_COOKIE_REPLY_SIZE,
+    RESPONSE_MAC2_OFFSET,
+    unpack_cookie_reply,
+)
+from crypto.noise import LABEL_MAC1
+from crypto.primitives import hash_, mac
 from crypto.tunnel import CookieReceived
 
 RETRY = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + 0.01
@@ -128,18 +142,101 @@ def test_both_sides_under_load() -> None:
 
 
 def test_load_is_detected_from_the_handshake_rate_and_held() -> None:
+    """Only handshakes with a valid mac1 count towards load: random datagrams, which anyone can
+    send without the server's public key, cost one MAC and never put the server in cookie mode."""
     p = Pair(seed=44)
     junk = bytearray(148)
     junk[0] = 1
-    for _ in range(UNDER_LOAD_HANDSHAKES_PER_SECOND + 1):
+    for _ in range(10 * UNDER_LOAD_HANDSHAKES_PER_SECOND):
         p.deliver(p.b, [bytes(junk)], src=("198.18.0.200", 1))
-    assert p.b.core.drops["invalid_mac1"] == UNDER_LOAD_HANDSHAKES_PER_SECOND + 1
+    assert p.b.core.drops["invalid_mac1"] == 10 * UNDER_LOAD_HANDSHAKES_PER_SECOND
+    assert not p.b.core.under_load(now=p.now)
+    # garbage bodies with a valid mac1 (the attacker knows our public key) do count
+    mac1_key = hash_(LABEL_MAC1, p.b.core.public_key)
+    for i in range(UNDER_LOAD_HANDSHAKES_PER_SECOND + 1):
+        body = b"\x01\0\0\0" + i.to_bytes(4, "little") + bytes(108)
+        p.deliver(p.b, [body + mac(mac1_key, body) + bytes(16)], src=("198.18.0.200", 1))
     assert p.b.core.under_load(now=p.now)
+    assert [d[0] for _, ds in p.b.core.take_outbox() for d in ds] == [3]  # the one that tipped it
     p.a.tunnel.initiate(now=p.now)
     p.transfer(p.a)
     assert [d[0] for d in p.take(p.b)] == [3]
     p.jump(UNDER_LOAD_HOLD + 1.0)
     assert not p.b.core.under_load(now=p.now)
+
+
+def test_client_completes_handshake_during_multi_source_flood() -> None:
+    """10,000 initiations/s with a valid mac1 from 1,000 sources (500 IPv4 addresses, 500 IPv6
+    /64s whose low 64 bits change with every packet), 200 of which also answer their cookie
+    replies and send a valid mac2 (10 a second each).  A client starting its handshake in the
+    middle of it gets a cookie, retries with mac2 after REKEY_TIMEOUT and completes; the flood
+    costs the server bounded DH work and one table entry per IPv4 address / IPv6 /64."""
+    p = Pair(seed=47)
+    server, client = p.b.core, p.a.core
+    rnd = random.Random(47)
+    mac1_key = hash_(LABEL_MAC1, server.public_key)
+    n_sources, rate, seconds = 1000, 10_000, 8.0
+    cookie_gens: dict[int, CookieGenerator] = {}
+    by_endpoint: dict[tuple[str, int], int] = {}
+
+    def endpoint(i: int) -> tuple[str, int]:
+        if i < 500:
+            return (f"198.18.{100 + i // 250}.{i % 250 + 1}", 1000 + i)
+        low = "1" if i % 500 < 100 else f"{rnd.getrandbits(16):x}:{rnd.getrandbits(16):x}"
+        return (f"fd00:18:{i:x}:0::{low}", 1000 + i)
+
+    def flood_packet(i: int, ep: tuple[str, int], now: float) -> bytes:
+        body = b"\x01\0\0\0" + rnd.getrandbits(32).to_bytes(4, "little") + rnd.randbytes(108)
+        gen = cookie_gens.get(i)
+        if gen is not None:
+            return gen.add_macs(body, now=now)
+        return body + mac(mac1_key, body) + bytes(16)
+
+    for i in [*range(100), *range(500, 600)]:  # these read their replies
+        cookie_gens[i] = CookieGenerator(server.public_key)
+        by_endpoint[endpoint(i)] = i
+    start = p.now
+    first_try = start + 1.0
+    done_at = None
+    cookies_used = 0
+    for ms in range(int(seconds * 1000)):
+        now = start + ms / 1000
+        p.clock.now = now
+        for k in range(rate // 1000):
+            i = (ms * (rate // 1000) + k) % n_sources
+            ep = endpoint(i)
+            server.decapsulate(ep, [flood_packet(i, ep, now)], now=now)
+        if now >= first_try and client.peers[server.public_key].handshake is None and done_at is None \
+                and p.a.tunnel.current is None:
+            p.a.tunnel.initiate(now=now)
+        t = client.next_timer()
+        if t is not None and t <= now:
+            client.handle_timer(now=now)
+        for _ in range(3):  # client <-> server until quiet
+            for _, ds in client.take_outbox():
+                server.decapsulate(A_ADDR, ds, now=now)
+            for ep, ds in server.take_outbox():
+                if ep == A_ADDR:
+                    client.decapsulate(B_ADDR, ds, now=now)
+                elif ep in by_endpoint:
+                    for d in ds:
+                        with contextlib.suppress(ProtocolError):
+                            cookie_gens[by_endpoint[ep]].consume_reply(unpack_cookie_reply(d), now=now)
+                            cookies_used += 1
+        if done_at is None and p.a.tunnel.current is not None:
+            done_at = now
+    drops = server.drops
+    assert done_at is not None and done_at - first_try < REKEY_TIMEOUT + 2.0, (done_at, dict(drops))
+    assert p.b.tunnel.current is not None  # the server saw the confirming keepalive
+    assert cookies_used > 0 and drops["handshake_budget"] > 0
+    # DH work for the flood is bounded by the two budgets (plus their one-second bursts)
+    dh = drops["decrypt_failed"]
+    budget = (HANDSHAKES_SHARED_PER_SECOND + HANDSHAKES_QUIET_PER_SECOND) * (seconds + 1)
+    assert 0 < dh <= budget, (dh, dict(drops))
+    # no source sends more than 10/s: every initiation without mac2 got its cookie reply
+    assert drops["cookie_reply_limited"] == 0 and drops["cookie_reply_sent"] > 0.7 * rate * seconds
+    # one table entry per IPv4 address / IPv6 /64, not per /128
+    assert len(server.cookie_limiter) <= n_sources
 
 
 def test_expired_cookie_is_not_used() -> None:

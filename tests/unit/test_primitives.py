@@ -171,6 +171,7 @@ XAEAD_VECTORS = [
 def test_xchacha20poly1305_vectors(name: str, key: str, nonce: str, ad: str, pt: str, ct: str) -> None:
     k, n, a, p, c = (bytes.fromhex(x) for x in (key, nonce, ad, pt, ct))
     assert primitives.xaead_encrypt(k, n, p, a) == c
+    assert primitives.XAeadSealer(k, n[:16]).seal(n[16:], p, a) == c  # the cached-subkey form
     assert primitives.xaead_decrypt(k, n, c, a) == p
     with pytest.raises(DecryptFailed):
         primitives.xaead_decrypt(k, n, c[:-1] + bytes([c[-1] ^ 0x80]), a)

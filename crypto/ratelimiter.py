@@ -1,0 +1,220 @@
+"""Token buckets for handshakes under load (kernel ``ratelimiter.c``, wireguard-go ``ratelimiter/``).
+
+Sans-IO like the rest of ``crypto/``: every call takes ``now`` (seconds, monotonic).
+
+- :func:`source_key` says who a source is: an IPv4 address, or the /64 of an IPv6 address
+  (as the kernel does: one host normally owns a whole /64, so limiting per /128 would let it
+  take 2^64 buckets).
+- :class:`TokenBucket` is one bucket (``rate`` tokens a second, at most ``burst``).
+- :class:`RateLimiter` is a bucket per source in a bounded table.  Every operation is O(1):
+  the table is an ``OrderedDict`` in least-recently-used order, so the entries that can be
+  forgotten are always at its front.  Each call forgets at most :data:`GC_PER_CALL` idle
+  entries there (incremental, like the kernel's once-a-second sweep but without a pause);
+  a new source in a full table evicts the least recently used entry.  An entry idle for
+  ``burst / rate`` seconds is full, which is the same as absent, so forgetting it after
+  ``idle`` ≥ that changes no decision.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from .constants import RATELIMIT_BURST, RATELIMIT_MAX_SOURCES, RATELIMIT_PACKETS_PER_SECOND
+
+GC_PER_CALL = 2  # idle entries forgotten per call at most: amortised O(1), never a long pause
+
+
+def source_key(host: object) -> Hashable:
+    """The rate-limiting identity of a source host: the IPv4 address itself, or the /64 of an
+    IPv6 address (``"v6:" + 8 bytes``; a ``%scope`` suffix is ignored).  Anything else (tests
+    use opaque endpoints) is its own key.
+
+    :param host: the host part of an endpoint, as the UDP adapter gives it (IPv4-mapped
+        addresses already turned into IPv4).
+    """
+    if isinstance(host, str) and ":" in host:
+        try:
+            return ("v6", ipaddress.IPv6Address(host.split("%", 1)[0]).packed[:8])
+        except ValueError:
+            return host
+    return host
+
+
+class TokenBucket:
+    """One token bucket: ``rate`` tokens a second, holding at most ``burst``; starts full."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self._rate = float(rate)
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def _refill(self, now: float) -> float:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now if self._last is None else max(self._last, now)
+        return self._tokens
+
+    def ready(self, *, now: float) -> bool:
+        """Whether :meth:`take` would succeed now (takes nothing)."""
+        return self._refill(now) >= 1.0
+
+    def take(self, *, now: float) -> bool:
+        """Take one token if there is one."""
+        if self._refill(now) >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class RateLimiter:
+    """A token bucket per source (kernel ``ratelimiter.c``: 20 packets/s, burst 5), O(1) per call.
+
+    :param rate: tokens a second per source.
+    :param burst: bucket size; a new source starts with a full bucket.
+    :param max_sources: table bound; a new source in a full table evicts the least recently
+        used one (counted in :attr:`evicted`).  Memory is O(max_sources) whatever arrives.
+    :param idle: entries unused for this long are forgotten (at least ``burst / rate``, the time
+        a bucket takes to refill, so that forgetting never changes a decision).
+    """
+
+    def __init__(self, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
+                 max_sources: int = RATELIMIT_MAX_SOURCES, idle: float = 1.0) -> None:
+        if rate <= 0 or burst < 1 or max_sources < 1:
+            raise ValueError("a rate limiter needs rate > 0, burst >= 1 and max_sources >= 1")
+        # Kept as the kernel does, in units of time: a packet costs 1/rate s, a bucket holds burst/rate s.
+        self._cost = 1.0 / rate
+        self._max_tokens = self._cost * burst
+        self._max_sources = max_sources
+        self._idle = max(idle, self._max_tokens)
+        self._table: OrderedDict[Hashable, list[float]] = OrderedDict()  # source -> [last, tokens]
+        self.evicted = 0
+
+    def _gc(self, now: float) -> None:
+        table = self._table
+        horizon = now - self._idle
+        for _ in range(GC_PER_CALL):
+            if not table:
+                return
+            key, entry = next(iter(table.items()))
+            if entry[0] >= horizon:
+                return
+            del table[key]
+
+    def allow(self, source: Hashable, *, now: float) -> bool:
+        """Count one packet from ``source``; whether its bucket had a token for it."""
+        table = self._table
+        self._gc(now)
+        entry = table.get(source)
+        if entry is None:
+            if len(table) >= self._max_sources:
+                table.popitem(last=False)
+                self.evicted += 1
+            table[source] = [now, self._max_tokens - self._cost]
+            return True
+        table.move_to_end(source)
+        tokens = min(self._max_tokens, entry[1] + max(0.0, now - entry[0]))
+        entry[0] = max(entry[0], now)
+        if tokens >= self._cost:
+            entry[1] = tokens - self._cost
+            return True
+        entry[1] = tokens
+        return False
+
+    def gc(self, *, now: float) -> None:
+        """Forget every idle entry at once (tests; :meth:`allow` does it incrementally)."""
+        table = self._table
+        horizon = now - self._idle
+        while table:
+            key, entry = next(iter(table.items()))
+            if entry[0] >= horizon:
+                return
+            del table[key]
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class QuietSources:
+    """Which sources have been silent for ``interval`` seconds: a table of last-seen times in LRU
+    order, O(1) per call, at most ``max_sources`` entries (a new source in a full table evicts the
+    least recently seen one, which then looks quiet early: the caller's budget still bounds it).
+    """
+
+    def __init__(self, interval: float, max_sources: int = RATELIMIT_MAX_SOURCES) -> None:
+        if interval <= 0 or max_sources < 1:
+            raise ValueError("QuietSources needs interval > 0 and max_sources >= 1")
+        self._interval = interval
+        self._max_sources = max_sources
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+
+    def seen(self, source: Hashable, *, now: float) -> bool:
+        """Record one packet from ``source``; whether it was quiet (unseen for ``interval``) before it."""
+        seen = self._seen
+        horizon = now - self._interval
+        for _ in range(GC_PER_CALL):
+            if not seen:
+                break
+            key, last = next(iter(seen.items()))
+            if last > horizon:
+                break
+            del seen[key]
+        last = seen.get(source)
+        if last is None:
+            if len(seen) >= self._max_sources:
+                seen.popitem(last=False)
+            seen[source] = now
+            return True
+        seen.move_to_end(source)
+        seen[source] = max(last, now)
+        return last <= horizon
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class HandshakeLimiter:
+    """Which handshakes with a valid mac2 may cost a DH while the interface is under load.
+
+    1. Per source (IPv4 address / IPv6 /64), the kernel's bucket: 20/s, burst 5.  A flood's
+       sources are each held to that.
+    2. In total, so that many sources together cannot take the CPU: a handshake from a source
+       that sent none for ``quiet_interval`` seconds (a client's try with its new cookie, or
+       its retry after REKEY_TIMEOUT) uses the *quiet* budget; every other one uses the
+       *shared* budget.  A flood's sources keep sending, so they are never quiet and exhaust
+       only the shared budget, while a legitimate client still gets through.  To compete for
+       the quiet budget, an attacker must receive cookies on more than
+       ``quiet_rate × quiet_interval`` addresses and send from each no more often than a
+       client does; the DH work stays bounded either way.
+
+    :param rate: / :param burst: per-source bucket.
+    :param shared_rate: handshakes a second for busy sources together (burst: one second's).
+    :param quiet_rate: handshakes a second for quiet sources together (burst: one second's).
+    :param quiet_interval: how long a source must have sent no handshake to count as quiet.
+    """
+
+    def __init__(self, *, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
+                 shared_rate: float, quiet_rate: float, quiet_interval: float,
+                 max_sources: int = RATELIMIT_MAX_SOURCES) -> None:
+        self.per_source = RateLimiter(rate, burst, max_sources)
+        self.quiet = QuietSources(quiet_interval, max_sources)
+        self.shared_budget = TokenBucket(shared_rate, shared_rate)
+        self.quiet_budget = TokenBucket(quiet_rate, quiet_rate)
+
+    def check(self, source: Hashable, *, now: float) -> str | None:
+        """``None`` if a handshake from ``source`` may go on now, else the drop reason
+        (``"rate_limited"``: its own bucket is empty; ``"handshake_budget"``: the total is spent)."""
+        was_quiet = self.quiet.seen(source, now=now)  # every attempt counts, refused ones too
+        if not self.per_source.allow(source, now=now):
+            return "rate_limited"
+        if was_quiet and self.quiet_budget.take(now=now):
+            return None
+        if self.shared_budget.take(now=now):
+            return None
+        return "handshake_budget"
