@@ -161,8 +161,8 @@ class QuietSources:
         for _ in range(GC_PER_CALL):
             if not seen:
                 break
-            key, last = next(iter(seen.items()))
-            if last > horizon:
+            key, oldest = next(iter(seen.items()))
+            if oldest > horizon:
                 break
             del seen[key]
         last = seen.get(source)
