@@ -151,6 +151,9 @@ class FeedUdp:
         out, self.feed = self.feed, []
         return out
 
+    def backlog_bytes(self) -> int:
+        return 0
+
     def send_batch(self, addr: Any, datagrams: list[bytes]) -> None:
         self.sent += len(datagrams)
         if self.real is not None:

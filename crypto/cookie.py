@@ -47,7 +47,8 @@ class CookieChecker:
         expected = mac(self.mac1_key, bytes(msg[:mac1_offset]))
         return _hmac.compare_digest(expected, bytes(msg[mac1_offset : mac1_offset + 16]))
 
-    def _cookie(self, source: bytes, now: float) -> bytes:
+    def cookie(self, source: bytes, *, now: float) -> bytes:
+        """The cookie we give ``source`` now (rotating the secret every two minutes)."""
         if self._secret_time is None or now - self._secret_time > COOKIE_REFRESH_TIME:
             self._secret = self._rng(32)
             self._secret_time = now
@@ -55,14 +56,19 @@ class CookieChecker:
             self._nonce_counter = 0
         return mac(self._secret, source)
 
-    def check_mac2(self, msg: bytes | memoryview, mac2_offset: int, source: bytes, *, now: float) -> bool:
-        expected = mac(self._cookie(source, now), bytes(msg[:mac2_offset]))
+    def check_mac2(self, msg: bytes | memoryview, mac2_offset: int, source: bytes, *, now: float,
+                   cookie: bytes | None = None) -> bool:
+        """Whether ``msg`` carries mac2 under ``source``'s cookie (pass ``cookie`` if already
+        computed with :meth:`cookie` at the same ``now``)."""
+        expected = mac(cookie or self.cookie(source, now=now), bytes(msg[:mac2_offset]))
         return _hmac.compare_digest(expected, bytes(msg[mac2_offset : mac2_offset + 16]))
 
     def create_reply(self, msg: bytes | memoryview, mac1_offset: int, receiver: int, source: bytes, *,
-                     now: float) -> bytes:
-        """A 64-byte cookie reply answering ``msg`` (whose sender index is ``receiver``)."""
-        cookie = self._cookie(source, now)  # first: it may rotate the secret and the nonce prefix
+                     now: float, cookie: bytes | None = None) -> bytes:
+        """A 64-byte cookie reply answering ``msg`` (whose sender index is ``receiver``); ``cookie``
+        as for :meth:`check_mac2`."""
+        if cookie is None:
+            cookie = self.cookie(source, now=now)  # first: it may rotate the secret and the nonce prefix
         suffix = self._nonce_counter.to_bytes(8, "little")
         self._nonce_counter += 1
         ad = bytes(msg[mac1_offset : mac1_offset + 16])

@@ -106,7 +106,7 @@ from .noise import (
     derive_transport_keys,
 )
 from .primitives import KEY_SIZE, dh, public_key
-from .ratelimiter import HandshakeLimiter, RateLimiter, source_key
+from .ratelimiter import HandshakeLimiter, QuietSources, RateLimiter, source_key
 from .session import NONCE, TRANSPORT_HEADER, Keypair, inner_length, mark_increasing, mark_run
 
 Endpoint = Any
@@ -491,6 +491,9 @@ class Core:
         # Under load (see _check_macs): cookie replies are limited per source only (a reply costs
         # less than receiving the datagram it answers); DH work per source and in total.
         self.cookie_limiter = RateLimiter()
+        # Sources of handshakes with a valid mac1, for shedding while the adapter is behind.
+        self._handshake_sources = QuietSources(QUIET_SOURCE_INTERVAL)
+        self.behind = False  # set by the adapter: its receive queue is deep (see _check_macs)
         self.handshake_limiter = HandshakeLimiter(shared_rate=HANDSHAKES_SHARED_PER_SECOND,
                                                   quiet_rate=HANDSHAKES_QUIET_PER_SECOND,
                                                   quiet_interval=QUIET_SOURCE_INTERVAL)
@@ -865,29 +868,40 @@ class Core:
 
         1. mac1, always, before anything else; an invalid one is dropped and not counted as load.
         2. Not under load: go on.
-        3. Under load, no valid mac2: a cookie reply (at most 20/s, burst 5, per source), no DH.
-        4. Under load, valid mac2: the handshake limiter (per source, and the shared and quiet
+        3. Under load, while the adapter says we are :attr:`behind` (the socket's receive queue
+           is deep): only sources that sent no handshake for QUIET_SOURCE_INTERVAL are served;
+           the rest are shed at once (``handshake_shed``), so the queue drains and a client's
+           occasional try is neither dropped by the kernel nor answered seconds late.
+        4. Under load, no valid mac2: a cookie reply (at most 20/s, burst 5, per source), no DH.
+        5. Under load, valid mac2: the handshake limiter (per source, and the shared and quiet
            totals of :class:`crypto.ratelimiter.HandshakeLimiter`), then the DH.
 
         A flood from many sources therefore gets cookie replies, which cost less than receiving
         it, and its DH work is bounded; a legitimate client retrying with its cookie has its own
         bucket and, quiet since its last try, the quiet budget.
         """
-        if not self.cookie_checker.check_mac1(d, off1):
+        checker = self.cookie_checker
+        if not checker.check_mac1(d, off1):
             raise InvalidMac("mac1 does not verify")
         if not self._note_handshake(now):
             return True
+        key = self._source_key(endpoint)
+        quiet = self._handshake_sources.seen(key, now=now)
+        if self.behind and not quiet:
+            self.drops["handshake_shed"] += 1
+            return False
         source = str(endpoint).encode()
-        if not self.cookie_checker.check_mac2(d, off2, source, now=now):
-            if not self.cookie_limiter.allow(self._source_key(endpoint), now=now):
+        cookie = checker.cookie(source, now=now)
+        if not checker.check_mac2(d, off2, source, now=now, cookie=cookie):
+            if not self.cookie_limiter.allow(key, now=now):
                 self.drops["cookie_reply_limited"] += 1
                 return False
-            reply = self.cookie_checker.create_reply(d, off1, sender, source, now=now)
+            reply = checker.create_reply(d, off1, sender, source, now=now, cookie=cookie)
             self._emit(None, endpoint, [reply])
             self.cookie_replies_sent += 1
             self.drops["cookie_reply_sent"] += 1
             return False
-        refused = self.handshake_limiter.check(self._source_key(endpoint), now=now)
+        refused = self.handshake_limiter.check(key, now=now)
         if refused is not None:
             self.drops[refused] += 1
             return False

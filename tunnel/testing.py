@@ -360,6 +360,11 @@ class MemoryUdp:
     def fileno(self) -> int:
         return self._require().rfd
 
+    def backlog_bytes(self) -> int:
+        """Bytes received but not read yet (payload only)."""
+        with self._lock:
+            return sum(len(d) for d, _ in self._inbound)
+
     def recv_batch(self, max_datagrams: int) -> list[tuple[list[bytes], Addr]]:
         bell = self._require()
         out: list[tuple[list[bytes], Addr]] = []

@@ -70,6 +70,7 @@ UDP_GRO = 104  # sockopt: int, 1 = deliver coalesced buffers; cmsg on receive: i
 
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # u32 array; [0] = SK_MEMINFO_RMEM_ALLOC
 
 # -- implementation constants -------------------------------------------------------------------------------
 
@@ -197,6 +198,9 @@ class UdpEndpoint(Protocol):
 
         :param max_datagrams: stop once at least this many datagrams were collected.
         """
+
+    def backlog_bytes(self) -> int:
+        """Bytes the kernel holds for us, received but not read (0 if unknown)."""
 
     def send_batch(self, addr: Addr, datagrams: list[bytes]) -> None:
         """Send datagrams to one destination; failures are counted, not raised.
@@ -427,6 +431,17 @@ class UdpSocket:
         return out
 
     # -- send ----------------------------------------------------------------------------------------------
+
+    def backlog_bytes(self) -> int:
+        """Memory of the datagrams waiting in the kernel's receive queue (``SO_MEMINFO``
+        ``RMEM_ALLOC``: payload plus per-packet overhead), one system call; 0 if unknown."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        try:
+            return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4)[:4], sys.byteorder)
+        except OSError:
+            return 0
 
     def send_batch(self, addr: Addr, datagrams: list[bytes]) -> None:
         """Send ``datagrams`` in order to ``addr``; see the module docstring for GSO runs and errors.

@@ -49,6 +49,9 @@ from .peer import Peer
 log = logging.getLogger("pyvpn.device")
 
 BATCH = 256  # packets per wakeup and direction
+# Receive-queue memory above which, under load, the core sheds handshakes from busy sources:
+# ~1,000 small datagrams (each costs ~1 KiB of socket memory), a fraction of a second of work.
+BEHIND_BACKLOG_BYTES = 1 << 20
 TSO_BATCH = 16  # tun reads per wakeup with offloads (each may be a 64 KiB super-packet)
 Endpoint = tuple[str, int]
 
@@ -81,6 +84,7 @@ class DatagramSocket(Protocol):
 
     def fileno(self) -> int: ...
     def recv_batch(self, max_datagrams: int) -> list[tuple[list[bytes], Any]]: ...
+    def backlog_bytes(self) -> int: ...
     def send_batch(self, addr: Any, datagrams: list[bytes]) -> None: ...
     def close(self) -> None: ...
 
@@ -264,6 +268,9 @@ class Device:
             return
         now = loop.time()
         core = self.core
+        # Under a handshake flood, a deep receive queue means we are behind: the core then sheds
+        # handshakes from busy sources until it drains (one getsockopt per wakeup, under load only).
+        core.behind = core.under_load(now=now) and self.udp.backlog_bytes() > BEHIND_BACKLOG_BYTES
         to_tun: list[bytes] = []
         forwarded: dict[Tunnel, list[bytes]] = {}
         for datagrams, addr in self.udp.recv_batch(BATCH):

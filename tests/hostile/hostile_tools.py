@@ -10,6 +10,10 @@ the command line (the tests only pass addresses inside their own namespaces).
 - ``flood``: handshake-initiation flood from many source ports: valid mac1 (garbage bodies and
   real initiations from a key the server does not know), invalid mac1, and, after a cookie
   reply, valid mac2; counts every reply per group.
+- ``flood-sources``: initiations with a valid mac1 from many source addresses (IPv4 and IPv6
+  /64s) through one socket per family (``IP_PKTINFO``), some answering cookies with mac2.
+- ``handshakers``: legitimate clients, each with its own key and source address, timing their
+  handshakes (the sans-IO core with its retransmit timer).
 - ``garbage``: random, truncated, extended, bit-flipped and spliced datagrams of every type,
   optionally mutated from real messages of a session the tool holds as a configured peer.
 - ``tun-inject``: packets written into a tun device through an AF_PACKET socket (they reach
@@ -21,6 +25,8 @@ the command line (the tests only pass addresses inside their own namespaces).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -296,6 +302,223 @@ def flood(a: argparse.Namespace) -> None:
           "total": total, "seconds": min(elapsed, a.seconds),
           "rate": total / max(1e-9, min(elapsed, a.seconds)), "t0": t0, "t_end": min(end, t0 + elapsed),
           "source_ports": len(vsocks) + len(isocks)})
+
+
+# -- multi-source flood and legitimate handshakes -------------------------------------------------
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux <linux/in.h>; Python does not export it
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+
+
+def _pktinfo(src: str) -> tuple[int, int, bytes]:
+    """The ancillary item that makes ``sendmsg`` use ``src`` (a local address) as the source."""
+    if ":" in src:
+        return socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, src), 0)
+    return socket.SOL_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(src), bytes(4))
+
+
+def _local_dst(anc: list[tuple[int, int, bytes]]) -> str | None:
+    for level, kind, data in anc:
+        if level == socket.SOL_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntoa(data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            return socket.inet_ntop(socket.AF_INET6, data[:16])
+    return None
+
+
+def flood_sources(a: argparse.Namespace) -> None:
+    """Initiations with a valid mac1 from many source addresses (IPv4 addresses and IPv6 /64s that
+    the test put on this namespace's interface), sent with ``sendmsg`` + IP(V6)_PKTINFO from one
+    socket per family.  Bodies are a precomputed pool (random, each with its own sender index and
+    mac1).  The first ``--mac2-sources`` of each family read their cookie replies (on a second port)
+    and from then on add a valid mac2.  Runs until ``--seconds``, ``--max-packets`` or ``--stop-file``."""
+    import ipaddress
+
+    from crypto.keys import decode_key
+    from crypto.messages import INITIATION_MAC2_OFFSET
+    from crypto.noise import LABEL_COOKIE, LABEL_MAC1
+    from crypto.primitives import hash_, mac, xaead_decrypt
+
+    target4, target6 = _addr(a.target4), _addr(a.target6)
+    server_pub = decode_key(a.server_pub)
+    mac1_key, cookie_key = hash_(LABEL_MAC1, server_pub), hash_(LABEL_COOKIE, server_pub)
+    rng = random.Random(a.seed)
+    pool: list[bytes] = []
+    mac1_of: dict[int, bytes] = {}
+    for sender in range(a.pool):
+        body = struct.pack("<II", 1, sender) + rng.randbytes(108)
+        m1 = mac(mac1_key, body)
+        mac1_of[sender] = m1
+        pool.append(body + m1 + bytes(16))
+    v4 = [str(ipaddress.IPv4Address(a.src4) + i) for i in range(a.count4)]
+    v6 = [str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(a.src6)) + (i << 64))) for i in range(a.count6)]
+
+    def sock(family: int, port: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            s.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        s.setblocking(False)
+        return s
+
+    plain = {socket.AF_INET: sock(socket.AF_INET, a.port), socket.AF_INET6: sock(socket.AF_INET6, a.port)}
+    with_cookie = {socket.AF_INET: sock(socket.AF_INET, a.port + 1), socket.AF_INET6: sock(socket.AF_INET6, a.port + 1)}
+    sources: list[tuple[socket.socket, list[tuple[int, int, bytes]], tuple[str, int], str]] = []
+    for i in range(max(len(v4), len(v6))):  # interleaved, so every window of packets has both families
+        for fam, lst, target in ((socket.AF_INET, v4, target4), (socket.AF_INET6, v6, target6)):
+            if i < len(lst):
+                s = with_cookie[fam] if i < a.mac2_sources else plain[fam]
+                sources.append((s, [_pktinfo(lst[i])], target, lst[i]))
+    cookies: dict[str, bytes] = {}
+    sent: Counter[str] = Counter()
+    replies: Counter[str] = Counter()
+
+    def drain() -> None:
+        for s in with_cookie.values():
+            for _ in range(512):
+                try:
+                    d, anc, _, _ = s.recvmsg(2048, 256)
+                except BlockingIOError:
+                    break
+                dst = _local_dst(anc)
+                if len(d) != 64 or d[:4] != b"\x03\0\0\0" or dst is None:
+                    replies["other"] += 1
+                    continue
+                ad = mac1_of.get(int.from_bytes(d[4:8], "little"))
+                try:
+                    assert ad is not None
+                    cookies[dst] = xaead_decrypt(cookie_key, d[8:32], d[32:64], ad)
+                    replies["cookie_decrypted"] += 1
+                except (AssertionError, ValueError):
+                    replies["cookie_bad"] += 1
+
+    nsrc, npool = len(sources), len(pool)
+    t0 = time.monotonic()
+    end = t0 + a.seconds
+    total = 0
+    next_check = t0
+    while True:
+        now = time.monotonic()
+        if now >= end or total >= a.max_packets:
+            break
+        if now >= next_check:
+            next_check = now + 0.1
+            if a.stop_file and os.path.exists(a.stop_file):
+                break
+            drain()
+        due = min(int((now - t0) * a.rate) - total, 2000)
+        if due <= 0:
+            time.sleep(0.001)
+            continue
+        for _ in range(due):
+            s, anc, target, src = sources[total % nsrc]
+            msg = pool[total % npool]
+            c = cookies.get(src)
+            kind = "valid_mac1"
+            if c is not None:
+                msg = msg[:INITIATION_MAC2_OFFSET] + mac(c, msg[:INITIATION_MAC2_OFFSET])
+                kind = "valid_mac2"
+            try:
+                s.sendmsg([msg], anc, 0, target)
+                sent[kind] += 1
+            except OSError as e:
+                sent["error_" + errno.errorcode.get(e.errno or 0, str(e.errno))] += 1
+            total += 1
+    elapsed = time.monotonic() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    ok = sent["valid_mac1"] + sent["valid_mac2"]
+    emit({"sent": dict(sent), "replies": dict(replies), "total": total, "seconds": elapsed,
+          "rate": ok / max(1e-9, elapsed), "t0": t0, "t_end": t0 + elapsed, "sources4": len(v4), "sources6": len(v6),
+          "mac2_sources": len(cookies), "cpu_seconds": usage.ru_utime + usage.ru_stime})
+
+
+def handshakers(a: argparse.Namespace) -> None:
+    """Legitimate clients, each with its own key (``--keys-file``, one base64 private key a line)
+    and its own source address, run the real protocol (the sans-IO core with its timers: cookie
+    reply, retry with mac2 after REKEY_TIMEOUT) against the server.  Client ``k`` starts at
+    ``k × --stagger`` s and gives up after ``--timeout`` s; each reports how long it took."""
+    from crypto.keys import decode_key
+    from crypto.tunnel import Core
+
+    server_pub = decode_key(a.server_pub)
+    with open(a.keys_file) as f:
+        keys = [decode_key(line.strip()) for line in f if line.strip()]
+    srcs = a.sources.split(",")
+    assert len(keys) == len(srcs), (len(keys), len(srcs))
+    t0 = time.monotonic()
+    clients: list[dict[str, Any]] = []
+    for k, (priv, src) in enumerate(zip(keys, srcs)):
+        fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.setblocking(False)
+        core = Core(priv, rng=os.urandom)
+        core.wall_offset = time.time() - time.monotonic()
+        target = _addr(a.target6 if fam == socket.AF_INET6 else a.target4)
+        tunnel = core.add_peer(server_pub, endpoint=target)
+        clients.append({"src": src, "sock": s, "core": core, "tunnel": tunnel, "start": t0 + k * a.stagger,
+                        "state": "waiting", "seconds": None, "initiations": 0, "with_mac2": 0, "cookies": 0,
+                        "responses": 0})
+
+    def flush(c: dict[str, Any]) -> None:
+        for ep, datagrams in c["core"].take_outbox():
+            for d in datagrams:
+                if d[0] == 1:
+                    c["initiations"] += 1
+                    c["with_mac2"] += d[-16:] != bytes(16)
+                with contextlib.suppress(OSError):
+                    c["sock"].sendto(d, ep)
+
+    deadline = t0 + len(clients) * a.stagger + a.timeout + 1.0
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        active = []
+        for c in clients:
+            if c["state"] == "waiting" and now >= c["start"]:
+                c["state"] = "running"
+                c["tunnel"].initiate(now=now)
+                flush(c)
+            if c["state"] == "running":
+                if now - c["start"] > a.timeout:
+                    c["state"] = "gave_up"
+                    continue
+                active.append(c)
+        if not active and all(c["state"] != "waiting" for c in clients):
+            break
+        timers = [t for c in active if (t := c["core"].next_timer()) is not None]
+        wait = max(0.0, min([0.05, *(t - now for t in timers)]))
+        r: list[socket.socket] = []
+        if active:
+            r, _, _ = select.select([c["sock"] for c in active], [], [], wait)
+        else:
+            time.sleep(wait)
+        now = time.monotonic()
+        for c in active:
+            if c["sock"] in r:
+                for _ in range(64):
+                    try:
+                        d, addr = c["sock"].recvfrom(2048)
+                    except BlockingIOError:
+                        break
+                    c["cookies"] += d[:1] == b"\x03"
+                    c["responses"] += d[:1] == b"\x02"
+                    c["core"].decapsulate((addr[0], addr[1]), [d], now=now)
+                    flush(c)
+            t = c["core"].next_timer()
+            if t is not None and t <= now:
+                c["core"].handle_timer(now=now)
+                flush(c)
+            if c["tunnel"].current is not None:
+                c["state"] = "done"
+                c["seconds"] = round(now - c["start"], 3)
+                c["done_at"] = now
+    results = [{k: v for k, v in c.items() if k not in ("sock", "core", "tunnel")} for c in clients]
+    for c in clients:
+        c["sock"].close()
+    emit({"clients": results, "done": sum(c["state"] == "done" for c in clients), "count": len(clients),
+          "t0": t0, "t_end": time.monotonic()})
 
 
 # -- garbage ------------------------------------------------------------------------------------
@@ -679,6 +902,30 @@ def main() -> None:
     p.add_argument("--invalid-share", type=float, default=0.25)
     p.add_argument("--linger", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=3)
+    p = sub.add_parser("flood-sources")
+    p.add_argument("--target4", required=True)
+    p.add_argument("--target6", required=True)
+    p.add_argument("--server-pub", required=True)
+    p.add_argument("--src4", required=True, help="first IPv4 source; the next --count4 addresses follow")
+    p.add_argument("--count4", type=int, default=1000)
+    p.add_argument("--src6", required=True, help="first IPv6 source; each next one is in the next /64")
+    p.add_argument("--count6", type=int, default=1000)
+    p.add_argument("--port", type=int, default=30000, help="source port (mac2 sources: port + 1)")
+    p.add_argument("--mac2-sources", type=int, default=100, help="per family: these read cookies, then add mac2")
+    p.add_argument("--rate", type=float, default=12000.0)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--max-packets", type=int, default=1_000_000)
+    p.add_argument("--pool", type=int, default=4096)
+    p.add_argument("--stop-file", default=None)
+    p.add_argument("--seed", type=int, default=8)
+    p = sub.add_parser("handshakers")
+    p.add_argument("--target4", required=True)
+    p.add_argument("--target6", required=True)
+    p.add_argument("--server-pub", required=True)
+    p.add_argument("--keys-file", required=True)
+    p.add_argument("--sources", required=True, help="comma-separated local source addresses, one per key")
+    p.add_argument("--stagger", type=float, default=0.3)
+    p.add_argument("--timeout", type=float, default=20.0)
     p = sub.add_parser("garbage")
     p.add_argument("--target", required=True)
     p.add_argument("--bind", default="0.0.0.0")
@@ -746,6 +993,7 @@ def main() -> None:
     p.add_argument("--stop-file", default=None, help="stop early once this file exists")
     a = ap.parse_args()
     {"tcp-sink": tcp_sink, "tcp-source": tcp_source, "udp-send": udp_send, "flood": flood, "garbage": garbage,
+     "flood-sources": flood_sources, "handshakers": handshakers,
      "tun-inject": tun_inject, "vxlan-inject": vxlan_inject, "vxlan-insider": vxlan_insider,
      "tap-inject": tap_inject,
      "capture": capture}[a.cmd](a)

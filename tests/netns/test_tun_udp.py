@@ -566,6 +566,22 @@ def test_recv_batch_is_bounded_and_groups_sources(udp_sockets: Any) -> None:
     assert rx.recv_batch(10) == []
 
 
+def test_backlog_bytes_measures_the_receive_queue(udp_sockets: Any) -> None:
+    rx = udp_sockets("127.0.0.1", 0, family="v4", gro=False)
+    tx = udp_sockets("127.0.0.1", 0, family="v4", gso=False)
+    assert rx.backlog_bytes() == 0
+    tx.send_batch(("127.0.0.1", rx.port), [b"h" * 148] * 50)
+    assert _wait_readable(rx.fileno(), 2)
+    deadline = time.monotonic() + 2
+    while rx.backlog_bytes() < 50 * 148 and time.monotonic() < deadline:  # payload plus per-packet overhead
+        time.sleep(0.01)
+    assert rx.backlog_bytes() >= 50 * 148
+    assert _flat(_drain(rx, 50)) == [b"h" * 148] * 50
+    assert rx.backlog_bytes() == 0
+    rx.close()
+    assert rx.backlog_bytes() == 0
+
+
 def test_dual_stack_normalizes_v4_peers_and_sends_back(udp_sockets: Any) -> None:
     rx = udp_sockets(None, 0, family="dual")
     v4 = udp_sockets("127.0.0.1", 0, family="v4")

@@ -276,3 +276,44 @@ def test_bad_cookie_replies_are_dropped(mutate: str) -> None:
     assert sum(p.a.core.drops.values()) == 1
     expected = "bad_cookie_reply" if mutate in ("nonce", "cookie") else "unknown_index"
     assert p.a.core.drops[expected] == 1
+
+
+def test_behind_sheds_busy_sources_and_serves_quiet_ones() -> None:
+    """While the adapter is behind (deep receive queue) under load, handshakes from sources that
+    sent one within QUIET_SOURCE_INTERVAL are shed before any cookie work; a client's first try
+    and its retry after REKEY_TIMEOUT come from a quiet source and are served."""
+    p = Pair(seed=48)
+    server = p.b.core
+    server.force_under_load = True
+    mac1_key = hash_(LABEL_MAC1, server.public_key)
+
+    def flood(now: float) -> None:
+        for i in range(200):
+            body = b"\x01\0\0\0" + i.to_bytes(4, "little") + bytes(108)
+            server.decapsulate((f"198.18.9.{i + 1}", 7), [body + mac(mac1_key, body) + bytes(16)], now=now)
+
+    flood(p.now)  # every flood source has now been seen
+    assert server.drops["cookie_reply_sent"] == 200
+    server.take_outbox()
+    server.behind = True
+    flood(p.now + 0.5)
+    assert server.drops["handshake_shed"] == 200 and server.take_outbox() == []
+    p.a.tunnel.initiate(now=p.now)
+    p.transfer(p.a)  # the client is quiet: served (cookie reply)
+    assert [d[0] for d in p.take(p.b)] == [3]
+    p.jump(RETRY)
+    p.a.tunnel.last_sent_handshake = -1e9
+    p.b.tunnel.last_initiation_consumed = -1e9
+    flood(p.now)
+    assert server.drops["handshake_shed"] == 200  # quiet again after the interval: served
+    flood(p.now + 0.1)
+    assert server.drops["handshake_shed"] == 400
+    server.take_outbox()
+    # the client's retry, after REKEY_TIMEOUT, is served too
+    p.a.tunnel.initiate(now=p.now)
+    p.transfer(p.a)
+    assert [d[0] for d in p.take(p.b)] == [3]
+    assert server.drops["handshake_shed"] == 400
+    server.behind = False
+    flood(p.now + 0.2)  # not behind: busy sources are answered again
+    assert server.drops["cookie_reply_sent"] == 200 + 1 + 200 + 1 + 200
