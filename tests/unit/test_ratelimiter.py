@@ -112,8 +112,8 @@ def test_capacity_full_table_evicts_least_recently_used() -> None:
 
 
 def test_gc_is_incremental_and_forgets_only_full_buckets() -> None:
-    """Each call looks at the front of the LRU order only: at most GC_PER_CALL idle entries go
-    per call, whatever the table holds (the old table rescanned every entry when full)."""
+    """Each call looks at the front of the LRU order only: at most GC_PER_CALL expired entries
+    go per call, whatever the table holds (the old table rescanned every entry when full)."""
     n = 1000
     rl = RateLimiter(max_sources=n)
     for i in range(n):
@@ -125,15 +125,17 @@ def test_gc_is_incremental_and_forgets_only_full_buckets() -> None:
     for k in range(10):
         rl.allow("x", now=5.0 + k * 0.01)
     assert len(rl) == n + 1 - 11 * GC_PER_CALL
-    rl.gc(now=5.5)
-    assert len(rl) == 1  # only "x" is recent
-    # an entry is never forgotten before its bucket is full again (idle >= burst / rate)
-    rl2 = RateLimiter(idle=0.0)
+    rl.gc(now=5.2)
+    assert len(rl) == 1  # only "x" is not full again yet
+    # an entry is never forgotten before its bucket is full again
+    rl2 = RateLimiter()
     for _ in range(RATELIMIT_BURST):
         assert rl2.allow("a", now=0.0)
     rl2.allow("b", now=TICK)
     assert len(rl2) == 2
     assert rl2.allow("a", now=TICK) and not rl2.allow("a", now=TICK)
+    rl2.allow("b", now=RATELIMIT_BURST * TICK + 2 * TICK)  # "a" is full again: forgotten
+    assert len(rl2) == 1
 
 
 def test_token_bucket() -> None:
