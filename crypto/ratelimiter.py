@@ -72,10 +72,6 @@ class TokenBucket:
         self._last = now if self._last is None else max(self._last, now)
         return self._tokens
 
-    def ready(self, *, now: float) -> bool:
-        """Whether :meth:`take` would succeed now (takes nothing)."""
-        return self._refill(now) >= 1.0
-
     def take(self, *, now: float) -> bool:
         """Take one token if there is one."""
         if self._refill(now) >= 1.0:

@@ -83,6 +83,9 @@ def test_source_key() -> None:
     a = source_key("fd00:1:2:3::1")
     assert a == source_key("fd00:1:2:3:ffff:ffff:ffff:ffff") == source_key("fd00:1:2:3::9%eth0")
     assert a != source_key("fd00:1:2:4::1")
+    # written-out and "::"-compressed forms of one /64 (fast and slow paths) agree
+    assert source_key("fd00::1") == source_key("fd00:0:0:0:1::") == source_key("FD00:0000:0:0::2")
+    assert source_key("::ffff:1.2.3.4") == source_key("::ffff:5.6.7.8")  # a mapped address that slipped through
     assert source_key("not:an:address") == "not:an:address"  # opaque endpoints stay themselves
     assert source_key(None) is None
 
@@ -141,9 +144,9 @@ def test_gc_is_incremental_and_forgets_only_full_buckets() -> None:
 def test_token_bucket() -> None:
     b = TokenBucket(10, 3)
     assert [b.take(now=0.0) for _ in range(4)] == [True, True, True, False]
-    assert not b.ready(now=0.05)
-    assert b.ready(now=0.1) and b.take(now=0.1) and not b.take(now=0.1)
-    assert b.ready(now=100.0) and [b.take(now=100.0) for _ in range(4)] == [True, True, True, False]
+    assert not b.take(now=0.05)
+    assert b.take(now=0.1) and not b.take(now=0.1)
+    assert [b.take(now=100.0) for _ in range(4)] == [True, True, True, False]
     assert not b.take(now=99.0)  # time going backwards adds nothing
     with pytest.raises(ValueError):
         TokenBucket(0, 1)
