@@ -204,9 +204,10 @@ def test_legitimate_handshakes_complete_during_multi_source_flood() -> None:
     answering their cookie replies with a valid mac2, while 20 legitimate clients
     (``PYVPN_FLOOD_CLIENTS``; half IPv4, half IPv6, each from its own address and /64, each a
     configured peer) start handshakes 0.3 s apart, and the real client daemon is restarted.
-    Every client must complete, within 30 s of its start (WireGuard itself tries for 90 s), while the flood runs; the server's
-    DH work stays within its budgets and its RSS flat.  Figures: the achieved flood rate, the
-    server's CPU during the flood, each client's handshake time."""
+    Every client must complete, within 30 s of its start (WireGuard itself tries for 90 s),
+    while the flood runs; the server's DH work stays within its budgets and its RSS flat.
+    Figures: the achieved flood rate, the server's CPU during the flood, each client's
+    handshake time."""
     rate = env_int("PYVPN_FLOOD_RATE", 12_000)
     per_family = env_int("PYVPN_FLOOD_SOURCES", 1000)
     n_clients = env_int("PYVPN_FLOOD_CLIENTS", 20)
