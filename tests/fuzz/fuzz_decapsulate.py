@@ -4,7 +4,7 @@ Each input is cut into up to 8 datagrams.  A datagram is raw fuzz bytes, or a va
 the session XOR-ed with fuzz bytes, optionally with mac1 recomputed so that the fuzzer reaches
 the Noise code behind it.  Properties: decapsulate never raises, never delivers, and every
 datagram counts as exactly one drop unless it is a byte-identical valid cookie reply (which is
-consumed).  A flag byte can put the receiving core under load.
+consumed).  A flag byte can put the receiving core under load and behind.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def test_one_input(data: bytes) -> None:
     flags = fdp.ConsumeIntInRange(0, 255)
     core = world.a if flags & 1 else world.b
     core.force_under_load = bool(flags & 2)
+    core.behind = bool(flags & 4)  # the adapter's receive queue is deep: busy sources are shed
     datagrams: list[bytes] = []
     for _ in range(fdp.ConsumeIntInRange(1, 8)):
         mode = fdp.ConsumeIntInRange(0, 2)

@@ -324,12 +324,14 @@ def test_decapsulate_accepts_memoryview_and_bytearray() -> None:
 @FUZZ
 @given(st.one_of(st.none(), st.integers(), st.text(max_size=5),
                  st.tuples(st.text(max_size=10), st.integers(-1, 70000))),
-       mutated(["initiation"]))
-def test_decapsulate_any_endpoint_object(endpoint: Any, m: tuple[str, bytes, bool]) -> None:
+       mutated(["initiation"]), st.booleans())
+def test_decapsulate_any_endpoint_object(endpoint: Any, m: tuple[str, bytes, bool], behind: bool) -> None:
     """Endpoints are opaque to the core: odd ones (None, ints, strings) never make it raise,
-    even under load where the endpoint feeds the cookie and the rate limiter."""
+    even under load where the endpoint feeds the cookie, the rate limiters and (when behind)
+    the shedding."""
     w = make_world("initiated")
     w.b.force_under_load = True
+    w.b.behind = behind
     w.b.decapsulate(endpoint, [m[1], VALID["initiation"]], now=NOW)
     # Under load neither passes without mac2.  With endpoint None the cookie reply cannot be
     # sent, and that outbound loss is counted as well, under "no_endpoint".
