@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--peer-ip", required=True)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--count", type=int, default=3)
+    ap.add_argument("--under-load", action="store_true", help="answer handshakes without mac2 with cookies")
     a = ap.parse_args()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -79,6 +80,7 @@ def main() -> int:
         host, port = a.peer_endpoint.rsplit(":", 1)
         endpoint = (host, int(port))
     core = Core(decode_key(a.private), rng=os.urandom)
+    core.force_under_load = a.under_load
     tunnel = core.add_peer(decode_key(a.peer), preshared_key=decode_key(a.psk) if a.psk else None,
                            endpoint=endpoint)
     result: dict[str, object] = {"role": a.role, "handshakes": 0, "replies": 0, "answered": 0}

@@ -79,3 +79,26 @@ def test_wireguard_go_initiates_to_core() -> None:
             assert result["answered"] == 3, result
             st = wg.show().peer(my_pub)
             assert st.latest_handshake > 0 and st.rx_bytes > 0 and st.tx_bytes > 0
+
+
+def test_wireguard_go_takes_the_cores_cookie_under_load() -> None:
+    """Our cookie replies (nonce: a random prefix per secret and a counter) are taken by
+    wireguard-go: under load the core answers its first initiation with a cookie, wireguard-go
+    retries after REKEY_TIMEOUT with mac2, and the handshake and pings go through."""
+    wg_priv, wg_pub = wg_keypair()
+    my_priv, my_pub = wg_keypair()
+    with namespaces("wg", "core") as (a, b):
+        _topology((a, b))
+        with WireguardGo(a, private_key=wg_priv, listen_port=51820, address=["198.19.0.1/24"],
+                         peers=[WgPeer(my_pub, endpoint="198.18.0.2:40000", allowed_ips=["198.19.0.2/32"])]) as wg:
+            proc = _driver(b, "--role", "responder", "--private", my_priv, "--peer", wg_pub, "--under-load",
+                           "--listen", "40000", "--local-ip", "198.19.0.2", "--peer-ip", "198.19.0.1",
+                           "--timeout", "20", "--count", "2")
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"READY"
+            r = a.run("ping -n -c 2 -W 12 198.19.0.2", check=False, timeout=30)
+            assert r.returncode == 0, r.stdout
+            out, _ = proc.communicate(timeout=30)
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            assert result["handshakes"] == 1 and result["answered"] == 2, result
+            assert result["drops"].get("cookie_reply_sent", 0) >= 1, result
+            assert wg.show().peer(my_pub).latest_handshake > 0
