@@ -267,3 +267,44 @@ def test_default_sends_peer_to_peer_packets_to_the_kernel(run) -> None:  # type:
                 n.dev.close()
 
     run(main())
+
+
+def test_deep_receive_queue_under_load_sheds_busy_sources(run, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under load, the device measures its socket's backlog on each wakeup; past
+    BEHIND_BACKLOG_BYTES the core is behind and sheds handshakes from sources it has just seen."""
+    from crypto.noise import LABEL_MAC1
+    from crypto.primitives import hash_, mac
+    from vpn import device
+
+    monkeypatch.setattr(device, "BEHIND_BACKLOG_BYTES", 1000)
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        b = Node(net, "198.18.0.2", 51820, "b0")
+        b.dev.core.force_under_load = True
+        b.dev.start()
+        key = hash_(LABEL_MAC1, b.pub)
+
+        def initiations(n: int) -> list[bytes]:
+            out = []
+            for _ in range(n):
+                body = b"\x01\0\0\0" + os.urandom(112)
+                out.append(body + mac(key, body) + bytes(16))
+            return out
+
+        flood = net.endpoint("198.18.0.9", 999)
+        try:
+            flood.send_batch(b.addr, initiations(2))  # 296 bytes queued: not behind, answered
+            assert await until(lambda: b.dev.core.drops["cookie_reply_sent"] == 2)
+            assert not b.dev.core.behind
+            flood.send_batch(b.addr, initiations(20))  # 2,960 bytes queued: behind, a busy source
+            assert await until(lambda: b.dev.core.drops["handshake_shed"] == 20)
+            assert b.dev.core.drops["cookie_reply_sent"] == 2
+            flood.send_batch(b.addr, initiations(1))  # the queue is short again
+            assert await until(lambda: sum(b.dev.core.drops.values()) == 23)
+            assert not b.dev.core.behind
+        finally:
+            flood.close()
+            b.dev.close()
+
+    run(main())
