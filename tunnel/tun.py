@@ -108,6 +108,8 @@ def _ioc(direction: str, nr: int, size: int) -> int:
 _TUNGETFEATURES = _ioc("r", 207, 4)
 _TUNSETOFFLOAD = _ioc("w", 208, 4)
 _TUNSETVNETHDRSZ = _ioc("w", 216, 4)
+_TUNGETIFF = _ioc("r", 210, 4)
+_IFREQ_SIZE = 40  # struct ifreq: IFNAMSIZ name + a 24-byte union
 
 #: Errors from a single tun write that drop that packet only (counted in ``write_errors``).
 _WRITE_DROP_ERRNOS = frozenset(
@@ -238,6 +240,23 @@ class PytunDevice:
     def fileno(self) -> int:
         self._require_open()
         return self._fd
+
+    def attached(self) -> bool:
+        """Whether the interface behind our fd still exists, in whatever network namespace it is now.
+
+        Asks the fd itself (``TUNGETIFF``), not the name: a tun moved to another namespace (``ip link set
+        IFACE netns NS``, WireGuard's namespace integration) vanishes from ours but keeps working, while a
+        deleted one (``ip link del``) detaches the fd, and the ioctl then fails with ``EBADFD``.
+        """
+        if self._dev is None:
+            return False
+        try:
+            fcntl.ioctl(self._fd, _TUNGETIFF, bytes(_IFREQ_SIZE))
+        except OSError as exc:
+            if exc.errno in (errno.EBADFD, errno.EBADF, errno.ENODEV):
+                return False
+            raise
+        return True
 
     def read_batch(self, max_packets: int) -> list[bytes]:
         self._require_open()

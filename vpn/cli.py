@@ -15,6 +15,8 @@ from typer.core import TyperGroup
 from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key, private_from_random, public_from_private
 
+from . import OUR_LOGGERS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN.")
 
@@ -27,7 +29,6 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-OUR_LOGGERS = ("pyvpn", "tunnel", "crypto", "vpn")
 
 
 def setup_logging(level: str) -> None:

@@ -369,7 +369,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         iface.configure([str(a) for a in icfg.addresses], mtu, routes, icfg.table)
         fwmark = icfg.fwmark or iface.fwmark
         try:
-            udp = UdpSocket.bind(None, icfg.listen_port or 0, family="dual")
+            udp = UdpSocket.bind(None, icfg.listen_port or 0, family="dual", gso=offload != "off",
+                                 gro=offload != "off")
         except OSError as e:
             raise DaemonError(f"cannot listen on UDP port {icfg.listen_port or 0}: {e.strerror or e}") from None
         forward = bool(getattr(icfg, "forward", False))
@@ -377,7 +378,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
             log.warning("%s: Forward = on: packets between peers are forwarded inside the daemon (TTL "
                         "decremented), bypassing this host's firewall (FORWARD chain, conntrack, NAT) and "
                         "ip_forward", name)
-        device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu, forward=forward)
+        device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu, forward=forward,
+                        udp_offload=offload != "off")
         if fwmark:
             device.set_fwmark(fwmark)
         for p in cfg.peers:

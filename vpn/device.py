@@ -14,6 +14,10 @@ Flow (one wakeup each, level-triggered readers, bounded batches so neither direc
    (:func:`vpn.datapath.forward_hop`), bypassing the host's firewall.
 3. Timer → ``Core.handle_timer`` → send the outbox; the timer is re-armed at the core's
    next deadline.
+4. Housekeeping, once a second: hooks, and the stall check (:mod:`vpn.stall`): input queued on
+   the tun or the UDP socket while nothing was taken in for ``stall_after`` seconds is logged as a
+   WARNING and shown in the snapshot; a thread warns, with the loop's stack, if the loop itself
+   stops running.
 
 Every drop is counted by reason in :attr:`Device.drops` (device-level), ``Core.drops``
 (protocol-level) or ``Peer.drops``; :meth:`Device.drop_counts` merges them.
@@ -25,6 +29,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -45,6 +50,7 @@ from crypto.tunnel import (
 from .allowedips import AllowedIPs
 from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .peer import Peer
+from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
 
 log = logging.getLogger("pyvpn.device")
 
@@ -103,11 +109,17 @@ class Device:
         decrementing their TTL but bypassing the host's firewall.  Off (the default, as WireGuard):
         they go to the tun, and the kernel routes (or refuses) them.
     :param rng: source of randomness for the core.
+    :param stall_after: seconds of queued input without progress before a stall is reported.
+    :param udp_offload: UDP GSO/GRO on sockets made by :meth:`rebind` (``Offload = off`` turns it off).
     """
+
+    #: Seconds between housekeeping ticks (hooks, stall check).
+    housekeeping_interval = 1.0
 
     def __init__(self, *, tun: PacketDevice, udp: DatagramSocket, private_key: bytes | None,
                  mtu: int | None = None, forward: bool = False,
-                 rng: Callable[[int], bytes] = os.urandom) -> None:
+                 rng: Callable[[int], bytes] = os.urandom, stall_after: float = STALL_AFTER,
+                 udp_offload: bool = True) -> None:
         self.tun = tun
         self.tun_mode = configure_tun(tun)
         self.udp = udp
@@ -127,6 +139,10 @@ class Device:
         self.on_housekeeping: list[Callable[[], None]] = []
         self.l2: L2Hook | None = None  # set by vpn.l2.L2Runtime.start() when L2 segments run
         self.started_wall = time.time()
+        self.udp_offload = udp_offload
+        self.progress = 0  # tun buffers read + datagrams received since start (the stall check's counter)
+        self.stall = StallDetector(stall_after)
+        self.watchdog = LoopWatchdog(self.name, log, after=stall_after)
 
     # -- peers -----------------------------------------------------------------------------
     @property
@@ -179,7 +195,7 @@ class Device:
         """Listen on another UDP port (UAPI ``listen_port``); the old socket closes."""
         from tunnel.udp import UdpSocket
 
-        new = UdpSocket.bind(None, port, family="dual")
+        new = UdpSocket.bind(None, port, family="dual", gso=self.udp_offload, gro=self.udp_offload)
         old = self.udp
         if self._loop is not None:
             self._loop.remove_reader(old.fileno())
@@ -214,7 +230,8 @@ class Device:
             if peer.tunnel.persistent_keepalive:
                 peer.tunnel.set_persistent_keepalive(peer.tunnel.persistent_keepalive, now=now)
         self._flush()
-        self._housekeeping = loop.call_later(1.0, self._on_housekeeping)
+        self._housekeeping = loop.call_later(self.housekeeping_interval, self._on_housekeeping)
+        self.watchdog.start()
 
     def stop(self) -> None:
         loop = self._loop
@@ -230,6 +247,7 @@ class Device:
                 h.cancel()
         self._timer = self._housekeeping = None
         self._loop = None
+        self.watchdog.stop()
         if self.stopped is not None:
             self.stopped.set()
 
@@ -257,6 +275,7 @@ class Device:
             return
         if not bufs:
             return
+        self.progress += len(bufs)
         now = loop.time()
         for t, lst in route_reads(bufs, vnet, self.allowed.lookup, self.drops).items():
             t.encapsulate(lst, now=now)
@@ -274,6 +293,7 @@ class Device:
         to_tun: list[bytes] = []
         forwarded: dict[Tunnel, list[bytes]] = {}
         for datagrams, addr in self.udp.recv_batch(BATCH):
+            self.progress += len(datagrams)
             for t, packets in core.decapsulate(addr, datagrams, now=now):
                 self._route_inbound(t, packets, to_tun, forwarded)
         if to_tun:
@@ -417,13 +437,37 @@ class Device:
         if loop is None:
             return
         self.core.wall_offset = time.time() - loop.time()
+        self.watchdog.beat()
+        self._check_stall(loop.time())
         for cb in list(self.on_housekeeping):
             try:
                 cb()
             except Exception:  # a housekeeping hook must never kill the data path
                 log.exception("%s: housekeeping hook failed", self.name)
         if self._loop is not None:
-            self._housekeeping = loop.call_later(1.0, self._on_housekeeping)
+            self._housekeeping = loop.call_later(self.housekeeping_interval, self._on_housekeeping)
+
+    def queued(self) -> list[str]:
+        """Which inputs have something waiting right now: ``"tun"`` and/or ``"udp"`` (a zero-timeout poll)."""
+        fds = {}
+        for label, dev in (("tun", self.tun), ("udp", self.udp)):
+            try:
+                fds[dev.fileno()] = label
+            except (OSError, ValueError):
+                continue
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return sorted(fds[fd] for fd, ev in poller.poll(0) if ev & select.POLLIN and fd in fds)
+
+    def _check_stall(self, now: float) -> None:
+        ev = self.stall.update(now=now, queued=self.queued(), progress=self.progress)
+        if isinstance(ev, Stalled):
+            log.warning("%s: data path stalled: packets are waiting on %s but nothing was taken in for %.0f s",
+                        self.name, " and ".join(ev.queued), ev.seconds)
+        elif isinstance(ev, Recovered):
+            log.info("%s: data path %s after %.0f s", self.name,
+                     "moving again" if ev.moved else "no longer has packets waiting", ev.seconds)
 
     def _log_events(self) -> None:
         for ev in self.core.take_events():
@@ -493,6 +537,8 @@ class Device:
             "peers": peers,
             "drops": dict(self.drop_counts()),
             "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,
+            "stall": {**self.stall.status(self._loop.time() if self._loop else time.monotonic()),
+                      "loop_blocked": self.watchdog.blocked},
         }
         if self.l2 is not None:
             snap["segments"] = self.l2.snapshot()

@@ -44,6 +44,22 @@ def ago(wall: float, now: float | None = None) -> str:
     return ", ".join(parts[:2]) + " ago"
 
 
+def data_path_text(stall: dict[str, Any]) -> str:
+    """The ``data path`` row: ``ok``, or ``STALLED`` with what is waiting and for how long."""
+    if stall.get("state") == "stalled":
+        queued = " and ".join(stall.get("queued") or ()) or "its inputs"
+        seconds = stall.get("seconds", 0)
+        text = f"[bold red]STALLED[/]: packets waiting on {queued}, nothing taken in for {seconds:.0f} s"
+    else:
+        text = "ok"
+    extra = []
+    if stall.get("stalls"):
+        extra.append(f"{stall['stalls']} stall(s) so far")
+    if stall.get("loop_blocked"):
+        extra.append(f"event loop blocked {stall['loop_blocked']} time(s)")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
 def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> None:
     console = console or Console()
     for snap in snapshots:
@@ -60,6 +76,9 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
         if snap.get("forwarded_packets"):
             fwd += f" ({snap['forwarded_packets']} packets so far)"
         head.add_row("forwarding", fwd)
+        stall = snap.get("stall")
+        if stall is not None:
+            head.add_row("data path", data_path_text(stall))
         console.print(head)
         peers = Table(title=None, show_lines=False)
         for col in ("peer", "endpoint", "allowed ips", "latest handshake", "received", "sent", "keepalive"):

@@ -7,10 +7,14 @@ FILE`` works and ``wg`` configures it:
    socket ``/var/run/wireguard/IFACE.sock`` (a live one is refused, a stale one replaced).
 2. Without ``-f`` (and without ``WG_PROCESS_FOREGROUND=1``) fork: the parent returns only now,
    when the interface and the socket both exist, because ``wg setconf`` follows at once.
-3. Serve ``get=1``/``set=1`` until SIGINT/SIGTERM, the interface being deleted (``ip link del``,
-   as ``wg-quick down`` does) or the socket file being removed; then remove the socket.
+3. Serve ``get=1``/``set=1`` (and pyvpn's control socket, for ``pyvpn show``) until SIGINT/SIGTERM,
+   the interface being deleted (``ip link del``, as ``wg-quick down`` does) or the socket file being
+   removed; then remove the sockets.  Moving the interface to another network namespace (``ip link
+   set IFACE netns NS``, WireGuard's namespace integration) is not a deletion: the tun fd is asked,
+   not the name.
 
-``LOG_LEVEL`` (debug, verbose, error, silent) sets the log level, as for wireguard-go.
+``LOG_LEVEL`` (debug, verbose, error, silent) sets the log level, as for wireguard-go;
+``PYVPN_OFFLOAD=off`` switches every offload off (tun vnet_hdr, UDP GSO and GRO).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from tunnel import netconf
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
+from . import OUR_LOGGERS
 from .config import check_ifname
+from .control import ControlError, ControlServer
 from .daemon import DEFAULT_MTU, run_loop, wait_any
 from .datapath import set_txqueuelen
 from .device import Device
@@ -55,22 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     name = args[0]
-    logging.basicConfig(level=_log_level(), stream=sys.stderr,
+    level = _log_level()
+    # pyvpn's loggers at LOG_LEVEL; libraries (pyroute2 logs every netlink message at DEBUG) at INFO or above.
+    logging.basicConfig(level=max(level, logging.INFO), stream=sys.stderr,
                         format=f"%(levelname)s: ({name}) %(asctime)s %(message)s")
+    for logger in OUR_LOGGERS:
+        logging.getLogger(logger).setLevel(level)
     try:
         check_ifname(name)
     except ValueError as e:
         print(f"pyvpn-wg: {e}", file=sys.stderr)
         return 1
+    offload = os.environ.get("PYVPN_OFFLOAD", "auto") != "off"  # off: no tun vnet_hdr, no UDP GSO/GRO
     try:
         # The same data path as `pyvpn server`: vnet_hdr for GRO writes (falls back when refused).
-        tun = open_tun(name, mtu=DEFAULT_MTU, vnet_hdr=os.environ.get("PYVPN_OFFLOAD", "auto") != "off")
+        tun = open_tun(name, mtu=DEFAULT_MTU, vnet_hdr=offload)
         set_txqueuelen(tun.name)
     except TunError as e:
         print(f"pyvpn-wg: failed to create TUN device {name}: {e}", file=sys.stderr)
         return 1
     try:
-        udp = UdpSocket.bind(None, 0, family="dual")
+        udp = UdpSocket.bind(None, 0, family="dual", gso=offload, gro=offload)
         uapi_sock = bind_uapi_socket(name)
     except (OSError, UapiSocketInUse) as e:
         tun.close()
@@ -87,11 +98,39 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, fd)
         os.close(devnull)
     try:
-        return int(run_loop(_serve(name, tun, udp, uapi_sock)))
+        return int(run_loop(_serve(name, tun, udp, uapi_sock, offload=offload)))
     finally:
         with contextlib.suppress(FileNotFoundError):
             if _owned(uapi_sock):
                 Path(uapi_sock.getsockname()).unlink()
+
+
+def _interface_alive(tun: object, name: str) -> bool:
+    """Whether our interface still exists.  The tun fd is asked first (:meth:`PytunDevice.attached`): the
+    interface may have been moved to another network namespace (WireGuard's namespace integration: ``ip link
+    set IFACE netns NS`` right after we created it), where its name is invisible from ours but it works on.
+    Only a device without that query is looked up by name here."""
+    attached = getattr(tun, "attached", None)
+    if callable(attached):
+        try:
+            return bool(attached())
+        except OSError:
+            return True  # an unexpected ioctl error is not a deletion: look again next second
+    try:
+        return netconf.link_exists(name)
+    except Exception:  # noqa: BLE001  # a netlink hiccup: check again next second
+        return True
+
+
+async def _control_server(device: Device) -> ControlServer | None:
+    """pyvpn's control socket, so that ``pyvpn show`` lists this interface too (None if it cannot start)."""
+    control = ControlServer(device, {"mode": "l3", "role": "pyvpn-wg", "offloads": sorted(device.offloads())})
+    try:
+        await control.start()
+    except (OSError, ControlError) as e:
+        log.warning("no control socket for `pyvpn show`: %s", e)
+        return None
+    return control
 
 
 def _owned(sock: socket.socket) -> bool:
@@ -101,28 +140,28 @@ def _owned(sock: socket.socket) -> bool:
         return False
 
 
-async def _serve(name: str, tun: object, udp: UdpSocket, uapi_sock: socket.socket) -> int:
+async def _serve(name: str, tun: object, udp: UdpSocket, uapi_sock: socket.socket, *, offload: bool) -> int:
     loop = asyncio.get_running_loop()
-    device = Device(tun=tun, udp=udp, private_key=None, mtu=DEFAULT_MTU)  # type: ignore[arg-type]
+    device = Device(tun=tun, udp=udp, private_key=None, mtu=DEFAULT_MTU,  # type: ignore[arg-type]
+                    udp_offload=offload)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     device.start(loop)
     server = UapiServer(device, sock=uapi_sock)
     await server.start()
+    control = await _control_server(device)
     path = server.path
     ino = os.stat(path).st_ino
 
     def check() -> None:
-        try:
-            if not netconf.link_exists(name):
-                log.info("interface deleted; exiting")
-                stop.set()
-                return
-        except Exception:  # noqa: BLE001, S110  # a netlink hiccup: check again next second
-            pass
+        if not _interface_alive(tun, name):
+            log.info("interface deleted; exiting")
+            stop.set()
+            return
         try:
             if os.stat(path).st_ino != ino:
+                log.info("UAPI socket replaced by another process; exiting")
                 stop.set()
         except FileNotFoundError:
             log.info("UAPI socket removed; exiting")
@@ -133,6 +172,8 @@ async def _serve(name: str, tun: object, udp: UdpSocket, uapi_sock: socket.socke
     try:
         await wait_any(stop, device.stopped)
     finally:
+        if control is not None:
+            await control.close()
         await server.close()
         device.close()
     log.info("device closed")

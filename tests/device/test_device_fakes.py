@@ -8,17 +8,22 @@ test runs on the stock asyncio loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import struct
+import time
 
 import pytest
 import uvloop
+from rich.console import Console
 
 from crypto.keys import private_from_random, public_from_private
 from tunnel.offload import checksum
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.device import Device
+from vpn.stall import LoopWatchdog, StallDetector
+from vpn.status import render, to_jsonable
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -308,3 +313,96 @@ def test_deep_receive_queue_under_load_sheds_busy_sources(run, monkeypatch) -> N
             b.dev.close()
 
     run(main())
+
+
+def _fast_stall_check(dev: Device, after: float) -> None:
+    """Tick housekeeping every 50 ms and report stalls after ``after`` seconds (the defaults are 1 s and 5 s)."""
+    dev.housekeeping_interval = 0.05
+    dev.stall = StallDetector(after)
+    dev.watchdog = LoopWatchdog(dev.name, logging.getLogger("pyvpn.device"), after=after)
+
+
+def test_stall_is_logged_and_shown_then_recovery(run, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Datagrams wait on b's UDP socket but b no longer takes them in (its reader is gone): a WARNING
+    in the log, ``stalled`` in the snapshot and in ``pyvpn show``'s table; an INFO line and ``ok``
+    once packets move again.  An idle device, and one that keeps moving, never report a stall."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        net = MemoryNetwork()
+        a, b = Node(net, "198.18.0.1", 51820, "a0"), Node(net, "198.18.0.2", 51820, "b0")
+        a.dev.add_peer(b.pub, allowed_ips=["100.64.0.2/32"], endpoint=b.addr)
+        b.dev.add_peer(a.pub, allowed_ips=["100.64.0.1/32"])
+        for n in (a, b):
+            _fast_stall_check(n.dev, 0.3)
+            n.dev.start()
+        try:
+            p1 = ipv4_udp("100.64.0.1", "100.64.0.2", b"first")
+            a.tun.inject([p1])
+            assert await until(lambda: p1 in b.tun.written)
+            for i in range(20):  # traffic for 1 s (> the threshold), idle for 0.5 s: no stall
+                a.tun.inject([ipv4_udp("100.64.0.1", "100.64.0.2", bytes([i]) * 50)])
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert b.dev.snapshot()["stall"]["state"] == "ok" and b.dev.stall.stalls == 0
+            assert "data path stalled" not in caplog.text
+
+            loop.remove_reader(b.udp.fileno())  # the reader is lost; the socket keeps filling
+            p2 = ipv4_udp("100.64.0.1", "100.64.0.2", b"stuck")
+            a.tun.inject([p2])
+            assert await until(lambda: b.dev.stall.stalled, timeout=3.0)
+            assert p2 not in b.tun.written
+            warning = [r for r in caplog.records if "data path stalled" in r.getMessage()]
+            assert warning and warning[0].levelno == logging.WARNING and "udp" in warning[0].getMessage()
+            snap = b.dev.snapshot()
+            assert snap["stall"]["state"] == "stalled" and snap["stall"]["queued"] == ["udp"]
+            assert snap["stall"]["seconds"] >= 0.3 and snap["stall"]["stalls"] == 1
+            console = Console(record=True, width=200)
+            render([to_jsonable(snap)], console)
+            assert "STALLED: packets waiting on udp" in console.export_text()
+            assert a.dev.snapshot()["stall"]["state"] == "ok"  # the sender is fine
+
+            loop.add_reader(b.udp.fileno(), b.dev._on_udp)  # taken in again
+            assert await until(lambda: p2 in b.tun.written)
+            assert await until(lambda: not b.dev.stall.stalled, timeout=3.0)
+            assert "data path moving again" in caplog.text
+            snap = b.dev.snapshot()
+            assert snap["stall"]["state"] == "ok" and snap["stall"]["stalls"] == 1
+            console = Console(record=True, width=200)
+            render([to_jsonable(snap)], console)
+            assert "ok (1 stall(s) so far)" in console.export_text()
+        finally:
+            a.dev.close()
+            b.dev.close()
+
+    with caplog.at_level(logging.INFO, logger="pyvpn"):
+        run(main())
+
+
+def test_blocked_event_loop_is_logged_with_its_stack(run, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """A loop that stops running (blocked in a call) cannot check itself: the watchdog thread warns, with
+    the stack the loop is stuck in, and says when it runs again; the count shows in the snapshot."""
+
+    def stuck_in_a_blocking_call() -> None:
+        time.sleep(1.0)
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        a = Node(net, "198.18.0.1", 51820, "a0")
+        _fast_stall_check(a.dev, 0.3)
+        a.dev.start()
+        try:
+            await asyncio.sleep(0.1)
+            stuck_in_a_blocking_call()
+            await asyncio.sleep(0.5)
+            assert a.dev.snapshot()["stall"]["loop_blocked"] == 1
+        finally:
+            a.dev.close()
+        assert a.dev.watchdog._thread is None  # stopped with the device
+
+    with caplog.at_level(logging.INFO, logger="pyvpn"):
+        run(main())
+    warning = [r for r in caplog.records if "event loop has not run" in r.getMessage()]
+    assert len(warning) == 1 and warning[0].levelno == logging.WARNING
+    assert "stuck_in_a_blocking_call" in warning[0].getMessage()
+    assert "the event loop runs again" in caplog.text
