@@ -28,14 +28,13 @@ import socket
 import sys
 from pathlib import Path
 
-from tunnel import netconf
 from tunnel.tun import TunError, open_tun
 from tunnel.udp import UdpSocket
 
 from . import OUR_LOGGERS
 from .config import check_ifname
 from .control import ControlError, ControlServer
-from .daemon import DEFAULT_MTU, run_loop, wait_any
+from .daemon import DEFAULT_MTU, interface_alive, run_loop, wait_any
 from .datapath import set_txqueuelen
 from .device import Device
 from .uapi_server import UapiServer, UapiSocketInUse, bind_uapi_socket
@@ -105,23 +104,6 @@ def main(argv: list[str] | None = None) -> int:
                 Path(uapi_sock.getsockname()).unlink()
 
 
-def _interface_alive(tun: object, name: str) -> bool:
-    """Whether our interface still exists.  The tun fd is asked first (:meth:`PytunDevice.attached`): the
-    interface may have been moved to another network namespace (WireGuard's namespace integration: ``ip link
-    set IFACE netns NS`` right after we created it), where its name is invisible from ours but it works on.
-    Only a device without that query is looked up by name here."""
-    attached = getattr(tun, "attached", None)
-    if callable(attached):
-        try:
-            return bool(attached())
-        except OSError:
-            return True  # an unexpected ioctl error is not a deletion: look again next second
-    try:
-        return netconf.link_exists(name)
-    except Exception:  # noqa: BLE001  # a netlink hiccup: check again next second
-        return True
-
-
 async def _control_server(device: Device) -> ControlServer | None:
     """pyvpn's control socket, so that ``pyvpn show`` lists this interface too (None if it cannot start)."""
     control = ControlServer(device, {"mode": "l3", "role": "pyvpn-wg", "offloads": sorted(device.offloads())})
@@ -155,7 +137,7 @@ async def _serve(name: str, tun: object, udp: UdpSocket, uapi_sock: socket.socke
     ino = os.stat(path).st_ino
 
     def check() -> None:
-        if not _interface_alive(tun, name):
+        if not interface_alive(tun, name):
             log.info("interface deleted; exiting")
             stop.set()
             return

@@ -365,6 +365,24 @@ def _scenario_multi_queue_and_errors() -> dict[str, Any]:
     return out
 
 
+def _scenario_attached_after_move(other: str) -> dict[str, Any]:
+    """A tun moved to namespace ``other`` is still attached (and works there); a deleted one is not."""
+    from tunnel import netconf
+    from tunnel.tun import open_tun
+
+    tun = open_tun("pvtmv0", vnet_hdr=True)
+    out: dict[str, Any] = {"before": tun.attached()}
+    netconf.move_to_netns("pvtmv0", other)
+    out["gone_here"] = not netconf.link_exists("pvtmv0")
+    out["there"] = netconf.link_exists("pvtmv0", netns=other)
+    out["after_move"] = tun.attached()
+    subprocess.run(["ip", "-n", other, "link", "del", "pvtmv0"], check=True)
+    out["after_delete"] = tun.attached()
+    tun.close()
+    out["after_close"] = tun.attached()
+    return out
+
+
 def _scenario_udp_receiver(port: int, count: int, gro: bool) -> dict[str, Any]:
     """Bind dual-stack, collect ``count`` datagrams (bounded), report what arrived."""
     from tunnel.udp import UdpSocket
@@ -415,6 +433,16 @@ def test_tun_packets_both_ways(netns_factory: Any, vnet_hdr: bool) -> None:
     assert r["v4_written"] == 1 and r["v6_written"] == 1  # the junk packet was counted, not raised
     assert r["write_errors"] == {"EINVAL": 2}
     assert r["exists_after_close"] is False
+
+
+@pytest.mark.root
+def test_tun_attached_follows_a_move_to_another_namespace(netns_factory: Any) -> None:
+    """``PytunDevice.attached`` asks the fd, not the name: a tun moved away (WireGuard's namespace integration)
+    is still ours; deleted, it is not.  pyvpn-wg and the daemons decide "interface deleted" with it."""
+    here, there = netns_factory("mv1"), netns_factory("mv2")
+    r = _in_ns(here, _scenario_attached_after_move, other=there.name)
+    assert r == {"before": True, "gone_here": True, "there": True, "after_move": True, "after_delete": False,
+                 "after_close": False}
 
 
 @pytest.mark.root
