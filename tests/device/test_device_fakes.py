@@ -406,3 +406,20 @@ def test_blocked_event_loop_is_logged_with_its_stack(run, caplog: pytest.LogCapt
     assert len(warning) == 1 and warning[0].levelno == logging.WARNING
     assert "stuck_in_a_blocking_call" in warning[0].getMessage()
     assert "the event loop runs again" in caplog.text
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_rebind_keeps_the_udp_offload_setting(offload: bool) -> None:
+    """A new listen port (UAPI ``listen_port``) gets the same UDP GSO/GRO choice as the first socket."""
+    from tunnel.udp import UdpSocket
+
+    udp = UdpSocket.bind("127.0.0.1", 0, family="v4", gso=offload, gro=offload)
+    dev = Device(tun=MemoryTun("rb0"), udp=udp, private_key=None, udp_offload=offload)
+    try:
+        dev.rebind(0)
+        assert dev.udp is not udp and udp.closed
+        assert (dev.udp.gso, dev.udp.gro) == (udp.gso, udp.gro)  # what this kernel gave the first socket
+        if not offload:
+            assert not dev.udp.gso and not dev.udp.gro and not {"udp:gso", "udp:gro"} & set(dev.offloads())
+    finally:
+        dev.close()

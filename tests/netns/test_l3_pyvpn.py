@@ -55,8 +55,11 @@ class Pair:
 
 
 @contextmanager
-def pair(*, underlay: str = "v4", keepalive: int = 0) -> Iterator[Pair]:
-    """Two namespaces, a veth, ``pyvpn server`` in one and ``pyvpn client`` in the other."""
+def pair(*, underlay: str = "v4", keepalive: int = 0, extra: tuple[str, ...] = ()) -> Iterator[Pair]:
+    """Two namespaces, a veth, ``pyvpn server`` in one and ``pyvpn client`` in the other.
+
+    :param extra: lines for both ``[Interface]`` sections, e.g. ``#pyvpn Offload = off``.
+    """
     with namespaces("srv", "cli") as (srv_ns, cli_ns), Fleet() as fleet:
         veth(srv_ns, "eth0", cli_ns, "eth0")
         if underlay == "v4":
@@ -68,10 +71,10 @@ def pair(*, underlay: str = "v4", keepalive: int = 0) -> Iterator[Pair]:
             cli_ns.run("ip -6 addr add fd00:18::2/64 dev eth0 nodad")
             server_ep = endpoint("fd00:18::1", PORT)
         sk, ck = Keys.new(), Keys.new()
-        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT,
+        server = fleet.add(srv_ns, "server", keys=sk, listen_port=PORT, extra=extra,
                            addresses=[f"{SRV_TUN[0]}/24", f"{SRV_TUN[1]}/64"],
                            peers=[PeerSpec(ck.public, [f"{CLI_TUN[0]}/32", f"{CLI_TUN[1]}/128"], name="cli")])
-        client = fleet.add(cli_ns, "client", keys=ck, addresses=[f"{CLI_TUN[0]}/24", f"{CLI_TUN[1]}/64"],
+        client = fleet.add(cli_ns, "client", keys=ck, extra=extra, addresses=[f"{CLI_TUN[0]}/24", f"{CLI_TUN[1]}/64"],
                            peers=[PeerSpec(sk.public, ["198.19.0.0/24", "fd00:19::/64"], endpoint=server_ep,
                                            persistent_keepalive=keepalive, name="srv")])
         try:
@@ -167,8 +170,9 @@ def test_ipv4_underlay_ping_transfer_show_sigterm() -> None:
         # Bytes one side sent are bytes the other received (padding and headers counted alike).
         assert cpeer["tx_bytes"] >= peer["rx_bytes"] > 0 and peer["tx_bytes"] >= cpeer["rx_bytes"] > 0
 
+        assert snap["stall"]["state"] == "ok" and snap["stall"]["stalls"] == 0, snap["stall"]
         table = p.server.show_table()
-        assert p.server.ifname in table and "cli" in table
+        assert p.server.ifname in table and "cli" in table and "data path" in table
         every = run_pyvpn("show")  # all interfaces (other tests' may come and go meanwhile)
         assert every.returncode == 0 and "Traceback" not in every.stderr, every.stderr
         assert p.server.ifname in every.stdout and p.client.ifname in every.stdout
@@ -181,6 +185,16 @@ def test_ipv4_underlay_ping_transfer_show_sigterm() -> None:
         # SIGTERM ends both within a few seconds; interface, UAPI and control sockets are gone.
         for d in (p.client, p.server):
             _assert_stopped(d)
+
+
+def test_offload_off_switches_every_offload_off() -> None:
+    """``#pyvpn Offload = off``: no tun vnet_hdr and no UDP GSO/GRO either (UDP offloads used to stay on)."""
+    with pair(extra=("#pyvpn Offload = off",)) as p:
+        _traffic(p)
+        for d in (p.server, p.client):
+            snap = d.show_json()
+            assert snap["offloads"] == [], snap["offloads"]
+            assert snap["stall"]["state"] == "ok"
 
 
 def test_ipv6_underlay_persistent_keepalive() -> None:
