@@ -322,7 +322,8 @@ def _fast_stall_check(dev: Device, after: float) -> None:
     dev.watchdog = LoopWatchdog(dev.name, logging.getLogger("pyvpn.device"), after=after)
 
 
-def test_stall_is_logged_and_shown_then_recovery(run, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_stall_is_logged_and_shown_then_recovery(  # type: ignore[no-untyped-def]
+        run, caplog: pytest.LogCaptureFixture) -> None:
     """Datagrams wait on b's UDP socket but b no longer takes them in (its reader is gone): a WARNING
     in the log, ``stalled`` in the snapshot and in ``pyvpn show``'s table; an INFO line and ``ok``
     once packets move again.  An idle device, and one that keeps moving, never report a stall."""
@@ -379,7 +380,8 @@ def test_stall_is_logged_and_shown_then_recovery(run, caplog: pytest.LogCaptureF
         run(main())
 
 
-def test_blocked_event_loop_is_logged_with_its_stack(run, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_blocked_event_loop_is_logged_with_its_stack(  # type: ignore[no-untyped-def]
+        run, caplog: pytest.LogCaptureFixture) -> None:
     """A loop that stops running (blocked in a call) cannot check itself: the watchdog thread warns, with
     the stack the loop is stuck in, and says when it runs again; the count shows in the snapshot."""
 
