@@ -211,6 +211,10 @@ class Tunnel:
         self.tx_packets = 0
         self.handshakes = 0
         self.last_handshake_wall = 0.0
+        self.refused_handshakes = 0
+        # refusal (a disabled or expired client, decided by the application): see set_refused()
+        self.refused = False
+        self.expires_at: float | None = None  # wall-clock time from which handshakes are refused
         self.user: Any = None  # free for the application (its Peer object)
 
     # -- keys ------------------------------------------------------------------------------
@@ -228,6 +232,26 @@ class Tunnel:
         kp = self.current
         return kp is not None
 
+    # -- refusal ---------------------------------------------------------------------------
+    def refuses(self, *, now: float) -> bool:
+        """Whether this peer's handshakes are refused at ``now``: :attr:`refused` is set, or the
+        wall-clock time (``now + Core.wall_offset``) has reached :attr:`expires_at`."""
+        return self.refused or (self.expires_at is not None and now + self.core.wall_offset >= self.expires_at)
+
+    def set_refused(self, refused: bool) -> None:
+        """Refuse this peer (a disabled or expired client) or take it back.
+
+        Refusing drops its sessions and staged packets at once and stops its timers: initiations from
+        it are dropped (``refused_handshake``), we never initiate to it, and packets for it are dropped
+        (``refused_peer``).  Taking it back only clears the flag; the next handshake starts a session.
+        """
+        self.refused = refused
+        if refused:
+            self.zero_keys()
+            self.staged.clear()
+            self._retransmit_at = self._keepalive_at = self._new_handshake_at = None
+            self._zero_at = self._persistent_at = None
+
     # -- the send path ---------------------------------------------------------------------
     def encapsulate(self, packets: list[bytes], *, now: float, keepalive: bool = False) -> None:
         """Seal ``packets`` for this peer into :attr:`Core.outbox`, or stage them.
@@ -237,6 +261,9 @@ class Tunnel:
         2. Otherwise staged packets go first, then these, each sealed with the next counter.
         3. The send-side timers run and the session is rekeyed if it is getting old.
         """
+        if self.refused:
+            self.core.drops["refused_peer"] += len(packets)
+            return
         kp = self.current
         if (kp is None or kp.send_counter + len(packets) + len(self.staged) >= REJECT_AFTER_MESSAGES
                 or now - kp.created >= REJECT_AFTER_TIME):
@@ -285,7 +312,7 @@ class Tunnel:
         """Send a handshake initiation, at most one per REKEY_TIMEOUT."""
         if not retry:
             self.handshake_attempts = 0
-        if now - self.last_sent_handshake < REKEY_TIMEOUT:
+        if now - self.last_sent_handshake < REKEY_TIMEOUT or self.refused:
             return
         core = self.core
         if self.static_static is None:
@@ -922,6 +949,9 @@ class Core:
             raise UnknownPeer("initiation from a public key that is not a peer")
         if tunnel.static_static is None:
             raise ProtocolError("peer key is a low-order point", reason="invalid_public_key")
+        if tunnel.refuses(now=now):  # a disabled or expired client (the application decides)
+            tunnel.refused_handshakes += 1
+            raise ProtocolError("initiation from a refused peer", reason="refused_handshake")
         # ss, then the timestamp: strictly newer than the last accepted, and not a flood
         timestamp, state = consume_initiation_payload(state, static_static=tunnel.static_static,
                                                       encrypted_payload=msg.encrypted_timestamp)
@@ -968,6 +998,9 @@ class Core:
             return
         tunnel, hs = entry
         assert isinstance(hs, _Handshake)
+        if tunnel.refuses(now=now):
+            tunnel.refused_handshakes += 1
+            raise ProtocolError("response from a refused peer", reason="refused_handshake")
         _, final = consume_response(hs.state, local_static_private=self.private_key,
                                     local_ephemeral_private=hs.ephemeral_private,
                                     remote_ephemeral=msg.ephemeral, encrypted_payload=msg.encrypted_nothing,

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -16,6 +17,9 @@ from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key, private_from_random, public_from_private
 
 from . import OUR_LOGGERS
+
+if TYPE_CHECKING:
+    from .policy import ClientPolicy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN.")
@@ -122,6 +126,52 @@ def server(config: Annotated[Path, typer.Argument(help="wg-quick style config fi
 
 ServerConfigOpt = Annotated[str, typer.Option("--config", "-c", envvar="PYVPN_CONFIG",
                                               help="the server's wg-quick file")]
+ExpiresOpt = Annotated[str | None, typer.Option(
+    help="refuse the client from then on: a duration (30d, 12h, 90m, 2w), a time (2027-01-05T00:00:00Z) "
+         "or 'never'")]
+RateLimitOpt = Annotated[str | None, typer.Option(
+    "--rate-limit", help="limit each direction to this rate (50mbit, 800kbit; 'off' for none)")]
+AllowOpt = Annotated[list[str] | None, typer.Option(
+    help="only these destinations: 'PREFIX [tcp|udp|icmp|PROTO [PORT|LO-HI]]' (repeatable, or comma-separated)")]
+DenyOpt = Annotated[list[str] | None, typer.Option(
+    help="never these destinations, same form as --allow (repeatable)")]
+
+
+def _policy_change(expires: str | None, rate_limit: str | None, allow: list[str] | None, deny: list[str] | None,
+                   clear_rules: bool = False) -> Callable[[ClientPolicy], ClientPolicy] | None:
+    """What the policy options ask for, as a function of the old policy (None: nothing asked).
+
+    ``--allow``/``--deny`` replace that list of rules; ``--clear-rules`` empties both first.
+
+    :raises ValueError: a malformed value, naming the option.
+    """
+    import time
+    from dataclasses import replace
+
+    from .policy import parse_expiry, parse_rate, parse_rules
+
+    changes: dict[str, Any] = {}
+    if clear_rules:
+        changes["allow"] = changes["deny"] = ()
+    for opt, values in (("allow", allow), ("deny", deny)):
+        if values:
+            try:
+                changes[opt] = tuple(r for v in values for r in parse_rules(v))
+            except ValueError as e:
+                raise ValueError(f"--{opt}: {e}") from None
+    if rate_limit is not None:
+        try:
+            changes["rate_limit"] = parse_rate(rate_limit)
+        except ValueError as e:
+            raise ValueError(f"--rate-limit: {e}") from None
+    if expires is not None:
+        try:
+            changes["expires"] = parse_expiry(expires, now=time.time())
+        except ValueError as e:
+            raise ValueError(f"--expires: {e}") from None
+    if not changes:
+        return None
+    return lambda old: replace(old, **changes)
 
 
 @server_app.command("init")
@@ -160,14 +210,21 @@ def server_add_client(
         endpoint: Annotated[str | None, typer.Option(help="HOST[:PORT] the client connects to")] = None,
         dns: Annotated[list[str] | None, typer.Option(help="DNS server for the client (repeatable)")] = None,
         psk: Annotated[bool, typer.Option(help="give the client a preshared key")] = True,
+        expires: ExpiresOpt = None,
+        rate_limit: RateLimitOpt = None,
+        allow: AllowOpt = None,
+        deny: DenyOpt = None,
 ) -> None:
     """Enroll a client: keys, next free addresses, [Peer] in CONFIG and in the running server."""
     from .config import ConfigError
     from .enroll import EnrollError, add_client, qr_png, qr_terminal, write_private
+    from .policy import ClientPolicy
 
     try:
-        r = add_client(config, name, endpoint=endpoint, dns=dns or (), psk=psk)
-    except (EnrollError, ConfigError, OSError) as e:
+        change = _policy_change(expires, rate_limit, allow, deny)
+        policy = change(ClientPolicy()) if change is not None else None
+        r = add_client(config, name, endpoint=endpoint, dns=dns or (), psk=psk, policy=policy)
+    except (ValueError, ConfigError, OSError) as e:  # EnrollError is a ValueError
         _fail(str(e))
         return
     addrs = ", ".join(str(a) for a in r.enrollment.client.interface.addresses)
@@ -209,13 +266,76 @@ def server_remove_client(name: Annotated[str, typer.Argument(help="the client's 
         _fail(f"the running server was not updated: {error}")
 
 
+def _set_client(config: str, name: str, change: Callable[[ClientPolicy], ClientPolicy], what: str) -> None:
+    from .config import ConfigError
+    from .enroll import set_client
+    from .policy import format_time
+
+    try:
+        r = set_client(config, name, change)
+    except (ValueError, ConfigError, OSError) as e:
+        _fail(str(e))
+        return
+    where = f"; running server {r.running} updated" if r.running else "; the server is not running"
+    typer.echo(f"{what} client {name!r} in {config}{where}", err=True)
+    import time
+
+    pol = r.after.policy
+    if pol.state(time.time()) == "expired" and not pol.disabled:
+        assert pol.expires is not None
+        typer.echo(f"note: {name!r} expired at {format_time(pol.expires)}; it stays refused until "
+                   f"'pyvpn server set-client {name} --expires ...'", err=True)
+    if r.error:
+        _fail(f"the running server was not updated: {r.error}")
+
+
+@server_app.command("set-client")
+def server_set_client(name: Annotated[str, typer.Argument(help="the client's name (or public key)")],
+                      config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
+                      expires: ExpiresOpt = None,
+                      rate_limit: RateLimitOpt = None,
+                      allow: AllowOpt = None,
+                      deny: DenyOpt = None,
+                      clear_rules: Annotated[bool, typer.Option(help="remove every Allow and Deny rule")] = False,
+                      ) -> None:
+    """Change a client's policy (rules, rate limit, expiry) in CONFIG and in the running server."""
+    try:
+        change = _policy_change(expires, rate_limit, allow, deny, clear_rules)
+    except ValueError as e:
+        _fail(str(e))
+        return
+    if change is None:
+        _fail("nothing to change: give --expires, --rate-limit, --allow, --deny or --clear-rules")
+        return
+    _set_client(config, name, change, "updated")
+
+
+@server_app.command("disable-client")
+def server_disable_client(name: Annotated[str, typer.Argument(help="the client's name (or public key)")],
+                          config: ServerConfigOpt = "/etc/pyvpn/wg0.conf") -> None:
+    """Refuse a client's handshakes and drop its session now (kept in CONFIG; enable-client undoes it)."""
+    from dataclasses import replace
+
+    _set_client(config, name, lambda p: replace(p, disabled=True), "disabled")
+
+
+@server_app.command("enable-client")
+def server_enable_client(name: Annotated[str, typer.Argument(help="the client's name (or public key)")],
+                         config: ServerConfigOpt = "/etc/pyvpn/wg0.conf") -> None:
+    """Accept a disabled client again."""
+    from dataclasses import replace
+
+    _set_client(config, name, lambda p: replace(p, disabled=False), "enabled")
+
+
 @server_app.command("list-clients")
 def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
                         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
                         ) -> None:
-    """List the clients in CONFIG (with latest handshakes when the server is running)."""
+    """List the clients in CONFIG with their state and policy (and handshakes when the server runs)."""
     from .config import ConfigError
     from .enroll import list_clients
+    from .policy import ClientPolicy, format_rate, format_time
     from .status import ago
 
     try:
@@ -225,8 +345,11 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
         return
     if as_json:
         typer.echo(json.dumps([{"name": r.name, "addresses": list(r.addresses), "public_key": r.public_key,
-                                "latest_handshake": r.latest_handshake, "endpoint": r.endpoint} for r in rows],
-                              indent=2))
+                                "latest_handshake": r.latest_handshake, "endpoint": r.endpoint, "state": r.state,
+                                "expires": format_time(r.policy.expires) if r.policy.expires is not None else None,
+                                "rate_limit": r.policy.rate_limit, "allow": [str(x) for x in r.policy.allow],
+                                "deny": [str(x) for x in r.policy.deny], "denied": r.denied,
+                                "ratelimited": r.ratelimited} for r in rows], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -237,7 +360,21 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
     for r in rows:
         hs = "-" if r.latest_handshake is None else ago(r.latest_handshake)
         table.add_row(r.name or "", ", ".join(r.addresses), r.public_key, hs, r.endpoint or "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    policed = [r for r in rows if r.policy != ClientPolicy() or r.state != "active"]
+    if policed:  # a second table, so that the first stays as narrow as it was
+        pt = Table(title="per-client policy")
+        for col in ("name", "state", "expires", "rate limit", "rules", "denied", "over rate"):
+            pt.add_column(col)
+        for r in policed:
+            rules = [f"allow {x}" for x in r.policy.allow] + [f"deny {x}" for x in r.policy.deny]
+            pt.add_row(r.name or r.public_key, r.state,
+                       format_time(r.policy.expires) if r.policy.expires is not None else "never",
+                       format_rate(r.policy.rate_limit) if r.policy.rate_limit is not None else "none",
+                       "\n".join(rules) or "all allowed", "-" if r.denied is None else str(r.denied),
+                       "-" if r.ratelimited is None else str(r.ratelimited))
+        console.print(pt)
 
 
 @app.command()

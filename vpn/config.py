@@ -17,7 +17,10 @@ They live in comment lines that start with ``#pyvpn`` (exactly that, then a spac
   ``LogLevel``, ``Metrics`` (host:port), and for ``pyvpn server add-client``: ``Pool4`` and
   ``Pool6`` (the networks client addresses are drawn from) and ``PublicEndpoint`` (host:port
   that clients connect to).  Peer: ``Name``, ``Vtep`` (the peer's VXLAN tunnel endpoint
-  address for L2 segments; default: the first host address of its AllowedIPs).
+  address for L2 segments; default: the first host address of its AllowedIPs), and the
+  per-client policy of :mod:`vpn.policy`: ``Allow`` and ``Deny`` (access rules
+  ``PREFIX [PROTO [PORT|LO-HI]]``, comma-separated, repeatable), ``RateLimit`` (``50mbit``),
+  ``Expires`` (``2027-01-05T00:00:00Z``) and ``Disabled`` (true/false).
 - ``#pyvpn [Segment]`` opens a pyvpn-only section (an L2 segment); its lines are all
   ``#pyvpn Key = Value``: ``VNI`` (required), ``Tap`` (required), ``Bridge``, ``MTU``,
   ``Port`` (VXLAN UDP port, 4789), ``Peers`` (names or public keys; default all), ``VLAN``,
@@ -31,8 +34,8 @@ They live in comment lines that start with ``#pyvpn`` (exactly that, then a spac
 Every error is a :class:`ConfigError` naming the file, the line and the key, e.g.
 ``wg0.conf:7: AllowedIPs: '10.0.0.300/32' is not a valid IP network``.  Unknown keys are errors
 (with a hint when the key belongs in another section or needs ``#pyvpn``), and so are a key given
-twice in a section (except the list keys ``Address``, ``DNS``, ``AllowedIPs``, the hooks, and the
-segment's ``Peers``/``Remote``), duplicate peers and peer names, and VNIs used twice.  Private
+twice in a section (except the list keys ``Address``, ``DNS``, ``AllowedIPs``, ``Allow``, ``Deny``, the
+hooks, and the segment's ``Peers``/``Remote``), duplicate peers and peer names, and VNIs used twice.  Private
 keys never appear in messages or reprs; a token long enough to be a key is never echoed.
 """
 
@@ -50,6 +53,8 @@ from typing import Any
 
 from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key
+
+from .policy import ClientPolicy, Rule, format_rate, format_time, parse_rate, parse_rules, parse_time
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -99,6 +104,11 @@ class PeerConfig:
     :ivar name: ``#pyvpn Name``, or None.
     :ivar vtep: ``#pyvpn Vtep``: the peer's VXLAN tunnel endpoint address (L2 segments), or None
         for the first host address of its AllowedIPs.
+    :ivar allow: ``#pyvpn Allow``: destinations the client may reach (none: all); see :mod:`vpn.policy`.
+    :ivar deny: ``#pyvpn Deny``: destinations the client may not reach.
+    :ivar rate_limit: ``#pyvpn RateLimit`` in bits per second (each direction), or None.
+    :ivar expires: ``#pyvpn Expires`` as UNIX seconds, or None.
+    :ivar disabled: ``#pyvpn Disabled``.
     :ivar line: where the section starts (1-based; not part of equality).
     """
 
@@ -109,10 +119,26 @@ class PeerConfig:
     persistent_keepalive: int = 0
     name: str | None = None
     vtep: str | None = None
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+    rate_limit: int | None = None
+    expires: int | None = None
+    disabled: bool = False
     line: int = field(default=0, compare=False)
 
     def __repr__(self) -> str:
         return _redacted_repr(self)
+
+    @property
+    def policy(self) -> ClientPolicy:
+        """The per-client policy these fields make up."""
+        return ClientPolicy(allow=self.allow, deny=self.deny, rate_limit=self.rate_limit, expires=self.expires,
+                            disabled=self.disabled)
+
+    def with_policy(self, policy: ClientPolicy) -> PeerConfig:
+        """This peer with ``policy`` instead of its own."""
+        return replace(self, allow=policy.allow, deny=policy.deny, rate_limit=policy.rate_limit,
+                       expires=policy.expires, disabled=policy.disabled)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -431,13 +457,15 @@ _INTERFACE_PYVPN = {"name": "name", "namespace": "namespace", "user": "user", "f
                     "pool4": "pool4", "pool6": "pool6", "publicendpoint": "public_endpoint"}
 _PEER_KEYS = {"publickey": "public_key", "presharedkey": "preshared_key", "allowedips": "allowed_ips",
               "endpoint": "endpoint", "persistentkeepalive": "persistent_keepalive"}
-_PEER_PYVPN = {"name": "name", "vtep": "vtep"}
+_PEER_PYVPN = {"name": "name", "vtep": "vtep", "allow": "allow", "deny": "deny", "ratelimit": "rate_limit",
+               "expires": "expires", "disabled": "disabled"}
 _SEGMENT_KEYS = {"vni": "vni", "tap": "tap", "bridge": "bridge", "mtu": "mtu", "port": "port", "peers": "peers",
                  "vlan": "vlan", "mode": "mode", "local": "local", "remote": "remote", "macage": "mac_age",
                  "maclimit": "mac_limit", "maclimitperpeer": "mac_limit_per_peer",
                  "broadcastrateperpeer": "broadcast_rate_per_peer", "broadcastburstperpeer": "broadcast_burst_per_peer",
                  "broadcastrate": "broadcast_rate", "broadcastburst": "broadcast_burst"}
-_REPEATABLE = {"addresses", "dns", "pre_up", "post_up", "pre_down", "post_down", "allowed_ips", "remote", "peers"}
+_REPEATABLE = {"addresses", "dns", "pre_up", "post_up", "pre_down", "post_down", "allowed_ips", "remote", "peers",
+               "allow", "deny"}
 
 
 def _convert(section: str, attr: str, raw: str) -> Any:
@@ -470,8 +498,14 @@ def _convert(section: str, attr: str, raw: str) -> Any:
         return _table(raw)
     if attr == "save_config":
         return _strict_bool(raw)
-    if attr == "forward":
+    if attr in ("forward", "disabled"):
         return _bool(raw)
+    if attr in ("allow", "deny"):
+        return parse_rules(raw)
+    if attr == "rate_limit":
+        return parse_rate(raw)
+    if attr == "expires":
+        return parse_time(raw)
     if attr in ("endpoint", "public_endpoint"):
         return parse_endpoint(raw)
     if attr in ("pool4", "pool6"):
@@ -832,7 +866,24 @@ def format_peer(p: PeerConfig) -> str:
         out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
     if p.vtep:
         out.append(f"#pyvpn Vtep = {p.vtep}")
+    out.extend(format_policy(p))
     return "\n".join(out) + "\n"
+
+
+def format_policy(p: PeerConfig) -> list[str]:
+    """The ``#pyvpn`` lines of ``p``'s per-client policy (none for the default policy)."""
+    out = []
+    if p.allow:
+        out.append(f"#pyvpn Allow = {', '.join(str(r) for r in p.allow)}")
+    if p.deny:
+        out.append(f"#pyvpn Deny = {', '.join(str(r) for r in p.deny)}")
+    if p.rate_limit is not None:
+        out.append(f"#pyvpn RateLimit = {format_rate(p.rate_limit)}")
+    if p.expires is not None:
+        out.append(f"#pyvpn Expires = {format_time(p.expires)}")
+    if p.disabled:
+        out.append("#pyvpn Disabled = true")
+    return out
 
 
 def write_config_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
@@ -872,11 +923,11 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
                                 allowed_ips=tuple(ipaddress.ip_network(a) for a in peer.allowed_ips),
                                 endpoint=(str(ep[0]), int(ep[1])) if ep else None,
                                 persistent_keepalive=t.persistent_keepalive, name=peer.name,
-                                vtep=old.vtep if old else None))
+                                vtep=old.vtep if old else None).with_policy(peer.policy))
     new = replace(cfg, peers=tuple(peers))
     write_config_atomic(cfg.path, format_config(new))
 
 
 __all__ = ["SECRET_FIELDS", "Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_ifname",
-           "check_permissions", "format_config", "format_endpoint", "format_peer", "load_config", "parse_config",
-           "parse_endpoint", "parse_remote", "redacted_repr", "write_config_atomic"]
+           "check_permissions", "format_config", "format_endpoint", "format_peer", "format_policy", "load_config",
+           "parse_config", "parse_endpoint", "parse_remote", "redacted_repr", "write_config_atomic"]

@@ -6,8 +6,11 @@ msgpack map behind a 4-byte big-endian length.  Requests:
 
 - ``{"op": "show"}`` → the device snapshot (``Device.snapshot()``);
 - ``{"op": "add_peer", "public_key": bytes, "allowed_ips": [...], "preshared_key": bytes|None,
-  "name": str|None, "persistent_keepalive": int}`` → ``{"ok": True}``;
-- ``{"op": "remove_peer", "public_key": bytes}`` → ``{"ok": True}``.
+  "name": str|None, "persistent_keepalive": int, "policy": map|None}`` → ``{"ok": True}``;
+- ``{"op": "remove_peer", "public_key": bytes}`` → ``{"ok": True}``;
+- ``{"op": "set_policy", "public_key": bytes, "policy": map}`` → ``{"ok": True}``: a client's policy
+  (:meth:`vpn.policy.ClientPolicy.to_wire`: ``allow``/``deny`` rule texts, ``rate_limit`` bits/s,
+  ``expires`` UNIX seconds, ``disabled``), applied at once to that peer alone.
 
 Errors come back as ``{"error": "message"}``.
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from .policy import ClientPolicy
 
 if TYPE_CHECKING:
     from .device import Device
@@ -168,10 +173,18 @@ class ControlServer:
             return snap
         if op == "add_peer":
             pub = req["public_key"]
+            policy = ClientPolicy.from_wire(req.get("policy"))
             if pub in dev.peers:
                 dev.remove_peer(pub)
             dev.add_peer(pub, preshared_key=req.get("preshared_key"), allowed_ips=req.get("allowed_ips", []),
-                         persistent_keepalive=int(req.get("persistent_keepalive", 0)), name=req.get("name"))
+                         persistent_keepalive=int(req.get("persistent_keepalive", 0)), name=req.get("name"),
+                         policy=policy)
+            return {"ok": True}
+        if op == "set_policy":
+            peer = dev.peers.get(req["public_key"])
+            if peer is None:
+                raise ValueError("no such peer on the running server")
+            dev.set_policy(peer, ClientPolicy.from_wire(req.get("policy")))
             return {"ok": True}
         if op == "remove_peer":
             dev.remove_peer(req["public_key"])

@@ -389,7 +389,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
                 raise DaemonError(f"{cfg.path}:{p.line}: Endpoint: {e}") from None
             peer = device.add_peer(p.public_key, preshared_key=p.preshared_key,
                                    allowed_ips=[str(n) for n in p.allowed_ips], endpoint=ep,
-                                   persistent_keepalive=p.persistent_keepalive or 0, name=getattr(p, "name", None))
+                                   persistent_keepalive=p.persistent_keepalive or 0, name=getattr(p, "name", None),
+                                   policy=p.policy)
             peer.config_endpoint = p.endpoint
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -19,6 +19,14 @@ Flow (one wakeup each, level-triggered readers, bounded batches so neither direc
    WARNING and shown in the snapshot; a thread warns, with the loop's stack, if the loop itself
    stops running.
 
+Per-client policy (:mod:`vpn.policy`, set with :meth:`Device.set_policy`): a peer with access rules or a
+rate limit has ``Peer.policed`` set, checked once per batch; its packets from the tunnel pass
+:meth:`Device._police_in` (access rules, then its inbound token bucket) before step 2 routes them, so the
+verdict covers what is written to the tun and what is forwarded; packets to it (from the tun in step 1,
+forwarded from other peers, or from the L2 runtime) pass its outbound bucket.  A disabled or expired
+peer is refused in the core (``Tunnel.set_refused``); the housekeeping timer refuses a peer the second
+its ``Expires`` passes.  Peers without a policy take the same paths as before, bulk paths included.
+
 Every drop is counted by reason in :attr:`Device.drops` (device-level), ``Core.drops``
 (protocol-level) or ``Peer.drops``; :meth:`Device.drop_counts` merges them.
 """
@@ -50,6 +58,7 @@ from crypto.tunnel import (
 from .allowedips import AllowedIPs
 from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .peer import Peer
+from .policy import AccessRules, ClientPolicy, TokenBucket
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
 
 log = logging.getLogger("pyvpn.device")
@@ -143,6 +152,7 @@ class Device:
         self.progress = 0  # tun buffers read + datagrams received since start (the stall check's counter)
         self.stall = StallDetector(stall_after)
         self.watchdog = LoopWatchdog(self.name, log, after=stall_after)
+        self._expiring: dict[bytes, Peer] = {}  # peers with an Expires, checked by housekeeping
 
     # -- peers -----------------------------------------------------------------------------
     @property
@@ -151,13 +161,16 @@ class Device:
 
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
                  allowed_ips: Iterable[str] = (), endpoint: Endpoint | None = None,
-                 persistent_keepalive: int = 0, name: str | None = None) -> Peer:
+                 persistent_keepalive: int = 0, name: str | None = None,
+                 policy: ClientPolicy | None = None) -> Peer:
         t = self.core.add_peer(public_key, preshared_key=preshared_key, endpoint=endpoint,
                                persistent_keepalive=persistent_keepalive)
         peer = Peer(t, [], name)
         t.user = peer
         self.peers[public_key] = peer
         self.set_allowed_ips(peer, allowed_ips)
+        if policy is not None:
+            self.set_policy(peer, policy)
         if persistent_keepalive and self._loop is not None:
             t.set_persistent_keepalive(persistent_keepalive, now=self._loop.time())
             self._flush()
@@ -170,7 +183,50 @@ class Device:
             return
         self.allowed.remove_value(peer.tunnel)
         self.core.remove_peer(public_key)
+        self._expiring.pop(public_key, None)
         peer.log.info("removed")
+
+    def set_policy(self, peer: Peer, policy: ClientPolicy) -> None:
+        """Apply ``policy`` to ``peer`` now, leaving every other peer alone.
+
+        Access rules and rate limits take effect with the next batch (a changed rate starts with a full
+        bucket); a disabled or expired peer is refused at once (its session dropped), and a peer taken
+        back is sent a handshake initiation when its endpoint is known, so it need not wait for its own
+        retry.
+        """
+        old = peer.policy
+        peer.policy = policy
+        peer.access = AccessRules(policy.allow, policy.deny) if policy.allow or policy.deny else None
+        if policy.rate_limit is None:
+            peer.bucket_in = peer.bucket_out = None
+        elif peer.bucket_in is None or policy.rate_limit != old.rate_limit:
+            peer.bucket_in = TokenBucket.for_bits(policy.rate_limit)
+            peer.bucket_out = TokenBucket.for_bits(policy.rate_limit)
+        peer.policed = peer.access is not None or peer.bucket_in is not None
+        t = peer.tunnel
+        t.expires_at = float(policy.expires) if policy.expires is not None else None
+        if policy.expires is not None:
+            self._expiring[t.public_key] = peer
+        else:
+            self._expiring.pop(t.public_key, None)
+        self._apply_refusal(peer, time.time())
+
+    def _apply_refusal(self, peer: Peer, wall: float) -> None:
+        """Refuse ``peer`` if its policy says disabled or expired at ``wall``; take it back if not."""
+        t = peer.tunnel
+        state = peer.policy.state(wall)
+        refuse = state != "active"
+        if refuse == t.refused:
+            return
+        t.set_refused(refuse)
+        if refuse:
+            peer.log.info("%s: handshakes refused, session dropped", state)
+            return
+        peer.log.info("enabled again")
+        loop = self._loop
+        if loop is not None and t.endpoint is not None:
+            t.send_keepalive(now=loop.time())  # a handshake initiation, then the keepalive
+            self._flush()
 
     def set_allowed_ips(self, peer: Peer, networks: Iterable[str], *, replace: bool = True) -> None:
         if replace:
@@ -278,6 +334,8 @@ class Device:
         self.progress += len(bufs)
         now = loop.time()
         for t, lst in route_reads(bufs, vnet, self.allowed.lookup, self.drops).items():
+            if t.user.bucket_out is not None:
+                lst = self._police_out(t.user, lst, now)
             t.encapsulate(lst, now=now)
         self._flush()
 
@@ -295,15 +353,54 @@ class Device:
         for datagrams, addr in self.udp.recv_batch(BATCH):
             self.progress += len(datagrams)
             for t, packets in core.decapsulate(addr, datagrams, now=now):
+                peer = t.user
+                if peer.policed:
+                    packets = self._police_in(peer, packets, now)
+                    if not packets:
+                        continue
                 self._route_inbound(t, packets, to_tun, forwarded)
         if to_tun:
             self.tun_mode = write_tun(self.tun, to_tun, self.tun_mode)
         for t, lst in forwarded.items():
             lst = forward_hop(lst, self.drops)
+            if lst and t.user.bucket_out is not None:
+                lst = self._police_out(t.user, lst, now)
             if lst:
                 self.forwarded_packets += len(lst)
                 t.encapsulate(lst, now=now)
         self._flush()
+
+    def _police_in(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes]:
+        """The packets from ``peer`` that its access rules allow and its inbound rate admits, in order;
+        the rest are counted (``policy_denied``, ``ratelimit_in``) for the peer and the device."""
+        access = peer.access
+        if access is not None:
+            packets, denied = access.split(packets)
+            if denied:
+                peer.drops["policy_denied"] += denied
+                self.drops["policy_denied"] += denied
+        bucket = peer.bucket_in
+        if bucket is not None and packets:
+            n = bucket.admit(packets, now=now)
+            if n < len(packets):
+                over = len(packets) - n
+                peer.drops["ratelimit_in"] += over
+                self.drops["ratelimit_in"] += over
+                packets = packets[:n]
+        return packets
+
+    def _police_out(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes]:
+        """The packets for ``peer`` that its outbound rate admits; the rest are counted (``ratelimit_out``)."""
+        bucket = peer.bucket_out
+        if bucket is None:
+            return packets
+        n = bucket.admit(packets, now=now)
+        if n < len(packets):
+            over = len(packets) - n
+            peer.drops["ratelimit_out"] += over
+            self.drops["ratelimit_out"] += over
+            packets = packets[:n]
+        return packets
 
     def _route_inbound(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
                        forwarded: dict[Tunnel, list[bytes]]) -> None:
@@ -401,7 +498,10 @@ class Device:
         loop = self._loop
         if loop is None or not packets:
             return
-        tunnel.encapsulate(packets, now=loop.time())
+        now = loop.time()
+        if tunnel.user.bucket_out is not None:
+            packets = self._police_out(tunnel.user, packets, now)
+        tunnel.encapsulate(packets, now=now)
         self._flush()
 
     # -- outputs and timers ----------------------------------------------------------------
@@ -436,9 +536,13 @@ class Device:
         loop = self._loop
         if loop is None:
             return
-        self.core.wall_offset = time.time() - loop.time()
+        wall = time.time()
+        self.core.wall_offset = wall - loop.time()
         self.watchdog.beat()
         self._check_stall(loop.time())
+        if self._expiring:
+            for peer in list(self._expiring.values()):
+                self._apply_refusal(peer, wall)
         for cb in list(self.on_housekeeping):
             try:
                 cb()
@@ -509,6 +613,7 @@ class Device:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``pyvpn show`` and the metrics endpoint report (no private keys)."""
+        wall = time.time()
         peers = []
         for p in self.peers.values():
             t = p.tunnel
@@ -526,6 +631,10 @@ class Device:
                 "persistent_keepalive": t.persistent_keepalive,
                 "has_preshared_key": t.preshared_key is not None,
                 "drops": dict(p.drops),
+                "policy": {**p.policy.to_wire(), "state": p.policy.state(wall)},
+                "denied": p.drops["policy_denied"],
+                "ratelimited": p.drops["ratelimit_in"] + p.drops["ratelimit_out"],
+                "refused_handshakes": t.refused_handshakes,
             })
         snap = {
             "interface": self.name,

@@ -23,6 +23,12 @@ The server's wg-quick file is the single source of truth.  ``init`` writes it wi
 from the parsed config if the cut does not parse back as expected) and removes the peer from
 the running server.
 
+``set-client``, ``disable-client`` and ``enable-client`` change a client's policy
+(:mod:`vpn.policy`: access rules, rate limit, expiry, disabled): the section's policy lines
+are replaced in the text, the same check and atomic write follow, and the running server gets
+the new policy through its control socket (op ``set_policy``), other sessions untouched.
+``add-client`` takes the same policy options.
+
 The pure steps (:func:`new_server_config`, :func:`allocate`, :func:`enroll`,
 :func:`unenroll`, :func:`client_config_text`) take keys as arguments and touch no file.
 """
@@ -35,8 +41,9 @@ import io
 import ipaddress
 import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +56,13 @@ from .config import (
     PeerConfig,
     format_config,
     format_peer,
+    format_policy,
     load_config,
     parse_config,
     redacted_repr,
     write_config_atomic,
 )
+from .policy import ClientPolicy
 
 # -- implementation constants ------------------------------------------------------------------
 #: The comment ``server init`` puts at the top of a new server file.
@@ -100,6 +109,10 @@ class ClientRow:
 
     :ivar latest_handshake: UNIX time, 0 for never, None when the server is not running or
         does not know the peer.
+    :ivar policy: the client's policy in the file.
+    :ivar state: ``active``, ``disabled`` or ``expired`` (from the file and the clock).
+    :ivar denied: packets the running server denied by the access rules (None: not running).
+    :ivar ratelimited: packets it dropped over the rate limit, both directions (None: not running).
     """
 
     name: str | None
@@ -107,6 +120,10 @@ class ClientRow:
     public_key: str
     latest_handshake: float | None
     endpoint: str | None = None
+    policy: ClientPolicy = field(default_factory=ClientPolicy)
+    state: str = "active"
+    denied: int | None = None
+    ratelimited: int | None = None
 
 
 # -- pure steps --------------------------------------------------------------------------------
@@ -249,11 +266,13 @@ def find_peer(cfg: Config, name: str) -> PeerConfig | None:
 
 
 def enroll(cfg: Config, name: str, *, private_key: bytes, preshared_key: bytes | None,
-           endpoint: tuple[str, int] | None = None, dns: Sequence[str] = ()) -> Enrollment:
+           endpoint: tuple[str, int] | None = None, dns: Sequence[str] = (),
+           policy: ClientPolicy | None = None) -> Enrollment:
     """Add client ``name`` to the server config ``cfg`` (pure: keys come in, nothing is written).
 
     :param endpoint: overrides the server's ``#pyvpn PublicEndpoint``.
     :param dns: DNS servers for the client file (wg-quick's ``DNS``), optional.
+    :param policy: the client's policy (access rules, rate limit, expiry), default none.
     :raises EnrollError: bad or duplicate name, no endpoint, no pool, a full pool.
     """
     check_name(name)
@@ -270,6 +289,8 @@ def enroll(cfg: Config, name: str, *, private_key: bytes, preshared_key: bytes |
     addresses = allocate(cfg)
     peer = PeerConfig(public_key=public, preshared_key=preshared_key,
                       allowed_ips=tuple(a.network for a in addresses), name=name)
+    if policy is not None:
+        peer = peer.with_policy(policy)
     server = replace(cfg, peers=(*cfg.peers, peer))
     server_pub = public_from_private(cfg.interface.private_key)
     client_iface = InterfaceConfig(private_key=private_key, addresses=addresses, dns=tuple(dns),
@@ -309,13 +330,9 @@ _SECTION = re.compile(r"\s*(#\s*pyvpn\s*)?\[", re.IGNORECASE)
 _PLAIN_COMMENT = re.compile(r"\s*(#(?!\s*pyvpn\b).*)?$", re.IGNORECASE)
 
 
-def cut_peer_text(text: str, peer: PeerConfig) -> str:
-    """``text`` without ``peer``'s section (from its header line to the next section).
-
-    Blank and plain comment lines just before the next section stay (they are more likely
-    about that section).
-    """
-    lines = text.splitlines(keepends=True)
+def _section_span(lines: list[str], peer: PeerConfig) -> tuple[int, int]:
+    """``(start, end)``: ``peer``'s section in ``lines``, from its header line to its last line that
+    is neither blank nor a plain comment (those just before the next section stay with it)."""
     start = peer.line - 1
     if not 0 <= start < len(lines) or not _SECTION.match(lines[start]):
         raise EnrollError("the config changed while it was being edited; try again")
@@ -324,9 +341,38 @@ def cut_peer_text(text: str, peer: PeerConfig) -> str:
         end += 1
     while end - 1 > start and _PLAIN_COMMENT.fullmatch(lines[end - 1].rstrip("\n")):
         end -= 1
+    return start, end
+
+
+def cut_peer_text(text: str, peer: PeerConfig) -> str:
+    """``text`` without ``peer``'s section (from its header line to the next section).
+
+    Blank and plain comment lines just before the next section stay (they are more likely
+    about that section).
+    """
+    lines = text.splitlines(keepends=True)
+    start, end = _section_span(lines, peer)
     if start > 0 and not lines[start - 1].strip():
         start -= 1  # the blank line that separated this section from the one before
     return "".join(lines[:start] + lines[end:])
+
+
+_POLICY_LINE = re.compile(r"\s*#pyvpn\s+(allow|deny|ratelimit|expires|disabled)\s*=", re.IGNORECASE)
+
+
+def set_policy_text(text: str, peer: PeerConfig, new: PeerConfig) -> str:
+    """``text`` with the policy lines of ``peer``'s section replaced by ``new``'s (:func:`format_policy`),
+    written where the first old one was, else at the end of the section; every other line stays."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    start, end = _section_span(lines, peer)
+    body = lines[start:end]
+    kept = [ln for ln in body if not _POLICY_LINE.match(ln)]
+    at = next((i for i, ln in enumerate(body) if _POLICY_LINE.match(ln)), None)
+    at = len(kept) if at is None else sum(1 for ln in body[:at] if not _POLICY_LINE.match(ln))
+    fresh = [ln + "\n" for ln in format_policy(new)]
+    return "".join(lines[:start] + kept[:at] + fresh + kept[at:] + lines[end:])
 
 
 def _same(a: Config, b: Config) -> bool:
@@ -456,11 +502,12 @@ class AddResult:
 
 
 def add_client(path: str, name: str, *, endpoint: str | None = None, dns: Sequence[str] = (),
-               psk: bool = True, live: bool = True) -> AddResult:
+               psk: bool = True, live: bool = True, policy: ClientPolicy | None = None) -> AddResult:
     """Enroll ``name``: edit the server file, then update the running server if there is one.
 
     :param endpoint: ``HOST[:PORT]`` overriding ``#pyvpn PublicEndpoint``.
     :param psk: give the client a preshared key (default; post-quantum hedge).
+    :param policy: the client's policy (access rules, rate limit, expiry).
     :param live: try the running server's control socket.
     :raises EnrollError: see :func:`enroll`; a missing or broken file is a :class:`ConfigError`.
     """
@@ -468,7 +515,7 @@ def add_client(path: str, name: str, *, endpoint: str | None = None, dns: Sequen
         text, cfg = _read(path)
         ep = parse_public_endpoint(endpoint, cfg.interface.listen_port or DEFAULT_PORT) if endpoint else None
         e = enroll(cfg, name, private_key=private_from_random(os.urandom(32)),
-                   preshared_key=os.urandom(32) if psk else None, endpoint=ep, dns=dns)
+                   preshared_key=os.urandom(32) if psk else None, endpoint=ep, dns=dns, policy=policy)
         new_text = edited_text(text, e.server, append_peer_text(text, e.peer))
         write_private(path, new_text)
     iface = interface_name(cfg)
@@ -492,20 +539,62 @@ def remove_client(path: str, name: str, *, live: bool = True) -> tuple[PeerConfi
     return peer, running, error
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    """What :func:`set_client` did.
+
+    :ivar before: the client's ``[Peer]`` before the change.
+    :ivar after: the client's ``[Peer]`` now in the file.
+    :ivar running: the running interface that got the new policy, or None (not running).
+    :ivar error: why the running server could not be updated, or None.
+    """
+
+    before: PeerConfig
+    after: PeerConfig
+    running: str | None
+    error: str | None
+
+
+def set_client(path: str, name: str, change: Callable[[ClientPolicy], ClientPolicy], *,
+               live: bool = True) -> PolicyResult:
+    """Change the policy of client ``name``: ``change(old policy)`` is the new one.  The file is
+    edited (its other lines kept) and written atomically, then the running server is updated.
+
+    :raises EnrollError: no such client; a missing or broken file is a :class:`ConfigError`.
+    """
+    with locked(path):
+        text, cfg = _read(path)
+        peer = find_peer(cfg, name)
+        if peer is None:
+            raise EnrollError(f"{cfg.path}: no client named {name!r}")
+        new_peer = peer.with_policy(change(peer.policy))
+        new_cfg = replace(cfg, peers=tuple(new_peer if p is peer else p for p in cfg.peers))
+        write_private(path, edited_text(text, new_cfg, set_policy_text(text, peer, new_peer)))
+    running, error = None, None
+    if live:
+        running, error = push_policy(cfg, interface_name(cfg), new_peer)
+    return PolicyResult(before=peer, after=new_peer, running=running, error=error)
+
+
 def list_clients(path: str, *, live: bool = True) -> tuple[Config, list[ClientRow], bool]:
-    """The file's peers, with handshakes from the running server: ``(config, rows, running)``."""
+    """The file's peers with their policy and state, and handshakes and policy counters from the
+    running server: ``(config, rows, running)``."""
     cfg = load_config(path)
     snap = running_snapshot(cfg) if live else None
     by_key: dict[bytes, dict[str, Any]] = {}
     if snap is not None:
         by_key = {p["public_key"]: p for p in snap.get("peers", [])}
     rows = []
+    wall = time.time()
     for p in cfg.peers:
         live_peer = by_key.get(p.public_key)
         rows.append(ClientRow(name=p.name, addresses=tuple(str(n) for n in p.allowed_ips),
                               public_key=encode_key(p.public_key),
                               latest_handshake=float(live_peer.get("latest_handshake") or 0) if live_peer else None,
-                              endpoint=live_peer.get("endpoint") if live_peer else None))
+                              endpoint=live_peer.get("endpoint") if live_peer else None,
+                              policy=p.policy, state=p.policy.state(wall),
+                              denied=int(live_peer.get("denied", 0)) if live_peer else None,
+                              ratelimited=int(live_peer.get("ratelimited", 0)) if live_peer else None))
     return cfg, rows, snap is not None
 
 
@@ -546,7 +635,20 @@ def push_peer(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, st
     try:
         request(iface, {"op": "add_peer", "public_key": peer.public_key, "preshared_key": peer.preshared_key,
                         "allowed_ips": [str(n) for n in peer.allowed_ips], "name": peer.name,
-                        "persistent_keepalive": peer.persistent_keepalive})
+                        "persistent_keepalive": peer.persistent_keepalive, "policy": peer.policy.to_wire()})
+    except ControlError as e:
+        return None, str(e)
+    return iface, None
+
+
+def push_policy(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, str | None]:
+    """Give the running server ``peer``'s policy (same results as :func:`push_peer`)."""
+    from .control import ControlError, request
+
+    if running_snapshot(cfg) is None:
+        return None, None
+    try:
+        request(iface, {"op": "set_policy", "public_key": peer.public_key, "policy": peer.policy.to_wire()})
     except ControlError as e:
         return None, str(e)
     return iface, None
@@ -570,6 +672,7 @@ __all__ = [
     "ClientRow",
     "EnrollError",
     "Enrollment",
+    "PolicyResult",
     "add_client",
     "allocate",
     "client_config_text",
@@ -581,5 +684,7 @@ __all__ = [
     "qr_png",
     "qr_terminal",
     "remove_client",
+    "set_client",
+    "set_policy_text",
     "unenroll",
 ]

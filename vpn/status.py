@@ -92,6 +92,7 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
                           human_bytes(p.get("tx_bytes", 0)),
                           f"every {p['persistent_keepalive']} s" if p.get("persistent_keepalive") else "off")
         console.print(peers)
+        render_policy(snap, console)
         for seg in snap.get("segments", []):
             limits = f" (at most {seg['mac_limit_per_peer']} per peer)" if seg.get("mac_limit_per_peer") else ""
             console.print(f"segment vni {seg['vni']} on {seg['tap']}: {seg['macs']} MACs learned"
@@ -105,3 +106,31 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
                 dt.add_row(k, str(v))
             console.print(dt)
         console.print()
+
+
+def _has_policy(p: dict[str, Any]) -> bool:
+    pol = p.get("policy") or {}
+    return bool(pol.get("allow") or pol.get("deny") or pol.get("rate_limit") or pol.get("expires")
+                or pol.get("disabled") or p.get("denied") or p.get("ratelimited") or p.get("refused_handshakes"))
+
+
+def render_policy(snap: dict[str, Any], console: Console) -> None:
+    """The per-client policy of the peers that have one (state, expiry, rate limit, rules) with their
+    ``denied``, over-the-rate and refused-handshake counters; nothing when no peer has a policy."""
+    from .policy import format_rate, format_time
+
+    rows = [p for p in snap.get("peers", []) if _has_policy(p)]
+    if not rows:
+        return
+    t = Table(title="per-client policy")
+    for col in ("peer", "state", "expires", "rate limit", "rules", "denied", "over rate", "refused handshakes"):
+        t.add_column(col)
+    for p in rows:
+        pol = p.get("policy") or {}
+        rules = [f"allow {r}" for r in pol.get("allow", [])] + [f"deny {r}" for r in pol.get("deny", [])]
+        t.add_row(p.get("name") or to_jsonable(p["public_key"]), str(pol.get("state", "active")),
+                  format_time(pol["expires"]) if pol.get("expires") is not None else "never",
+                  format_rate(pol["rate_limit"]) if pol.get("rate_limit") else "none",
+                  "\n".join(rules) or "all allowed", str(p.get("denied", 0)), str(p.get("ratelimited", 0)),
+                  str(p.get("refused_handshakes", 0)))
+    console.print(t)
