@@ -251,6 +251,7 @@ class Tunnel:
             self.staged.clear()
             self._retransmit_at = self._keepalive_at = self._new_handshake_at = None
             self._zero_at = self._persistent_at = None
+            self.last_sent_handshake = -_INF  # taken back later, it may initiate at once
 
     # -- the send path ---------------------------------------------------------------------
     def encapsulate(self, packets: list[bytes], *, now: float, keepalive: bool = False) -> None:

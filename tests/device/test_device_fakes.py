@@ -425,3 +425,128 @@ def test_rebind_keeps_the_udp_offload_setting(offload: bool) -> None:
             assert not dev.udp.gso and not dev.udp.gro and not {"udp:gso", "udp:gro"} & set(dev.offloads())
     finally:
         dev.close()
+
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["forward", "kernel-route"])
+def test_hub_applies_per_client_policy(run, forward: bool) -> None:  # type: ignore[no-untyped-def]
+    """Access rules on packets a client sends (whether forwarded or written to the tun, bulk batches
+    included), a rate limit in both directions, and disable/enable, each on one peer alone."""
+    from vpn.policy import ClientPolicy, parse_rule
+
+    async def main() -> None:
+        hub, clients = start_hub(3, forward=forward, v6=True)
+        c0, c1, c2 = clients
+        p0, p1, p2 = (hub.dev.peers[c.pub] for c in clients)
+        hub.dev.set_policy(p0, ClientPolicy(allow=(parse_rule("100.64.0.1"), parse_rule("100.64.0.3 udp 2000")),
+                                            deny=(parse_rule("100.64.0.1 udp 666"),)))
+        try:
+            assert await until(lambda: all(p.tunnel.has_session for p in hub.dev.peers.values()))
+            # c0: the server and c1's UDP port 2000 only
+            ok_hub = [ipv4_udp("100.64.0.2", "100.64.0.1", b"to hub %d" % i) for i in range(6)]  # a bulk batch
+            ok_c1 = ipv4_udp("100.64.0.2", "100.64.0.3", b"to c1", dport=2000)
+            no = [ipv4_udp("100.64.0.2", "100.64.0.3", b"wrong port", dport=2001),
+                  ipv4_udp("100.64.0.2", "100.64.0.4", b"to c2"),
+                  ipv4_udp("100.64.0.2", "100.64.0.1", b"denied port", dport=666),
+                  ipv6_udp("fd00::2", "fd00::1", b"v6 not allowed")]
+            c0.tun.inject(ok_hub)
+            c0.tun.inject([ok_c1, *no])
+            c0.tun.inject([no[1]] * 8)  # a bulk batch of one denied flow
+            assert await until(lambda: p0.drops["policy_denied"] == 12)
+            assert await until(lambda: all(p in hub.tun.written for p in ok_hub))
+            # (forwarded packets arrive with the TTL decremented: compare payloads)
+            def arrived(where: list[bytes], payload: bytes) -> bool:
+                return any(p.endswith(payload) for p in where)
+
+            assert await until(lambda: arrived(c1.tun.written if forward else hub.tun.written, b"to c1"))
+            await asyncio.sleep(0.05)
+            seen = hub.tun.written + c1.tun.written + c2.tun.written
+            for payload in (b"wrong port", b"to c2", b"denied port", b"v6 not allowed"):
+                assert not arrived(seen, payload), payload
+            assert hub.dev.drops["policy_denied"] == 12
+            # c1 has no policy: everything passes, nothing is counted
+            free = [ipv4_udp("100.64.0.3", "100.64.0.4", b"c1 anywhere %d" % i) for i in range(6)]
+            c1.tun.inject(free)
+            target = c2.tun.written if forward else hub.tun.written
+            assert await until(lambda: all(arrived(target, b"c1 anywhere %d" % i) for i in range(6)))
+            assert not p1.drops and not p2.drops
+
+            # a rate limit on c1, both directions: the first bucketful passes, the rest is counted
+            hub.dev.set_policy(p1, ClientPolicy(rate_limit=80_000))  # 10 kB/s: refill is negligible here
+            bucket = p1.bucket_in
+            assert bucket is not None
+            fits = int(bucket.burst) // 1428
+            up = [ipv4_udp("100.64.0.3", "100.64.0.1", bytes(1400) + b"%4d" % i) for i in range(fits + 20)]
+            c1.tun.inject(up[:100])
+            c1.tun.inject(up[100:])
+            assert await until(lambda: p1.drops["ratelimit_in"] >= 19)
+            assert p1.drops["ratelimit_in"] <= 20
+            assert await until(lambda: up[0] in hub.tun.written)
+            assert up[-1] not in hub.tun.written
+            down = [ipv4_udp("100.64.0.1", "100.64.0.3", bytes(1400) + b"%4d" % i) for i in range(fits + 20)]
+            hub.tun.inject(down[:100])
+            hub.tun.inject(down[100:])
+            assert await until(lambda: p1.drops["ratelimit_out"] >= 19)
+            assert await until(lambda: down[0] in c1.tun.written)
+            assert down[-1] not in c1.tun.written
+            assert not p0.drops["ratelimit_in"] and not p2.drops  # the others are untouched
+            snap = {p["name"] or p["public_key"]: p for p in hub.dev.snapshot()["peers"]}[c1.pub]
+            assert snap["ratelimited"] == p1.drops["ratelimit_in"] + p1.drops["ratelimit_out"]
+            assert snap["policy"]["rate_limit"] == 80_000 and snap["policy"]["state"] == "active"
+
+            # disable c2: its session ends at once, its handshakes are refused; c0 is untouched
+            hub.dev.set_policy(p2, ClientPolicy(disabled=True))
+            assert not p2.tunnel.has_session and p0.tunnel.has_session
+            lost = ipv4_udp("100.64.0.4", "100.64.0.1", b"after disable")
+            c2.tun.inject([lost])
+            assert await until(lambda: hub.dev.core.drops["unknown_index"] >= 1)
+            loop = asyncio.get_running_loop()
+            c2.dev.peers[hub.pub].tunnel.initiate(now=loop.time() + 10)  # as its retry timer would
+            c2.dev._flush()
+            assert await until(lambda: p2.tunnel.refused_handshakes == 1)
+            assert hub.dev.snapshot()["peers"][2]["policy"]["state"] == "disabled"
+            assert lost not in hub.tun.written
+            # enabled again: the hub initiates to c2's known endpoint, and traffic flows
+            hub.dev.set_policy(p2, ClientPolicy())
+            assert await until(lambda: p2.tunnel.has_session)
+            back = ipv4_udp("100.64.0.4", "100.64.0.1", b"enabled again")
+            c2.tun.inject([back])
+            assert await until(lambda: back in hub.tun.written)
+        finally:
+            for n in (hub, *clients):
+                n.dev.close()
+
+    run(main())
+
+
+
+
+def test_expired_peer_is_refused_by_the_housekeeping_timer(run) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from vpn.policy import ClientPolicy
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        a, b = Node(net, "198.18.0.1", 51820, "a0"), Node(net, "198.18.0.2", 51820, "b0")
+        a.dev.add_peer(b.pub, allowed_ips=["100.64.0.2/32"], endpoint=b.addr)
+        peer = b.dev.add_peer(a.pub, allowed_ips=["100.64.0.1/32"],
+                              policy=ClientPolicy(expires=int(time.time()) + 2))
+        a.dev.start()
+        b.dev.start()
+        try:
+            p1 = ipv4_udp("100.64.0.1", "100.64.0.2", b"before")
+            a.tun.inject([p1])
+            assert await until(lambda: p1 in b.tun.written)
+            assert peer.tunnel.has_session
+            assert await until(lambda: not peer.tunnel.has_session, timeout=5.0)  # within a second of expiry
+            assert peer.tunnel.refused and b.dev.snapshot()["peers"][0]["policy"]["state"] == "expired"
+            # a peer that is already expired when added is refused from the start
+            c = Node(net, "198.18.0.3", 51820, "c0")
+            late = b.dev.add_peer(c.pub, allowed_ips=["100.64.0.3/32"], policy=ClientPolicy(expires=1))
+            assert late.tunnel.refused
+        finally:
+            a.dev.close()
+            b.dev.close()
+
+    run(main())
