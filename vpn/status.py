@@ -115,22 +115,24 @@ def _has_policy(p: dict[str, Any]) -> bool:
 
 
 def render_policy(snap: dict[str, Any], console: Console) -> None:
-    """The per-client policy of the peers that have one (state, expiry, rate limit, rules) with their
-    ``denied``, over-the-rate and refused-handshake counters; nothing when no peer has a policy."""
+    """The per-client policy of the peers that have one, one line each and never cut (a pipe or a narrow
+    terminal must still show every rule): state, expiry, rate limit, rules, and the ``denied``,
+    over-the-rate and refused-handshake counters.  Nothing when no peer has a policy."""
     from .policy import format_rate, format_time
 
     rows = [p for p in snap.get("peers", []) if _has_policy(p)]
     if not rows:
         return
-    t = Table(title="per-client policy")
-    for col in ("peer", "state", "expires", "rate limit", "rules", "denied", "over rate", "refused handshakes"):
-        t.add_column(col)
+    console.print("per-client policy:", style="bold")
     for p in rows:
         pol = p.get("policy") or {}
-        rules = [f"allow {r}" for r in pol.get("allow", [])] + [f"deny {r}" for r in pol.get("deny", [])]
-        t.add_row(p.get("name") or to_jsonable(p["public_key"]), str(pol.get("state", "active")),
-                  format_time(pol["expires"]) if pol.get("expires") is not None else "never",
-                  format_rate(pol["rate_limit"]) if pol.get("rate_limit") else "none",
-                  "\n".join(rules) or "all allowed", str(p.get("denied", 0)), str(p.get("ratelimited", 0)),
-                  str(p.get("refused_handshakes", 0)))
-    console.print(t)
+        parts = [str(pol.get("state", "active"))]
+        if pol.get("expires") is not None:
+            parts.append(f"expires {format_time(pol['expires'])}")
+        if pol.get("rate_limit"):
+            parts.append(f"rate limit {format_rate(pol['rate_limit'])}")
+        parts += [f"allow {r}" for r in pol.get("allow", [])] + [f"deny {r}" for r in pol.get("deny", [])]
+        parts.append(f"{p.get('denied', 0)} denied, {p.get('ratelimited', 0)} over the rate, "
+                     f"{p.get('refused_handshakes', 0)} refused handshakes")
+        label = p.get("name") or to_jsonable(p["public_key"])
+        console.print(f"  {label}: {'; '.join(parts)}", soft_wrap=True, markup=False, highlight=False)

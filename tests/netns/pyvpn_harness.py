@@ -134,6 +134,7 @@ class PeerSpec:
     persistent_keepalive: int = 0
     name: str | None = None
     preshared_key: str | None = None
+    extra: Sequence[str] = ()  # more lines for the section, e.g. "#pyvpn RateLimit = 20mbit"
 
 
 def endpoint(host: str, port: int) -> str:
@@ -165,6 +166,7 @@ def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), l
             out.append(f"Endpoint = {p.endpoint}")
         if p.persistent_keepalive:
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+        out.extend(p.extra)
     return "\n".join(out) + "\n"
 
 

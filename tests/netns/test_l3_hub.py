@@ -18,13 +18,14 @@ Checks:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
 from netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
+from wgharness import iperf3_client, iperf3_server
 
 pytestmark = pytest.mark.root
 
@@ -51,7 +52,9 @@ class Hub:
 
 
 @contextmanager
-def hub(*, forward: bool) -> Iterator[Hub]:
+def hub(*, forward: bool, policies: Sequence[Sequence[str]] = ()) -> Iterator[Hub]:
+    """The topology above (``#pyvpn Forward = on`` with ``forward``); ``policies[i]`` are extra ``[Peer]``
+    lines for client i in the server's file (``#pyvpn Allow = ...``)."""
     tags = ["lan", "srv", *(f"c{i}" for i in range(N_CLIENTS)), "stranger"]
     with ExitStack() as stack:
         lan, srv_ns, *rest = stack.enter_context(namespaces(*tags))
@@ -67,7 +70,8 @@ def hub(*, forward: bool) -> Iterator[Hub]:
 
         skeys = Keys.new()
         ckeys = [Keys.new() for _ in range(N_CLIENTS + 1)]  # the last one is the stranger's
-        server_peers = [PeerSpec(k.public, [f"{tun4(11 + i)}/32", f"{tun6(11 + i)}/128"], name=f"c{i}")
+        server_peers = [PeerSpec(k.public, [f"{tun4(11 + i)}/32", f"{tun6(11 + i)}/128"], name=f"c{i}",
+                                 extra=policies[i] if i < len(policies) else ())
                         for i, k in enumerate(ckeys[:N_CLIENTS])]
         server = fleet.add(srv_ns, "server", keys=skeys, listen_port=PORT,
                            addresses=[f"{tun4(1)}/24", f"{tun6(1)}/64"], peers=server_peers, start=False,
@@ -197,3 +201,62 @@ def test_hub_forwarding_spoofing_and_strangers() -> None:
         assert ping(h.stranger.ns, tun4(1), count=1, wait=1.0).returncode != 0
         assert len(h.server.show_json()["peers"]) == N_CLIENTS
         assert "packets so far" in h.server.show_table()
+
+
+# -- per-client policy ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("forward", ["on", "off"])
+def test_hub_access_rules(forward: str) -> None:
+    """c0 may reach the server (IPv4 only) and ping c1, nothing else: a denied destination is unreachable
+    while an allowed one works, whether the server forwards inside the daemon (``Forward = on``) or its
+    kernel routes between clients (``off``); denied packets are counted for c0 alone."""
+    policy = ["#pyvpn Allow = 100.64.0.1/32, 100.64.0.12/32 icmp"]
+    with hub(forward=forward == "on", policies=[policy]) as h:
+        if forward == "off":  # the kernel routes between clients
+            h.srv_ns.run("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+        for c in h.clients:
+            assert c.keys is not None
+            h.server.wait_handshake(c.keys.public, timeout=10.0)
+        c0 = h.cli_ns[0]
+        assert ping_ok(c0, tun4(1)), "allowed: the server"
+        assert ping_ok(c0, tun4(12)), "allowed: c1, ICMP"
+        assert ping(c0, tun4(13), count=3, wait=1.0).returncode != 0, "denied: c2"
+        assert ping(c0, tun6(1), count=3, wait=1.0).returncode != 0, "denied: the server over IPv6"
+        # c1 has no policy: it reaches c2, and c2 reaches c0 (replies from c0 to c2 are denied, though)
+        assert ping_ok(h.cli_ns[1], tun4(13)) and ping_ok(h.cli_ns[1], tun6(1))
+        snap = h.server.show_json()
+        by_name = {p["name"]: p for p in snap["peers"]}
+        assert by_name["c0"]["denied"] >= 6 and by_name["c0"]["drops"]["policy_denied"] >= 6, by_name["c0"]
+        assert by_name["c0"]["policy"]["allow"] == ["100.64.0.1/32", "100.64.0.12/32 icmp"]
+        assert by_name["c1"]["denied"] == 0 and by_name["c2"]["denied"] == 0
+        table = h.server.show_table()
+        assert "per-client policy" in table and "allow 100.64.0.12/32 icmp" in table
+
+
+def test_hub_rate_limit() -> None:
+    """c0 is limited to 16 Mbit/s each way: its iperf3 rate lands near the limit (a broad band) both ways
+    and drops are counted, while c1, unlimited, is not held back (compared with c0, not in absolute terms)."""
+    limit = 16e6
+    with hub(forward=False, policies=[["#pyvpn RateLimit = 16mbit"]]) as h:
+        for c in h.clients:
+            assert c.keys is not None
+            h.server.wait_handshake(c.keys.public, timeout=10.0)
+        server = iperf3_server(h.srv_ns, tun4(1))
+        try:
+            up = iperf3_client(h.cli_ns[0], tun4(1), seconds=4)
+            down = iperf3_client(h.cli_ns[0], tun4(1), seconds=4, reverse=True)
+            other = iperf3_client(h.cli_ns[1], tun4(1), seconds=4)
+        finally:
+            server.terminate()
+            server.wait(5)
+        rates = [r["end"]["sum_received"]["bits_per_second"] for r in (up, down, other)]
+        print("iperf3 through the hub, Mbit/s: limited client up %.1f, down %.1f; unlimited client up %.1f"
+              % tuple(x / 1e6 for x in rates))
+        assert 0.5 * limit <= rates[0] <= 1.3 * limit, rates
+        assert 0.5 * limit <= rates[1] <= 1.3 * limit, rates
+        assert rates[2] > 2 * max(rates[0], rates[1]), rates
+        by_name = {p["name"]: p for p in h.server.show_json()["peers"]}
+        c0 = by_name["c0"]
+        assert c0["drops"].get("ratelimit_in", 0) > 0 and c0["drops"].get("ratelimit_out", 0) > 0, c0["drops"]
+        assert c0["ratelimited"] == c0["drops"]["ratelimit_in"] + c0["drops"]["ratelimit_out"]
+        assert c0["policy"]["rate_limit"] == 16_000_000
+        assert by_name["c1"]["ratelimited"] == 0
