@@ -614,6 +614,8 @@ class Device:
     def snapshot(self) -> dict[str, Any]:
         """Everything ``pyvpn show`` and the metrics endpoint report (no private keys)."""
         wall = time.time()
+        for peer in list(self._expiring.values()):  # so that a reported "expired" is already enforced
+            self._apply_refusal(peer, wall)
         peers = []
         for p in self.peers.values():
             t = p.tunnel

@@ -23,7 +23,7 @@ import subprocess
 
 import pytest
 from netns import Netns, veth
-from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, run_pyvpn, unique_ifname, wait_ping
+from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
 from wgharness import WireguardGo
 
 from crypto.keys import encode_key
@@ -130,3 +130,80 @@ def test_enroll_into_running_server_without_disturbing_others(netns_factory) -> 
             assert base64.b64decode(alice_pub) == load_config(conf).peers[0].public_key
         finally:
             wg.close()
+
+
+def _clients(conf: object) -> dict[str, dict[str, object]]:
+    listing = json.loads(_ok(run_pyvpn("server", "list-clients", "--config", str(conf), "--json")).stdout)
+    return {c["name"]: c for c in listing}
+
+
+def test_expiry_disable_enable_on_a_running_server(netns_factory) -> None:  # type: ignore[no-untyped-def]
+    """``add-client --expires`` on a running server: the client works, then is refused when the time
+    passes (its session dropped, a new handshake refused); ``disable-client`` cuts a client off at once
+    and ``enable-client`` takes it back; ``set-client --expires`` revives the expired one; the other
+    client is untouched and ``list-clients`` shows each state."""
+    srv, c1, c2 = netns_factory("psrv"), netns_factory("pc1"), netns_factory("pc2")
+    _underlay(srv, c1, c2)
+    with Fleet() as fleet:
+        ifname = unique_ifname("pvs")
+        conf = fleet.workdir / f"{ifname}.conf"
+        _ok(run_pyvpn("server", "init", "--config", str(conf), "--port", "51820", "--pool4", POOL4,
+                      "--pool6", POOL6, "--endpoint", "198.18.1.1"))
+        alice_if = unique_ifname("pvc")
+        alice_conf = fleet.workdir / f"{alice_if}.conf"
+        _ok(run_pyvpn("server", "add-client", "alice", "--config", str(conf), "--out", str(alice_conf)))
+        server = Pyvpn(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir)
+        fleet.daemons.append(server)
+        server.start()
+        alice = Pyvpn(c1, "client", alice_conf.read_text(), ifname=alice_if, workdir=fleet.workdir)
+        fleet.daemons.append(alice)
+        alice.start()
+        assert wait_ping(c1, SERVER4, 10) is not None, fleet.logs()
+
+        # carol, enrolled live with an expiry a few seconds ahead
+        carol_if = unique_ifname("pvc")
+        carol_conf = fleet.workdir / f"{carol_if}.conf"
+        r = _ok(run_pyvpn("server", "add-client", "carol", "--config", str(conf), "--out", str(carol_conf),
+                          "--endpoint", "198.18.2.1", "--expires", "12s", "--rate-limit", "100mbit"))
+        assert f"running server {ifname} updated" in r.stderr
+        assert "#pyvpn Expires = " in conf.read_text() and "#pyvpn RateLimit = 100mbit" in conf.read_text()
+        carol = Pyvpn(c2, "client", carol_conf.read_text(), ifname=carol_if, workdir=fleet.workdir)
+        fleet.daemons.append(carol)
+        carol.start()
+        assert wait_ping(c2, SERVER4, 8) is not None, fleet.logs()
+        listing = _clients(conf)
+        assert listing["carol"]["state"] == "active" and listing["carol"]["expires"].endswith("Z")
+        assert listing["carol"]["rate_limit"] == 100_000_000
+
+        # the expiry passes: carol's session is dropped by the server's housekeeping timer
+        carol_pub = encode_key(load_config(conf).peers[1].public_key)
+        assert poll(lambda: (server.peer(carol_pub) or {}).get("policy", {}).get("state") == "expired", 15.0)
+        assert ping(c2, SERVER4, count=2, wait=1).returncode != 0
+        assert _clients(conf)["carol"]["state"] == "expired"
+        # a fresh handshake (carol restarted) is refused
+        carol.terminate()
+        carol.start()
+        assert poll(lambda: (server.peer(carol_pub) or {}).get("refused_handshakes", 0) >= 1, 10.0), fleet.logs()
+        assert ping(c2, SERVER4, count=2, wait=1).returncode != 0
+        assert ping_ok(c1, SERVER4)  # alice is untouched
+
+        # disable alice: cut off at once; the file says so; enable: back without a restart
+        alice_pub = encode_key(load_config(conf).peers[0].public_key)
+        r = _ok(run_pyvpn("server", "disable-client", "alice", "--config", str(conf)))
+        assert f"running server {ifname} updated" in r.stderr
+        assert ping(c1, SERVER4, count=2, wait=1).returncode != 0
+        assert "#pyvpn Disabled = true" in conf.read_text()
+        assert _clients(conf)["alice"]["state"] == "disabled"
+        assert server.peer(alice_pub)["policy"]["state"] == "disabled"  # type: ignore[index]
+        assert "disabled" in _ok(run_pyvpn("server", "list-clients", "--config", str(conf))).stdout
+        _ok(run_pyvpn("server", "enable-client", "alice", "--config", str(conf)))
+        assert "Disabled" not in conf.read_text()
+        assert wait_ping(c1, SERVER4, 10) is not None, fleet.logs()
+        assert _clients(conf)["alice"]["state"] == "active"
+
+        # carol gets another hour: her retries are accepted again
+        _ok(run_pyvpn("server", "set-client", "carol", "--config", str(conf), "--expires", "1h"))
+        assert _clients(conf)["carol"]["state"] == "active"
+        assert wait_ping(c2, SERVER4, 15) is not None, fleet.logs()
+        assert server.running() and server.starts == 1
+        assert [p.name for p in load_config(conf).peers] == ["alice", "carol"]
