@@ -350,3 +350,73 @@ def test_enroll_with_policy_and_change_it(tmp_path: Path) -> None:
     assert [r.state for r in list_clients(str(conf), live=False)[1]] == ["expired", "active"]
     with pytest.raises(ValueError, match="no client named"):
         set_client(str(conf), "carol", lambda p: p, live=False)
+
+
+# -- the CLI and the control socket ----------------------------------------------------------------
+def test_cli_policy_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vpn import cli
+
+    runner = CliRunner()
+    conf = tmp_path / "pvpol.conf"
+    init_server(str(conf), endpoint="198.18.0.1", random=bytes(range(32)))
+    r = runner.invoke(cli.app, ["server", "add-client", "alice", "-c", str(conf), "--expires", "30d",
+                                "--rate-limit", "50mbit", "--allow", "100.64.0.1, 198.18.9.0/24 tcp 443",
+                                "--deny", "198.18.9.9"])
+    assert r.exit_code == 0, r.output
+    p = load_config(conf).peers[0]
+    assert p.rate_limit == 50_000_000 and [str(x) for x in p.allow] == ["100.64.0.1/32", "198.18.9.0/24 tcp 443"]
+    assert p.expires is not None and [str(x) for x in p.deny] == ["198.18.9.9/32"]
+    for args, msg in ((["--rate-limit", "50"], "--rate-limit: '50' is not a rate"),
+                      (["--expires", "soon"], "--expires: 'soon' is neither"),
+                      (["--allow", "10.0.0.0/8 tcp 1-0"], "--allow: '1-0' is an empty port range")):
+        r = runner.invoke(cli.app, ["server", "add-client", "bob", "-c", str(conf), *args])
+        assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
+    assert len(load_config(conf).peers) == 1  # nothing was added
+    r = runner.invoke(cli.app, ["server", "set-client", "alice", "-c", str(conf)])
+    assert r.exit_code == 1 and "nothing to change" in r.output
+    r = runner.invoke(cli.app, ["server", "set-client", "alice", "-c", str(conf), "--rate-limit", "off",
+                                "--clear-rules", "--expires", "never"])
+    assert r.exit_code == 0, r.output
+    assert load_config(conf).peers[0].policy == ClientPolicy()
+    r = runner.invoke(cli.app, ["server", "disable-client", "alice", "-c", str(conf)])
+    assert r.exit_code == 0 and "disabled client 'alice'" in r.output and "the server is not running" in r.output
+    r = runner.invoke(cli.app, ["server", "list-clients", "-c", str(conf)])
+    assert r.exit_code == 0 and "per-client policy" in r.stdout and "disabled" in r.stdout
+    r = runner.invoke(cli.app, ["server", "list-clients", "-c", str(conf), "--json"])
+    assert '"state": "disabled"' in r.stdout
+    r = runner.invoke(cli.app, ["server", "enable-client", "alice", "-c", str(conf)])
+    assert r.exit_code == 0 and load_config(conf).peers[0].policy == ClientPolicy()
+    r = runner.invoke(cli.app, ["server", "set-client", "alice", "-c", str(conf), "--expires", "2001-01-01"])
+    assert r.exit_code == 0 and "expired at 2001-01-01T00:00:00Z" in r.output
+    r = runner.invoke(cli.app, ["server", "disable-client", "nobody", "-c", str(conf)])
+    assert r.exit_code == 1 and "no client named 'nobody'" in r.output
+
+
+def test_control_set_policy() -> None:
+    from crypto.keys import private_from_random, public_from_private
+    from tunnel.testing import MemoryNetwork, MemoryTun
+    from vpn.control import ControlServer
+    from vpn.device import Device
+
+    net = MemoryNetwork()
+    dev = Device(tun=MemoryTun("pol0"), udp=net.endpoint("198.18.0.1", 51820),
+                 private_key=private_from_random(bytes(32)))
+    pub = public_from_private(private_from_random(bytes(range(32))))
+    srv = ControlServer(dev)
+    pol = ClientPolicy(deny=(parse_rule("100.64.0.0/24 tcp 22"),), rate_limit=1_000_000)
+    assert srv.dispatch({"op": "add_peer", "public_key": pub, "allowed_ips": ["100.64.0.2/32"],
+                         "policy": pol.to_wire()}) == {"ok": True}
+    peer = dev.peers[pub]
+    assert peer.policy == pol and peer.policed and peer.bucket_out is not None
+    assert srv.dispatch({"op": "set_policy", "public_key": pub, "policy": {"disabled": True}}) == {"ok": True}
+    assert peer.policy == ClientPolicy(disabled=True) and not peer.policed and peer.tunnel.refused
+    snap = srv.dispatch({"op": "show"})["peers"][0]
+    assert snap["policy"]["state"] == "disabled" and snap["denied"] == 0 and snap["ratelimited"] == 0
+    with pytest.raises(ValueError, match="no such peer"):
+        srv.dispatch({"op": "set_policy", "public_key": bytes(32), "policy": {}})
+    with pytest.raises(ValueError, match="is not an IP address"):
+        srv.dispatch({"op": "set_policy", "public_key": pub, "policy": {"allow": ["nowhere"]}})
+    assert peer.policy == ClientPolicy(disabled=True)  # a bad request changes nothing
+    dev.close()
