@@ -170,7 +170,11 @@ def apply_set(device: Device, req: uapi.SetRequest) -> None:
             raise uapi.UapiError(errno.EADDRINUSE, f"cannot listen on port {req.listen_port}: {e}") from None
     if req.fwmark is not None:
         device.set_fwmark(req.fwmark)
+    # pyvpn's per-client policy is not part of the UAPI: a peer that `wg setconf` removes and adds
+    # again keeps it (a disabled client stays disabled).
+    kept = {}
     if req.replace_peers:
+        kept = {pub: p.policy for pub, p in device.peers.items()}
         for pub in list(device.peers):
             device.remove_peer(pub)
     for ps in req.peers:
@@ -183,7 +187,7 @@ def apply_set(device: Device, req: uapi.SetRequest) -> None:
                 continue
             if device.core.has_private_key and ps.public_key == device.core.public_key:
                 continue  # wireguard-go ignores a peer with our own public key
-            existing = device.add_peer(ps.public_key)
+            existing = device.add_peer(ps.public_key, policy=kept.get(ps.public_key))
         t = existing.tunnel
         if ps.preshared_key is not None:
             t.preshared_key = ps.preshared_key if any(ps.preshared_key) else None

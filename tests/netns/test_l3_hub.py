@@ -249,8 +249,9 @@ def test_hub_rate_limit() -> None:
             server.terminate()
             server.wait(5)
         rates = [r["end"]["sum_received"]["bits_per_second"] for r in (up, down, other)]
-        print("iperf3 through the hub, Mbit/s: limited client up %.1f, down %.1f; unlimited client up %.1f"
-              % tuple(x / 1e6 for x in rates))
+        mbit = [f"{x / 1e6:.1f}" for x in rates]
+        print(f"iperf3 through the hub, Mbit/s: limited client up {mbit[0]}, down {mbit[1]}; unlimited client "
+              f"up {mbit[2]}")
         assert 0.5 * limit <= rates[0] <= 1.3 * limit, rates
         assert 0.5 * limit <= rates[1] <= 1.3 * limit, rates
         assert rates[2] > 2 * max(rates[0], rates[1]), rates

@@ -343,7 +343,7 @@ def test_enroll_with_policy_and_change_it(tmp_path: Path) -> None:
     assert res.running is None and res.error is None
     text = conf.read_text()
     assert "# the second one" in text and "#pyvpn Disabled = true" in text and "RateLimit" not in text
-    cfg, rows, running = list_clients(str(conf), live=False)
+    _, rows, running = list_clients(str(conf), live=False)
     assert not running and [(r.name, r.state) for r in rows] == [("alice", "disabled"), ("bob", "active")]
     assert rows[0].denied is None
     set_client(str(conf), "alice", lambda p: replace(p, disabled=False, expires=1), live=False)
@@ -419,4 +419,22 @@ def test_control_set_policy() -> None:
     with pytest.raises(ValueError, match="is not an IP address"):
         srv.dispatch({"op": "set_policy", "public_key": pub, "policy": {"allow": ["nowhere"]}})
     assert peer.policy == ClientPolicy(disabled=True)  # a bad request changes nothing
+    dev.close()
+
+
+def test_wg_setconf_keeps_the_policy() -> None:
+    from crypto.keys import private_from_random, public_from_private
+    from tunnel.testing import MemoryNetwork, MemoryTun
+    from vpn import uapi
+    from vpn.device import Device
+    from vpn.uapi_server import apply_set
+
+    net = MemoryNetwork()
+    dev = Device(tun=MemoryTun("pol1"), udp=net.endpoint("198.18.0.1", 51820),
+                 private_key=private_from_random(bytes(32)))
+    pub = public_from_private(private_from_random(bytes(range(32))))
+    pol = ClientPolicy(rate_limit=1_000_000, disabled=True)
+    dev.add_peer(pub, allowed_ips=["100.64.0.2/32"], policy=pol)
+    apply_set(dev, uapi.parse_set(["replace_peers=true", f"public_key={pub.hex()}", "allowed_ip=100.64.0.2/32"]))
+    assert dev.peers[pub].policy == pol and dev.peers[pub].tunnel.refused
     dev.close()
