@@ -138,6 +138,14 @@ def test_access_rules_semantics() -> None:
     assert not only_deny.allows(v4("198.51.100.7"))
     kept, denied = a.split([v4("100.64.0.1"), v4("10.9.0.1"), v4("100.64.0.1"), v4("10.9.0.2")])
     assert kept == [v4("100.64.0.1")] * 2 and denied == 2
+    # batches of one destination that differ in port, protocol or fragment offset
+    good = v4("10.1.1.1", 6, 443)
+    for bad in (v4("10.1.1.1", 6, 22), v4("10.1.1.1", 17, 443), v4("10.1.1.1", 6, 443, frag_offset=5)):
+        assert a.split([good, bad] * 3) == ([good] * 3, 3)
+    v6a = AccessRules((parse_rule("fd00::/8 tcp 443"),), ())
+    g6, b6 = v6("fd00::1", 6, 443), v6("fd00::1", 6, 444)
+    assert v6a.split([g6, b6] * 3) == ([g6] * 3, 3)
+    assert v6a.split([v6("fd00::1", 6, 443, ext=(0,))] * 4)[1] == 0  # extension headers: per packet
 
 
 _NETS4 = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "192.0.2.0/24", "0.0.0.0/0", "10.128.0.0/9"]
@@ -179,6 +187,12 @@ def test_classifier_matches_the_naive_reference(allow: list[Rule], deny: list[Ru
     assert kept == expected and denied == len(batch) - len(expected)
     kept2, _ = a.split(batch)  # again, from the verdict cache
     assert kept2 == expected
+    for p in batch[:3]:  # a bulk batch of one flow takes the one-verdict path
+        ok = reference_allows(tuple(allow), tuple(deny), p)
+        assert a.split([p] * 5) == (([p] * 5, 0) if ok else ([], 5))
+    two = batch[:2] * 3  # two flows interleaved: the one-verdict path must decline when they differ
+    expected2 = [p for p in two if reference_allows(tuple(allow), tuple(deny), p)]
+    assert a.split(two) == (expected2, len(two) - len(expected2))
 
 
 # -- token bucket --------------------------------------------------------------------------------
