@@ -296,8 +296,8 @@ class AccessRules:
     def _one_flow(self, packets: list[bytes]) -> bool:
         """Whether every packet gets the first one's verdict, checked with C-level loops (no bytecode per
         packet): the same IP version and destination and, when a rule names a protocol or port, the same
-        protocol and ports in an unfragmented IPv4 packet without options or an IPv6 packet without
-        extension headers."""
+        fragment fields, protocol and ports in IPv4 packets without options, or the same next header and
+        ports in IPv6 packets without extension headers."""
         n = len(packets)
         if min(map(len, packets)) < 44:
             return False
@@ -309,9 +309,8 @@ class AccessRules:
             dsts = list(map(_v4_dst if v == 4 else _v6_dst, packets)) if v in (4, 6) else []
             return bool(dsts) and dsts.count(dsts[0]) == n
         if b0[0] == 0x45:
-            heads = list(map(_v4_frag_proto, packets))
-            h = heads[0]
-            if heads.count(h) != n or h[0] & 0x1F or h[1]:
+            heads = list(map(_v4_frag_proto, packets))  # equal headers and ports: equal fields
+            if heads.count(heads[0]) != n:
                 return False
             flows = list(map(_v4_dst_ports, packets))
         elif v == 6:
