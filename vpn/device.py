@@ -58,8 +58,9 @@ from crypto.tunnel import (
 from .allowedips import AllowedIPs
 from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .peer import Peer
-from .policy import AccessRules, ClientPolicy, TokenBucket
+from .policy import AccessRules, ClientPolicy, bucket_for_rate
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
+from .switch import TokenBucket
 
 log = logging.getLogger("pyvpn.device")
 
@@ -200,8 +201,8 @@ class Device:
         if policy.rate_limit is None:
             peer.bucket_in = peer.bucket_out = None
         elif peer.bucket_in is None or policy.rate_limit != old.rate_limit:
-            peer.bucket_in = TokenBucket.for_bits(policy.rate_limit)
-            peer.bucket_out = TokenBucket.for_bits(policy.rate_limit)
+            peer.bucket_in = bucket_for_rate(policy.rate_limit)
+            peer.bucket_out = bucket_for_rate(policy.rate_limit)
         peer.policed = peer.access is not None or peer.bucket_in is not None
         t = peer.tunnel
         t.expires_at = float(policy.expires) if policy.expires is not None else None
@@ -379,26 +380,23 @@ class Device:
             if denied:
                 peer.drops["policy_denied"] += denied
                 self.drops["policy_denied"] += denied
-        bucket = peer.bucket_in
-        if bucket is not None and packets:
-            n = bucket.admit(packets, now=now)
-            if n < len(packets):
-                over = len(packets) - n
-                peer.drops["ratelimit_in"] += over
-                self.drops["ratelimit_in"] += over
-                packets = packets[:n]
+        if peer.bucket_in is not None and packets:
+            packets = self._rate_limit(peer, peer.bucket_in, packets, now, "ratelimit_in")
         return packets
 
     def _police_out(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes]:
         """The packets for ``peer`` that its outbound rate admits; the rest are counted (``ratelimit_out``)."""
-        bucket = peer.bucket_out
-        if bucket is None:
+        if peer.bucket_out is None:
             return packets
+        return self._rate_limit(peer, peer.bucket_out, packets, now, "ratelimit_out")
+
+    def _rate_limit(self, peer: Peer, bucket: TokenBucket, packets: list[bytes], now: float,
+                    reason: str) -> list[bytes]:
         n = bucket.admit(packets, now=now)
         if n < len(packets):
             over = len(packets) - n
-            peer.drops["ratelimit_out"] += over
-            self.drops["ratelimit_out"] += over
+            peer.drops[reason] += over
+            self.drops[reason] += over
             packets = packets[:n]
         return packets
 

@@ -626,45 +626,37 @@ def running_snapshot(cfg: Config) -> dict[str, Any] | None:
     return snap
 
 
-def push_peer(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, str | None]:
-    """Add ``peer`` to the running server: ``(iface, None)``, ``(None, None)`` if not running, or an error."""
+def _request_running(cfg: Config, iface: str, req: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Send ``req`` to the running server of ``cfg``: ``(iface, None)``, ``(None, None)`` if it is not
+    running, or ``(None, error)``."""
     from .control import ControlError, request
 
     if running_snapshot(cfg) is None:
         return None, None
     try:
-        request(iface, {"op": "add_peer", "public_key": peer.public_key, "preshared_key": peer.preshared_key,
-                        "allowed_ips": [str(n) for n in peer.allowed_ips], "name": peer.name,
-                        "persistent_keepalive": peer.persistent_keepalive, "policy": peer.policy.to_wire()})
+        request(iface, req)
     except ControlError as e:
         return None, str(e)
     return iface, None
+
+
+def push_peer(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, str | None]:
+    """Add ``peer`` (with its policy) to the running server (results as :func:`_request_running`)."""
+    return _request_running(cfg, iface, {
+        "op": "add_peer", "public_key": peer.public_key, "preshared_key": peer.preshared_key,
+        "allowed_ips": [str(n) for n in peer.allowed_ips], "name": peer.name,
+        "persistent_keepalive": peer.persistent_keepalive, "policy": peer.policy.to_wire()})
 
 
 def push_policy(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, str | None]:
-    """Give the running server ``peer``'s policy (same results as :func:`push_peer`)."""
-    from .control import ControlError, request
-
-    if running_snapshot(cfg) is None:
-        return None, None
-    try:
-        request(iface, {"op": "set_policy", "public_key": peer.public_key, "policy": peer.policy.to_wire()})
-    except ControlError as e:
-        return None, str(e)
-    return iface, None
+    """Give the running server ``peer``'s policy."""
+    return _request_running(cfg, iface, {"op": "set_policy", "public_key": peer.public_key,
+                                         "policy": peer.policy.to_wire()})
 
 
 def pull_peer(cfg: Config, iface: str, peer: PeerConfig) -> tuple[str | None, str | None]:
-    """Remove ``peer`` from the running server (same results as :func:`push_peer`)."""
-    from .control import ControlError, request
-
-    if running_snapshot(cfg) is None:
-        return None, None
-    try:
-        request(iface, {"op": "remove_peer", "public_key": peer.public_key})
-    except ControlError as e:
-        return None, str(e)
-    return iface, None
+    """Remove ``peer`` from the running server."""
+    return _request_running(cfg, iface, {"op": "remove_peer", "public_key": peer.public_key})
 
 
 __all__ = [

@@ -11,7 +11,8 @@ from typing import Any
 from crypto.keys import abbreviate
 from crypto.tunnel import Tunnel
 
-from .policy import AccessRules, ClientPolicy, TokenBucket
+from .policy import AccessRules, ClientPolicy
+from .switch import TokenBucket
 
 
 class PeerLog(logging.LoggerAdapter[logging.Logger]):

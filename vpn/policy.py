@@ -23,9 +23,10 @@ A server's ``[Peer]`` may carry, in ``#pyvpn`` lines (wg-quick and ``wg`` ignore
 A refused client's handshakes are refused and its session is dropped at once (see
 :meth:`crypto.tunnel.Tunnel.set_refused`).
 
-This module parses and formats the values and holds the two pure pieces of the data path:
-:class:`AccessRules` (the classifier: bytes in, verdicts out) and :class:`TokenBucket` (sizes and
-``now`` in, how many packets fit out).  :class:`vpn.device.Device` applies them.
+This module parses and formats the values and holds the pure classifier of the data path,
+:class:`AccessRules` (bytes in, verdicts out); the rate limit is :class:`vpn.switch.TokenBucket` with one
+token a byte (:func:`bucket_for_rate`; packets and ``now`` in, how many fit out).
+:class:`vpn.device.Device` applies them.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import calendar
 import ipaddress
 import re
 import time
-from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import accumulate
 from operator import itemgetter
 from typing import Any
+
+from .switch import TokenBucket
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -333,45 +334,11 @@ _v6_dst_ports = itemgetter(slice(24, 44))  # destination, then the ports (no ext
 
 
 # -- the rate limit ----------------------------------------------------------------------------
-class TokenBucket:
-    """A token bucket in bytes: ``rate`` bytes a second, at most ``burst`` bytes saved up.
-
-    :param rate: bytes per second.
-    :param burst: the bucket's depth in bytes (it starts full).
-    """
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be positive")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last: float | None = None
-
-    @classmethod
-    def for_bits(cls, bits_per_second: int) -> TokenBucket:
-        """The bucket for a ``RateLimit`` in bits per second (depth: :data:`BURST_TIME` of it)."""
-        rate = bits_per_second / 8
-        return cls(rate, max(rate * BURST_TIME, MIN_BURST))
-
-    def admit(self, packets: list[bytes], *, now: float) -> int:
-        """How many packets from the start of ``packets`` fit (their bytes are taken); the rest are
-        over the limit.
-
-        :param now: the caller's monotonic clock, seconds.
-        """
-        if self.last is None:
-            self.last = now
-        elif now > self.last:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-        sums = list(accumulate(map(len, packets)))
-        n = bisect_right(sums, self.tokens)
-        if n:
-            self.tokens -= sums[n - 1]
-        return n
+def bucket_for_rate(bits_per_second: int) -> TokenBucket:
+    """The token bucket (one token a byte, :meth:`vpn.switch.TokenBucket.admit`) for a ``RateLimit`` in
+    bits per second; its depth is :data:`BURST_TIME` of the rate, at least :data:`MIN_BURST` bytes."""
+    rate = bits_per_second / 8
+    return TokenBucket(rate, max(rate * BURST_TIME, MIN_BURST))
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -508,5 +475,5 @@ class ClientPolicy:
                    rate_limit=rate, expires=expires, disabled=bool(d.get("disabled", False)))
 
 
-__all__ = ["AccessRules", "ClientPolicy", "Rule", "TokenBucket", "format_rate", "format_time", "packet_fields",
+__all__ = ["AccessRules", "ClientPolicy", "Rule", "bucket_for_rate", "format_rate", "format_time", "packet_fields",
            "parse_expiry", "parse_rate", "parse_rule", "parse_rules", "parse_time", "reference_allows"]

@@ -75,9 +75,11 @@ VLAN of a trunk its own segment, map VLANs to VNIs with :class:`VlanMap` and run
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Final, Generic, Literal, Never, TypeVar
 
 __all__ = [
@@ -353,21 +355,38 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last: float | None = None
 
-    def take(self, *, now: float) -> bool:
-        """Take one token if there is one.
-
-        :param now: monotonic time in seconds.
-        """
+    def _refill(self, now: float) -> float:
+        """The tokens at ``now`` (a clock going back adds none)."""
         tokens = self._tokens
         last = self._last
         if last is not None and now > last:
             tokens = min(self.burst, tokens + (now - last) * self.rate)
         self._last = now if last is None or now > last else last
+        return tokens
+
+    def take(self, *, now: float) -> bool:
+        """Take one token if there is one.
+
+        :param now: monotonic time in seconds.
+        """
+        tokens = self._refill(now)
         if tokens >= 1.0:
             self._tokens = tokens - 1.0
             return True
         self._tokens = tokens
         return False
+
+    def admit(self, packets: list[bytes], *, now: float) -> int:
+        """With one token a byte (a rate limit in bytes, :mod:`vpn.policy`): how many packets from the
+        start of ``packets`` fit; their bytes are taken, the rest are over the limit.  C-level loops.
+
+        :param now: monotonic time in seconds.
+        """
+        tokens = self._refill(now)
+        sums = list(accumulate(map(len, packets)))
+        n = bisect_right(sums, tokens)
+        self._tokens = tokens - sums[n - 1] if n else tokens
+        return n
 
 
 # -- decisions -----------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import base64
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from netns import Netns, veth
@@ -49,26 +50,32 @@ def _ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]
     return r
 
 
+def _server_with_alice(fleet: Fleet, srv: Netns, c1: Netns) -> tuple[Path, Pyvpn, str]:
+    """``server init``, ``add-client alice`` (not running yet), then the server in ``srv`` and alice's
+    client in ``c1``, pinging: ``(server config, server, its interface name)``."""
+    ifname = unique_ifname("pvs")
+    conf = fleet.workdir / f"{ifname}.conf"
+    _ok(run_pyvpn("server", "init", "--config", str(conf), "--port", "51820", "--pool4", POOL4,
+                  "--pool6", POOL6, "--endpoint", "198.18.1.1"))
+    alice_if = unique_ifname("pvc")
+    alice_conf = fleet.workdir / f"{alice_if}.conf"
+    r = _ok(run_pyvpn("server", "add-client", "alice", "--config", str(conf), "--out", str(alice_conf)))
+    assert "the server is not running" in r.stderr
+    server = Pyvpn(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir)
+    fleet.daemons.append(server)
+    server.start()
+    alice = Pyvpn(c1, "client", alice_conf.read_text(), ifname=alice_if, workdir=fleet.workdir)
+    fleet.daemons.append(alice)
+    alice.start()
+    assert wait_ping(c1, SERVER4, 10) is not None, fleet.logs()
+    return conf, server, ifname
+
+
 def test_enroll_into_running_server_without_disturbing_others(netns_factory) -> None:  # type: ignore[no-untyped-def]
     srv, c1, c2 = netns_factory("esrv"), netns_factory("ec1"), netns_factory("ec2")
     _underlay(srv, c1, c2)
     with Fleet() as fleet:
-        ifname = unique_ifname("pvs")
-        conf = fleet.workdir / f"{ifname}.conf"
-        _ok(run_pyvpn("server", "init", "--config", str(conf), "--port", "51820", "--pool4", POOL4,
-                      "--pool6", POOL6, "--endpoint", "198.18.1.1"))
-        alice_if = unique_ifname("pvc")
-        alice_conf = fleet.workdir / f"{alice_if}.conf"
-        r = _ok(run_pyvpn("server", "add-client", "alice", "--config", str(conf), "--out", str(alice_conf)))
-        assert "the server is not running" in r.stderr
-
-        server = Pyvpn(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir)
-        fleet.daemons.append(server)
-        server.start()
-        alice = Pyvpn(c1, "client", alice_conf.read_text(), ifname=alice_if, workdir=fleet.workdir)
-        fleet.daemons.append(alice)
-        alice.start()
-        assert wait_ping(c1, SERVER4, 10) is not None, fleet.logs()
+        conf, server, ifname = _server_with_alice(fleet, srv, c1)
         alice_pub = encode_key(load_config(conf).peers[0].public_key)
         handshakes_before = server.peer(alice_pub)["handshakes"]  # type: ignore[index]
 
@@ -132,7 +139,7 @@ def test_enroll_into_running_server_without_disturbing_others(netns_factory) -> 
             wg.close()
 
 
-def _clients(conf: object) -> dict[str, dict[str, object]]:
+def _clients(conf: Path) -> dict[str, dict[str, object]]:
     listing = json.loads(_ok(run_pyvpn("server", "list-clients", "--config", str(conf), "--json")).stdout)
     return {c["name"]: c for c in listing}
 
@@ -145,20 +152,7 @@ def test_expiry_disable_enable_on_a_running_server(netns_factory) -> None:  # ty
     srv, c1, c2 = netns_factory("psrv"), netns_factory("pc1"), netns_factory("pc2")
     _underlay(srv, c1, c2)
     with Fleet() as fleet:
-        ifname = unique_ifname("pvs")
-        conf = fleet.workdir / f"{ifname}.conf"
-        _ok(run_pyvpn("server", "init", "--config", str(conf), "--port", "51820", "--pool4", POOL4,
-                      "--pool6", POOL6, "--endpoint", "198.18.1.1"))
-        alice_if = unique_ifname("pvc")
-        alice_conf = fleet.workdir / f"{alice_if}.conf"
-        _ok(run_pyvpn("server", "add-client", "alice", "--config", str(conf), "--out", str(alice_conf)))
-        server = Pyvpn(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir)
-        fleet.daemons.append(server)
-        server.start()
-        alice = Pyvpn(c1, "client", alice_conf.read_text(), ifname=alice_if, workdir=fleet.workdir)
-        fleet.daemons.append(alice)
-        alice.start()
-        assert wait_ping(c1, SERVER4, 10) is not None, fleet.logs()
+        conf, server, ifname = _server_with_alice(fleet, srv, c1)
 
         # carol, enrolled live with an expiry a few seconds ahead
         carol_if = unique_ifname("pvc")

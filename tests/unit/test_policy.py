@@ -20,7 +20,7 @@ from vpn.policy import (
     AccessRules,
     ClientPolicy,
     Rule,
-    TokenBucket,
+    bucket_for_rate,
     format_rate,
     format_time,
     packet_fields,
@@ -31,6 +31,7 @@ from vpn.policy import (
     parse_time,
     reference_allows,
 )
+from vpn.switch import TokenBucket
 
 PRIV = "aKHukUFDDA5V4XGpTP1VNL5SEmNbhb6WkTl9ZIoGtmI="
 PUB_A = "4ta2Ike/0vubLN/l4PqUUEGYOzJDObTOBRVsGgVc3Gk="
@@ -208,7 +209,7 @@ def test_token_bucket_admits_a_prefix_and_refills() -> None:
 
 
 def test_token_bucket_long_run_rate() -> None:
-    b = TokenBucket.for_bits(20_000_000)
+    b = bucket_for_rate(20_000_000)
     assert b.burst == max(20_000_000 / 8 * BURST_TIME, MIN_BURST)
     admitted = 0
     t = 0.0
