@@ -25,6 +25,7 @@ from vpn.config import (
     load_config,
     parse_config,
 )
+from vpn.policy import Rule
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.conf"))
 
@@ -445,6 +446,10 @@ hosts = st.one_of(st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Addr
                   st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
                   st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,5})?", fullmatch=True))
 
+rules = st.tuples(st.one_of(v4nets, v6nets), st.sampled_from([None, 6, 17, 132, 1, 58, 47]),
+                  st.integers(0, 65535), st.integers(0, 100)).map(
+    lambda t: Rule(t[0], t[1], (t[2], min(65535, t[2] + t[3])) if t[1] in (6, 17, 132) else None))
+
 
 @st.composite
 def configs(draw: st.DrawFn) -> Config:
@@ -462,7 +467,10 @@ def configs(draw: st.DrawFn) -> Config:
         public_key=k, preshared_key=draw(st.none() | keys),
         allowed_ips=tuple(draw(st.lists(st.one_of(v4nets, v6nets), max_size=4))),
         endpoint=draw(st.none() | st.tuples(hosts, st.integers(1, 65535))),
-        persistent_keepalive=draw(st.integers(0, 65535)), name=draw(st.none()) if n == "x" else n)
+        persistent_keepalive=draw(st.integers(0, 65535)), name=draw(st.none()) if n == "x" else n,
+        allow=tuple(draw(st.lists(rules, max_size=3))), deny=tuple(draw(st.lists(rules, max_size=2))),
+        rate_limit=draw(st.none() | st.integers(8000, 10**11)), expires=draw(st.none() | st.integers(0, 2**33)),
+        disabled=draw(st.booleans()))
         for k, n in zip(pubs, peer_names, strict=True))
     refs = [p.name or encode_key(p.public_key) for p in peers]  # a segment names a peer or gives its key
     rate = draw(st.sampled_from((0, 1000, 7)))
