@@ -243,6 +243,10 @@ def server_add_client(
         _fail(f"client {name!r} was added to {config}, but: {e}")
         return
     where = f"; running server {r.running} updated" if r.running else "; the server is not running"
+    if policy is not None and policy.expires is not None:
+        from .policy import format_time
+
+        where += f"; it expires at {format_time(policy.expires)}"
     typer.echo(f"added client {name!r} ({addrs}) to {config}{where}", err=True)
     if r.error:
         _fail(f"the running server was not updated: {r.error} (restart it to pick the client up)")

@@ -380,6 +380,7 @@ def test_cli_policy_commands(tmp_path: Path) -> None:
                                 "--rate-limit", "50mbit", "--allow", "100.64.0.1, 198.18.9.0/24 tcp 443",
                                 "--deny", "198.18.9.9"])
     assert r.exit_code == 0, r.output
+    assert "it expires at 20" in r.output
     p = load_config(conf).peers[0]
     assert p.rate_limit == 50_000_000 and [str(x) for x in p.allow] == ["100.64.0.1/32", "198.18.9.0/24 tcp 443"]
     assert p.expires is not None and [str(x) for x in p.deny] == ["198.18.9.9/32"]
