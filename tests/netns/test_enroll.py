@@ -158,7 +158,7 @@ def test_expiry_disable_enable_on_a_running_server(netns_factory) -> None:  # ty
         carol_if = unique_ifname("pvc")
         carol_conf = fleet.workdir / f"{carol_if}.conf"
         r = _ok(run_pyvpn("server", "add-client", "carol", "--config", str(conf), "--out", str(carol_conf),
-                          "--endpoint", "198.18.2.1", "--expires", "12s", "--rate-limit", "100mbit"))
+                          "--endpoint", "198.18.2.1", "--expires", "20s", "--rate-limit", "100mbit"))
         assert f"running server {ifname} updated" in r.stderr
         assert "#pyvpn Expires = " in conf.read_text() and "#pyvpn RateLimit = 100mbit" in conf.read_text()
         carol = Pyvpn(c2, "client", carol_conf.read_text(), ifname=carol_if, workdir=fleet.workdir)
@@ -171,7 +171,7 @@ def test_expiry_disable_enable_on_a_running_server(netns_factory) -> None:  # ty
 
         # the expiry passes: carol's session is dropped by the server's housekeeping timer
         carol_pub = encode_key(load_config(conf).peers[1].public_key)
-        assert poll(lambda: (server.peer(carol_pub) or {}).get("policy", {}).get("state") == "expired", 15.0)
+        assert poll(lambda: (server.peer(carol_pub) or {}).get("policy", {}).get("state") == "expired", 30.0)
         assert ping(c2, SERVER4, count=2, wait=1).returncode != 0
         assert _clients(conf)["carol"]["state"] == "expired"
         # a fresh handshake (carol restarted) is refused
