@@ -337,6 +337,8 @@ class Device:
         for t, lst in route_reads(bufs, vnet, self.allowed.lookup, self.drops).items():
             if t.user.bucket_out is not None:
                 lst = self._police_out(t.user, lst, now)
+                if not lst:
+                    continue
             t.encapsulate(lst, now=now)
         self._flush()
 
@@ -499,6 +501,8 @@ class Device:
         now = loop.time()
         if tunnel.user.bucket_out is not None:
             packets = self._police_out(tunnel.user, packets, now)
+            if not packets:
+                return
         tunnel.encapsulate(packets, now=now)
         self._flush()
 
