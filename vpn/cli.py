@@ -300,7 +300,8 @@ def server_set_client(name: Annotated[str, typer.Argument(help="the client's nam
                       rate_limit: RateLimitOpt = None,
                       allow: AllowOpt = None,
                       deny: DenyOpt = None,
-                      clear_rules: Annotated[bool, typer.Option("--clear-rules", help="remove every Allow and Deny rule")] = False,
+                      clear_rules: Annotated[bool, typer.Option("--clear-rules",
+                                                                help="remove every Allow and Deny rule")] = False,
                       ) -> None:
     """Change a client's policy (rules, rate limit, expiry) in CONFIG and in the running server."""
     try:
