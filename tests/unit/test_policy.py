@@ -454,3 +454,23 @@ def test_wg_setconf_keeps_the_policy() -> None:
     apply_set(dev, uapi.parse_set(["replace_peers=true", f"public_key={pub.hex()}", "allowed_ip=100.64.0.2/32"]))
     assert dev.peers[pub].policy == pol and dev.peers[pub].tunnel.refused
     dev.close()
+
+
+def test_save_config_keeps_the_running_policy(tmp_path: Path) -> None:
+    from crypto.keys import decode_key, public_from_private
+    from tunnel.testing import MemoryNetwork, MemoryTun
+    from vpn.config import save_runtime_config
+    from vpn.device import Device
+
+    path = tmp_path / "wg0.conf"
+    path.write_text(BASE)
+    cfg = load_config(path)
+    net = MemoryNetwork()
+    dev = Device(tun=MemoryTun("pol2"), udp=net.endpoint("198.18.0.1", 51820), private_key=decode_key(PRIV))
+    pub = cfg.peers[0].public_key
+    assert pub != public_from_private(decode_key(PRIV))
+    pol = ClientPolicy(deny=(parse_rule("10.0.0.0/8"),), rate_limit=2_000_000, expires=1799107200, disabled=True)
+    dev.add_peer(pub, allowed_ips=["100.64.0.2/32"], name="alice", policy=pol)  # as set-client left it
+    save_runtime_config(cfg, dev)
+    assert load_config(path).peers[0].policy == pol
+    dev.close()
