@@ -15,8 +15,9 @@ SSH session no longer kills it without cleanup).  One reload:
    the code that serves ``wg set`` and ``wg syncconf``.  A peer that did not change is not
    touched, so its session and its traffic go on.
 4. Then what UAPI has no word for: peer names, the Endpoints as written (for
-   :mod:`vpn.endpoints`), ``Forward``, and a kernel route for each AllowedIPs prefix that was
-   added or removed (not for a /0, whose policy routing needs a restart).
+   :mod:`vpn.endpoints`), each peer's per-client policy (:mod:`vpn.policy`: applied to the peers
+   whose policy changed, which counts as a change), ``Forward``, and a kernel route for each
+   AllowedIPs prefix that was added or removed (not for a /0, whose policy routing needs a restart).
 5. Other ``[Interface]`` settings and ``#pyvpn [Segment]`` sections that changed are logged as
    needing a restart.
 """
@@ -192,8 +193,8 @@ class Reloader:
     def _apply(self, new: Config, req: uapi.SetRequest) -> ReloadSummary:
         device = self.device
         removed = sum(1 for ps in req.peers if ps.remove)
-        added = sum(1 for ps in req.peers if not ps.remove and ps.public_key not in device.peers)
-        changed = len(req.peers) - removed - added
+        added_keys = {ps.public_key for ps in req.peers if not ps.remove and ps.public_key not in device.peers}
+        changed_keys = {ps.public_key for ps in req.peers if not ps.remove and ps.public_key in device.peers}
         apply_set(device, req)
         for p in new.peers:
             peer = device.peers.get(p.public_key)
@@ -202,6 +203,11 @@ class Reloader:
             if peer.name != p.name:
                 peer.name = p.name
             peer.config_endpoint = p.endpoint
+            if peer.policy != p.policy:
+                if p.public_key not in added_keys:
+                    changed_keys.add(p.public_key)
+                device.set_policy(peer, p.policy)
+        added, changed = len(added_keys), len(changed_keys)
         device.forward = new.interface.forward
         self._update_routes(new)
         return ReloadSummary(added=added, removed=removed, changed=changed,

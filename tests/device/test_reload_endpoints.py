@@ -142,6 +142,52 @@ def test_reload_keeps_unchanged_sessions_and_refuses_a_broken_file(tmp_path: Pat
     asyncio.run(main())
 
 
+
+def test_reload_applies_per_client_policy(tmp_path: Path) -> None:
+    """A reload applies each peer's policy (vpn/policy.py): a client disabled in the file loses its session,
+    a new peer starts with its own policy, and a peer whose file section did not change keeps its session."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        (spriv, spub), (cpriv, cpub), (_, other), (_, new) = keypair(), keypair(), keypair(), keypair()
+        path = tmp_path / "hub.conf"
+        path.write_text(conf(spriv, [(cpub, "100.64.0.2/32", None, 0), (other, "100.64.0.3/32", None, 0)]))
+        hub = device(net, spriv, "198.18.0.1", "h0")
+        cli = device(net, cpriv, "198.18.0.2", "c0")
+        cfg = add_from(hub, path)
+        cli.add_peer(spub, allowed_ips=["100.64.0.0/24"], endpoint=("198.18.0.1", 51820), persistent_keepalive=1)
+        hub.start()
+        cli.start()
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 5
+            while hub.peers[cpub].tunnel.current is None and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert hub.peers[cpub].tunnel.current is not None
+            reloader = Reloader(hub, cfg, Routes())  # type: ignore[arg-type]
+            text = conf(spriv, [(cpub, "100.64.0.2/32", None, 0), (other, "100.64.0.3/32", None, 0),
+                                (new, "100.64.0.4/32", None, 0)])
+            text = text.replace(f"PublicKey = {encode_key(cpub)}\n",
+                                f"PublicKey = {encode_key(cpub)}\n#pyvpn Disabled = true\n")
+            text += "#pyvpn RateLimit = 10mbit\n#pyvpn Deny = 100.64.0.2/32\n"  # the new peer's section
+            path.write_text(text)
+            summary = await reloader.reload()
+            assert summary is not None and (summary.added, summary.removed, summary.changed) == (1, 0, 1)
+            assert summary.unchanged == 1
+            c = hub.peers[cpub]
+            assert c.policy.disabled and c.tunnel.refused and c.tunnel.current is None
+            n = hub.peers[new]
+            assert n.policy.rate_limit == 10_000_000 and n.bucket_in is not None and n.access is not None
+            assert not hub.peers[other].policed
+            path.write_text(text.replace("#pyvpn Disabled = true\n", ""))
+            summary = await reloader.reload()
+            assert summary is not None and summary.changed == 1 and not hub.peers[cpub].tunnel.refused
+        finally:
+            hub.close()
+            cli.close()
+
+    asyncio.run(main())
+
 # -- host-name endpoints --------------------------------------------------------------------------------
 def test_pick_and_is_address() -> None:
     v4 = (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("198.18.0.5", 1))
