@@ -68,6 +68,24 @@ def add_from(dev: Device, path: Path) -> Any:
     return cfg
 
 
+async def hub_and_client(net: MemoryNetwork, path: Path, spriv: bytes, cpriv: bytes) -> tuple[Device, Device, Any]:
+    """A hub started from ``path`` and a client of it (keepalive 1 s), once the hub holds a session with
+    it: ``(hub, client, the hub's config)``.  The caller closes both."""
+    spub, cpub = public_from_private(spriv), public_from_private(cpriv)
+    hub = device(net, spriv, "198.18.0.1", "h0")
+    cli = device(net, cpriv, "198.18.0.2", "c0")
+    cfg = add_from(hub, path)
+    cli.add_peer(spub, allowed_ips=["100.64.0.0/24"], endpoint=("198.18.0.1", 51820), persistent_keepalive=1)
+    hub.start()
+    cli.start()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while hub.peers[cpub].tunnel.current is None and loop.time() < end:
+        await asyncio.sleep(0.01)
+    assert hub.peers[cpub].tunnel.current is not None
+    return hub, cli, cfg
+
+
 def test_sync_request_holds_only_what_changed(tmp_path: Path) -> None:
     (spriv, _), (_, a), (_, b), (_, c) = keypair(), keypair(), keypair(), keypair()
     path = tmp_path / "hub.conf"
@@ -100,20 +118,11 @@ def test_reload_keeps_unchanged_sessions_and_refuses_a_broken_file(tmp_path: Pat
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         net = MemoryNetwork()
-        (spriv, spub), (cpriv, cpub), (_, gone), (_, new) = keypair(), keypair(), keypair(), keypair()
+        (spriv, _), (cpriv, cpub), (_, gone), (_, new) = keypair(), keypair(), keypair(), keypair()
         path = tmp_path / "hub.conf"
         path.write_text(conf(spriv, [(cpub, "100.64.0.2/32", None, 0), (gone, "100.64.0.3/32", None, 0)]))
-        hub = device(net, spriv, "198.18.0.1", "h0")
-        cli = device(net, cpriv, "198.18.0.2", "c0")
-        cfg = add_from(hub, path)
-        cli.add_peer(spub, allowed_ips=["100.64.0.0/24"], endpoint=("198.18.0.1", 51820), persistent_keepalive=1)
-        hub.start()
-        cli.start()
+        hub, cli, cfg = await hub_and_client(net, path, spriv, cpriv)
         try:
-            loop = asyncio.get_running_loop()
-            end = loop.time() + 5
-            while hub.peers[cpub].tunnel.current is None and loop.time() < end:
-                await asyncio.sleep(0.01)
             session = hub.peers[cpub].tunnel.current
             assert session is not None
             routes = Routes()
@@ -149,21 +158,11 @@ def test_reload_applies_per_client_policy(tmp_path: Path) -> None:
 
     async def main() -> None:
         net = MemoryNetwork()
-        (spriv, spub), (cpriv, cpub), (_, other), (_, new) = keypair(), keypair(), keypair(), keypair()
+        (spriv, _), (cpriv, cpub), (_, other), (_, new) = keypair(), keypair(), keypair(), keypair()
         path = tmp_path / "hub.conf"
         path.write_text(conf(spriv, [(cpub, "100.64.0.2/32", None, 0), (other, "100.64.0.3/32", None, 0)]))
-        hub = device(net, spriv, "198.18.0.1", "h0")
-        cli = device(net, cpriv, "198.18.0.2", "c0")
-        cfg = add_from(hub, path)
-        cli.add_peer(spub, allowed_ips=["100.64.0.0/24"], endpoint=("198.18.0.1", 51820), persistent_keepalive=1)
-        hub.start()
-        cli.start()
+        hub, cli, cfg = await hub_and_client(net, path, spriv, cpriv)
         try:
-            loop = asyncio.get_running_loop()
-            end = loop.time() + 5
-            while hub.peers[cpub].tunnel.current is None and loop.time() < end:
-                await asyncio.sleep(0.01)
-            assert hub.peers[cpub].tunnel.current is not None
             reloader = Reloader(hub, cfg, Routes())  # type: ignore[arg-type]
             text = conf(spriv, [(cpub, "100.64.0.2/32", None, 0), (other, "100.64.0.3/32", None, 0),
                                 (new, "100.64.0.4/32", None, 0)])
