@@ -395,12 +395,30 @@ def client(config: Annotated[Path, typer.Argument(help="wg-quick style config fi
 
 # -- status -----------------------------------------------------------------------------------
 @app.command()
-def show(iface: Annotated[str | None, typer.Argument(help="interface (default: all)")] = None,
-         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Show interfaces, peers, handshakes, transfer and drops, like `wg show`."""
-    from .control import ControlError, list_interfaces, query
+def show(iface: Annotated[str | None, typer.Argument(
+            help="interface (default: all); a peer's name or key prefix when no interface has this name")] = None,
+         peer: Annotated[str | None, typer.Argument(help="only this peer: its name or the start of its key")] = None,
+         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (docs/show-json.md)")] = False,
+         ) -> None:
+    """Show interfaces, peers, handshakes, transfer and drops, like `wg show`.
 
-    names = [iface] if iface else list_interfaces()
+    Keys, endpoints and AllowedIPs are never cut: a terminal too narrow for the table, and a pipe,
+    get one field per line (`pyvpn show | grep KEY` works).  `pyvpn show alice` or `pyvpn show wg0 LQjv`
+    shows one peer.
+    """
+    from .control import ControlError, list_interfaces, query
+    from .status import PeerNotFound, select_peers, show_json
+
+    try:
+        running = list_interfaces()
+    except ControlError as e:
+        _fail(str(e))
+        return
+    if iface is not None and peer is None and iface not in running:
+        iface, peer = None, iface  # `pyvpn show alice`: a peer on any interface
+        if not running:
+            _fail(f"no pyvpn interface {peer!r} is running (and no other to look for a peer of that name in)")
+    names = [iface] if iface else running
     if not names:
         if as_json:
             typer.echo("[]")
@@ -417,10 +435,15 @@ def show(iface: Annotated[str | None, typer.Argument(help="interface (default: a
             typer.echo(f"pyvpn: {name}: skipped: {e}", err=True)
     if not results and iface is None and not as_json:
         _fail("no running pyvpn interfaces")
+    if peer is not None:
+        try:
+            results = select_peers(results, peer)
+        except PeerNotFound as e:
+            _fail(str(e))
+            return
     if as_json:
-        from .status import to_jsonable
-
-        typer.echo(json.dumps([to_jsonable(r) for r in results] if iface is None else to_jsonable(results[0]),
+        # `show IFACE`: that interface's object; otherwise a list of them (docs/show-json.md).
+        typer.echo(json.dumps(show_json(results[0]) if iface is not None else [show_json(r) for r in results],
                               indent=2))
         return
     from .status import render

@@ -46,8 +46,14 @@ def socket_path(iface: str) -> Path:
 
 
 def list_interfaces() -> list[str]:
+    """The interfaces whose control socket answers (sorted).
+
+    :raises ControlError: the socket directory cannot be read (not root): saying "none run" would be wrong.
+    """
     if not CONTROL_DIR.is_dir():
         return []
+    if not os.access(CONTROL_DIR, os.R_OK | os.X_OK):
+        raise ControlError(f"permission denied on {CONTROL_DIR}: run as root (sudo pyvpn ...)")
     return sorted(p.stem for p in CONTROL_DIR.glob("*.sock") if socket_is_live(p))
 
 

@@ -524,8 +524,7 @@ async def start_servers(device: Device, *, role: str, metrics: str | None) -> li
         uapi = UapiServer(device)
         await uapi.start()
         servers.append(uapi)
-        mode = "l3+l2" if device.l2 is not None else "l3"
-        ctl = ControlServer(device, {"mode": mode, "role": role, "offloads": sorted(device.offloads())})
+        ctl = ControlServer(device, control_extra(device, role))
         await ctl.start()
         servers.append(ctl)
         if metrics:
@@ -562,6 +561,11 @@ def interface_alive(tun: object, name: str, netns: str | None = None) -> bool:
         return netconf.link_exists(name, netns=netns)
     except (OSError, ValueError):  # a netlink hiccup: look again next second
         return True
+
+
+def control_extra(device: Device, role: str) -> dict[str, Any]:
+    """What the control socket's ``show`` adds to :meth:`Device.snapshot` (docs/show-json.md)."""
+    return {"mode": "l3+l2" if device.l2 is not None else "l3", "role": role, "offloads": sorted(device.offloads())}
 
 
 def watch_interface(device: Device, netns: str | None, stop: asyncio.Event) -> None:

@@ -244,7 +244,8 @@ def route_reads(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any],
     :param bufs: what the tun returned, each with a virtio_net_hdr when ``vnet`` is true.
     :param vnet: the tun was opened with ``IFF_VNET_HDR``.
     :param lookup: AllowedIPs lookup of a 4- or 16-byte destination address (None: no peer).
-    :param drops: counts ``tun_short_packet``, ``tun_not_ip``, ``tun_bad_offload`` and ``no_route``.
+    :param drops: counts ``tun_short_packet``, ``tun_not_ip``, ``tun_bad_offload`` and ``no_route``
+        (``link_local_no_peer`` for multicast and link-local destinations, an expected drop: vpn/drops.py).
     :returns: ``{peer: [packet, ...]}`` in read order per peer.
     """
     if len(bufs) >= 4:
@@ -292,13 +293,21 @@ def route_reads(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any],
                 out = by_peer.get(t)
                 if out is None:
                     out = by_peer[t] = []
-        if out is None:
-            drops["no_route"] += len(segs) if segs else 1  # wg: "Required key not available"
+        if out is None:  # wg: "Required key not available"
+            drops["link_local_no_peer" if _link_scope(dst) else "no_route"] += len(segs) if segs else 1
         elif segs is None:
             out.append(p)
         else:
             out.extend(segs)
     return by_peer
+
+
+def _link_scope(dst: bytes) -> bool:
+    """Whether ``dst`` (4 or 16 bytes) is multicast, broadcast or IPv6 link-local: what the kernel and
+    local services send on any interface (router solicitations, MLD reports, mDNS) and no peer is for."""
+    if len(dst) == 16:
+        return dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
+    return dst[0] & 0xF0 == 0xE0 or dst == b"\xff\xff\xff\xff"
 
 
 _vnet_hdr = itemgetter(slice(0, VNET_HDR_SIZE))

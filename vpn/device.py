@@ -57,6 +57,7 @@ from crypto.tunnel import (
 
 from .allowedips import AllowedIPs
 from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
+from .drops import split_expected
 from .peer import Peer
 from .policy import AccessRules, ClientPolicy, bucket_for_rate
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
@@ -634,12 +635,13 @@ class Device:
                 "handshakes": t.handshakes,
                 "persistent_keepalive": t.persistent_keepalive,
                 "has_preshared_key": t.preshared_key is not None,
-                "drops": dict(p.drops),
+                "drops": {k: v for k, v in p.drops.items() if v},
                 "policy": {**p.policy.to_wire(), "state": p.policy.state(wall)},
                 "denied": p.drops["policy_denied"],
                 "ratelimited": p.drops["ratelimit_in"] + p.drops["ratelimit_out"],
                 "refused_handshakes": t.refused_handshakes,
             })
+        drops, ignored = split_expected(self.drop_counts())
         snap = {
             "interface": self.name,
             "public_key": self.core.public_key if self.core.has_private_key else None,
@@ -648,7 +650,8 @@ class Device:
             "forward": self.forward,
             "forwarded_packets": self.forwarded_packets,
             "peers": peers,
-            "drops": dict(self.drop_counts()),
+            "drops": drops,
+            "ignored": ignored,
             "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,
             "stall": {**self.stall.status(self._loop.time() if self._loop else time.monotonic()),
                       "loop_blocked": self.watchdog.blocked},

@@ -1,13 +1,32 @@
-"""Rendering of device snapshots for ``pyvpn show``: a rich table like ``wg show``, or JSON."""
+"""Rendering of device snapshots for ``pyvpn show``: a table, ``wg show``-style blocks, or JSON.
+
+Keys, endpoints and AllowedIPs are never cut.  In a terminal the peer table is used when every one
+of them comes out whole at the terminal's width; otherwise, and always in a pipe, each interface and
+peer is a block with one field per line, as ``wg show`` prints them (so ``pyvpn show | grep KEY``
+works).  :func:`select_peers` narrows snapshots to peers named or matching a key prefix.
+The JSON form is documented, field by field, in docs/show-json.md (:data:`SCHEMA_VERSION`).
+"""
 
 from __future__ import annotations
 
 import base64
+import io
 import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
+
+from .drops import explain
+
+# Bump when a field of `pyvpn show --json` changes meaning or goes away (adding one does not).
+SCHEMA_VERSION = 1
+
+
+class PeerNotFound(ValueError):
+    """No peer (or more than one, for a key prefix) matches what ``pyvpn show`` was asked for."""
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -19,6 +38,13 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     return obj
+
+
+def show_json(snap: dict[str, Any]) -> dict[str, Any]:
+    """One interface as ``pyvpn show --json`` prints it (docs/show-json.md)."""
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    out.update(to_jsonable(snap))
+    return out
 
 
 def human_bytes(n: int) -> str:
@@ -44,12 +70,103 @@ def ago(wall: float, now: float | None = None) -> str:
     return ", ".join(parts[:2]) + " ago"
 
 
+def _key(value: Any) -> str:
+    return str(to_jsonable(value)) if value else "(none)"
+
+
+# -- choosing peers ---------------------------------------------------------------------------------------
+def select_peers(snapshots: Sequence[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+    """The snapshots that hold the peer ``query`` names, each with only the matching peers.
+
+    ``query`` is a peer's name (exact) or the start of its base64 public key.  A name wins over a key
+    prefix; a key prefix that fits more than one peer is refused, naming them.
+
+    :raises PeerNotFound: nothing (or, for a prefix, more than one peer) matches.
+    """
+    def matching(pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        out = []
+        for snap in snapshots:
+            peers = [p for p in snap.get("peers", []) if pred(p)]
+            if peers:
+                out.append({**snap, "peers": peers})
+        return out
+
+    by_name = matching(lambda p: p.get("name") == query)
+    if by_name:
+        return by_name
+    if not query:
+        raise PeerNotFound("an empty peer name or key prefix matches nothing")
+    by_key = matching(lambda p: _key(p.get("public_key")).startswith(query))
+    found = [(s["interface"], p) for s in by_key for p in s["peers"]]
+    if not found:
+        raise PeerNotFound(f"no peer is named {query!r} or has a public key starting with it")
+    if len(found) > 1:
+        which = ", ".join(f"{_key(p['public_key'])} on {iface}" for iface, p in found)
+        raise PeerNotFound(f"{query!r} is the start of {len(found)} peers' keys ({which}); give more of it")
+    return by_key
+
+
+# -- blocks (wg show's layout) ----------------------------------------------------------------------------
+def _line(label: str, value: str) -> Text:
+    return Text.assemble("  ", (label, "bold"), ": ", value)
+
+
+def _drop_lines(counts: dict[str, int], indent: str) -> list[Text]:
+    out = []
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        why = explain(reason)
+        out.append(Text.assemble(indent, (reason, "yellow"), f": {n}", (f"  ({why})" if why else "", "dim")))
+    return out
+
+
+def _peer_fields(p: dict[str, Any]) -> list[tuple[str, str]]:
+    fields = []
+    if p.get("name"):
+        fields.append(("name", str(p["name"])))
+    fields.append(("endpoint", p.get("endpoint") or "(none)"))
+    fields.append(("allowed ips", ", ".join(p.get("allowed_ips", [])) or "(none)"))
+    fields.append(("latest handshake", ago(p.get("latest_handshake") or 0)))
+    fields.append(("transfer", (f"{human_bytes(p.get('rx_bytes', 0))} received, "
+                               f"{human_bytes(p.get('tx_bytes', 0))} sent")))
+    if p.get("persistent_keepalive"):
+        fields.append(("persistent keepalive", f"every {p['persistent_keepalive']} seconds"))
+    if p.get("has_preshared_key"):
+        fields.append(("preshared key", "(hidden)"))
+    pol = policy_text(p)
+    if pol is not None:
+        fields.append(("policy", pol))
+    return fields
+
+
+def _interface_fields(snap: dict[str, Any]) -> list[tuple[str, str]]:
+    fields = [("public key", _key(snap.get("public_key"))),
+              ("listening port", str(snap.get("listen_port")))]
+    if snap.get("role"):
+        fields.append(("role", str(snap["role"])))
+    fields.append(("mode", str(snap.get("mode", "l3"))))
+    if snap.get("mtu"):
+        fields.append(("mtu", str(snap["mtu"])))
+    if snap.get("offloads") is not None:
+        fields.append(("offloads", ", ".join(snap["offloads"]) or "none"))
+    fwd = ("inside the daemon (Forward = on: bypasses the host firewall)" if snap.get("forward")
+           else "via the kernel (ip_forward and the host firewall decide)")
+    if snap.get("forwarded_packets"):
+        fwd += f" ({snap['forwarded_packets']} packets so far)"
+    fields.append(("forwarding", fwd))
+    if snap.get("under_load"):
+        fields.append(("under load", "yes: handshakes are answered with cookies"))
+    stall = snap.get("stall")
+    if stall is not None:
+        fields.append(("data path", data_path_text(stall)))
+    return fields
+
+
 def data_path_text(stall: dict[str, Any]) -> str:
-    """The ``data path`` row: ``ok``, or ``STALLED`` with what is waiting and for how long."""
+    """The ``data path`` field: ``ok``, or ``STALLED`` with what is waiting and for how long."""
     if stall.get("state") == "stalled":
         queued = " and ".join(stall.get("queued") or ()) or "its inputs"
         seconds = stall.get("seconds", 0)
-        text = f"[bold red]STALLED[/]: packets waiting on {queued}, nothing taken in for {seconds:.0f} s"
+        text = f"STALLED: packets waiting on {queued}, nothing taken in for {seconds:.0f} s"
     else:
         text = "ok"
     extra = []
@@ -60,79 +177,139 @@ def data_path_text(stall: dict[str, Any]) -> str:
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
-def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> None:
-    console = console or Console()
-    for snap in snapshots:
-        pub = snap.get("public_key")
-        head = Table.grid(padding=(0, 2))
-        head.add_row("[bold]interface[/]", f"[bold green]{snap['interface']}[/]")
-        head.add_row("public key", to_jsonable(pub) if pub else "(none)")
-        head.add_row("listening port", str(snap.get("listen_port")))
-        head.add_row("mode", str(snap.get("mode", "l3")))
-        if snap.get("offloads") is not None:
-            head.add_row("offloads", ", ".join(snap["offloads"]) or "none")
-        fwd = ("inside the daemon (Forward = on: bypasses the host firewall)" if snap.get("forward")
-               else "via the kernel (ip_forward and the host firewall decide)")
-        if snap.get("forwarded_packets"):
-            fwd += f" ({snap['forwarded_packets']} packets so far)"
-        head.add_row("forwarding", fwd)
-        stall = snap.get("stall")
-        if stall is not None:
-            head.add_row("data path", data_path_text(stall))
-        console.print(head)
-        peers = Table(title=None, show_lines=False)
-        for col in ("peer", "endpoint", "allowed ips", "latest handshake", "received", "sent", "keepalive"):
-            peers.add_column(col)
-        for p in snap.get("peers", []):
-            label = to_jsonable(p["public_key"])
-            if p.get("name"):
-                label = f"{p['name']}\n{label}"
-            peers.add_row(label, p.get("endpoint") or "(none)", ", ".join(p.get("allowed_ips", [])) or "(none)",
-                          ago(p.get("latest_handshake", 0)), human_bytes(p.get("rx_bytes", 0)),
-                          human_bytes(p.get("tx_bytes", 0)),
-                          f"every {p['persistent_keepalive']} s" if p.get("persistent_keepalive") else "off")
-        console.print(peers)
-        render_policy(snap, console)
-        for seg in snap.get("segments", []):
-            limits = f" (at most {seg['mac_limit_per_peer']} per peer)" if seg.get("mac_limit_per_peer") else ""
-            console.print(f"segment vni {seg['vni']} on {seg['tap']}: {seg['macs']} MACs learned"
-                          f"{' (plain VXLAN, unencrypted)' if seg.get('plain') else ''}{limits}")
-        drops = snap.get("drops") or {}
-        if drops:
-            dt = Table(title="drops by reason")
-            dt.add_column("reason")
-            dt.add_column("count", justify="right")
-            for k, v in sorted(drops.items(), key=lambda kv: -kv[1]):
-                dt.add_row(k, str(v))
-            console.print(dt)
-        console.print()
-
-
 def _has_policy(p: dict[str, Any]) -> bool:
     pol = p.get("policy") or {}
     return bool(pol.get("allow") or pol.get("deny") or pol.get("rate_limit") or pol.get("expires")
                 or pol.get("disabled") or p.get("denied") or p.get("ratelimited") or p.get("refused_handshakes"))
 
 
-def render_policy(snap: dict[str, Any], console: Console) -> None:
-    """The per-client policy of the peers that have one, one line each and never cut (a pipe or a narrow
-    terminal must still show every rule): state, expiry, rate limit, rules, and the ``denied``,
-    over-the-rate and refused-handshake counters.  Nothing when no peer has a policy."""
+def policy_text(p: dict[str, Any]) -> str | None:
+    """A peer's per-client policy on one line (state, expiry, rate limit, rules and their counters), or None
+    when it has none."""
+    if not _has_policy(p):
+        return None
     from .policy import format_rate, format_time
 
-    rows = [p for p in snap.get("peers", []) if _has_policy(p)]
-    if not rows:
-        return
-    console.print("per-client policy:", style="bold")
-    for p in rows:
-        pol = p.get("policy") or {}
-        parts = [str(pol.get("state", "active"))]
-        if pol.get("expires") is not None:
-            parts.append(f"expires {format_time(pol['expires'])}")
-        if pol.get("rate_limit"):
-            parts.append(f"rate limit {format_rate(pol['rate_limit'])}")
-        parts += [f"allow {r}" for r in pol.get("allow", [])] + [f"deny {r}" for r in pol.get("deny", [])]
-        parts.append(f"{p.get('denied', 0)} denied, {p.get('ratelimited', 0)} over the rate, "
-                     f"{p.get('refused_handshakes', 0)} refused handshakes")
-        label = p.get("name") or to_jsonable(p["public_key"])
-        console.print(f"  {label}: {'; '.join(parts)}", soft_wrap=True, markup=False, highlight=False)
+    pol = p.get("policy") or {}
+    parts = [str(pol.get("state", "active"))]
+    if pol.get("expires") is not None:
+        parts.append(f"expires {format_time(pol['expires'])}")
+    if pol.get("rate_limit"):
+        parts.append(f"rate limit {format_rate(pol['rate_limit'])}")
+    parts += [f"allow {r}" for r in pol.get("allow", [])] + [f"deny {r}" for r in pol.get("deny", [])]
+    parts.append(f"{p.get('denied', 0)} denied, {p.get('ratelimited', 0)} over the rate, "
+                 f"{p.get('refused_handshakes', 0)} refused handshakes")
+    return "; ".join(parts)
+
+
+def _segment_text(seg: dict[str, Any]) -> str:
+    limits = []
+    if seg.get("mac_limit"):
+        limits.append(f"limit {seg['mac_limit']}")
+    if seg.get("mac_limit_per_peer"):
+        limits.append(f"at most {seg['mac_limit_per_peer']} per peer")
+    limit = f" ({', '.join(limits)})" if limits else ""
+    plain = ", plain VXLAN, unencrypted" if seg.get("plain") else ""
+    return f"vni {seg['vni']} on {seg['tap']}{plain}: {seg.get('macs', 0)} MACs learned{limit}"
+
+
+def _tail(snap: dict[str, Any]) -> list[RenderableType]:
+    """Segments, drops and ignored packets: the same in both layouts."""
+    out: list[RenderableType] = []
+    for seg in snap.get("segments", []):
+        out.append(Text.assemble(("segment", "bold"), ": ", _segment_text(seg)))
+        if seg.get("peers"):
+            out.append(_line("members", ", ".join(str(x) for x in seg["peers"])))
+    if snap.get("drops"):
+        out.append(Text("drops by reason:", style="bold"))
+        out.extend(_drop_lines(snap["drops"], "  "))
+    if snap.get("ignored"):
+        out.append(Text("ignored (expected, not counted as drops):", style="bold"))
+        out.extend(_drop_lines(snap["ignored"], "  "))
+    return out
+
+
+def blocks(snap: dict[str, Any]) -> list[RenderableType]:
+    """One interface as ``wg show`` prints it: a block per interface and per peer, one field a line."""
+    out: list[RenderableType] = [Text.assemble(("interface", "bold"), ": ", (str(snap["interface"]), "bold green"))]
+    out.extend(_line(k, v) for k, v in _interface_fields(snap))
+    for p in snap.get("peers", []):
+        out.append(Text(""))
+        out.append(Text.assemble(("peer", "bold"), ": ", (_key(p.get("public_key")), "yellow")))
+        out.extend(_line(k, v) for k, v in _peer_fields(p))
+        if p.get("drops"):
+            out.append(Text.assemble("  ", ("drops", "bold"), ":"))
+            out.extend(_drop_lines(p["drops"], "    "))
+    tail = _tail(snap)
+    if tail:
+        out.append(Text(""))
+        out.extend(tail)
+    return out
+
+
+# -- the table (wide terminals) ---------------------------------------------------------------------------
+def table(snap: dict[str, Any]) -> list[RenderableType]:
+    head = Table.grid(padding=(0, 2))
+    head.add_row("[bold]interface[/]", Text(str(snap["interface"]), style="bold green"))
+    for k, v in _interface_fields(snap):
+        head.add_row(k, Text(v))
+    peers = Table(title=None, show_lines=False)
+    for col in ("peer", "endpoint", "allowed ips", "latest handshake", "received", "sent", "keepalive", "drops"):
+        peers.add_column(col, no_wrap=col in ("peer", "endpoint", "allowed ips"))
+    for p in snap.get("peers", []):
+        label = _key(p.get("public_key"))
+        if p.get("name"):
+            label = f"{p['name']}\n{label}"
+        drops = ", ".join(f"{k} {v}" for k, v in sorted((p.get("drops") or {}).items()))
+        cells = [label, p.get("endpoint") or "(none)", "\n".join(p.get("allowed_ips", [])) or "(none)",
+                 ago(p.get("latest_handshake") or 0), human_bytes(p.get("rx_bytes", 0)),
+                 human_bytes(p.get("tx_bytes", 0)),
+                 f"every {p['persistent_keepalive']} s" if p.get("persistent_keepalive") else "off", drops or "-"]
+        peers.add_row(*(Text(c) for c in cells))  # Text: "[fd00::1]:51820" is not markup
+    policed: list[RenderableType] = []
+    for p in snap.get("peers", []):
+        pol = policy_text(p)
+        if pol is not None:
+            if not policed:
+                policed.append(Text("per-client policy:", style="bold"))
+            policed.append(_line(str(p.get("name") or _key(p.get("public_key"))), pol))
+    return [head, peers, *policed, *_tail(snap)]
+
+
+def must_show(snap: dict[str, Any]) -> list[str]:
+    """What a rendering of ``snap`` has to contain whole: keys, endpoints, AllowedIPs."""
+    out = [_key(snap.get("public_key"))]
+    for p in snap.get("peers", []):
+        out.append(_key(p.get("public_key")))
+        if p.get("endpoint"):
+            out.append(str(p["endpoint"]))
+        out.extend(str(a) for a in p.get("allowed_ips", []))
+    return out
+
+
+def fits(console: Console, parts: Iterable[RenderableType], whole: Iterable[str]) -> bool:
+    """Whether ``parts`` rendered at ``console``'s width keep every string of ``whole`` on one line."""
+    probe = Console(width=console.width, record=True, file=io.StringIO(), color_system=None, soft_wrap=False)
+    for part in parts:
+        probe.print(part)
+    lines = probe.export_text(clear=True).splitlines()
+    return all(any(s in ln for ln in lines) for s in whole)
+
+
+def print_parts(console: Console, parts: Iterable[RenderableType]) -> None:
+    for part in parts:
+        if isinstance(part, Text):
+            console.print(part, soft_wrap=True)  # never broken by rich: the terminal wraps long lines
+        else:
+            console.print(part)
+
+
+def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Print ``snapshots``: the table where it fits in a terminal, else :func:`blocks`."""
+    console = console or Console(highlight=False)
+    for i, snap in enumerate(snapshots):
+        if i:
+            console.print()
+        wide = table(snap)
+        use_table = console.is_terminal and fits(console, wide, must_show(snap))
+        print_parts(console, wide if use_table else blocks(snap))

@@ -192,6 +192,51 @@ def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> sub
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), check=False)
 
 
+def run_pyvpn_tty(*args: str, columns: int = 80, rows: int = 24, timeout: float = 20.0) -> tuple[int, str]:
+    """Run ``pyvpn ARGS`` on a pseudo-terminal of ``columns`` x ``rows`` (as an operator's terminal);
+    return its exit code and everything it wrote there, escape sequences removed."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = _env()
+    for var in ("COLUMNS", "LINES", "NO_COLOR"):
+        env.pop(var, None)
+    env["TERM"] = "xterm-256color"
+    try:
+        proc = subprocess.Popen(pyvpn_argv() + list(args), stdin=slave, stdout=slave, stderr=slave, env=env,
+                                close_fds=True)
+    finally:
+        os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(max(0.1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = out.decode(errors="replace").replace("\r\n", "\n")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
+
+
 # -- one daemon ---------------------------------------------------------------------------------------------
 class Pyvpn:
     """``pyvpn ROLE CONFIG -l debug`` running in ``ns``.
