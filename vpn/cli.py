@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,16 +16,20 @@ from typer.core import TyperGroup
 from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key, private_from_random, public_from_private
 
-from . import OUR_LOGGERS
-
 if TYPE_CHECKING:
     from .policy import ClientPolicy
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN.")
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS,
+                  help="pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN.",
+                  epilog="Config files are wg-quick's; `pyvpn config-keys` lists every key. "
+                         "Shell completion: pyvpn --install-completion.")
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 METRICS_HELP = "serve Prometheus metrics on HOST:PORT (:PORT means 127.0.0.1; no authentication)"
+# Where `pyvpn client wg0` looks for wg0.conf when no such file is here (wg-quick: /etc/wireguard).
+CONFIG_DIRS = (Path("/etc/wireguard"), Path("/etc/pyvpn"))
+_IFNAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}")  # wg-quick's test for "a name, not a path"
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -33,16 +37,29 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("pyvpn-userspace")
+        except PackageNotFoundError:  # run from a checkout without installing
+            v = "unknown (not installed)"
+        typer.echo(f"pyvpn {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_version,
+                                                help="print the version and exit")] = False) -> None:
+    """pyvpn: a userspace VPN that speaks WireGuard, with L2 bridging over VXLAN."""
 
 
 def setup_logging(level: str) -> None:
-    """``level`` for pyvpn's own loggers; libraries stay at INFO or above (pyroute2 and asyncio
-    log every netlink message and selector at DEBUG, which would drown the daemon's own lines)."""
-    lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=max(lvl, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
-    for name in OUR_LOGGERS:
-        logging.getLogger(name).setLevel(lvl)
+    """``level`` for pyvpn's own loggers, in the form :mod:`vpn.logs` picks for where stderr goes."""
+    from .logs import setup
+
+    setup(level)
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -68,25 +85,51 @@ def genpsk() -> None:
 
 
 # -- daemons ----------------------------------------------------------------------------------
-LogLevelOpt = Annotated[str, typer.Option("--log-level", "-l", envvar="PYVPN_LOG_LEVEL",
-                                          help="debug, info, warning or error")]
+def _log_level(value: str | None) -> str | None:
+    if value is not None and value.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value.lower() if value is not None else None
 
 
-def _run(config: Path, role: str, log_level: str, netns: str | None, metrics: str | None,
+LogLevelOpt = Annotated[str | None, typer.Option(
+    "--log-level", "-l", envvar="PYVPN_LOG_LEVEL", callback=_log_level, metavar="LEVEL",
+    help="debug, info, warning or error (default: the config's '#pyvpn LogLevel', else info)")]
+
+
+def find_config(arg: Path) -> Path:
+    """``arg`` itself when it exists; for a bare interface name (``wg0``), ``wg0.conf`` in
+    :data:`CONFIG_DIRS`, as ``wg-quick up wg0`` finds ``/etc/wireguard/wg0.conf``."""
+    if arg.exists() or "/" in str(arg) or arg.suffix == ".conf" or not _IFNAME.fullmatch(str(arg)):
+        return arg
+    for d in CONFIG_DIRS:
+        candidate = d / f"{arg}.conf"
+        if candidate.exists():
+            return candidate
+    where = " or ".join(str(d / f"{arg}.conf") for d in CONFIG_DIRS)
+    _fail(f"{arg}: no such file, nor {where}")
+    return arg
+
+
+def _run(config: Path, role: str, log_level: str | None, netns: str | None, metrics: str | None,
          user: str | None) -> None:
+    from tunnel.netconf import NetconfError
+
     from .config import ConfigError, load_config
     from .daemon import DaemonError, run_daemon
 
-    setup_logging(log_level)
     try:
-        cfg = load_config(config)
+        cfg = load_config(find_config(config))
     except ConfigError as e:
         _fail(str(e))
         return
+    setup_logging(log_level or getattr(cfg.interface, "log_level", None) or "info")
     try:
         code = run_daemon(cfg, role=role, netns=netns, metrics=metrics, user=user)
     except DaemonError as e:
         _fail(str(e))
+        return
+    except NetconfError as e:  # e.g. a Namespace that does not exist: the kernel's word, one line
+        _fail(e.strerror or str(e))
         return
     raise typer.Exit(code)
 
@@ -108,14 +151,21 @@ class _ServerGroup(TyperGroup):
         formatter.write_usage(ctx.command_path, "CONFIG [OPTIONS] | COMMAND [ARGS]...")
 
 
-server_app = typer.Typer(cls=_ServerGroup, add_completion=False, no_args_is_help=True,
+server_app = typer.Typer(cls=_ServerGroup, add_completion=False, no_args_is_help=True, context_settings=HELP_OPTIONS,
                          help="Run a server (`pyvpn server CONFIG`: a hub for many clients), or manage its clients.")
 app.add_typer(server_app, name="server")
 
 
-@server_app.command("run")
-def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
-           log_level: LogLevelOpt = "info",
+def _keys_epilog() -> str:
+    from .config_keys import keys_summary
+
+    return "Config keys (pyvpn config-keys explains each):\n\n" + keys_summary()
+
+
+@server_app.command("run", epilog=_keys_epilog())
+def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file, or a name: wg0 is "
+                                                       "/etc/wireguard/wg0.conf or /etc/pyvpn/wg0.conf")],
+           log_level: LogLevelOpt = None,
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
            metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
@@ -239,6 +289,9 @@ def server_add_client(
             typer.echo(f"wrote {png} (QR code; it holds the client's private key)", err=True)
         if qr:
             typer.echo(qr_terminal(r.client_text, color=sys.stdout.isatty()), nl=False)
+            if out is None and png is None:
+                typer.echo(f"pyvpn: the client's config was not saved anywhere: the QR code above is its only copy "
+                           f"(give --out FILE to keep one; pyvpn server remove-client {name} undoes this)", err=True)
     except (EnrollError, OSError) as e:
         _fail(f"client {name!r} was added to {config}, but: {e}")
         return
@@ -356,35 +409,51 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
                                 "deny": [str(x) for x in r.policy.deny], "denied": r.denied,
                                 "ratelimited": r.ratelimited} for r in rows], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"clients of {config}" + ("" if running else " (server not running)"))
+    from .status import print_fitting
+
+    title = f"clients of {config}" + ("" if running else " (server not running)")
+    table = Table(title=title)
     for col in ("name", "address", "public key", "latest handshake", "endpoint"):
-        table.add_column(col, no_wrap=col == "public key")
+        table.add_column(col, no_wrap=col != "latest handshake")
+    blocks: list[Any] = [Text(f"{title}:")]
+    whole: list[str] = []
+    policed: list[tuple[Any, list[str], str, str, str, str]] = []
     for r in rows:
         hs = "-" if r.latest_handshake is None else ago(r.latest_handshake)
-        table.add_row(r.name or "", ", ".join(r.addresses), r.public_key, hs, r.endpoint or "")
-    console = Console()
-    console.print(table)
-    policed = [r for r in rows if r.policy != ClientPolicy() or r.state != "active"]
+        table.add_row(*(Text(c) for c in (r.name or "", "\n".join(r.addresses), r.public_key, hs, r.endpoint or "")))
+        blocks += [Text(""), Text(f"client: {r.name or '(no name)'}"), Text(f"  public key: {r.public_key}"),
+                   Text(f"  addresses: {', '.join(r.addresses) or '(none)'}"), Text(f"  latest handshake: {hs}")]
+        if r.endpoint:
+            blocks.append(Text(f"  endpoint: {r.endpoint}"))
+        whole += [r.public_key, *r.addresses, *([r.endpoint] if r.endpoint else [])]
+        if r.policy != ClientPolicy() or r.state != "active":
+            rules = [f"allow {x}" for x in r.policy.allow] + [f"deny {x}" for x in r.policy.deny]
+            expires = format_time(r.policy.expires) if r.policy.expires is not None else "never"
+            rate = format_rate(r.policy.rate_limit) if r.policy.rate_limit is not None else "none"
+            denied = "-" if r.denied is None else str(r.denied)
+            over = "-" if r.ratelimited is None else str(r.ratelimited)
+            policed.append((r, rules, expires, rate, denied, over))
+            blocks.append(Text(f"  policy: {r.state}; expires {expires}; rate limit {rate}; "
+                               f"{', '.join(rules) or 'all allowed'}; {denied} denied, {over} over the rate"))
+    wide: list[Any] = [table]
     if policed:  # a second table, so that the first stays as narrow as it was
         pt = Table(title="per-client policy")
         for col in ("name", "state", "expires", "rate limit", "rules", "denied", "over rate"):
-            pt.add_column(col)
-        for r in policed:
-            rules = [f"allow {x}" for x in r.policy.allow] + [f"deny {x}" for x in r.policy.deny]
-            pt.add_row(r.name or r.public_key, r.state,
-                       format_time(r.policy.expires) if r.policy.expires is not None else "never",
-                       format_rate(r.policy.rate_limit) if r.policy.rate_limit is not None else "none",
-                       "\n".join(rules) or "all allowed", "-" if r.denied is None else str(r.denied),
-                       "-" if r.ratelimited is None else str(r.ratelimited))
-        console.print(pt)
+            pt.add_column(col, no_wrap=col == "rules")
+        for r, rules, expires, rate, denied, over in policed:
+            pt.add_row(*(Text(c) for c in (r.name or r.public_key, r.state, expires, rate,
+                                            "\n".join(rules) or "all allowed", denied, over)))
+        wide.append(pt)
+    print_fitting(wide, blocks, whole)
 
 
-@app.command()
-def client(config: Annotated[Path, typer.Argument(help="wg-quick style config file")],
-           log_level: LogLevelOpt = "info",
+@app.command(epilog=_keys_epilog())
+def client(config: Annotated[Path, typer.Argument(help="wg-quick style config file, or a name: wg0 is "
+                                                       "/etc/wireguard/wg0.conf or /etc/pyvpn/wg0.conf")],
+           log_level: LogLevelOpt = None,
            netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
            metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
            user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
@@ -414,7 +483,8 @@ def show(iface: Annotated[str | None, typer.Argument(
     except ControlError as e:
         _fail(str(e))
         return
-    if iface is not None and peer is None and iface not in running:
+    implicit = iface is not None and peer is None and iface not in running
+    if implicit:
         iface, peer = None, iface  # `pyvpn show alice`: a peer on any interface
         if not running:
             _fail(f"no pyvpn interface {peer!r} is running (and no other to look for a peer of that name in)")
@@ -439,7 +509,7 @@ def show(iface: Annotated[str | None, typer.Argument(
         try:
             results = select_peers(results, peer)
         except PeerNotFound as e:
-            _fail(str(e))
+            _fail(f"no pyvpn interface {peer!r} is running, and {e}" if implicit else str(e))
             return
     if as_json:
         # `show IFACE`: that interface's object; otherwise a list of them (docs/show-json.md).
@@ -479,8 +549,65 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(mod.main(list(ctx.args)))
 
 
+@app.command("systemd-unit")
+def systemd_unit(role: Annotated[str, typer.Argument(help="server or client")]) -> None:
+    """Print the systemd template unit for ROLE, running this pyvpn by its full path.
+
+    pyvpn systemd-unit server > /etc/systemd/system/pyvpn@.service; systemctl enable --now pyvpn@wg0
+    """
+    import shutil
+
+    from .systemd import ROLES, unit_text
+
+    if role not in ROLES:
+        _fail(f"ROLE must be server or client, not {role!r}")
+    argv0 = Path(sys.argv[0])
+    exe = str(argv0.resolve()) if argv0.name == "pyvpn" and argv0.exists() else shutil.which("pyvpn")
+    if exe is None:
+        _fail("cannot tell where the pyvpn command is installed (run it as `pyvpn systemd-unit ...`)")
+        return
+    try:
+        typer.echo(unit_text(role, exe), nl=False)
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command("config-keys")
+def config_keys() -> None:
+    """List every config key, by section, with what it does (wg-quick's keys and pyvpn's #pyvpn ones)."""
+    from .config_keys import keys_text
+
+    typer.echo(keys_text(), nl=False)
+
+
 def main() -> None:
-    app()
+    """The ``pyvpn`` entry point: every error is one line on stderr (no traceback, no box)."""
+    try:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # newer typer vendors click
+    except ImportError:  # pragma: no cover - older typer on click
+        from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[import-not-found,no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        e.show()
+        code = 2
+    except ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"pyvpn: {e.format_message()}{hint}", err=True)
+        code = e.exit_code
+    except typer.Abort:
+        typer.echo("pyvpn: aborted", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:  # the last resort: one line, the traceback only on request
+        if os.environ.get("PYVPN_TRACEBACK"):
+            raise
+        typer.echo(f"pyvpn: unexpected error: {type(e).__name__}: {e} (PYVPN_TRACEBACK=1 shows where)", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from .datapath import set_txqueuelen
 from .device import Device
 from .endpoints import EndpointResolver, ResolveError, resolve
 from .reload import Reloader
+from .systemd import notify
 
 log = logging.getLogger("pyvpn")
 
@@ -417,8 +418,10 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
                  len(device.peers))
         if user:
             helper = drop_root(user, name, netns, icfg, iface, dns_set)
+        notify(f"READY=1\nSTATUS={role} {name} up, UDP port {device.listen_port}")  # Type=notify units
         await wait_any(stop, device.stopped)
         log.info("%s: shutting down", name)
+        notify("STOPPING=1")
         if helper is not None:
             helper.step("predown")
         else:

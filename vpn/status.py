@@ -304,12 +304,19 @@ def print_parts(console: Console, parts: Iterable[RenderableType]) -> None:
             console.print(part)
 
 
+def print_fitting(wide: Sequence[RenderableType], narrow: Sequence[RenderableType], whole: Iterable[str],
+                  console: Console | None = None) -> None:
+    """Print ``wide`` (tables) in a terminal where every string of ``whole`` comes out on one line, else
+    ``narrow`` (one field a line: never cut, and stable for grep in a pipe)."""
+    console = console or Console(highlight=False)
+    use_wide = console.is_terminal and fits(console, wide, whole)
+    print_parts(console, wide if use_wide else narrow)
+
+
 def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> None:
     """Print ``snapshots``: the table where it fits in a terminal, else :func:`blocks`."""
     console = console or Console(highlight=False)
     for i, snap in enumerate(snapshots):
         if i:
             console.print()
-        wide = table(snap)
-        use_table = console.is_terminal and fits(console, wide, must_show(snap))
-        print_parts(console, wide if use_table else blocks(snap))
+        print_fitting(table(snap), blocks(snap), must_show(snap), console)
