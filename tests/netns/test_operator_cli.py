@@ -1,22 +1,39 @@
-"""The real ``pyvpn show`` against a running server with several peers (issue 15).
+"""The real ``pyvpn`` CLI against running daemons, as an operator meets it (issue 15).
 
-One ``pyvpn server`` in a namespace with four peers whose AllowedIPs and endpoints are long (IPv6),
-then the real CLI: in a pipe, on an 80-column pseudo-terminal and on a wide one, every full key,
-endpoint and AllowedIP appears whole on one line; one peer by name or key prefix; ``--json`` checked
-against docs/show-json.md; as an unprivileged user, a one-line "permission denied", not "no running
-interfaces".  No peer is running: nothing is sent anywhere.
+1. ``pyvpn show``: one ``pyvpn server`` in a namespace with four peers whose AllowedIPs and endpoints
+   are long (IPv6), then the real CLI: in a pipe, on an 80-column pseudo-terminal and on a wide one,
+   every full key, endpoint and AllowedIP appears whole on one line; one peer by name or key prefix;
+   ``--json`` checked against docs/show-json.md; as an unprivileged user, a one-line "permission
+   denied", not "no running interfaces".  No peer is running: nothing is sent anywhere.
+2. A namespace that does not exist (``--netns`` or ``#pyvpn Namespace``): one line, no traceback.
+3. Readiness: the daemon sends ``READY=1`` to ``NOTIFY_SOCKET`` once up and ``STOPPING=1`` on SIGTERM;
+   its log (a file, not a terminal) has levels and no time stamps.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from netns import namespaces
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, _env, endpoint, pyvpn_argv, run_pyvpn, run_pyvpn_tty
+from pyvpn_harness import (
+    Fleet,
+    Keys,
+    PeerSpec,
+    Pyvpn,
+    _env,
+    conf_text,
+    endpoint,
+    pyvpn_argv,
+    run_pyvpn,
+    run_pyvpn_tty,
+    unique_ifname,
+)
 from show_schema import check_object, documented_schema
 
 pytestmark = pytest.mark.root
@@ -113,3 +130,39 @@ def test_show_as_an_unprivileged_user_says_why() -> None:
         assert "permission denied" in p.stderr and "run as root" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1 and "no running" not in p.stderr
         assert srv.running()
+
+
+def test_a_namespace_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
+    with namespaces("nons") as (ns,):
+        keys = Keys.new()
+        missing = f"pyvpn-missing-{ns.name[-6:]}"
+        for extra, args in (((), ("--netns", missing)), ((f"#pyvpn Namespace = {missing}",), ())):
+            ifname = unique_ifname("pvn")
+            conf = tmp_path / f"{ifname}.conf"
+            conf.write_text(conf_text(ifname=ifname, private_key=keys.private, addresses=["198.19.0.1/24"],
+                                      extra=extra))
+            conf.chmod(0o600)
+            p = ns.run([*pyvpn_argv(), "client", str(conf), *args], check=False, timeout=30)
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) <= 3, p.stderr
+            last = p.stderr.splitlines()[-1]
+            assert last.startswith("pyvpn: ") and f"network namespace '{missing}' does not exist" in last, last
+            assert ns.run(["ip", "link", "show", ifname], check=False).returncode != 0  # nothing left behind
+
+
+def test_the_daemon_notifies_readiness_and_logs_for_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, namespaces("ntfy") as (ns,), Fleet() as fleet:
+        sock.bind(str(path))
+        sock.settimeout(15)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))  # the harness passes its environment on
+        d = fleet.add(ns, "server", listen_port=51820, addresses=["198.19.0.1/24"],
+                      peers=[PeerSpec(Keys.new().public, ["198.19.0.2/32"])])
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and f"STATUS=server {d.ifname} up" in ready, ready
+        assert d.terminate() == 0
+        assert sock.recv(4096) == b"STOPPING=1"
+        log = [ln for ln in d.log().splitlines() if not ln.startswith("--- start")]
+        assert any(ln.startswith("INFO ") and "server up" in ln for ln in log), log
+        assert all(ln.split(" ", 1)[0] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for ln in log
+                   if ln and not ln.startswith(" ")), log
