@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from . import OUR_LOGGERS  # noqa: E402  (after the stdlib imports)
+from . import OUR_LOGGERS
 
 # syslog priorities (RFC 5424 section 6.2.1) for Python's levels
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
