@@ -21,9 +21,13 @@ def test_editable_install_prints_no_warnings(tmp_path: Path) -> None:
     """What run.sh does (``pip install -q -e .``), into a scratch prefix: setuptools' deprecation of
     ``project.license`` as a table and its "folders ... with the same name as your package" notice
     would both show here."""
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT),
-                        "--prefix", str(tmp_path / "prefix")],
+    # A scratch environment without pip of its own, installed into by this pip (--python): the venv
+    # running the tests keeps its own install (pip --prefix would uninstall it first).
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "-q",
+                        "--no-deps", "-e", str(ROOT)],
                        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert _our_lines(r.stdout + r.stderr) == []
-    assert list((tmp_path / "prefix").rglob("__editable__*.pth"))
+    assert list(env.rglob("__editable__*.pth"))
