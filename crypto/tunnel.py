@@ -113,6 +113,7 @@ Endpoint = Any
 _INF = float("inf")
 _ZERO4 = bytes(4)
 _INIT_BODY = struct.Struct("<II32s48s28s")
+_INITIATION_TYPE = bytes([MESSAGE_INITIATION])  # first byte of an initiation (type is little-endian)
 _RESP_BODY = struct.Struct("<III32s16s")
 
 
@@ -579,7 +580,10 @@ class Core:
     # -- outputs ---------------------------------------------------------------------------
     def _emit(self, tunnel: Tunnel | None, endpoint: Endpoint, datagrams: list[bytes]) -> None:
         if endpoint is None:
-            self.drops["no_endpoint"] += len(datagrams)
+            # An initiation to a peer that never contacted us (a server's roaming client) is expected:
+            # that peer initiates when it comes; anything else is a packet lost (vpn/drops.py).
+            initiation = datagrams[0][:1] == _INITIATION_TYPE
+            self.drops["handshake_no_endpoint" if initiation else "no_endpoint"] += len(datagrams)
             return
         outbox = self.outbox
         if outbox and outbox[-1][0] == endpoint:

@@ -295,6 +295,8 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
                 p = snap["peers"][0]
                 drops = snap.get("drops", {})
                 why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
+                if snap.get("ignored"):  # expected, not drops (vpn/drops.py; `pyvpn show` explains them)
+                    why += f" (expected, ignored: {sum(snap['ignored'].values())})"
                 table.add_row(f"{label} transfer", f"{p['rx_bytes']} B received, {p['tx_bytes']} B sent; "
                               f"drops: {why}")
                 for seg in snap.get("segments", []):

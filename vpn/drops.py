@@ -5,7 +5,8 @@ the L2 runtime's and switches' counters).  ``pyvpn show`` prints these explanati
 counts; ``tests/unit/test_show.py`` checks that every reason the code counts is explained here.
 
 Reasons in :data:`EXPECTED` are traffic a healthy interface always sees and drops on purpose (the
-kernel's own IPv6 router solicitations and MLD reports on a fresh tun, with no peer for them):
+kernel's own IPv6 router solicitations and MLD reports on a fresh tun, with no peer for them; a
+server's handshake towards a client that has not connected yet):
 :func:`split_expected` keeps them out of the drop counts and reports them as "ignored".
 """
 
@@ -43,6 +44,8 @@ DROP_REASONS: dict[str, str] = {
     "bad_cookie_reply": "a cookie reply that did not decrypt",
     "unexpected_cookie": "a cookie reply with no handshake of ours to answer",
     "no_endpoint": "a packet for a peer whose endpoint is not known yet (it has not contacted us)",
+    "handshake_no_endpoint": "a handshake we could not start: the peer has no endpoint yet (it initiates "
+                             "when it comes); expected",
     "staged_overflow": "a packet queued for a peer while its handshake was pending, pushed out by newer ones",
     "handshake_gave_up": "packets queued for a peer that never answered the handshake (REKEY_ATTEMPT_TIME)",
     "cookie_reply_sent": "a handshake answered with a cookie reply instead (under load; not an error)",
@@ -71,7 +74,7 @@ PREFIX_REASONS: dict[str, str] = {
 }
 
 # Expected, not trouble: kept out of the drop counts (see the module docstring).
-EXPECTED: frozenset[str] = frozenset({"link_local_no_peer"})
+EXPECTED: frozenset[str] = frozenset({"link_local_no_peer", "handshake_no_endpoint"})
 
 
 def explain(reason: str) -> str:
