@@ -61,6 +61,11 @@ KEY_DOCS: dict[tuple[str, bool], dict[str, tuple[str, str]]] = {
         "remote": ("Remote", "plain mode: remote VTEP ip, ip:port or [v6]:port (repeatable)"),
         "macage": ("MacAge", "seconds before a learned MAC is forgotten (default 300)"),
         "maclimit": ("MacLimit", "most MACs learned on the segment (default 4096)"),
+        "maclimitperpeer": ("MacLimitPerPeer", "most MACs learned behind one peer (default 256)"),
+        "broadcastrateperpeer": ("BroadcastRatePerPeer", "flooded frames/s relayed from one peer (hub; 0: no limit)"),
+        "broadcastburstperpeer": ("BroadcastBurstPerPeer", "its burst in frames (default: twice the rate)"),
+        "broadcastrate": ("BroadcastRate", "flooded frames/s from all peers together (default 1000; 0: no limit)"),
+        "broadcastburst": ("BroadcastBurst", "its burst in frames (default: twice the rate)"),
     },
 }
 

@@ -65,6 +65,12 @@ DROP_REASONS: dict[str, str] = {
     "l2_unknown_peer": "a frame from a peer that is not a member of the segment",
     "l2_local_destination": "a frame from the tap for a MAC on the tap's own side",
     "l2_hairpin": "a frame from a peer for a MAC behind that same peer",
+    "l2_local_mac_claim": "a frame from a peer claiming a MAC of the local tap's side (sticky: refused)",
+    "l2_mac_move_limited": "a frame from a peer moving a MAC between peers faster than allowed (damped)",
+    "l2_mac_quota": "a frame from a peer that already holds its MacLimitPerPeer MACs",
+    "l2_broadcast_rate_peer": "a flooded frame from a peer over BroadcastRatePerPeer (storm control)",
+    "l2_broadcast_rate_segment": "a flooded frame over the segment's BroadcastRate (storm control)",
+    "l2_peer_vlan_tag": "a VLAN-tagged frame from a peer on a segment that maps a VLAN on its tap",
     "l2_other_peer": "a frame from a peer for a MAC behind another peer (not a hub: that peer got its own copy)",
 }
 

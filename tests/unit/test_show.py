@@ -223,6 +223,8 @@ def counted_reasons() -> set[str]:
         found.update(re.findall(r'reason\s*=\s*"([a-z0-9_]+)"', src))
         found.update(re.findall(r'kp_drop = "([a-z0-9_]+)"', src))
         found.update("l2_" + r for r in re.findall(r'counters\["drop_([a-z0-9_]+)"\]', src))
+        if path.name == "switch.py":  # MacTable.learn() names why it refuses; the switch counts "drop_" + that
+            found.update("l2_" + r for r in re.findall(r'return "([a-z0-9_]+)"', src))
     return found
 
 
