@@ -203,14 +203,10 @@ def policy_text(p: dict[str, Any]) -> str | None:
 
 
 def _segment_text(seg: dict[str, Any]) -> str:
-    limits = []
-    if seg.get("mac_limit"):
-        limits.append(f"limit {seg['mac_limit']}")
-    if seg.get("mac_limit_per_peer"):
-        limits.append(f"at most {seg['mac_limit_per_peer']} per peer")
-    limit = f" ({', '.join(limits)})" if limits else ""
+    per_peer = f" (at most {seg['mac_limit_per_peer']} per peer)" if seg.get("mac_limit_per_peer") else ""
+    limit = f", table limit {seg['mac_limit']}" if seg.get("mac_limit") else ""
     plain = ", plain VXLAN, unencrypted" if seg.get("plain") else ""
-    return f"vni {seg['vni']} on {seg['tap']}{plain}: {seg.get('macs', 0)} MACs learned{limit}"
+    return f"vni {seg['vni']} on {seg['tap']}{plain}: {seg.get('macs', 0)} MACs learned{per_peer}{limit}"
 
 
 def _tail(snap: dict[str, Any]) -> list[RenderableType]:
