@@ -357,7 +357,7 @@ class Pyvpn:
         return data
 
     def show_table(self) -> str:
-        """``pyvpn show IFACE`` (the rich table) as text."""
+        """``pyvpn show IFACE`` as text (in a pipe: wg show's blocks, one field a line)."""
         p = run_pyvpn("show", self.ifname)
         if p.returncode != 0 or "Traceback" in p.stderr:
             raise HarnessError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr}")
