@@ -234,7 +234,8 @@ class _Tty(io.StringIO):
         return True
 
 
-def _log_lines(stream: io.StringIO, environ: dict[str, str]) -> list[str]:
+def _log_lines(stream: Any, environ: dict[str, str]) -> list[str]:
+    """Four records at four levels through :func:`vpn.logs.setup` into ``stream``; what it got."""
     logs.setup("debug", stream=stream, environ=environ)
     try:
         log = logging.getLogger("pyvpn")
@@ -244,7 +245,8 @@ def _log_lines(stream: io.StringIO, environ: dict[str, str]) -> list[str]:
         log.error("broken")
     finally:
         logs.setup("info")
-    return stream.getvalue().splitlines()
+    stream.seek(0)
+    return str(stream.read()).splitlines()
 
 
 def test_logs_for_a_pipe_have_levels_and_no_time_or_colour() -> None:
@@ -260,18 +262,7 @@ def test_logs_for_a_terminal_have_the_time() -> None:
 def test_logs_for_the_journal_carry_syslog_priorities(tmp_path: Path) -> None:
     with open(tmp_path / "journal", "w+") as f:
         st = os.fstat(f.fileno())
-        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        logs.setup("debug", stream=f, environ=env)  # type: ignore[arg-type]
-        try:
-            log = logging.getLogger("pyvpn")
-            log.debug("dbg")
-            log.info("up")
-            log.warning("careful\nsecond line")
-            log.error("broken")
-        finally:
-            logs.setup("info")
-        f.seek(0)
-        lines = f.read().splitlines()
+        lines = _log_lines(f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
     assert lines == ["<7>dbg", "<6>up", "<4>careful", "<4>second line", "<3>broken"]
     # JOURNAL_STREAM inherited by a process whose stderr goes elsewhere: not the journal
     assert _log_lines(io.StringIO(), {"JOURNAL_STREAM": "1:2"})[1] == "INFO up"
