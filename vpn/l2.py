@@ -818,7 +818,8 @@ class L2Runtime:
                 peers, by_peer = [], {}
                 for key in seg.members:
                     peer = self.device.peers.get(key)
-                    peers.append(peer.label if peer is not None else encode_key(key))
+                    # a name, else the whole key (never abbreviated: `pyvpn show` cuts no key)
+                    peers.append(peer.name if peer is not None and peer.name else encode_key(key))
                     by_peer[peers[-1]] = table.count(key)
             out.append({
                 "vni": p.vni,

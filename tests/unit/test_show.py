@@ -199,6 +199,10 @@ def test_json_matches_the_documented_schema() -> None:
         assert len(doc["peers"]) == 2
     with_l2, without = asyncio.run(main())
     assert with_l2["segments"] and "segments" not in without
+    # segment members: names, else whole keys (never abbreviated), in JSON and in `pyvpn show`
+    assert with_l2["segments"][0]["peers"] == ["alice", encode_key(key(2))]
+    text = rendered(with_l2, width=80, terminal=False)
+    assert f"  members: alice, {encode_key(key(2))}" in text.splitlines()
 
 
 def test_the_schema_check_notices_drift() -> None:
