@@ -203,17 +203,17 @@ def policy_text(p: dict[str, Any]) -> str | None:
 
 
 def _segment_text(seg: dict[str, Any]) -> str:
+    plain = " (plain VXLAN, unencrypted)" if seg.get("plain") else ""
     per_peer = f" (at most {seg['mac_limit_per_peer']} per peer)" if seg.get("mac_limit_per_peer") else ""
     limit = f", table limit {seg['mac_limit']}" if seg.get("mac_limit") else ""
-    plain = ", plain VXLAN, unencrypted" if seg.get("plain") else ""
-    return f"vni {seg['vni']} on {seg['tap']}{plain}: {seg.get('macs', 0)} MACs learned{per_peer}{limit}"
+    return f"vni {seg['vni']} on {seg['tap']}: {seg.get('macs', 0)} MACs learned{plain}{per_peer}{limit}"
 
 
 def _tail(snap: dict[str, Any]) -> list[RenderableType]:
     """Segments, drops and ignored packets: the same in both layouts."""
     out: list[RenderableType] = []
     for seg in snap.get("segments", []):
-        out.append(Text.assemble(("segment", "bold"), ": ", _segment_text(seg)))
+        out.append(Text.assemble(("segment", "bold"), " ", _segment_text(seg)))
         if seg.get("peers"):
             out.append(_line("members", ", ".join(str(x) for x in seg["peers"])))
     if snap.get("drops"):

@@ -107,7 +107,7 @@ def test_extras_are_kept_in_blocks() -> None:
     snap["mode"] = "l3+l2"
     text = rendered(snap, width=80, terminal=False)
     for needle in ("mode: l3+l2", "offloads: tun:vnet_hdr",
-                   "segment: vni 100 on tap100: 3 MACs learned, table limit 4096",
+                   "segment vni 100 on tap100: 3 MACs learned, table limit 4096",
                    "persistent keepalive: every 25 seconds", "transfer: 1.18 MiB received, 7.30 MiB sent",
                    "spoofed_source: 1", "drops by reason:", "ignored (expected, not counted as drops):"):
         assert needle in text, needle
