@@ -463,9 +463,20 @@ def client(config: Annotated[Path, typer.Argument(help="wg-quick style config fi
 
 
 # -- status -----------------------------------------------------------------------------------
+def _complete_interfaces(incomplete: str) -> list[str]:
+    """Shell completion for ``pyvpn show IFACE``: the running interfaces (none when not root)."""
+    from .control import ControlError, list_interfaces
+
+    try:
+        return [name for name in list_interfaces() if name.startswith(incomplete)]
+    except ControlError:
+        return []
+
+
 @app.command()
 def show(iface: Annotated[str | None, typer.Argument(
-            help="interface (default: all); a peer's name or key prefix when no interface has this name")] = None,
+            help="interface (default: all); a peer's name or key prefix when no interface has this name",
+            autocompletion=_complete_interfaces)] = None,
          peer: Annotated[str | None, typer.Argument(help="only this peer: its name or the start of its key")] = None,
          as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (docs/show-json.md)")] = False,
          ) -> None:

@@ -107,6 +107,20 @@ def test_shell_completion() -> None:
     assert p.returncode == 0 and "show" in p.stdout.split(), p.stdout + p.stderr
 
 
+def test_show_completes_running_interfaces(tmp_path: Path) -> None:
+    """`pyvpn show <TAB>`: the interfaces whose control socket answers (a stale socket file does not)."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        live.bind(str(run / "wgtest0.sock"))
+        live.listen(1)
+        stale.bind(str(run / "wgtest1.sock"))  # bound, never listening: what a killed daemon leaves
+        p = pyvpn(env={"_PYVPN_COMPLETE": "complete_bash", "COMP_WORDS": "pyvpn show wgt", "COMP_CWORD": "2",
+                       "PYVPN_RUN_DIR": str(run)})
+    assert p.returncode == 0 and p.stdout.split() == ["wgtest0"], p.stdout + p.stderr
+
+
 # -- config files by name, as wg-quick ----------------------------------------------------------------------
 def test_a_bare_interface_name_finds_its_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     wg, etc = tmp_path / "wireguard", tmp_path / "pyvpn"
