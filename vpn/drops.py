@@ -51,6 +51,9 @@ DROP_REASONS: dict[str, str] = {
     "cookie_reply_sent": "a handshake answered with a cookie reply instead (under load; not an error)",
     "cookie_reply_limited": "a handshake under load from a source past its cookie-reply rate limit",
     "rate_limited": "a handshake from a source past its handshake rate limit (flood protection)",
+    "handshake_shed": "a handshake under load while the receive queue was deep, from a source not quiet "
+                      "lately (flood protection; quiet sources are still served)",
+    "ttl_exceeded": "a packet forwarded between peers inside the daemon whose TTL/hop limit ran out",
     # L2 segments (VXLAN inside the tunnel, or plain VXLAN)
     "l2_bad_vxlan": "a VXLAN packet with a malformed header",
     "l2_unknown_vni": "a VXLAN packet for a VNI this interface has no segment for",
