@@ -29,7 +29,7 @@ KEY_DOCS: dict[tuple[str, bool], dict[str, tuple[str, str]]] = {
         "name": ("Name", "interface name (default: the file's stem, as wg-quick)"),
         "namespace": ("Namespace", "move the tunnel interface into this network namespace"),
         "user": ("User", "drop privileges to this user once the interface is up"),
-        "forward": ("Forward", "on/off: client-to-client forwarding inside the daemon (default on)"),
+        "forward": ("Forward", "on: forward between peers in the daemon, bypassing the host firewall (default off)"),
         "offload": ("Offload", "on/off/auto: TUN and UDP segmentation offloads (default auto)"),
         "loglevel": ("LogLevel", "debug, info, warning or error (--log-level overrides)"),
         "metrics": ("Metrics", "HOST:PORT to serve Prometheus metrics on"),
@@ -47,6 +47,11 @@ KEY_DOCS: dict[tuple[str, bool], dict[str, tuple[str, str]]] = {
     ("peer", True): {
         "name": ("Name", "a name for the peer (pyvpn show NAME, segment Peers)"),
         "vtep": ("Vtep", "the peer's VXLAN tunnel endpoint address (default: first AllowedIPs host)"),
+        "allow": ("Allow", "server: destinations this client may reach, PREFIX [PROTO [PORT|LO-HI]] (repeatable)"),
+        "deny": ("Deny", "server: destinations this client may never reach (checked before Allow)"),
+        "ratelimit": ("RateLimit", "server: token bucket per direction for this client, e.g. 50mbit"),
+        "expires": ("Expires", "server: refuse this client from this UTC time on, e.g. 2027-01-05T00:00:00Z"),
+        "disabled": ("Disabled", "server: true refuses this client's handshakes"),
     },
     ("segment", True): {
         "vni": ("VNI", "VXLAN network identifier, 1-16777215 (required)"),

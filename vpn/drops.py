@@ -53,6 +53,11 @@ DROP_REASONS: dict[str, str] = {
     "rate_limited": "a handshake from a source past its handshake rate limit (flood protection)",
     "handshake_shed": "a handshake under load while the receive queue was deep, from a source not quiet "
                       "lately (flood protection; quiet sources are still served)",
+    "policy_denied": "a packet from a client to a destination its Allow/Deny rules do not let it reach",
+    "ratelimit_in": "a packet from a client over its RateLimit (token bucket, client to server)",
+    "ratelimit_out": "a packet to a client over its RateLimit (token bucket, server to client)",
+    "refused_handshake": "a handshake from a client that is disabled or past its Expires",
+    "refused_peer": "a packet for a client that is disabled or past its Expires (its session was dropped)",
     "ttl_exceeded": "a packet forwarded between peers inside the daemon whose TTL/hop limit ran out",
     # L2 segments (VXLAN inside the tunnel, or plain VXLAN)
     "l2_bad_vxlan": "a VXLAN packet with a malformed header",

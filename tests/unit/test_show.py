@@ -46,10 +46,14 @@ def snapshot(npeers: int = 3) -> dict[str, Any]:
             "latest_handshake": 0.0, "rx_bytes": 1234567 * i, "tx_bytes": 7654321 * i, "rx_packets": 10,
             "tx_packets": 20, "handshakes": 1, "persistent_keepalive": 25 if i == 1 else 0,
             "has_preshared_key": True, "drops": {"spoofed_source": i},
+            "policy": {"allow": [], "deny": [], "rate_limit": None, "expires": None, "disabled": False,
+                       "state": "active"},
+            "denied": 0, "ratelimited": 0, "refused_handshakes": 0,
         })
     return {"interface": "wg0", "public_key": key(0), "listen_port": 51820, "mtu": 1420, "forward": True,
             "forwarded_packets": 0, "peers": peers, "drops": {"no_route": 4}, "ignored": {"link_local_no_peer": 9},
-            "under_load": False, "mode": "l3", "role": "server", "offloads": ["tun:vnet_hdr"]}
+            "under_load": False, "mode": "l3", "role": "server", "offloads": ["tun:vnet_hdr"],
+            "stall": {"state": "ok", "seconds": 0.0, "queued": [], "stalls": 0, "after": 5, "loop_blocked": 0}}
 
 
 def whole(snap: dict[str, Any]) -> list[str]:
