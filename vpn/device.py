@@ -58,6 +58,7 @@ from crypto.tunnel import (
 from .allowedips import AllowedIPs
 from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .drops import split_expected
+from .latency import request_slice, slice_from_env
 from .peer import Peer
 from .policy import AccessRules, ClientPolicy, bucket_for_rate
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
@@ -146,6 +147,7 @@ class Device:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        self.slice = slice_from_env()  # the scheduler slice the loop thread asks for (vpn/latency.py)
         self.stopped: asyncio.Event | None = None  # created in start()
         self.on_housekeeping: list[Callable[[], None]] = []
         self.l2: L2Hook | None = None  # set by vpn.l2.L2Runtime.start() when L2 segments run
@@ -279,6 +281,8 @@ class Device:
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
         tune_allocator()  # no page faults per batch (vpn/datapath.py)
+        if self.slice > 0:
+            request_slice(self.slice)  # woken for a lone packet, run at once on a busy CPU (vpn/latency.py)
         self.stopped = asyncio.Event()
         self.core.wall_offset = time.time() - loop.time()
         loop.add_reader(self.tun.fileno(), self._on_tun)
