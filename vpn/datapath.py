@@ -55,12 +55,10 @@ CPU time per packet or per GB is the steadier measure; iperf3 TCP through pyvpn 
   both daemons.  Less than the micro figures promise: in the real run every stage runs with cold
   caches (the same Python work costs 2-4 times as much 10 ms after the last call as in a tight loop on
   this shared VM), and the kernel's share (tun reads, UDP sends, TCP receive) does not shrink.
-* **A lone packet pays the cold start.**  Ping through the tunnel is 0.7-1.1 ms against 0.06 ms on raw
-  veth: four daemon wake-ups per round trip, each about 15 us of Python when warm but 150-250 us after
-  an idle gap (measured in-process: one ``_on_tun`` call 14.5 us back to back, 186-207 us after a
-  10-50 ms pause, whether the pause sleeps or spins).  Pinning both daemons and ping to one CPU changed
-  nothing (1.05 ms), so it is not cross-CPU wake-up latency.  Batching adds nothing here: every read
-  is handled in the wake-up that reads it.
+* **A lone packet** (ping) costs three sleeping daemon wake-ups per round trip; on a busy CPU the wait for
+  the CPU dominated, which the loop thread's short scheduler slice (:mod:`vpn.latency`) removes.  What was
+  measured and tried for latency (polling after traffic, timer slack, GC, uvloop against asyncio) is in
+  ``benchmarks/latency-results.md``.
 
 Byte order: the virtio_net_hdr is little-endian (host order on the machines pyvpn targets); IP headers are
 big-endian.
