@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import select
 import socket
 import struct
 import sys
@@ -252,6 +253,8 @@ class UdpSocket:
         self._ancsize = socket.CMSG_SPACE(4) if self._gro else 0
         self._gso = gso and _kernel_knows_gso(sock)
         self._port: int = sock.getsockname()[1]
+        self._readable = select.poll()  # recv_batch: is more queued after the first buffer?
+        self._readable.register(self._fd, select.POLLIN)
 
     # -- construction --------------------------------------------------------------------------------------
 
@@ -428,6 +431,8 @@ class UdpSocket:
             else:
                 last_raw, last = raw, dgrams
                 out.append((last, normalize_addr(raw) if mapped else (raw[0], raw[1])))
+                if len(out) == 1 and not self._readable.poll(0):
+                    break  # a lone datagram: no EAGAIN exception to end the drain (tunnel/tun.py read_batch)
         return out
 
     # -- send ----------------------------------------------------------------------------------------------

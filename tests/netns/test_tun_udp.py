@@ -383,6 +383,41 @@ def _scenario_attached_after_move(other: str) -> dict[str, Any]:
     return out
 
 
+def _scenario_lone_read() -> dict[str, Any]:
+    """read_batch of one queued packet makes one read() and no EAGAIN; several are all drained."""
+    from tunnel import netconf, tun as tun_module
+    from tunnel.tun import open_tun
+
+    tun = open_tun("pvt0", mtu=1420, vnet_hdr=False)
+    netconf.set_up("pvt0")
+    netconf.add_address("pvt0", "198.19.0.1/24")
+    netconf.add_route("pvt0", "198.19.1.0/24")
+    calls: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        calls.append(fd)
+        return real_read(fd, n)
+
+    tun_module.os.read = counting_read  # type: ignore[attr-defined]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("198.19.0.1", 0))
+    out: dict[str, Any] = {}
+    for label, count in (("one", 1), ("five", 5)):
+        tun.read_batch(64)  # nothing of ours queued before (IPv6 chatter aside, and v6 is off here)
+        calls.clear()
+        for i in range(count):
+            s.sendto(b"lone-%d" % i, ("198.19.1.7", 9999))
+        _wait_readable(tun.fileno(), 3.0)
+        time.sleep(0.2)
+        got = [b for b in tun.read_batch(64) if b[9] == 17]
+        out[label] = [len(got), len(calls)]
+    tun_module.os.read = real_read  # type: ignore[attr-defined]
+    s.close()
+    tun.close()
+    return out
+
+
 def _scenario_udp_receiver(port: int, count: int, gro: bool) -> dict[str, Any]:
     """Bind dual-stack, collect ``count`` datagrams (bounded), report what arrived."""
     from tunnel.udp import UdpSocket
@@ -470,6 +505,15 @@ def test_tun_offload_fallbacks_and_cleanup(netns_factory: Any) -> None:
 
 
 @pytest.mark.root
+def test_tun_lone_packet_read_without_eagain(netns_factory: Any) -> None:
+    """One queued packet: one read() (poll(0) says nothing more, so no EAGAIN); five: all drained, then EAGAIN."""
+    ns = netns_factory("tunlone")
+    r = _in_ns(ns, _scenario_lone_read)
+    assert r["one"] == [1, 1], r
+    assert r["five"] == [5, 6], r
+
+
+@pytest.mark.root
 def test_tun_multi_queue_busy_closed_and_eperm(netns_factory: Any) -> None:
     ns = netns_factory("tunmq")
     r = _in_ns(ns, _scenario_multi_queue_and_errors)
@@ -519,6 +563,35 @@ def udp_sockets() -> Any:
     yield make
     for s in made:
         s.close()
+
+
+class _CountingSocket(socket.socket):
+    """A UDP socket that counts recvmsg calls (socket.socket has __slots__, so a subclass, not a patch)."""
+
+    recvmsg_calls = 0
+
+    def recvmsg(self, *args: Any) -> Any:
+        self.recvmsg_calls += 1
+        return super().recvmsg(*args)
+
+
+def test_recv_batch_of_a_lone_datagram_needs_no_eagain(udp_sockets: Any) -> None:
+    """One queued datagram: one recvmsg (poll(0) says nothing more); three: all of them, then EAGAIN ends it."""
+    raw = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    rx = UdpSocket(raw, family="v4")
+    tx = udp_sockets("127.0.0.1", 0, family="v4", gso=False)
+    try:
+        for count, calls in ((1, 1), (3, 4)):
+            raw.recvmsg_calls = 0
+            tx.send_batch(("127.0.0.1", rx.port), [bytes([i]) * 100 for i in range(count)])
+            assert _wait_readable(rx.fileno(), 3.0)
+            time.sleep(0.05)
+            got = rx.recv_batch(64)
+            assert [len(d) for d, _ in got] == [count]
+            assert raw.recvmsg_calls == calls
+    finally:
+        rx.close()
 
 
 def test_gso_send_arrives_as_individual_datagrams_at_a_plain_receiver(udp_sockets: Any) -> None:
