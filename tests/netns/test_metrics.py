@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from vpn.metrics import SNAPSHOT_MIN_INTERVAL
 from netns import Netns, veth
 from pyvpn_harness import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
 
@@ -98,6 +100,7 @@ def test_metrics_follow_traffic(netns_factory) -> None:  # type: ignore[no-untyp
         before = scrape(srv, SERVER_PORT)
         cli.run(["ping", "-n", "-q", "-c", str(PINGS), "-i", "0.02", "-s", "200", SERVER4], timeout=30)
         srv.run(["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "0.2", "100.64.8.99"], check=False)
+        time.sleep(SNAPSHOT_MIN_INTERVAL + 0.1)  # scrapes closer together share one snapshot
         after = scrape(srv, SERVER_PORT)
 
         for name in ("pyvpn_peer_receive_packets_total", "pyvpn_peer_transmit_packets_total"):
