@@ -73,11 +73,10 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
-from operator import and_, itemgetter
-from typing import Any, Literal
+from operator import itemgetter
+from typing import Any
 
-from tunnel.offload import OffloadError, checksum, coalesce, segment
+from tunnel.offload import OffloadError, gro, gro_frames, segment
 
 log = logging.getLogger("pyvpn.datapath")
 
@@ -313,6 +312,7 @@ _after_vnet = itemgetter(slice(VNET_HDR_SIZE, None))
 _first = itemgetter(0)
 _v4_dst = itemgetter(slice(16, 20))
 _v6_dst = itemgetter(slice(24, 40))
+_VNET_NONE = bytes(VNET_HDR_SIZE)  # GSO_NONE, no flags: the kernel checks the checksums itself
 
 
 def batch_ip_version(packets: list[bytes]) -> int:
@@ -357,19 +357,23 @@ def _route_bulk(bufs: list[bytes], vnet: bool, lookup: Callable[[bytes], Any]) -
     return {t: packets}
 
 
-def tun_buffers(packets: list[bytes], mode: TunMode) -> list[bytes]:
+def tun_buffers(packets: list[bytes], mode: TunMode, *, l2: bool = False) -> list[bytes]:
     """What to write to the tun for ``packets`` (plain IP packets trimmed to their length).
 
     :param mode: with a vnet header, TCP segments are merged into super-packets (:func:`gro`), UDP
         datagrams too with ``gro_udp``, and the rest get the all-zero header.
+    :param l2: ``packets`` are Ethernet frames for a tap (:func:`tunnel.offload.gro_frames`).
     """
     if not mode.vnet_hdr:
         return packets
-    return gro(packets, udp=mode.gro_udp)
+    if not (mode.gro_tcp or mode.gro_udp):
+        return [_VNET_NONE + p for p in packets]
+    return gro_frames(packets, udp=mode.gro_udp) if l2 else gro(packets, udp=mode.gro_udp)
 
 
-def write_tun(tun: Any, packets: list[bytes], mode: TunMode) -> TunMode:
-    """Write ``packets`` (plain IP packets) to ``tun`` as :func:`tun_buffers` says; return the mode to keep.
+def write_tun(tun: Any, packets: list[bytes], mode: TunMode, *, l2: bool = False) -> TunMode:
+    """Write ``packets`` (plain IP packets, or Ethernet frames to a tap with ``l2``) to ``tun`` as
+    :func:`tun_buffers` says; return the mode to keep.
 
     If the kernel refuses writes with ``EINVAL`` while GRO is on (a kernel that does not take our GSO
     headers), GRO is switched off for good: the caller keeps the returned mode, the refused buffers are
@@ -383,283 +387,12 @@ def write_tun(tun: Any, packets: list[bytes], mode: TunMode) -> TunMode:
         return mode
     errors = getattr(tun, "write_errors", None)
     before = errors["EINVAL"] if errors is not None else 0
-    bufs = gro(packets, udp=mode.gro_udp)
+    bufs = tun_buffers(packets, mode, l2=l2)
     if tun.write_batch(bufs) < len(bufs) and errors is not None and errors["EINVAL"] > before:
         log.warning("%s: the kernel refused GSO writes (EINVAL); writing plain packets from now on",
                     getattr(tun, "name", "tun"))
         return TunMode(vnet_hdr=True, tso_reads=mode.tso_reads)
     return mode
-
-
-# --- GRO: runs of consecutive segments first, tunnel.offload.coalesce for the rest ----------------------
-_PSH = 0x08
-_MAX_SUPER = 65535
-#: (version, header length) -> (mask, short_mask, seq_shift): the header bits that must equal the first
-#: segment's (all but the IPv4 ID and checksum, PSH and the TCP checksum; ``short_mask`` also leaves out the
-#: IP length, for a shorter last segment), and where the sequence number sits in the header as an integer.
-_masks: dict[tuple[int, int], tuple[int, int, int]] = {}
-_NEEDS_CSUM_TCP4 = bytes((1, 1))  # virtio_net_hdr flags NEEDS_CSUM, gso_type TCPV4
-_NEEDS_CSUM_TCP6 = bytes((1, 4))  # ... TCPV6
-_VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offset (little-endian)
-_VNET_NONE = bytes(VNET_HDR_SIZE)  # GSO_NONE, no flags: the kernel checks the checksums itself
-
-
-def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:
-    key = (version, hl)
-    r = _masks.get(key)
-    if r is None:
-        l4 = 20 if version == 4 else 40
-        m = bytearray(b"\xff" * hl)
-        if version == 4:
-            m[4:6] = m[10:12] = b"\0\0"
-        m[l4 + 13] &= ~_PSH & 0xFF
-        m[l4 + 16:l4 + 18] = b"\0\0"
-        short = bytearray(m)
-        if version == 4:
-            short[2:4] = b"\0\0"
-        else:
-            short[4:6] = b"\0\0"
-        r = _masks[key] = (int.from_bytes(m, "big"), int.from_bytes(short, "big"), 8 * (hl - l4 - 8))
-    return r
-
-
-def gro(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
-    """:func:`tunnel.offload.coalesce` for the data path, with a cheaper path for the common case.
-
-    Decrypted packets mostly come as runs of consecutive in-order segments of one TCP flow (one
-    super-packet at the sender is sealed, sent and received as one GSO/GRO batch).  Such a run (the first
-    segment with payload, ACK only, no PSH, IPv4 with DF and no options, or IPv6 without extension headers;
-    the next ones with the same headers but for IPv4 ID, checksums and PSH, the next sequence number and
-    the same size, except that a last one may be shorter or carry PSH) becomes one super-packet here,
-    built as ``coalesce`` builds it.  Everything else goes through ``coalesce`` in order, so the order of
-    each flow is kept.  The result is what ``coalesce`` returns for the same packets, except that segments
-    of one flow split by another flow's packets may end up in more super-packets.
-
-    :param packets: plain IP packets trimmed to their length.
-    :param udp: let ``coalesce`` merge UDP datagrams too (the tun accepted USO).
-    :returns: buffers for a vnet-hdr (10-byte) tun.
-    """
-    if len(packets) >= _BULK_MIN:
-        bulk = _gro_bulk(packets)
-        if bulk is not None:
-            return bulk
-    out: list[bytes] = []
-    rest: list[bytes] = []
-    frombytes = int.from_bytes
-    n = len(packets)
-    i = 0
-    while i < n:
-        p = packets[i]
-        i += 1
-        size = len(p)
-        b0 = p[0] if size >= 60 else 0
-        if b0 == 0x45:
-            if p[9] != 6 or p[6] != 0x40 or p[7] or p[33] != 0x10 or (p[2] << 8 | p[3]) != size:
-                rest.append(p)
-                continue
-            version, l4 = 4, 20
-        elif b0 >> 4 == 6:
-            if p[6] != 6 or p[53] != 0x10 or (p[4] << 8 | p[5]) + 40 != size:
-                rest.append(p)
-                continue
-            version, l4 = 6, 40
-        else:
-            rest.append(p)
-            continue
-        hl = l4 + ((p[l4 + 12] >> 4) << 2)
-        plen = size - hl
-        if plen <= 0 or hl < l4 + 20 or i >= n or len(packets[i]) > size:
-            rest.append(p)
-            continue
-        mask, short_mask, shift = _gro_masks(version, hl)
-        seq = (frombytes(p[l4 + 4:l4 + 8], "big") + plen) & 0xFFFFFFFF
-        base = frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)
-        limit = min(n, i + (_MAX_SUPER - size) // plen)
-        j = i
-        total = size
-        psh = False
-        expect = base | (seq << shift)  # the next full-size segment's masked header
-        step = plen << shift
-        while j < limit:
-            q = packets[j]
-            m = len(q)
-            if m == size:
-                if frombytes(q[:hl], "big") & mask != expect:
-                    break
-                j += 1
-                total += plen
-                seq += plen
-                if seq > 0xFFFFFFFF:  # the sequence number wraps: no carry into the ACK field
-                    seq &= 0xFFFFFFFF
-                    expect = base | (seq << shift)
-                else:
-                    expect += step
-                if q[l4 + 13] & _PSH:
-                    psh = True
-                    break
-                continue
-            # a shorter last segment: same headers but for the length, which must be right
-            if (m <= hl or frombytes(q[:hl], "big") & short_mask != (base | (seq << shift)) & short_mask
-                    or (version == 4 and (q[2] << 8 | q[3]) != m)
-                    or (version == 6 and (q[4] << 8 | q[5]) + 40 != m)):
-                break
-            j += 1
-            total += m - hl
-            psh = bool(q[l4 + 13] & _PSH)
-            break
-        if j == i:  # nothing to merge with
-            rest.append(p)
-            continue
-        if rest:
-            out.extend(coalesce(rest, udp=udp))
-            rest = []
-        parts: list[bytes | bytearray] = [b"", b"", p[hl:]]
-        parts += [q[hl:] for q in packets[i:j]]
-        out.append(_super_packet(p, parts, version, hl, total, plen, psh))
-        i = j
-    if rest:
-        out.extend(coalesce(rest, udp=udp))
-    return out
-
-
-def _super_packet(first: bytes, parts: list[bytes | bytearray], version: int, hl: int, total: int,
-                  plen: int, psh: bool) -> bytes:
-    """One GSO super-packet for a vnet-hdr tun: ``first``'s headers with the total length, PSH and the
-    pseudo-header checksum seed (CHECKSUM_PARTIAL), behind a virtio_net_hdr; ``parts[0:2]`` are filled
-    in here and ``parts[2:]`` are the payloads in order."""
-    l4 = 20 if version == 4 else 40
-    h = bytearray(first[:hl])
-    if version == 4:
-        h[2:4] = total.to_bytes(2, "big")
-        h[10:12] = b"\0\0"
-        h[10:12] = checksum(h[:20]).to_bytes(2, "big")
-        pseudo = int.from_bytes(h[12:20], "big")
-        vh = _NEEDS_CSUM_TCP4
-    else:
-        h[4:6] = (total - 40).to_bytes(2, "big")
-        pseudo = int.from_bytes(h[8:40], "big")
-        vh = _NEEDS_CSUM_TCP6
-    if psh:
-        h[l4 + 13] |= _PSH
-    seed = (pseudo + 6 + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
-    h[l4 + 16:l4 + 18] = seed.to_bytes(2, "big")
-    parts[0] = vh + _VNET_TAIL.pack(hl, plen, l4, 16)
-    parts[1] = h
-    return b"".join(parts)
-
-
-# --- GRO in bulk: a whole batch that is one run of one TCP flow, checked with C-level loops -------------
-_BULK_MIN = 4
-_BIG: Literal["big"] = "big"
-
-
-def _gro_bulk(packets: list[bytes]) -> list[bytes] | None:
-    """:func:`gro` for a batch of back-to-back runs of one flow: the same super-packets, or ``None``
-    (then the general loop decides).
-
-    A batch often holds several bursts of the sender (each closed by a shorter segment or PSH); it is
-    cut after each such segment, where the loop would end a run, and each piece goes through
-    :func:`_gro_run`.
-    """
-    n = len(packets)
-    size = len(packets[0])
-    if size < 60:
-        return None
-    p0 = packets[0]
-    l4 = 20 if p0[0] >> 4 == 4 else 40
-    lens = list(map(len, packets))
-    flags = bytes(map(itemgetter(l4 + 13), packets)) if min(lens) > l4 + 13 else b""
-    if lens.count(size) == n and flags.count(0x10) == n:
-        return _gro_run(packets, lens, flags)
-    if len(flags) != n:
-        return None
-    out: list[bytes] = []
-    start = 0
-    for i in [i for i, (m, f) in enumerate(zip(lens, flags)) if m != size or f & _PSH]:
-        if i - start < 1:  # a run of one: the loop would pass it on as it is
-            return None
-        r = _gro_run(packets[start:i + 1], lens[start:i + 1], flags[start:i + 1])
-        if r is None:
-            return None
-        out += r
-        start = i + 1
-    if start < n:
-        if n - start < 2:
-            return None
-        r = _gro_run(packets[start:], lens[start:], flags[start:])
-        if r is None:
-            return None
-        out += r
-    return out
-
-
-def _gro_run(packets: list[bytes], lens: list[int], flags: bytes) -> list[bytes] | None:
-    """:func:`gro` for packets that are exactly one run: the same super-packets, or ``None``.
-    ``lens`` and ``flags`` are their lengths and TCP flag bytes (computed once by :func:`_gro_bulk`).
-
-    The first segment must pass the loop's test; every other one must be full-size with the same headers
-    under the loop's mask and the next sequence number, except that the last may be shorter and the last
-    may carry PSH.  The headers become integers with one ``map`` each (slice, ``int.from_bytes``, mask)
-    and are compared with a ``range`` of the expected values, so no bytecode runs per segment (0.88
-    against 1.28 us a segment for the loop, 45 x 1368 B, best of 7); runs longer than a super-packet are
-    cut where the loop cuts them.
-    """
-    p = packets[0]
-    size = len(p)
-    if size < 60:
-        return None
-    b0 = p[0]
-    if b0 == 0x45:
-        if p[9] != 6 or p[6] != 0x40 or p[7] or p[33] != 0x10 or (p[2] << 8 | p[3]) != size:
-            return None
-        version, l4 = 4, 20
-    elif b0 >> 4 == 6:
-        if p[6] != 6 or p[53] != 0x10 or (p[4] << 8 | p[5]) + 40 != size:
-            return None
-        version, l4 = 6, 40
-    else:
-        return None
-    hl = l4 + ((p[l4 + 12] >> 4) << 2)
-    plen = size - hl
-    if plen <= 0 or hl < l4 + 20:
-        return None
-    n = len(packets)
-    full = lens.count(size)
-    last = lens[-1]
-    if full != n and (full != n - 1 or not hl < last < size):
-        return None
-    frombytes = int.from_bytes
-    seq0 = frombytes(p[l4 + 4:l4 + 8], "big")
-    if seq0 + n * plen > 0xFFFFFFFF:
-        return None  # the sequence number wraps inside the batch: the loop handles it
-    mask, short_mask, shift = _gro_masks(version, hl)
-    step = plen << shift
-    first = (frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)) | (seq0 << shift)
-    heads = list(map(frombytes, map(itemgetter(slice(0, hl)), packets), repeat(_BIG)))
-    if list(map(and_, heads[:full], repeat(mask))) != list(range(first, first + full * step, step)):
-        return None
-    if full != n:  # a shorter last segment: the same headers but for the length, which must be right
-        q = packets[-1]
-        if (heads[-1] & short_mask != (first + full * step) & short_mask
-                or (version == 4 and (q[2] << 8 | q[3]) != last)
-                or (version == 6 and (q[4] << 8 | q[5]) + 40 != last)):
-            return None
-    psh_last = flags[-1] & _PSH != 0
-    if flags.count(0x10) != n - psh_last:
-        return None  # PSH before the last segment: the loop ends the run there
-    cut = itemgetter(slice(hl, None))
-    per = 1 + (_MAX_SUPER - size) // plen  # segments per super-packet, as the loop counts them
-    out: list[bytes] = []
-    for i in range(0, n, per):
-        j = min(n, i + per)
-        if j - i == 1:  # a lone segment left over: the loop would pass it on as it is
-            return None
-        parts: list[bytes | bytearray] = [b"", b""]
-        parts += map(cut, packets[i:j])
-        total = (j - i - 1) * plen + lens[j - 1]
-        out.append(_super_packet(packets[i], parts, version, hl, total, plen, j == n and psh_last))
-    return out
-
 
 # --- forwarding between peers inside the daemon (Forward = on) ------------------------------------------
 #: RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for the 16-bit word m = TTL << 8 | protocol when the TTL drops by

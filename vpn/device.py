@@ -92,6 +92,7 @@ class L2Hook(Protocol):
     vteps: frozenset[bytes]  # our VTEP addresses (packed); packets to them are offered to take()
 
     def take(self, tunnel: Tunnel, packet: bytes) -> bool: ...
+    def take_batch(self, tunnel: Tunnel, packets: list[bytes]) -> list[bytes]: ...
     def drop_counts(self) -> Counter[str]: ...
     def snapshot(self) -> list[dict[str, Any]]: ...
 
@@ -459,8 +460,9 @@ class Device:
         """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
         lookup and one ``extend`` (to the tun, or with ``forward`` to another peer's list, whose TTLs
         :func:`~vpn.datapath.forward_hop` then decrements as for the loop's), the addresses compared
-        with C-level loops.  Returns False, having done nothing, unless every packet has the same IP
-        version and addresses and none is for an L2 segment."""
+        with C-level loops.  A batch to one of our VTEPs goes to the L2 runtime in one call, and what it
+        declines to the tun.  Returns False, having done nothing, unless every packet has the same IP
+        version and addresses."""
         version = batch_ip_version(packets)
         if version == 4:
             keys = list(map(_v4_addrs, packets))
@@ -472,7 +474,7 @@ class Device:
             src, dst = k[:16], k[16:]
         else:
             return False
-        if keys.count(k) != len(keys) or dst in vteps:
+        if keys.count(k) != len(keys):
             return False
         lookup = self.allowed.lookup
         if lookup(src) is not t:
@@ -491,6 +493,8 @@ class Device:
                 else:
                     fwd.extend(packets)
                 return True
+        if dst in vteps and self.l2 is not None:  # VXLAN for an L2 segment: the runtime takes it in bulk
+            packets = self.l2.take_batch(t, packets)
         to_tun.extend(packets)
         return True
 

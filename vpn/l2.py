@@ -74,9 +74,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crypto.keys import abbreviate, encode_key
@@ -84,13 +87,17 @@ from tunnel.encap.vxlan import (
     VXLAN_PORT,
     VxlanError,
     decap_ip,
+    decap_ip_batch,
     encap_ip,
+    encap_ip_batch,
     mtu_for_tap,
     pack_header,
     unpack_header,
 )
+from tunnel.offload import split_reads
 
 from .config import format_endpoint
+from .datapath import TunMode, configure_tun, write_tun
 from .switch import LOCAL, Switch, VlanMap
 
 if TYPE_CHECKING:
@@ -121,7 +128,11 @@ BATCH = 256  # frames per wakeup and tap/socket
 EXPIRE_INTERVAL = 10.0  # seconds between MAC-table sweeps (Linux's vxlan and bridge gc run about this often)
 MAX_EVENT_LINES = 5  # MAC move / claim log lines per segment and housekeeping tick (1 s)
 PLAIN_UNDERLAY_MTU = 1500  # assumed underlay MTU for plain segments without MTU =
+#: Let the kernel hand taps TSO super-frames to cut here (``PYVPN_TAP_TSO_READS=1``); off by default, as for
+#: the tun (measured in benchmarks/results/l2-offloads.md).
+TAP_TSO_READS_DEFAULT = os.environ.get("PYVPN_TAP_TSO_READS", "") == "1"
 _IPPROTO_UDP = 17
+_ETH_HEAD = itemgetter(slice(0, 14))  # MACs and EtherType (or TPID): what a switch decision depends on
 
 PortKey = bytes | str  # a switch port: a peer's public key (tunnel mode) or a remote's IP (plain mode)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -367,13 +378,15 @@ class _Member:
 class _TapPort:
     """A tap device, its segments and the frames waiting to be written to it."""
 
-    def __init__(self, plan: TapPlan, tap: TapDevice) -> None:
+    def __init__(self, plan: TapPlan, tap: TapDevice, tso_reads: bool) -> None:
         self.plan = plan
         self.tap = tap
         self.vlans = plan.vlan_map()
         self.segments: dict[int, _Segment] = {}
         self.only: _Segment | None = None
         self.pending: list[bytes] = []
+        #: the tap's offloads, as for the tun: vnet header, TSO reads or not, GRO writes
+        self.mode: TunMode = configure_tun(tap, tso_reads=tso_reads)
 
 
 class _PlainSocket:
@@ -417,12 +430,14 @@ class L2Runtime:
     :param interface_addresses: the interface's addresses (our VTEPs).
     :param peer_vteps: explicit VTEP addresses by public key (``#pyvpn Vtep``).
     :param on_close: called once by :meth:`close` after everything is closed (e.g. to delete bridges).
+    :param tso_reads: keep the TSO/checksum offloads of vnet-hdr taps on, so that reads may be super-frames
+        (cut by :func:`tunnel.offload.segment`); otherwise the kernel segments before the read.
     """
 
     def __init__(self, device: Device, plans: Sequence[TapPlan], *, taps: Mapping[str, TapDevice],
                  plain_sockets: Mapping[tuple[str, int], PlainSocket] | None = None,
                  interface_addresses: Iterable[str] = (), peer_vteps: Mapping[bytes, str] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, tso_reads: bool = TAP_TSO_READS_DEFAULT) -> None:
         self.device = device
         self.drops: Counter[str] = Counter()
         self._local = local_vteps(interface_addresses)
@@ -442,7 +457,7 @@ class L2Runtime:
         self._last_expire = 0.0
         self._closed = False
         for tp in plans:
-            port = _TapPort(tp, taps[tp.name])
+            port = _TapPort(tp, taps[tp.name], tso_reads)
             self._taps.append(port)
             for sp in tp.segments:
                 plain = None
@@ -609,25 +624,72 @@ class L2Runtime:
         if seg is None:
             self.drops["l2_unknown_vni"] += 1
             return True
+        self._from_member(tunnel, seg, [frame])
+        return True
+
+    def take_batch(self, tunnel: Tunnel, packets: list[bytes]) -> list[bytes]:
+        """:meth:`take` for a batch from ``tunnel`` (same checks by the device); returns what is not ours.
+
+        A batch that is all VXLAN of one VNI to one port (:func:`~tunnel.encap.vxlan.decap_ip_batch`, what
+        a GRO batch of one tunnelled flow is) is decapsulated with C-level loops, and each run of frames
+        with the same Ethernet header gets one switch decision; anything else goes packet by packet.
+        """
+        if len(packets) > 1:
+            for port, by_vni in self._by_port.items():
+                r = decap_ip_batch(packets, dst_port=port)
+                if r is None:
+                    continue
+                vni, frames = r
+                seg = by_vni.get(vni)
+                if seg is None:
+                    self.drops["l2_unknown_vni"] += len(frames)
+                else:
+                    self._from_member(tunnel, seg, frames)
+                return []
+        return [p for p in packets if not self.take(tunnel, p)]
+
+    def _from_member(self, tunnel: Tunnel, seg: _Segment, frames: list[bytes]) -> None:
+        """Frames of segment ``seg`` decapsulated from ``tunnel``: membership, switch, tap and relays."""
         key = tunnel.public_key
         if key not in seg.members:
             if key not in self._known_keys:
                 self.sync_peers()
             if key not in seg.members:
-                self.drops["l2_vni_not_member"] += 1
-                return True
+                self.drops["l2_vni_not_member"] += len(frames)
+                return
         loop = self._loop
         if loop is None:
-            return True
-        fwd = seg.switch.from_peer(frame, key, now=loop.time())
-        if fwd.deliver_local:
-            self._to_tap(seg, frame)
-        for dst in fwd.to_peers:
-            self._to_peer(seg, dst, frame)
+            return
+        now = loop.time()
+        switch = seg.switch
+        for run in self._runs(frames):
+            if len(run) > 1 and switch.floods(run[0], now=now):
+                # floods pass storm control frame by frame
+                for frame in run:
+                    fwd = switch.from_peer(frame, key, now=now)
+                    if fwd.deliver_local:
+                        self._to_tap(seg, [frame])
+                    for dst in fwd.to_peers:
+                        self._to_peer(seg, dst, [frame])
+                continue
+            fwd = switch.from_peer(run[0], key, now=now, count=len(run))
+            if fwd.deliver_local:
+                self._to_tap(seg, run)
+            for dst in fwd.to_peers:
+                self._to_peer(seg, dst, run)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return True
+
+    @staticmethod
+    def _runs(frames: list[bytes]) -> list[list[bytes]]:
+        """Consecutive frames with the same first 14 bytes (MACs and EtherType or TPID), in order."""
+        if len(frames) == 1:
+            return [frames]
+        heads = list(map(_ETH_HEAD, frames))
+        if heads.count(heads[0]) == len(heads):
+            return [frames]
+        return [list(g) for _, g in groupby(frames, _ETH_HEAD)]
 
     # -- outbound --------------------------------------------------------------------------------------------
     def _on_tap(self, tp: _TapPort) -> None:
@@ -643,21 +705,28 @@ class L2Runtime:
             return
         if not frames:
             return
+        if tp.mode.vnet_hdr:
+            frames, bad = split_reads(frames, l2=True)
+            if bad:
+                self.drops["l2_tap_bad_offload"] += bad
         now = loop.time()
         only, vlans = tp.only, tp.vlans
-        for frame in frames:
-            if only is not None:
-                seg = only
-            else:
+        if only is not None:
+            for run in self._runs(frames):
+                fwd = only.switch.from_local(run[0], now=now, count=len(run))
+                for dst in fwd.to_peers:
+                    self._to_peer(only, dst, run)
+        else:
+            for frame in frames:
                 mapped = vlans.to_vni(frame) if vlans is not None else None
                 if mapped is None:
                     self.drops["l2_unmapped_vlan"] += 1
                     continue
                 vni, frame = mapped
                 seg = tp.segments[vni]
-            fwd = seg.switch.from_local(frame, now=now)
-            for dst in fwd.to_peers:
-                self._to_peer(seg, dst, frame)
+                fwd = seg.switch.from_local(frame, now=now)
+                for dst in fwd.to_peers:
+                    self._to_peer(seg, dst, [frame])
         self._flush()
 
     def _on_plain(self, ps: _PlainSocket) -> None:
@@ -683,42 +752,49 @@ class L2Runtime:
                     continue
                 fwd = seg.switch.from_peer(frame, ip, now=now)
                 if fwd.deliver_local:
-                    self._to_tap(seg, frame)
+                    self._to_tap(seg, [frame])
                 for dst in fwd.to_peers:
-                    self._to_peer(seg, dst, frame)
+                    self._to_peer(seg, dst, [frame])
                 touched = True
         if touched:
             self._flush()
 
-    def _to_tap(self, seg: _Segment, frame: bytes) -> None:
+    def _to_tap(self, seg: _Segment, frames: list[bytes]) -> None:
         tp = seg.port
-        if tp.vlans is not None:
+        if tp.vlans is None:
+            tp.pending += frames
+            return
+        for frame in frames:
             tagged = tp.vlans.from_vni(seg.vni, frame)
             if tagged is None:
                 self.drops["l2_unmapped_vlan"] += 1
-                return
-            frame = tagged
-        tp.pending.append(frame)
+            else:
+                tp.pending.append(tagged)
 
-    def _to_peer(self, seg: _Segment, dst: PortKey, frame: bytes) -> None:
+    def _to_peer(self, seg: _Segment, dst: PortKey, frames: list[bytes]) -> None:
         if seg.plain is not None:
             addr = seg.remotes.get(dst) if isinstance(dst, str) else None
             if addr is not None:
-                seg.plain.pending.setdefault(addr, []).append(seg.header + frame)
+                seg.plain.pending.setdefault(addr, []).extend(map(seg.header.__add__, frames))
             return
         m = seg.members.get(dst) if isinstance(dst, bytes) else None
         if m is None:
             return
         try:
-            packet = encap_ip(frame, vni=seg.vni, src_ip=m.src, dst_ip=m.dst, dst_port=seg.plan.port)
-        except ValueError:
-            self.drops["l2_frame_too_big"] += 1
-            return
+            packets = encap_ip_batch(frames, vni=seg.vni, src_ip=m.src, dst_ip=m.dst, dst_port=seg.plan.port)
+        except ValueError:  # one frame too big for a datagram: the others still go
+            packets = []
+            for frame in frames:
+                try:
+                    packets.append(encap_ip(frame, vni=seg.vni, src_ip=m.src, dst_ip=m.dst,
+                                            dst_port=seg.plan.port))
+                except ValueError:
+                    self.drops["l2_frame_too_big"] += 1
         lst = self._pending_tunnels.get(m.tunnel)
         if lst is None:
-            self._pending_tunnels[m.tunnel] = [packet]
+            self._pending_tunnels[m.tunnel] = packets
         else:
-            lst.append(packet)
+            lst += packets
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -726,7 +802,7 @@ class L2Runtime:
             if tp.pending:
                 frames, tp.pending = tp.pending, []
                 try:
-                    tp.tap.write_batch(frames)
+                    tp.mode = write_tun(tp.tap, frames, tp.mode, l2=True)
                 except OSError as e:
                     self.drops["l2_tap_write_error"] += len(frames)
                     log.debug("tap %s: write failed: %s", tp.plan.name, e)
@@ -824,6 +900,7 @@ class L2Runtime:
             out.append({
                 "vni": p.vni,
                 "tap": p.tap,
+                "offloads": seg.port.mode.names(),
                 "bridge": seg.port.plan.bridge,
                 "mtu": seg.port.plan.mtu,
                 "vlan": p.vlan,
@@ -865,6 +942,8 @@ def open_segments(cfg: Config, device: Device, *, role: str, netns: str | None =
     from tunnel.tun import open_tun
     from tunnel.udp import UdpSocket
 
+    from .datapath import set_txqueuelen
+
     plans = plan_segments(cfg, role=role, tunnel_mtu=device.core.mtu)
     taps: dict[str, TapDevice] = {}
     sockets: dict[tuple[str, int], PlainSocket] = {}
@@ -879,7 +958,8 @@ def open_segments(cfg: Config, device: Device, *, role: str, netns: str | None =
         for tp in plans:
             if netconf.link_exists(tp.name, netns=netns):
                 raise L2ConfigError(f"tap {tp.name}: an interface with that name exists already")
-            taps[tp.name] = open_tun(tp.name, tap=True, mtu=tp.mtu)
+            taps[tp.name] = open_tun(tp.name, tap=True, mtu=tp.mtu, vnet_hdr=True)
+            set_txqueuelen(tp.name)  # as for the tun: a burst read late must not overflow 500 frames
             if netns:
                 netconf.move_to_netns(tp.name, netns)
             if tp.bridge:

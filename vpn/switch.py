@@ -364,14 +364,15 @@ class TokenBucket:
         self._last = now if last is None or now > last else last
         return tokens
 
-    def take(self, *, now: float) -> bool:
-        """Take one token if there is one.
+    def take(self, *, now: float, n: int = 1) -> bool:
+        """Take ``n`` tokens if there are that many (all or none).
 
         :param now: monotonic time in seconds.
+        :param n: tokens to take.
         """
         tokens = self._refill(now)
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        if tokens >= n:
+            self._tokens = tokens - n
             return True
         self._tokens = tokens
         return False
@@ -510,91 +511,103 @@ class Switch(Generic[P]):
         self._to_peer = {p: Forward(False, (p,)) for p in peers}
 
     # -- frames --------------------------------------------------------------------------------------------------
-    def from_local(self, frame: bytes | bytearray | memoryview, *, now: float) -> Forward[P]:
+    def from_local(self, frame: bytes | bytearray | memoryview, *, now: float, count: int = 1) -> Forward[P]:
         """Decide where a frame read from the local tap goes.
 
         :param frame: an Ethernet frame (tagged or not); never modified.
         :param now: monotonic time in seconds.
+        :param count: how many frames with this frame's MACs and EtherType (or tag) the decision stands for
+            (a run of one flow's segments): the counters add ``count``, the MAC is learned once.
         """
         if len(frame) < ETH_HEADER_SIZE:
-            self.counters["drop_runt"] += 1
+            self.counters["drop_runt"] += count
             return DROP
         src = bytes(frame[6:12])
         if src[0] & 1 or src == ZERO_MAC:
-            self.counters["drop_bad_source"] += 1
+            self.counters["drop_bad_source"] += count
             return DROP
         self.table.learn(src, LOCAL, now=now)
         if frame[0] & 1:
-            self.counters["flood_group"] += 1
+            self.counters["flood_group"] += count
             return self._flood_all
         port = self.table.lookup(bytes(frame[0:6]), now=now)
         if port is None:
-            self.counters["flood_unknown"] += 1
+            self.counters["flood_unknown"] += count
             return self._flood_all
         if port == LOCAL:
-            self.counters["drop_local_destination"] += 1
+            self.counters["drop_local_destination"] += count
             return DROP
-        self.counters["unicast"] += 1
+        self.counters["unicast"] += count
         return self._to_peer[port]
 
-    def from_peer(self, frame: bytes | bytearray | memoryview, peer: P, *, now: float) -> Forward[P]:
+    def from_peer(self, frame: bytes | bytearray | memoryview, peer: P, *, now: float,
+                  count: int = 1) -> Forward[P]:
         """Decide where a frame received (decapsulated) from ``peer`` goes.  Never back to ``peer``.
 
         :param frame: an Ethernet frame (tagged or not); never modified.
         :param peer: the peer it came from; frames from peers not in the segment are dropped.
         :param now: monotonic time in seconds.
+        :param count: how many frames with this frame's MACs and EtherType (or tag) the decision stands for:
+            the counters add ``count``, the MAC is learned once, and a flood needs ``count`` tokens of
+            storm control at once (all pass or all are dropped; callers that want the frame-by-frame
+            outcome of a flood pass runs of one, see :meth:`floods`).
         """
         flood = self._flood_from.get(peer)
         if flood is None:
-            self.counters["drop_unknown_peer"] += 1
+            self.counters["drop_unknown_peer"] += count
             return DROP
         if len(frame) < ETH_HEADER_SIZE:
-            self.counters["drop_runt"] += 1
+            self.counters["drop_runt"] += count
             return DROP
         if self.untagged_only and (frame[12] << 8 | frame[13]) in VLAN_TPIDS:
-            self.counters["drop_peer_vlan_tag"] += 1
+            self.counters["drop_peer_vlan_tag"] += count
             return DROP
         src = bytes(frame[6:12])
         if src[0] & 1 or src == ZERO_MAC:
-            self.counters["drop_bad_source"] += 1
+            self.counters["drop_bad_source"] += count
             return DROP
         refused = self.table.learn(src, peer, now=now)
         if refused is not None:
-            self.counters["drop_" + refused] += 1
+            self.counters["drop_" + refused] += count
             return DROP
         if frame[0] & 1:
-            if not self._may_flood(peer, now):
+            if not self._may_flood(peer, now, count):
                 return DROP
-            self.counters["flood_group"] += 1
+            self.counters["flood_group"] += count
             return flood if self.hub else LOCAL_ONLY
         port = self.table.lookup(bytes(frame[0:6]), now=now)
         if port is None:
-            if not self._may_flood(peer, now):
+            if not self._may_flood(peer, now, count):
                 return DROP
-            self.counters["flood_unknown"] += 1
+            self.counters["flood_unknown"] += count
             return flood if self.hub else LOCAL_ONLY
         if port == LOCAL:
-            self.counters["local"] += 1
+            self.counters["local"] += count
             return LOCAL_ONLY
         if port == peer:
-            self.counters["drop_hairpin"] += 1
+            self.counters["drop_hairpin"] += count
             return DROP
         if self.hub:
-            self.counters["unicast"] += 1
+            self.counters["unicast"] += count
             return self._to_peer[port]
-        self.counters["drop_other_peer"] += 1
+        self.counters["drop_other_peer"] += count
         return DROP
 
-    def _may_flood(self, peer: P, now: float) -> bool:
-        """Storm control for a flooded frame from ``peer``: the peer's bucket (hub), then the segment's."""
+    def floods(self, frame: bytes | bytearray | memoryview, *, now: float) -> bool:
+        """Whether a frame to ``frame``'s destination MAC would be flooded now (group or unknown unicast)."""
+        return bool(frame[0] & 1) or self.table.lookup(bytes(frame[0:6]), now=now) is None
+
+    def _may_flood(self, peer: P, now: float, count: int = 1) -> bool:
+        """Storm control for ``count`` flooded frames from ``peer``: the peer's bucket (hub), then the
+        segment's."""
         if self._peer_buckets:
             bucket = self._peer_buckets.get(peer)
-            if bucket is not None and not bucket.take(now=now):
-                self.counters["drop_broadcast_rate_peer"] += 1
+            if bucket is not None and not bucket.take(now=now, n=count):
+                self.counters["drop_broadcast_rate_peer"] += count
                 return False
         seg = self._segment_bucket
-        if seg is not None and not seg.take(now=now):
-            self.counters["drop_broadcast_rate_segment"] += 1
+        if seg is not None and not seg.take(now=now, n=count):
+            self.counters["drop_broadcast_rate_segment"] += count
             return False
         return True
 

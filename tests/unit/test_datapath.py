@@ -385,7 +385,7 @@ def test_gro_bulk_equals_the_loop() -> None:
     super-packets, and declines (None) whenever the batch is not one clean run."""
     import random
 
-    import vpn.datapath as dp
+    import tunnel.offload as dp
 
     def loop_only(packets: list[bytes]) -> list[bytes]:
         saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30
@@ -502,7 +502,7 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
     path cuts where the loop ends runs and gives the same super-packets; odd shapes fall back."""
     import random
 
-    import vpn.datapath as dp
+    import tunnel.offload as dp
 
     def loop_only(packets: list[bytes]) -> list[bytes]:
         saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from operator import itemgetter
 from typing import NamedTuple
 
 __all__ = [
@@ -64,7 +65,9 @@ __all__ = [
     "Decapsulated",
     "VxlanError",
     "decap_ip",
+    "decap_ip_batch",
     "encap_ip",
+    "encap_ip_batch",
     "flow_src_port",
     "mtu_for_tap",
     "pack_header",
@@ -286,6 +289,101 @@ def encap_ip(
     else:
         raise ValueError("src_ip and dst_ip must both be 4 (IPv4) or both 16 (IPv6) bytes")
     return b"".join((header, _UDP.pack(src_port, dst_port, udp_len, checksum), vxlan, frame))
+
+
+# -- batches of one flow (C-level loops; the single-packet functions above stay the reference) ------------
+_S12_15 = itemgetter(slice(12, 15))  # EtherType + IPv4 version/IHL of an untagged frame
+_S20_24 = itemgetter(slice(20, 24))  # IPv4 fragment field, TTL, protocol
+_S26_38 = itemgetter(slice(26, 38))  # IPv4 addresses and ports
+_S12_14 = itemgetter(slice(12, 14))
+_S20_21 = itemgetter(slice(20, 21))  # IPv6 next header
+_S22_58 = itemgetter(slice(22, 58))  # IPv6 addresses and ports
+_V4_FRAME = b"\x08\x00\x45"
+_V6_TYPE = b"\x86\xdd"
+
+
+def _batch_src_port(frames: list[bytes]) -> int | None:
+    """:func:`flow_src_port` of every frame when they all hash the same fields (untagged IPv4 without
+    options, unfragmented, or untagged IPv6; same protocol, addresses and ports), else None."""
+    n = len(frames)
+    f0 = frames[0]
+    shortest = min(map(len, frames))
+    if shortest < ETH_HEADER_SIZE + IPV4_HEADER_SIZE + 4:
+        return None
+    if list(map(_S12_15, frames)).count(_V4_FRAME) == n:
+        a = list(map(_S20_24, frames))
+        if a.count(a[0]) != n or f0[20] & 0x3F or f0[21]:
+            return None
+        b = list(map(_S26_38, frames))
+    elif shortest >= ETH_HEADER_SIZE + IPV6_HEADER_SIZE + 4 and list(map(_S12_14, frames)).count(_V6_TYPE) == n:
+        a = list(map(_S20_21, frames))
+        if a.count(a[0]) != n:
+            return None
+        b = list(map(_S22_58, frames))
+    else:
+        return None
+    if b.count(b[0]) != n:
+        return None
+    return flow_src_port(f0)
+
+
+def encap_ip_batch(
+    frames: list[bytes], *, vni: int, src_ip: bytes, dst_ip: bytes, dst_port: int = VXLAN_PORT
+) -> list[bytes]:
+    """:func:`encap_ip` (default TTL, TOS, ID, DF and checksum choices) of every frame, in order.
+
+    Frames of one flow over IPv4 VTEPs (the bulk of a TCP stream) share one outer header per frame length:
+    it is built once per length by :func:`encap_ip` and joined to each frame in a C-level loop, which is
+    exact because that header depends only on the length (the outer UDP checksum is zero over IPv4).
+    Anything else is encapsulated frame by frame.
+
+    :raises ValueError: as :func:`encap_ip`.
+    """
+    if not frames:
+        return []
+    sport = _batch_src_port(frames) if len(frames) > 1 else None
+    if sport is None or len(src_ip) != 4:
+        return [encap_ip(f, vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port,
+                         src_port=sport) for f in frames]
+    lens = list(map(len, frames))
+    heads = {}
+    for n in set(lens):
+        heads[n] = encap_ip(bytes(n), vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port,
+                            src_port=sport)[:_OUTER_V4]
+    return list(map(bytes.__add__, map(heads.__getitem__, lens), frames))
+
+
+#: byte 0, total length, fragment field, protocol, UDP destination port and length, VXLAN words (BE)
+_V4_VXLAN = struct.Struct("!BxH2xHxB10x2xHH2xII")
+_AFTER_OUTER_V4 = itemgetter(slice(_OUTER_V4, None))
+
+
+def decap_ip_batch(packets: list[bytes], *, dst_port: int = VXLAN_PORT) -> tuple[int, list[bytes]] | None:
+    """:func:`decap_ip` of a batch that is all of one kind: IPv4 without options, unfragmented, UDP to
+    ``dst_port``, exactly as long as the IP length says, one VXLAN header (I flag set, the same VNI and
+    reserved bits) and a whole Ethernet header inside.  Returns ``(vni, frames)``, or None (nothing done)
+    for any other batch, which the caller then takes packet by packet.
+
+    :param packets: decrypted inner packets (trimmed to their IP length).
+    """
+    if not packets:
+        return None
+    rows = list(map(_V4_VXLAN.unpack_from, packets)) if min(map(len, packets)) >= _OUTER_V4 else []
+    if not rows:
+        return None
+    b0, _, frag, proto, dport, _, w0, w1 = rows[0]
+    if (b0 != 0x45 or frag & _IPV4_MF_OFFSET or proto != _IPPROTO_UDP or dport != dst_port
+            or not (w0 >> 24) & VXLAN_FLAG_I):
+        return None
+    lens = list(map(len, packets))
+    if min(lens) < _OUTER_V4 + ETH_HEADER_SIZE:
+        return None
+    ok = 0
+    for n in set(lens):
+        ok += rows.count((b0, n, frag, proto, dport, n - IPV4_HEADER_SIZE, w0, w1))
+    if ok != len(packets):
+        return None
+    return w1 >> 8, list(map(_AFTER_OUTER_V4, packets))
 
 
 def decap_ip(
