@@ -341,16 +341,31 @@ def encap_ip_batch(
     """
     if not frames:
         return []
+    if len(src_ip) != 4:
+        return [encap_ip(f, vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port) for f in frames]
     sport = _batch_src_port(frames) if len(frames) > 1 else None
-    if sport is None or len(src_ip) != 4:
-        return [encap_ip(f, vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port,
-                         src_port=sport) for f in frames]
+    if sport is None:
+        return [_outer_v4(len(f), vni, src_ip, dst_ip, dst_port, flow_src_port(f)) + f for f in frames]
     lens = list(map(len, frames))
-    heads = {}
-    for n in set(lens):
-        heads[n] = encap_ip(bytes(n), vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port,
-                            src_port=sport)[:_OUTER_V4]
+    heads = {n: _outer_v4(n, vni, src_ip, dst_ip, dst_port, sport) for n in set(lens)}
     return list(map(bytes.__add__, map(heads.__getitem__, lens), frames))
+
+
+_outer_cache: dict[tuple[int, int, bytes, bytes, int, int], bytes] = {}
+_OUTER_CACHE_MAX = 4096
+
+
+def _outer_v4(n: int, vni: int, src_ip: bytes, dst_ip: bytes, dst_port: int, src_port: int) -> bytes:
+    """The 36-byte outer IPv4 + UDP + VXLAN header that :func:`encap_ip` puts in front of an ``n``-byte frame
+    (it depends on nothing else over IPv4, whose outer UDP checksum is zero), built by it and cached."""
+    key = (n, src_port, src_ip, dst_ip, vni, dst_port)
+    head = _outer_cache.get(key)
+    if head is None:
+        if len(_outer_cache) >= _OUTER_CACHE_MAX:
+            _outer_cache.clear()
+        head = _outer_cache[key] = encap_ip(bytes(n), vni=vni, src_ip=src_ip, dst_ip=dst_ip, dst_port=dst_port,
+                                            src_port=src_port)[:_OUTER_V4]
+    return head
 
 
 #: byte 0, total length, fragment field, protocol, UDP destination port and length, VXLAN words (BE)
