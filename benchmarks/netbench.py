@@ -68,13 +68,14 @@ SCHEMA = "pyvpn-netbench/1"
 BASELINE = "veth"
 #: Paths compared against their peers in the ratio table (numerator), and the peers (denominator), most
 #: telling first.  pyvpn L3 against the other VPNs (the modern wireguard-go first) and kernel vxlan.
-#: pyvpn L2 against pyvpn L3 (what the tap + VXLAN layer costs), kernel vxlan (the same L2 encapsulation,
-#: in the kernel, unencrypted) and the modern wireguard-go (the encrypted L3 reference); not against the
-#: L3 (tun) VPNs, which add nothing that the wireguard-go row does not say.
+#: pyvpn L2 against pyvpn L3 (what the tap + VXLAN layer costs), OpenVPN in tap mode (the L2 VPN users
+#: compare), kernel vxlan (the same L2 encapsulation, in the kernel, unencrypted) and the modern
+#: wireguard-go (the encrypted L3 reference); not against the L3 (tun) VPNs, which add nothing that the
+#: wireguard-go row does not say.
 PYVPN_PATHS = ("pyvpn", "pyvpn-l2")
 PEERS: dict[str, tuple[str, ...]] = {
     "pyvpn": ("wireguard-go-trixie", "wireguard-go", "fastd", "tinc", "openvpn", "vxlan"),
-    "pyvpn-l2": ("pyvpn", "vxlan", "wireguard-go-trixie")}
+    "pyvpn-l2": ("pyvpn", "openvpn-tap", "vxlan", "wireguard-go-trixie")}
 MODES = ("shared", "pinned")
 PAUSE = 0.3  # seconds between tests, so that queues of the previous test drain
 
@@ -545,7 +546,8 @@ def write_chart(report: Report, path: Path) -> str | None:
     rows = (len(METRICS) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
     colors = {"veth": "#999999", "vxlan": "#bbbbbb", "wireguard-go-trixie": "#54278f", "wireguard-go": "#9e9ac8",
-              "fastd": "#31a354", "tinc": "#a1d99b", "openvpn": "#ef8a17", "pyvpn": "#1f78b4", "pyvpn-l2": "#6baed6"}
+              "fastd": "#31a354", "tinc": "#a1d99b", "openvpn": "#ef8a17", "openvpn-tap": "#fdae6b",
+              "pyvpn": "#1f78b4", "pyvpn-l2": "#6baed6"}
     for ax, m in zip(axes.flat, METRICS, strict=False):
         names, med, lo, hi, col = [], [], [], [], []
         for r in records:

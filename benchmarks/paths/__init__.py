@@ -2,7 +2,7 @@
 
 Each module holds one family of paths (:mod:`.kernel`: raw veth and kernel vxlan; :mod:`.wggo`:
 wireguard-go, bookworm's and trixie's; :mod:`.fastd`: fastd; :mod:`.tinc`: tinc 1.0; :mod:`.openvpn`:
-OpenVPN 2.6; :mod:`.pyvpn`: pyvpn L3 and L2), all subclasses of :class:`.base.BenchPath`.  :mod:`.lab`
+OpenVPN 2.6, tun and tap; :mod:`.pyvpn`: pyvpn L3 and L2), all subclasses of :class:`.base.BenchPath`.  :mod:`.lab`
 owns namespaces, processes and CPU pinning; :mod:`.measure` runs and parses iperf3 and ping;
 :mod:`.trixie` fetches trixie's wireguard-go.
 """
@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from .base import BenchPath, Endpoints
 from .fastd import FastdPath
 from .kernel import VethPath, VxlanPath
-from .openvpn import OpenVpnPath
+from .openvpn import OpenVpnPath, OpenVpnTapPath
 from .pyvpn import PyvpnL2Path, PyvpnL3Path
 from .tinc import TincPath
 from .wggo import WireguardGoPath, WireguardGoTrixiePath
 
 #: Paths without a pyvpn command, by key, in table order.
 _PLAIN: dict[str, type[BenchPath]] = {cls.key: cls for cls in (
-    VethPath, VxlanPath, WireguardGoTrixiePath, WireguardGoPath, FastdPath, TincPath, OpenVpnPath)}
+    VethPath, VxlanPath, WireguardGoTrixiePath, WireguardGoPath, FastdPath, TincPath, OpenVpnPath,
+    OpenVpnTapPath)}
 _PYVPN: dict[str, type[PyvpnL3Path | PyvpnL2Path]] = {cls.key: cls for cls in (PyvpnL3Path, PyvpnL2Path)}
 #: Every path, in table order.
 PATH_KEYS: tuple[str, ...] = (*_PLAIN, *_PYVPN)

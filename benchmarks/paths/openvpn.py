@@ -6,6 +6,7 @@ ciphers, so AES-256-GCM needs TLS.  Each end gets a self-signed EC P-256 certifi
 so no CA is needed.  ``dh none`` selects ECDHE.  ``--disable-dco`` keeps the data path in the userspace
 process, which is what this benchmark compares.  The tun MTU is 1420 like WireGuard's, so the outer
 datagrams (1420 + 20 IP + 8 UDP + 24 OpenVPN/GCM) stay below the veth's 1500 and never fragment.
+:class:`OpenVpnTapPath` runs the same in tap mode (``dev-type tap``, MTU 1370 like pyvpn L2's taps).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .wggo import write_private
 
 OVPN_PORT = 1194
 OVPN_MTU = 1420
+OVPN_TAP_MTU = 1370  # pyvpn L2's default tap MTU (tunnel 1420 - 50 bytes of VXLAN headroom)
 CIPHER = "AES-256-GCM"
 START_TIMEOUT = 20.0
 
@@ -50,16 +52,24 @@ def self_signed(common_name: str) -> tuple[str, str, str]:
 
 
 def p2p_config(*, tls_role: str, local: str, remote: str, ifconfig_local: str, ifconfig_remote: str,
-               ipv6_local: str, ipv6_remote: str, cert: Path, key: Path, peer_fingerprint: str, ifname: str) -> str:
-    """The text of one end's OpenVPN 2.6 p2p config (TLS, AES-256-GCM only, no DCO)."""
+               ipv6_local: str, ipv6_remote: str, cert: Path, key: Path, peer_fingerprint: str, ifname: str,
+               dev_type: str = "tun", mtu: int = OVPN_MTU) -> str:
+    """The text of one end's OpenVPN 2.6 p2p config (TLS, AES-256-GCM only, no DCO).
+
+    :param dev_type: ``tun`` (L3) or ``tap`` (Ethernet frames; ``ifconfig`` then takes a /24 netmask).
+    :param mtu: ``tun-mtu``: the tun's MTU, or the tap's (IP MTU of its frames).
+    """
     if tls_role not in ("tls-server", "tls-client"):
         raise ValueError(f"tls_role must be tls-server or tls-client, not {tls_role!r}")
+    if dev_type not in ("tun", "tap"):
+        raise ValueError(f"dev_type must be tun or tap, not {dev_type!r}")
+    ifconfig = f"{ifconfig_local} {ifconfig_remote}" if dev_type == "tun" else f"{ifconfig_local} 255.255.255.0"
     return "\n".join([
-        f"dev {ifname}", "dev-type tun", "proto udp", f"local {local}", f"lport {OVPN_PORT}",
+        f"dev {ifname}", f"dev-type {dev_type}", "proto udp", f"local {local}", f"lport {OVPN_PORT}",
         f"remote {remote}", f"rport {OVPN_PORT}", "float",
-        f"ifconfig {ifconfig_local} {ifconfig_remote}",
+        f"ifconfig {ifconfig}",
         f"ifconfig-ipv6 {ipv6_local}/64 {ipv6_remote}",
-        f"tun-mtu {OVPN_MTU}", tls_role, "dh none", f"cert {cert}", f"key {key}",
+        f"tun-mtu {mtu}", tls_role, "dh none", f"cert {cert}", f"key {key}",
         f"peer-fingerprint {peer_fingerprint}", f"data-ciphers {CIPHER}", "disable-dco",
         "ping 10", "ping-restart 60", "verb 3", "",
     ])
@@ -69,6 +79,8 @@ class OpenVpnPath(BenchPath):
     key = "openvpn"
     title = "OpenVPN"
     requires = ("openvpn",)
+    dev_type = "tun"
+    mtu = OVPN_MTU
 
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
@@ -85,7 +97,8 @@ class OpenVpnPath(BenchPath):
                 tls_role=role, local=local, remote=remote, ifconfig_local=f"198.19.{slot}.{me}",
                 ifconfig_remote=f"198.19.{slot}.{other}", ipv6_local=f"fd00:{slot:x}::{me}",
                 ipv6_remote=f"fd00:{slot:x}::{other}", cert=cert, key=key,
-                peer_fingerprint=creds[1 - i][2], ifname="tun0"))
+                peer_fingerprint=creds[1 - i][2], ifname=f"{self.dev_type}0", dev_type=self.dev_type,
+                mtu=self.mtu))
             log = lab.dir / f"openvpn-{slot}-{me}.log"
             proc = lab.popen(ns, ["openvpn", "--config", str(conf)], log=log)
             self.procs.append(proc)
@@ -101,9 +114,20 @@ class OpenVpnPath(BenchPath):
         if (dead := self.alive()) is not None:
             raise LabError(f"openvpn: {dead}")
         self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="OpenVPN")
-        return Endpoints(pair.client, pair.server, server_addr, OVPN_MTU, offloads,
+        return Endpoints(pair.client, pair.server, server_addr, self.mtu, offloads,
                          f"p2p udp {OVPN_PORT}, TLS (self-signed, peer-fingerprint), {CIPHER}, no DCO, "
-                         f"tun-mtu {OVPN_MTU}")
+                         f"dev-type {self.dev_type}, tun-mtu {self.mtu}")
 
     def version(self) -> str:
         return first_line(["openvpn", "--version"])
+
+
+class OpenVpnTapPath(OpenVpnPath):
+    """The same OpenVPN in tap mode (Ethernet frames over the tunnel): where pyvpn L2 users compare, since
+    OpenVPN's kernel offload (DCO) has no tap mode.  The tap MTU is pyvpn L2's default (1370), so both carry
+    the same inner packets."""
+
+    key = "openvpn-tap"
+    title = "OpenVPN tap"
+    dev_type = "tap"
+    mtu = OVPN_TAP_MTU

@@ -169,7 +169,7 @@ def test_plan_tiny_tunnel_mtu_is_an_error() -> None:
 class Node:
     """A Device on a MemoryNetwork with an L2 runtime on MemoryTun taps, built from a real config text."""
 
-    def __init__(self, net: MemoryNetwork, index: int, text: str, *, role: str) -> None:
+    def __init__(self, net: MemoryNetwork, index: int, text: str, *, role: str, vnet: bool = False) -> None:
         self.index = index
         self.cfg = parse_config(text)
         self.tun = MemoryTun(f"wg{index}")
@@ -181,7 +181,10 @@ class Node:
             self.dev.add_peer(p.public_key, allowed_ips=[str(n) for n in p.allowed_ips], name=p.name,
                               endpoint=p.endpoint)
         self.plans = plan_segments(self.cfg, role=role, tunnel_mtu=1420)
-        self.taps = {tp.name: MemoryTun(tp.name, tp.mtu, tap=True) for tp in self.plans}
+        # vnet: taps as open_segments opens them (virtio_net_hdr on every buffer, TSO/checksum offloads)
+        self.taps = {tp.name: MemoryTun(tp.name, tp.mtu, tap=True, vnet_hdr=vnet,
+                                        offloads=("csum", "tso4", "tso6") if vnet else ())
+                     for tp in self.plans}
         self.plain: dict[tuple[str, int], MemoryUdp] = {}
         for tp in self.plans:
             for sp in tp.segments:
@@ -203,7 +206,7 @@ class Node:
         return self.taps[tap].take_written()
 
 
-def star(n_clients: int, server_segments: str, client_segments: Callable[[int], str] | str,
+def star(n_clients: int, server_segments: str, client_segments: Callable[[int], str] | str, *, vnet: bool = False,
          ) -> tuple[MemoryNetwork, Node, list[Node]]:
     """A pyvpn server (index 0, 198.19.0.1) and clients 1..n (198.19.0.i+1) that know its endpoint."""
     net = MemoryNetwork()
@@ -211,14 +214,14 @@ def star(n_clients: int, server_segments: str, client_segments: Callable[[int], 
         f"\n[Peer]\n#pyvpn Name = c{i}\nPublicKey = {encode_key(PUBS[i])}\nAllowedIPs = 198.19.0.{i + 1}/32\n"
         for i in range(1, n_clients + 1))
     server = Node(net, 0, f"[Interface]\nPrivateKey = {encode_key(KEYS[0])}\nAddress = 198.19.0.1/24\n"
-                  + srv_peers + server_segments, role="server")
+                  + srv_peers + server_segments, role="server", vnet=vnet)
     clients = []
     for i in range(1, n_clients + 1):
         segs = client_segments(i) if callable(client_segments) else client_segments
         clients.append(Node(net, i, f"[Interface]\nPrivateKey = {encode_key(KEYS[i])}\n"
                             f"Address = 198.19.0.{i + 1}/24\n\n[Peer]\n#pyvpn Name = srv\n"
                             f"PublicKey = {encode_key(PUBS[0])}\nEndpoint = 198.18.0.1:51820\n"
-                            f"AllowedIPs = 198.19.0.0/24\n" + segs, role="client"))
+                            f"AllowedIPs = 198.19.0.0/24\n" + segs, role="client", vnet=vnet))
     return net, server, clients
 
 
@@ -604,5 +607,112 @@ def test_a_member_cannot_inject_into_a_mapped_vlan() -> None:
         assert trunk.take_written() == [tagged(BCAST, mac(1), 10, b"plain")]
         assert srv.dev.drop_counts()["l2_peer_vlan_tag"] == 3
         assert srv.dev.snapshot()["segments"][0]["untagged_only"] is True
+
+    run_nodes([srv, cli], body)
+
+
+# -- tap offloads: vnet-hdr taps, TSO super-frames read, GRO super-frames written --------------------------------
+def tcp_frames(n: int, *, size: int = 1300, seq: int = 1000, src: bytes = mac(1), dst: bytes = mac(9)) -> list[bytes]:
+    """``n`` in-order, full-size segments of one IPv4 TCP flow (valid checksums) as Ethernet frames."""
+    from tunnel.offload import checksum
+
+    out = []
+    for i in range(n):
+        payload = bytes([i & 0xFF]) * size
+        tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq + i * size, 77, 5 << 4, 0x10, 512, 0, 0)
+                        + payload)
+        a, b = socket.inet_aton("198.19.100.1"), socket.inet_aton("198.19.100.2")
+        tcp[16:18] = checksum(bytes(tcp), int.from_bytes(a + b, "big") % 0xFFFF + 6 + len(tcp)).to_bytes(2, "big")
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0x4000, 64, 6, 0, a, b))
+        ip[10:12] = checksum(bytes(ip)).to_bytes(2, "big")
+        out.append(dst + src + b"\x08\x00" + bytes(ip) + bytes(tcp))
+    return out
+
+
+async def vnet_handshake(srv: Node, cli: Node) -> None:
+    """The session comes up, the server learns mac(1) behind the client and the client mac(9) behind it."""
+    cli.taps["tap100"].inject([bytes(10) + eth(BCAST, mac(1), b"i am 1")])
+    assert await until(lambda: len(srv.taps["tap100"].written) >= 1)
+    srv.taps["tap100"].inject([bytes(10) + eth(mac(1), mac(9), b"i am 9")])
+    assert await until(lambda: len(cli.taps["tap100"].written) >= 1)
+    for t in (srv.taps["tap100"], cli.taps["tap100"]):
+        t.take_written()
+
+
+def test_vnet_taps_cut_tso_super_frames_and_write_gro_super_frames() -> None:
+    """A TSO super-frame read from the client's tap crosses as MTU-sized frames (VXLAN in the tunnel) and
+    reaches the server's tap coalesced again: fewer writes than frames, each a valid GSO write, whose
+    segments are exactly the frames; the switch counts every frame of a run."""
+    from tunnel.offload import VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr, gro_frames, segment
+
+    _, srv, (cli,) = star(1, seg(100, "tap100"), seg(100, "tap100"), vnet=True)
+
+    async def body() -> None:
+        await vnet_handshake(srv, cli)
+        frames = tcp_frames(40)
+        (super_frame,) = gro_frames(frames)  # exactly what a TSO tap read looks like
+        assert VirtioNetHdr.unpack(super_frame).gso_type == VIRTIO_NET_HDR_GSO_TCPV4
+        cli.taps["tap100"].inject([super_frame])
+        tap = srv.taps["tap100"]
+        assert await until(lambda: sum(len(segment(b, l2=True)) for b in tap.written) >= len(frames))
+        await settle()
+        written = tap.take_written()
+        assert [f for b in written for f in segment(b, l2=True)] == frames
+        assert len(written) < len(frames)
+        assert any(VirtioNetHdr.unpack(b).gso_type == VIRTIO_NET_HDR_GSO_TCPV4 for b in written)
+        assert srv.l2.switch(100).counters["local"] == len(frames)
+        assert cli.l2.switch(100).counters["unicast"] == len(frames)
+        assert "tun:gro" in srv.dev.snapshot()["segments"][0]["offloads"]
+        assert not srv.dev.drop_counts()
+
+    run_nodes([srv, cli], body)
+
+
+def test_vnet_tap_falls_back_to_frame_writes_when_gso_writes_are_refused() -> None:
+    from tunnel.offload import VirtioNetHdr
+
+    _, srv, (cli,) = star(1, seg(100, "tap100"), seg(100, "tap100"), vnet=True)
+    tap = srv.taps["tap100"]
+    plain_write = tap.write_batch
+
+    def refuse_gso(bufs: list[bytes]) -> int:  # a kernel that takes no GSO writes on this tap
+        ok = [b for b in bufs if VirtioNetHdr.unpack(b).gso_type == 0]
+        tap.write_errors["EINVAL"] += len(bufs) - len(ok)
+        return plain_write(ok)
+
+    tap.write_batch = refuse_gso  # type: ignore[method-assign]
+
+    async def body() -> None:
+        await vnet_handshake(srv, cli)
+        cli.taps["tap100"].inject([bytes(10) + f for f in tcp_frames(20)])
+        assert await until(lambda: "tun:gro" not in srv.dev.snapshot()["segments"][0]["offloads"])
+        later = tcp_frames(20, seq=1000 + 20 * 1300)
+        cli.taps["tap100"].inject([bytes(10) + f for f in later])
+        assert await until(lambda: [b[10:] for b in tap.written][-20:] == later)
+        assert srv.dev.drop_counts()["l2_tap_write_EINVAL"] >= 1
+
+    run_nodes([srv, cli], body)
+
+
+def test_batches_to_the_vtep_in_bulk_unknown_vni_and_not_vxlan() -> None:
+    """Batches of one address pair to our VTEP take the device's one-flow path: VXLAN of an unknown VNI is
+    counted per packet, UDP to another port still reaches the tun, in order."""
+    _, srv, (cli,) = star(1, seg(100, "tap100"), seg(100, "tap100"))
+
+    async def body() -> None:
+        await handshake(srv, [cli])
+        vtep_a, vtep_b = socket.inet_aton("198.19.0.2"), socket.inet_aton("198.19.0.1")
+        cli.tun.inject([encap_ip(f, vni=4242, src_ip=vtep_a, dst_ip=vtep_b) for f in tcp_frames(6)])
+        assert await until(lambda: srv.dev.drop_counts()["l2_unknown_vni"] == 6)
+        dns = [ipv4_udp("198.19.0.2", "198.19.0.1", b"q%d" % i, 53) for i in range(6)]
+        cli.tun.inject(dns)
+        assert await until(lambda: len(srv.tun.written) >= 6)
+        assert srv.tun.written == dns
+        frames = tcp_frames(6, src=mac(1), dst=mac(9))
+        srv.taps["tap100"].inject([eth(mac(1), mac(9), b"9 is here")])
+        assert await until(lambda: len(cli.taps["tap100"].written) >= 1)
+        cli.tun.inject([encap_ip(f, vni=100, src_ip=vtep_a, dst_ip=vtep_b) for f in frames])
+        assert await until(lambda: len(srv.taps["tap100"].written) >= 6)
+        assert srv.written("tap100") == frames
 
     run_nodes([srv, cli], body)

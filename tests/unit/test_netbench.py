@@ -247,8 +247,9 @@ def test_comparisons() -> None:
     assert rows[:n] == [(k, "veth") for k in PATH_KEYS if k != "veth"]
     assert rows[n:] == [("pyvpn", "wireguard-go-trixie"), ("pyvpn", "wireguard-go"), ("pyvpn", "fastd"),
                         ("pyvpn", "tinc"), ("pyvpn", "openvpn"), ("pyvpn", "vxlan"),
-                        ("pyvpn-l2", "pyvpn"), ("pyvpn-l2", "vxlan"), ("pyvpn-l2", "wireguard-go-trixie")]
-    assert ("pyvpn-l2", "openvpn") not in rows  # OpenVPN runs in L3 (tun) mode here
+                        ("pyvpn-l2", "pyvpn"), ("pyvpn-l2", "openvpn-tap"), ("pyvpn-l2", "vxlan"),
+                        ("pyvpn-l2", "wireguard-go-trixie")]
+    assert ("pyvpn-l2", "openvpn") not in rows  # the L3 (tun) OpenVPN: pyvpn L2 meets its tap mode
     assert len(rows) == len(set(rows))
     assert netbench.comparisons(["pyvpn", "pyvpn-l2"]) == [("pyvpn-l2", "pyvpn")]
     assert netbench.comparisons(["vxlan", "pyvpn-l2"]) == [("pyvpn-l2", "vxlan")]
@@ -516,6 +517,16 @@ def test_openvpn_config_and_fingerprint(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         p2p_config(tls_role="server", local="", remote="", ifconfig_local="", ifconfig_remote="",
                    ipv6_local="", ipv6_remote="", cert=tmp_path, key=tmp_path, peer_fingerprint="", ifname="t")
+    tap = p2p_config(tls_role="tls-client", local="198.18.3.1", remote="198.18.3.2", ifconfig_local="198.19.3.1",
+                     ifconfig_remote="198.19.3.2", ipv6_local="fd00:3::1", ipv6_remote="fd00:3::2",
+                     cert=tmp_path / "c", key=tmp_path / "k", peer_fingerprint=fp, ifname="tap0", dev_type="tap",
+                     mtu=1370).splitlines()
+    for want in ("dev tap0", "dev-type tap", "tun-mtu 1370", "ifconfig 198.19.3.1 255.255.255.0"):
+        assert want in tap
+    with pytest.raises(ValueError):
+        p2p_config(tls_role="tls-client", local="", remote="", ifconfig_local="", ifconfig_remote="",
+                   ipv6_local="", ipv6_remote="", cert=tmp_path, key=tmp_path, peer_fingerprint="", ifname="t",
+                   dev_type="tup")
 
 
 def _key() -> tuple[str, str]:
