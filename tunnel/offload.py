@@ -26,6 +26,14 @@ written with a ``struct virtio_net_hdr`` (include/uapi/linux/virtio_net.h):
   Everything else goes out unchanged behind an all-zero (``GSO_NONE``, flags 0) header: with a vnet-hdr
   tun *every* write needs the header, and flags 0 means the kernel verifies the checksums itself.
 
+Taps
+----
+A tap's buffers are Ethernet frames: the same work with the Ethernet header (14 bytes, 18 or 22 with one or
+two 802.1Q/802.1ad tags) in front of the IP header.  ``segment(l2=True)`` copies it in front of every
+segment (``csum_start`` counts it, as the kernel writes it), :func:`gro` and :func:`coalesce` take it as
+``l2=`` and put it back in front of each output (counted in ``hdr_len`` and ``csum_start``), and
+:func:`gro_frames` groups a batch of frames by that header.  One segmenter and one GRO serve tun and tap.
+
 Checksums
 ---------
 The one's-complement sum of 16-bit big-endian words equals the value of the bytes read as one big-endian

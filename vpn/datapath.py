@@ -12,9 +12,11 @@ Flow (called by :class:`vpn.device.Device` once per wakeup; no timers, so a lone
    (16 + MTU + 16 bytes for full-size segments), and :meth:`tunnel.udp.UdpSocket.send_batch` sends each run
    in one ``sendmsg`` with ``UDP_SEGMENT`` (at most :func:`gso_max_segs` messages a send).
 3. **peers → tun** (:func:`write_tun`).  Datagrams arrive GRO-coalesced and are split by the UDP socket; the
-   core opens them; the device applies the AllowedIPs ACL and forwarding.  With a vnet header, :func:`gro`
-   merges runs of in-order TCP segments into super-packets (and :func:`tunnel.offload.coalesce` handles the
-   rest, UDP into USO packets too), each written in one call; every other packet gets the all-zero header.
+   core opens them; the device applies the AllowedIPs ACL and forwarding.  With a vnet header,
+   :func:`tunnel.offload.gro` merges runs of in-order TCP segments into super-packets (and
+   :func:`tunnel.offload.coalesce` handles the rest, UDP into USO packets too), each written in one call;
+   every other packet gets the all-zero header.  L2 taps use the same mode and writer (``l2=True``:
+   :func:`tunnel.offload.gro_frames`).
 4. **peer → peer** (:func:`forward_hop`, only with ``#pyvpn Forward = on``).  A packet for another peer is
    not written to the tun: like a router, the daemon takes one off its TTL (IPv4, with the header checksum
    updated incrementally, RFC 1624) or hop limit (IPv6), drops it at zero (counted as ``ttl_exceeded``; no
