@@ -129,7 +129,7 @@ EXPIRE_INTERVAL = 10.0  # seconds between MAC-table sweeps (Linux's vxlan and br
 MAX_EVENT_LINES = 5  # MAC move / claim log lines per segment and housekeeping tick (1 s)
 PLAIN_UNDERLAY_MTU = 1500  # assumed underlay MTU for plain segments without MTU =
 #: Let the kernel hand taps TSO super-frames to cut here (``PYVPN_TAP_TSO_READS=1``); off by default, as for
-#: the tun (measured in benchmarks/results/l2-offloads.md).
+#: the tun (measured: benchmarks/l2-offloads.md).
 TAP_TSO_READS_DEFAULT = os.environ.get("PYVPN_TAP_TSO_READS", "") == "1"
 _IPPROTO_UDP = 17
 _ETH_HEAD = itemgetter(slice(0, 14))  # MACs and EtherType (or TPID): what a switch decision depends on
