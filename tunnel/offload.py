@@ -898,21 +898,14 @@ _VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offse
 
 
 def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:
+    """:func:`_tcp_mask`'s mask, the same without the IP length field (for a shorter last segment), and
+    the sequence number's shift."""
     key = (version, hl)
     r = _masks.get(key)
     if r is None:
-        l4 = 20 if version == 4 else 40
-        m = bytearray(b"\xff" * hl)
-        if version == 4:
-            m[4:6] = m[10:12] = b"\0\0"
-        m[l4 + 13] &= ~_PSH & 0xFF
-        m[l4 + 16:l4 + 18] = b"\0\0"
-        short = bytearray(m)
-        if version == 4:
-            short[2:4] = b"\0\0"
-        else:
-            short[4:6] = b"\0\0"
-        r = _masks[key] = (int.from_bytes(m, "big"), int.from_bytes(short, "big"), 8 * (hl - l4 - 8))
+        mask, shift, _ = _tcp_mask(version, hl)
+        length = 0xFFFF << 8 * (hl - (4 if version == 4 else 6))  # IPv4 total / IPv6 payload length
+        r = _masks[key] = (mask, mask & ~length, shift)
     return r
 
 
