@@ -716,3 +716,27 @@ def test_batches_to_the_vtep_in_bulk_unknown_vni_and_not_vxlan() -> None:
         assert srv.written("tap100") == frames
 
     run_nodes([srv, cli], body)
+
+
+def test_garbage_from_a_vnet_tap_is_counted_never_raised() -> None:
+    """Reads from a vnet-hdr tap that are too short or carry a malformed GSO header are dropped and counted
+    (``l2_tap_bad_offload``); the valid frames around them still cross."""
+    from tunnel.offload import VirtioNetHdr
+
+    _, srv, (cli,) = star(1, seg(100, "tap100"), seg(100, "tap100"), vnet=True)
+    rng = __import__("random").Random(8)
+
+    async def body() -> None:
+        await vnet_handshake(srv, cli)
+        bad_gso = VirtioNetHdr(1, 1, 54, 1000, 34, 16).pack() + eth(mac(9), mac(1), b"not ip at all")
+        junk = [rng.randbytes(rng.randrange(0, 10)) for _ in range(20)] + [bad_gso] * 3
+        good = tcp_frames(5)
+        cli.taps["tap100"].inject([j for j in junk if j] + [bytes(10) + f for f in good])
+        tap = srv.taps["tap100"]
+        assert await until(lambda: sum(len(segment(b, l2=True)) for b in tap.written) >= len(good))
+        assert [f for b in tap.take_written() for f in segment(b, l2=True)] == good
+        assert cli.dev.drop_counts()["l2_tap_bad_offload"] == len([j for j in junk if j])
+
+    from tunnel.offload import segment
+
+    run_nodes([srv, cli], body)

@@ -393,6 +393,24 @@ def test_segment_random_bytes_only_offload_error(data: bytes, hdr_size: int) -> 
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 40), st.integers(0, 255))
+def test_segment_frames_random_and_mutated_only_offload_error(data: bytes, at: int, byte: int) -> None:
+    """Random buffers, and a valid tap TSO read with one byte changed, as a tap read: segment(l2=True)
+    returns frames or raises OffloadError, nothing else."""
+    good = bytearray(as_kernel_read(tcp_super(4, bytes(3000)), VIRTIO_NET_HDR_GSO_TCPV4, 1000,
+                                    bogus_hdr_len=False))
+    good[16:16] = b"\0" * 12 + b"\x08\x00"  # an Ethernet header after the 10-byte virtio header...
+    good[6:8] = (20 + 14).to_bytes(2, "little")  # ...counted in csum_start
+    good[at] = byte
+    for buf in (data, bytes(good)):
+        try:
+            segment(buf, l2=True)
+        except OffloadError:
+            pass
+    assert split_reads([data, bytes(good)], l2=True)[1] <= 2
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.integers(0, 10 + 3100), st.integers(0, 255), st.integers(0, 10 + 3100), st.sampled_from([0, 1, 2]))
 def test_segment_mutated_reads_only_offload_error(cut: int, byte: int, at: int, which: int) -> None:
     pkt = [tcp_super(4, b"y" * 3000), tcp_super(6, b"y" * 3000), udp_super(4, b"y" * 3000)][which]
