@@ -67,6 +67,7 @@ DROP_REASONS: dict[str, str] = {
     "l2_plain_unknown_source": "a plain VXLAN packet from an address not among the segment's remotes",
     "l2_frame_too_big": "a frame too big to encapsulate within the tunnel MTU",
     "l2_tap_write_error": "frames the tap device refused",
+    "l2_tap_bad_offload": "a tap read with a malformed virtio_net_hdr or a super-frame that cannot be cut",
     "l2_peer_gone": "frames for a peer removed while they were queued",
     "l2_runt": "an Ethernet frame shorter than its header",
     "l2_bad_source": "a frame with a multicast or all-zero source MAC",

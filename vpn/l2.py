@@ -65,7 +65,19 @@ peers' tagged frames are dropped (``l2_peer_vlan_tag``).
 
 Counters: device-level drops (merged into ``Device.drop_counts``, so ``pyvpn show`` lists them) are
 ``l2_bad_vxlan``, ``l2_unknown_vni``, ``l2_vni_not_member``, ``l2_unmapped_vlan``,
-``l2_plain_unknown_source``, ``l2_tap_write_<errno>`` and each switch's ``drop_*`` reasons as ``l2_*``.
+``l2_plain_unknown_source``, ``l2_tap_bad_offload``, ``l2_tap_write_<errno>`` and each switch's ``drop_*``
+reasons as ``l2_*``.
+
+Tap offloads
+------------
+Taps are opened with ``IFF_VNET_HDR`` and configured like the tun (:func:`vpn.datapath.configure_tun`): the
+kernel segments and checksums before a read unless :data:`TAP_TSO_READS_DEFAULT` (then
+:func:`tunnel.offload.split_reads` cuts super-frames into MTU-sized frames, which is all a peer ever
+sees), and the frames for a tap are written as GRO super-frames (:func:`tunnel.offload.gro_frames`), frame
+by frame from the first ``EINVAL`` on (:func:`vpn.datapath.write_tun`).  Frames of one flow read or
+received together take the bulk branches: one switch decision per run of equal Ethernet headers
+(``count=``), one outer header per length (:func:`~tunnel.encap.vxlan.encap_ip_batch`), one decapsulation
+pass (:func:`~tunnel.encap.vxlan.decap_ip_batch`, through :meth:`L2Runtime.take_batch`).
 """
 
 from __future__ import annotations
