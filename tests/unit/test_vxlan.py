@@ -25,7 +25,9 @@ from tunnel.encap.vxlan import (
     VXLAN_VNI_MAX,
     VxlanError,
     decap_ip,
+    decap_ip_batch,
     encap_ip,
+    encap_ip_batch,
     flow_src_port,
     mtu_for_tap,
     pack_header,
@@ -427,3 +429,47 @@ def test_fuzz_decap_raises_only_vxlan_error() -> None:
             unpack_header(data[:12])
         except VxlanError:
             pass
+
+
+# -- batches: the bulk branches against the single-packet functions ------------------------------------------
+def _flow_frame(rng: random.Random, flow: int, version: int, size: int) -> bytes:
+    """An untagged TCP frame of flow ``flow`` (its ports), IPv4 or IPv6, ``size`` bytes of payload."""
+    tcp = struct.pack("!HHIIBBHHH", 40000 + flow, 5201, rng.getrandbits(32), 0, 5 << 4, 0x10, 512, 0, 0)
+    body = tcp + rng.randbytes(size)
+    if version == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), rng.getrandbits(16), 0x4000, 64, 6, 0,
+                         bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2]))
+        return bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x08\x00" + ip + body
+    ip = struct.pack("!IHBB16s16s", 6 << 28, len(body), 6, 64, bytes(15) + b"\x01", bytes(15) + b"\x02")
+    return bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x86\xdd" + ip + body
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_batches_equal_the_single_packet_functions(seed: int) -> None:
+    """encap_ip_batch gives exactly encap_ip of each frame (one flow or several, IPv4 or IPv6 VTEPs, odd
+    frames among them); decap_ip_batch gives decap_ip's frames, or declines (None) a batch it cannot take
+    whole, never anything else."""
+    rng = random.Random(seed)
+    nflows = rng.choice([1, 1, 2, 4])
+    version = rng.choice([4, 6])
+    frames = [_flow_frame(rng, rng.randrange(nflows), version, rng.choice([1300, 1300, 1300, 7]))
+              for _ in range(rng.randrange(1, 30))]
+    if rng.random() < 0.2:
+        frames.insert(rng.randrange(len(frames)), rng.randbytes(rng.randrange(14, 80)))  # not IP
+    v6_vteps = rng.random() < 0.3
+    src, dst = (bytes(15) + b"\x0a", bytes(15) + b"\x0b") if v6_vteps else (bytes([198, 19, 0, 1]),
+                                                                             bytes([198, 19, 0, 2]))
+    want = [encap_ip(f, vni=100, src_ip=src, dst_ip=dst) for f in frames]
+    assert encap_ip_batch(frames, vni=100, src_ip=src, dst_ip=dst) == want
+    packets = list(want)
+    if rng.random() < 0.3:  # a packet the batch cannot take: another port, a fragment, a bad VXLAN header
+        k = rng.randrange(len(packets))
+        p = bytearray(packets[k])
+        p[rng.choice([7, 23, 28]) if not v6_vteps else 43] ^= 0x01
+        packets[k] = bytes(p)
+    got = decap_ip_batch(packets)
+    if got is not None:
+        vni, out = got
+        assert vni == 100 and out == [decap_ip(p).frame for p in packets]
+    else:
+        assert v6_vteps or packets != want or len(packets) == 0
