@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .messages import MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_HEADER_SIZE
-from .replay import BLOCK_BITS, RING_BLOCKS, ReplayWindow
+from .replay import ReplayWindow
 
 _ZERO4 = bytes(4)
 _PADS = [bytes(i) for i in range(16)]
@@ -28,8 +28,6 @@ _PREFIX = struct.Struct("<II")
 TRANSPORT_HEADER = struct.Struct("<IIQ")
 #: The AEAD nonce of a transport message: 4 zero bytes ‖ counter (LE u64).
 NONCE = struct.Struct("<4xQ")
-_RING_MASK = RING_BLOCKS - 1
-_BIT_MASK = BLOCK_BITS - 1
 
 
 class Keypair:
@@ -150,62 +148,3 @@ def inner_length(plaintext: bytes) -> int:
             return -1
         return total
     return -1
-
-
-def mark_increasing(window: ReplayWindow, counters: list[int]) -> None:
-    """Mark ``counters`` as seen in ``window``: the same as ``window.accept(c)`` for each, in order.
-
-    The data path's fast path: within a batch, a counter above everything the window has seen (and below
-    its limit) needs no check, so :meth:`crypto.tunnel.Core.decapsulate` opens such messages first and marks
-    their counters here afterwards, in one pass instead of two method calls per message.
-
-    :param counters: strictly increasing, every one above the window's highest counter and below its limit
-        (the caller guarantees it; nothing is checked).
-    """
-    if not counters:
-        return
-    ring = window._ring  # the window's representation, shared on purpose (see above)
-    block = window._last >> 6
-    mask = 0
-    for c in counters:
-        b = c >> 6
-        if b != block:
-            ring[block & _RING_MASK] |= mask
-            mask = 0
-            if b - block >= RING_BLOCKS:
-                ring[:] = [0] * RING_BLOCKS
-            else:
-                for i in range(block + 1, b + 1):
-                    ring[i & _RING_MASK] = 0
-            block = b
-        mask |= 1 << (c & _BIT_MASK)
-    ring[block & _RING_MASK] |= mask
-    window._last = counters[-1]
-
-
-def mark_run(window: ReplayWindow, first: int, count: int) -> None:
-    """Mark the ``count`` consecutive counters from ``first`` as seen: :func:`mark_increasing` for a range.
-
-    Whole 64-bit blocks are set at once, so a run of 44 counters costs a few operations, not 44.
-
-    :param first: above the window's highest counter; ``first + count - 1`` below its limit (the caller
-        guarantees it; nothing is checked).
-    :param count: at least 1.
-    """
-    ring = window._ring
-    block = window._last >> 6
-    last = first + count - 1
-    top = last >> 6
-    if top - block >= RING_BLOCKS:
-        ring[:] = [0] * RING_BLOCKS
-    else:
-        for i in range(block + 1, top + 1):
-            ring[i & _RING_MASK] = 0
-    c = first
-    while c <= last:
-        b = c >> 6
-        end = min(last, (b << 6) | _BIT_MASK)
-        bits = end - c + 1
-        ring[b & _RING_MASK] |= ((1 << bits) - 1) << (c & _BIT_MASK)
-        c = end + 1
-    window._last = last

@@ -107,7 +107,7 @@ from .noise import (
 )
 from .primitives import KEY_SIZE, dh, public_key
 from .ratelimiter import HandshakeLimiter, QuietSources, RateLimiter, source_key
-from .session import NONCE, TRANSPORT_HEADER, Keypair, inner_length, mark_increasing, mark_run
+from .session import NONCE, TRANSPORT_HEADER, Keypair, inner_length
 
 Endpoint = Any
 _INF = float("inf")
@@ -638,7 +638,7 @@ class Core:
         Transport messages are handled in runs of one receiver index (what a GRO batch from
         one peer is): the keypair is looked up once per run, and a counter above every
         counter seen so far is opened without a replay-window call; those counters are
-        marked afterwards in one pass (:func:`~crypto.session.mark_increasing`), before
+        marked afterwards in one pass (:meth:`~crypto.replay.ReplayWindow.mark_increasing`), before
         anything else looks at the window.  Any other counter takes the checked path
         (check, open, accept), so the result equals checking each message in order.
         """
@@ -673,7 +673,7 @@ class Core:
             if typ != MESSAGE_TRANSPORT or idx != run_index:
                 # end of a run: mark its counters, account for it
                 if pending:
-                    mark_increasing(replay, pending)
+                    replay.mark_increasing(pending)
                     pending = []
                 if npkts:
                     assert tunnel is not None
@@ -708,7 +708,7 @@ class Core:
                     tunnel, kp = entry[0], found
                     replay = kp.replay
                     decrypt = kp.recv_aead.decrypt
-                    last = replay._last  # the window's highest counter (see mark_increasing)
+                    last = replay.last  # the window's highest counter (see ReplayWindow.mark_increasing)
                     limit = replay.limit
                     if tunnel is not cur_tunnel:
                         cur = []
@@ -727,7 +727,7 @@ class Core:
                 last = counter
             else:
                 if pending:
-                    mark_increasing(replay, pending)
+                    replay.mark_increasing(pending)
                     pending = []
                 if not replay.check(counter):
                     drops["replayed_counter"] += 1
@@ -740,7 +740,7 @@ class Core:
                 if not replay.accept(counter):
                     drops["replayed_counter"] += 1
                     continue
-                last = replay._last
+                last = replay.last
             nbytes += len(d)
             npkts += 1
             if not pt:
@@ -762,7 +762,7 @@ class Core:
             saw_data = True
             cur.append(pt if total == n else pt[:total])
         if pending:
-            mark_increasing(replay, pending)
+            replay.mark_increasing(pending)
         if npkts:
             assert tunnel is not None
             st = touched.get(tunnel)
@@ -806,7 +806,7 @@ class Core:
             return None
         replay = kp.replay
         c0 = counters[0]
-        if not replay._last < c0 or c0 + n > replay.limit or counters != tuple(range(c0, c0 + n)):
+        if not replay.last < c0 or c0 + n > replay.limit or counters != tuple(range(c0, c0 + n)):
             return None
         try:
             pts = list(map(kp.recv_aead.decrypt, map(NONCE.pack, counters),
@@ -836,7 +836,7 @@ class Core:
                     append(pt[:m])
             if bad:
                 self.drops["invalid_inner_packet"] += bad
-        mark_run(replay, c0, n)
+        replay.mark_run(c0, n)
         tunnel: Tunnel = entry[0]  # type: ignore[index]
         self._received(tunnel, endpoint, kp is tunnel.next, bool(packets), sum(lens), n, now)
         return [(tunnel, packets)] if packets else []

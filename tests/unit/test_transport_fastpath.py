@@ -1,6 +1,6 @@
 """The transport fast path of ``Core.decapsulate`` and ``Keypair.seal_batch`` against reference models.
 
-* :func:`crypto.session.mark_increasing` must leave a replay window exactly as ``accept`` called once per
+* :meth:`crypto.replay.ReplayWindow.mark_increasing` must leave a replay window exactly as ``accept`` called once per
   counter would (random windows, random increasing runs, block jumps past the whole ring).
 * ``Core.decapsulate`` opens in-order counters without a window call and marks them afterwards: for any
   order of delivery (duplicates, reordering, stale counters, forged tags, unknown indices, keepalives,
@@ -30,7 +30,7 @@ from wgpair import A_ADDR, Pair, ipv4_packet, ipv6_packet, seq_of
 
 from crypto.constants import REJECT_AFTER_TIME
 from crypto.replay import RING_BLOCKS, WINDOW_SIZE, ReplayWindow
-from crypto.session import NONCE, Keypair, mark_increasing, mark_run
+from crypto.session import NONCE, Keypair
 from crypto.tunnel import Core
 
 
@@ -50,23 +50,22 @@ def _window_from(counters: list[int]) -> ReplayWindow:
 def test_mark_increasing_equals_accept(history: list[int], steps: list[int], jump: bool) -> None:
     ref = _window_from(history)
     fast = _window_from(history)
-    c = ref._last
+    c = ref.last
     counters = []
     for i, s in enumerate(steps):
         c += s + (RING_BLOCKS * 64 * 2 if jump and i == len(steps) // 2 else 0)
         counters.append(c)
     for x in counters:
         assert ref.accept(x)
-    mark_increasing(fast, counters)
-    assert fast._last == ref._last
-    assert fast._ring == ref._ring
+    fast.mark_increasing(counters)
+    assert fast == ref
 
 
 def test_mark_increasing_empty_is_a_no_op() -> None:
     w = _window_from([1, 5, 9])
-    before = (w._last, list(w._ring))
-    mark_increasing(w, [])
-    assert (w._last, w._ring) == before
+    before = w.copy()
+    w.mark_increasing([])
+    assert w == before
 
 
 # -- decapsulate against a one-message-at-a-time reference ------------------------------------------------
@@ -74,8 +73,7 @@ def test_mark_increasing_empty_is_a_no_op() -> None:
 
 def _reference(kp: Keypair, datagrams: list[bytes], known: set[int]) -> tuple[list[int], Counter[str]]:
     """Check, open, accept each message in order with a copy of the window: delivered seqs, drops."""
-    window = ReplayWindow()
-    window._last, window._ring = kp.replay._last, list(kp.replay._ring)
+    window = kp.replay.copy()
     delivered: list[int] = []
     drops: Counter[str] = Counter()
     for d in datagrams:
@@ -210,11 +208,11 @@ def test_seal_batch_equal_sizes_for_gso_runs() -> None:
 def test_mark_run_equals_accept(history: list[int], gap: int, count: int) -> None:
     ref = _window_from(history)
     fast = _window_from(history)
-    first = ref._last + gap
+    first = ref.last + gap
     for c in range(first, first + count):
         assert ref.accept(c)
-    mark_run(fast, first, count)
-    assert (fast._last, fast._ring) == (ref._last, ref._ring)
+    fast.mark_run(first, count)
+    assert fast == ref
 
 
 class _RunSpy:
@@ -257,8 +255,7 @@ def test_bulk_path_equals_reference_on_clean_batches() -> None:
         a.tunnel.encapsulate(packets, now=pair.now)
         msgs = pair.take(a)
         expect, _ = _reference(kp, msgs, {kp.local_index})
-        ref_window = ReplayWindow()
-        ref_window._last, ref_window._ring = kp.replay._last, list(kp.replay._ring)
+        ref_window = kp.replay.copy()
         for m in msgs:
             ref_window.accept(int.from_bytes(m[8:16], "little"))
         rx0, drops0 = (b.tunnel.rx_bytes, b.tunnel.rx_packets), Counter(b.core.drops)
@@ -266,7 +263,7 @@ def test_bulk_path_equals_reference_on_clean_batches() -> None:
         assert got == packets, n
         assert [seq_of(p) for p in got] == expect
         assert spy.taken == 1, n
-        assert (kp.replay._last, kp.replay._ring) == (ref_window._last, ref_window._ring)
+        assert kp.replay == ref_window
         assert (b.tunnel.rx_bytes - rx0[0], b.tunnel.rx_packets - rx0[1]) == (sum(map(len, msgs)), len(msgs))
         assert Counter(b.core.drops) == drops0
         assert _decap_all(pair, [msgs]) == [], "replays are refused afterwards"
