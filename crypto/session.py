@@ -1,4 +1,4 @@
-"""Transport keypairs: sealing and opening type-4 messages in batches.
+"""Transport keypairs: sealing type-4 messages in batches (the receive path opens them).
 
 One :class:`Keypair` per completed handshake.  Sealing a batch costs, per packet, one AEAD
 call, one counter encoding and a concatenation; there are no per-packet Python objects
@@ -15,13 +15,11 @@ import struct
 from itertools import repeat
 from operator import add as _concat
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .messages import MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_HEADER_SIZE
+from .messages import MESSAGE_TRANSPORT
 from .replay import ReplayWindow
 
-_ZERO4 = bytes(4)
 _PADS = [bytes(i) for i in range(16)]
 _PREFIX = struct.Struct("<II")
 #: type ‖ receiver index ‖ counter (all little-endian): the 16-byte transport header.
@@ -106,23 +104,6 @@ class Keypair:
             counter += 1
         self.send_counter = counter
         return out
-
-    def open(self, data: bytes | memoryview) -> bytes | None:
-        """Open one type-4 message addressed to this keypair.
-
-        :returns: the padded plaintext, or ``None`` if the counter is replayed or the tag
-            does not verify (the counter is marked seen only after the tag verifies).
-        """
-        counter = int.from_bytes(data[8:16], "little")
-        if not self.replay.check(counter):
-            return None
-        try:
-            pt = self.recv_aead.decrypt(_ZERO4 + bytes(data[8:16]), data[MESSAGE_TRANSPORT_HEADER_SIZE:], None)
-        except InvalidTag:
-            return None
-        if not self.replay.accept(counter):
-            return None
-        return pt
 
 
 def inner_length(plaintext: bytes) -> int:
