@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac as _hmac
 from collections.abc import Callable
 
+from .drops import Drop
 from .constants import COOKIE_REFRESH_TIME
 from .errors import MalformedMessage
 from .messages import CookieReply, pack_cookie_reply
@@ -102,7 +103,7 @@ class CookieGenerator:
         :raises DecryptFailed: the reply does not decrypt with our last mac1 as AD.
         """
         if self._last_mac1 is None:
-            raise MalformedMessage("cookie reply without a message to answer", reason="unexpected_cookie")
+            raise MalformedMessage("cookie reply without a message to answer", reason=Drop.UNEXPECTED_COOKIE)
         self._cookie = xaead_decrypt(self._encryption_key, reply.nonce, reply.encrypted_cookie, self._last_mac1)
         self._cookie_time = now
 

@@ -8,6 +8,8 @@ nothing; the core catches them at its receive boundary and counts the drop by ``
 
 from __future__ import annotations
 
+from .drops import Drop
+
 
 class CryptoError(ValueError):
     """Base class of every error raised by :mod:`crypto`."""
@@ -24,56 +26,44 @@ class KeyFormatError(UsageError):
 class ProtocolError(CryptoError):
     """The peer (or an attacker) sent bytes that must be dropped.
 
-    :ivar reason: a short stable identifier used as the drop-counter key.
+    :ivar reason: the drop-counter key (:class:`crypto.drops.Drop`).
     """
 
-    reason = "malformed"
+    reason: Drop = Drop.MALFORMED
 
-    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+    def __init__(self, message: str = "", *, reason: Drop | None = None) -> None:
         super().__init__(message or self.__class__.__name__)
         if reason is not None:
             self.reason = reason
 
 
 class MalformedMessage(ProtocolError):
-    reason = "malformed"
+    reason = Drop.MALFORMED
 
 
 class UnknownMessageType(ProtocolError):
-    reason = "unknown_type"
+    reason = Drop.UNKNOWN_TYPE
 
 
 class InvalidMac(ProtocolError):
-    reason = "invalid_mac1"
+    reason = Drop.INVALID_MAC1
 
 
 class DecryptFailed(ProtocolError):
-    reason = "decrypt_failed"
-
-
-class ReplayedCounter(ProtocolError):
-    reason = "replayed_counter"
+    reason = Drop.DECRYPT_FAILED
 
 
 class UnknownIndex(ProtocolError):
-    reason = "unknown_index"
+    reason = Drop.UNKNOWN_INDEX
 
 
 class UnknownPeer(ProtocolError):
-    reason = "unknown_peer"
+    reason = Drop.UNKNOWN_PEER
 
 
 class StaleTimestamp(ProtocolError):
-    reason = "stale_timestamp"
+    reason = Drop.STALE_TIMESTAMP
 
 
 class HandshakeFlood(ProtocolError):
-    reason = "handshake_flood"
-
-
-class ExpiredKeypair(ProtocolError):
-    reason = "expired_keypair"
-
-
-class InvalidInnerPacket(ProtocolError):
-    reason = "invalid_inner_packet"
+    reason = Drop.HANDSHAKE_FLOOD

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .drops import Drop
 from .errors import MalformedMessage, UnknownMessageType
 
 # -- specification ------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def message_type(data: bytes | bytearray | memoryview) -> int:
     :raises UnknownMessageType: any other value, including non-zero reserved bytes.
     """
     if len(data) < 4:
-        raise MalformedMessage("datagram shorter than a message type", reason="short")
+        raise MalformedMessage("datagram shorter than a message type", reason=Drop.SHORT)
     t: int = _U32.unpack_from(data, 0)[0]
     if t < 1 or t > 4:
         raise UnknownMessageType(f"unknown message type {t:#x}")
@@ -89,7 +90,7 @@ def message_type(data: bytes | bytearray | memoryview) -> int:
 
 def _check(data: bytes | bytearray | memoryview, kind: int, size: int, name: str) -> None:
     if len(data) != size:
-        raise MalformedMessage(f"{name} must be {size} bytes, got {len(data)}", reason="bad_size")
+        raise MalformedMessage(f"{name} must be {size} bytes, got {len(data)}", reason=Drop.BAD_SIZE)
     if _U32.unpack_from(data, 0)[0] != kind:
         raise UnknownMessageType(f"not a {name}")
 
@@ -128,7 +129,7 @@ def unpack_cookie_reply(data: bytes | bytearray | memoryview) -> CookieReply:
 def unpack_transport_header(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """``(receiver_index, counter)`` of a type-4 message."""
     if len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
-        raise MalformedMessage("transport message shorter than 32 bytes", reason="short")
+        raise MalformedMessage("transport message shorter than 32 bytes", reason=Drop.SHORT)
     t, receiver, counter = struct.unpack_from("<IIQ", data, 0)
     if t != MESSAGE_TRANSPORT:
         raise UnknownMessageType("not a transport message")

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from .drops import Drop
 from .errors import DecryptFailed, KeyFormatError, ProtocolError
 
 KEY_SIZE = 32
@@ -165,4 +166,4 @@ def dh(private: bytes, public: bytes) -> bytes:
     try:
         return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
-        raise ProtocolError("X25519 produced the all-zero shared secret", reason="invalid_public_key") from None
+        raise ProtocolError("X25519 produced the all-zero shared secret", reason=Drop.INVALID_PUBLIC_KEY) from None

@@ -24,6 +24,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable
 
+from .drops import Drop
 from .constants import RATELIMIT_BURST, RATELIMIT_MAX_SOURCES, RATELIMIT_PACKETS_PER_SECOND
 
 GC_PER_CALL = 2  # expired entries forgotten per call at most: amortised O(1), never a long pause
@@ -200,14 +201,14 @@ class HandshakeLimiter:
         self.shared_budget = TokenBucket(shared_rate, shared_rate)
         self.quiet_budget = TokenBucket(quiet_rate, quiet_rate)
 
-    def check(self, source: Hashable, *, now: float) -> str | None:
+    def check(self, source: Hashable, *, now: float) -> Drop | None:
         """``None`` if a handshake from ``source`` may go on now, else the drop reason
-        (``"rate_limited"``: its own bucket is empty; ``"handshake_budget"``: the total is spent)."""
+        (``Drop.RATE_LIMITED``: its own bucket is empty; ``Drop.HANDSHAKE_BUDGET``: the total is spent)."""
         was_quiet = self.quiet.seen(source, now=now)  # every attempt counts, refused ones too
         if not self.per_source.allow(source, now=now):
-            return "rate_limited"
+            return Drop.RATE_LIMITED
         if was_quiet and self.quiet_budget.take(now=now):
             return None
         if self.shared_budget.take(now=now):
             return None
-        return "handshake_budget"
+        return Drop.HANDSHAKE_BUDGET

@@ -52,6 +52,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
+from .drops import Drop
 from .constants import (
     HANDSHAKE_INITIATION_RATE,
     HANDSHAKES_QUIET_PER_SECOND,
@@ -264,7 +265,7 @@ class Tunnel:
         3. The send-side timers run and the session is rekeyed if it is getting old.
         """
         if self.refused:
-            self.core.drops["refused_peer"] += len(packets)
+            self.core.drops[Drop.REFUSED_PEER] += len(packets)
             return
         kp = self.current
         if (kp is None or kp.send_counter + len(packets) + len(self.staged) >= REJECT_AFTER_MESSAGES
@@ -308,7 +309,7 @@ class Tunnel:
         if over > 0:
             for _ in range(over):
                 staged.popleft()
-            self.core.drops["staged_overflow"] += over
+            self.core.drops[Drop.STAGED_OVERFLOW] += over
 
     def initiate(self, *, now: float, retry: bool = False) -> None:
         """Send a handshake initiation, at most one per REKEY_TIMEOUT."""
@@ -318,7 +319,7 @@ class Tunnel:
             return
         core = self.core
         if self.static_static is None:
-            core.drops["no_private_key" if not core.has_private_key else "invalid_public_key"] += 1
+            core.drops[Drop.NO_PRIVATE_KEY if not core.has_private_key else Drop.INVALID_PUBLIC_KEY] += 1
             return
         self.last_sent_handshake = now
         self._drop_handshake()
@@ -450,7 +451,7 @@ class Tunnel:
                 core.events.append(HandshakeGaveUp(self.public_key))
                 self._keepalive_at = None
                 if self.staged:
-                    core.drops["handshake_gave_up"] += len(self.staged)
+                    core.drops[Drop.HANDSHAKE_GAVE_UP] += len(self.staged)
                     self.staged.clear()
                 self._drop_handshake()
                 if self._zero_at is None:
@@ -512,7 +513,7 @@ class Core:
         self._rng = rng
         self.mtu = mtu
         # Without a private key (a `pyvpn-wg` interface before `wg setconf`) peers can be
-        # configured but every handshake is dropped under "no_private_key".
+        # configured but every handshake is dropped under Drop.NO_PRIVATE_KEY.
         self.private_key: bytes = private_key or bytes(KEY_SIZE)
         self.has_private_key = private_key is not None
         self.public_key = public_key(self.private_key) if private_key is not None else bytes(KEY_SIZE)
@@ -530,7 +531,7 @@ class Core:
         self._indices: dict[int, tuple[Tunnel, Keypair | _Handshake]] = {}
         self.outbox: list[tuple[Endpoint, list[bytes]]] = []
         self.events: list[Event] = []
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # keyed by Drop members (which are strs)
         self.wall_offset = 0.0
         self._next_deadline = _INF
         self._load_window = -_INF
@@ -583,7 +584,7 @@ class Core:
             # An initiation to a peer that never contacted us (a server's roaming client) is expected:
             # that peer initiates when it comes; anything else is a packet lost (vpn/drops.py).
             initiation = datagrams[0][:1] == _INITIATION_TYPE
-            self.drops["handshake_no_endpoint" if initiation else "no_endpoint"] += len(datagrams)
+            self.drops[Drop.HANDSHAKE_NO_ENDPOINT if initiation else Drop.NO_ENDPOINT] += len(datagrams)
             return
         outbox = self.outbox
         if outbox and outbox[-1][0] == endpoint:
@@ -656,7 +657,7 @@ class Core:
         run_index = -1
         tunnel: Tunnel | None = None
         kp: Keypair | None = None
-        kp_drop = ""  # why the run's datagrams are dropped when kp is None
+        kp_drop = Drop.UNKNOWN_INDEX  # why the run's datagrams are dropped when kp is None
         replay: Any = None
         decrypt: Any = None
         last = limit = 0
@@ -700,9 +701,9 @@ class Core:
                 kp = None
                 found = entry[1] if entry is not None else None
                 if not isinstance(found, Keypair):
-                    kp_drop = "unknown_index"
+                    kp_drop = Drop.UNKNOWN_INDEX
                 elif now - found.created >= REJECT_AFTER_TIME:
-                    kp_drop = "expired_keypair"
+                    kp_drop = Drop.EXPIRED_KEYPAIR
                 else:
                     assert entry is not None
                     tunnel, kp = entry[0], found
@@ -721,7 +722,7 @@ class Core:
                 try:
                     pt = decrypt(nonce(counter), d[16:], None)
                 except InvalidTag:
-                    drops["decrypt_failed"] += 1
+                    drops[Drop.DECRYPT_FAILED] += 1
                     continue
                 pending.append(counter)
                 last = counter
@@ -730,15 +731,15 @@ class Core:
                     replay.mark_increasing(pending)
                     pending = []
                 if not replay.check(counter):
-                    drops["replayed_counter"] += 1
+                    drops[Drop.REPLAYED_COUNTER] += 1
                     continue
                 try:
                     pt = decrypt(nonce(counter), d[16:], None)
                 except InvalidTag:
-                    drops["decrypt_failed"] += 1
+                    drops[Drop.DECRYPT_FAILED] += 1
                     continue
                 if not replay.accept(counter):
-                    drops["replayed_counter"] += 1
+                    drops[Drop.REPLAYED_COUNTER] += 1
                     continue
                 last = replay.last
             nbytes += len(d)
@@ -757,7 +758,7 @@ class Core:
             else:
                 ok = False
             if not ok:
-                drops["invalid_inner_packet"] += 1
+                drops[Drop.INVALID_INNER_PACKET] += 1
                 continue
             saw_data = True
             cur.append(pt if total == n else pt[:total])
@@ -835,7 +836,7 @@ class Core:
                 else:
                     append(pt[:m])
             if bad:
-                self.drops["invalid_inner_packet"] += bad
+                self.drops[Drop.INVALID_INNER_PACKET] += bad
         replay.mark_run(c0, n)
         tunnel: Tunnel = entry[0]  # type: ignore[index]
         self._received(tunnel, endpoint, kp is tunnel.next, bool(packets), sum(lens), n, now)
@@ -873,7 +874,7 @@ class Core:
             self._on_cookie_reply(d, now)
         else:
             # a type-4 message too short for the fast path, or with bytes the fast path refused
-            raise ProtocolError("transport message shorter than 32 bytes", reason="short")
+            raise ProtocolError("transport message shorter than 32 bytes", reason=Drop.SHORT)
 
     @staticmethod
     def _source_key(endpoint: Endpoint) -> Hashable:
@@ -920,18 +921,18 @@ class Core:
         key = self._source_key(endpoint)
         quiet = self._handshake_sources.seen(key, now=now)
         if self.behind and not quiet:
-            self.drops["handshake_shed"] += 1
+            self.drops[Drop.HANDSHAKE_SHED] += 1
             return False
         source = str(endpoint).encode()
         cookie = checker.cookie(source, now=now)
         if not checker.check_mac2(d, off2, source, now=now, cookie=cookie):
             if not self.cookie_limiter.allow(key, now=now):
-                self.drops["cookie_reply_limited"] += 1
+                self.drops[Drop.COOKIE_REPLY_LIMITED] += 1
                 return False
             reply = checker.create_reply(d, off1, sender, source, now=now, cookie=cookie)
             self._emit(None, endpoint, [reply])
             self.cookie_replies_sent += 1
-            self.drops["cookie_reply_sent"] += 1
+            self.drops[Drop.COOKIE_REPLY_SENT] += 1
             return False
         refused = self.handshake_limiter.check(key, now=now)
         if refused is not None:
@@ -942,7 +943,7 @@ class Core:
     def _on_initiation(self, d: bytes, endpoint: Endpoint, now: float) -> None:
         msg = unpack_initiation(d)
         if not self.has_private_key:
-            raise ProtocolError("no private key configured", reason="no_private_key")
+            raise ProtocolError("no private key configured", reason=Drop.NO_PRIVATE_KEY)
         if not self._check_macs(d, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, msg.sender, endpoint, now):
             return
         # e, es, s: decrypt the initiator's static key, which tells us who it is
@@ -953,10 +954,10 @@ class Core:
         if tunnel is None:
             raise UnknownPeer("initiation from a public key that is not a peer")
         if tunnel.static_static is None:
-            raise ProtocolError("peer key is a low-order point", reason="invalid_public_key")
+            raise ProtocolError("peer key is a low-order point", reason=Drop.INVALID_PUBLIC_KEY)
         if tunnel.refuses(now=now):  # a disabled or expired client (the application decides)
             tunnel.refused_handshakes += 1
-            raise ProtocolError("initiation from a refused peer", reason="refused_handshake")
+            raise ProtocolError("initiation from a refused peer", reason=Drop.REFUSED_HANDSHAKE)
         # ss, then the timestamp: strictly newer than the last accepted, and not a flood
         timestamp, state = consume_initiation_payload(state, static_static=tunnel.static_static,
                                                       encrypted_payload=msg.encrypted_timestamp)
@@ -1005,7 +1006,7 @@ class Core:
         assert isinstance(hs, _Handshake)
         if tunnel.refuses(now=now):
             tunnel.refused_handshakes += 1
-            raise ProtocolError("response from a refused peer", reason="refused_handshake")
+            raise ProtocolError("response from a refused peer", reason=Drop.REFUSED_HANDSHAKE)
         _, final = consume_response(hs.state, local_static_private=self.private_key,
                                     local_ephemeral_private=hs.ephemeral_private,
                                     remote_ephemeral=msg.ephemeral, encrypted_payload=msg.encrypted_nothing,
@@ -1037,5 +1038,5 @@ class Core:
         try:
             tunnel.cookies.consume_reply(msg, now=now)
         except DecryptFailed:
-            raise DecryptFailed("cookie reply does not decrypt", reason="bad_cookie_reply") from None
+            raise DecryptFailed("cookie reply does not decrypt", reason=Drop.BAD_COOKIE_REPLY) from None
         self.events.append(CookieReceived(tunnel.public_key))

@@ -51,6 +51,8 @@ DROP_REASONS: dict[str, str] = {
     "cookie_reply_sent": "a handshake answered with a cookie reply instead (under load; not an error)",
     "cookie_reply_limited": "a handshake under load from a source past its cookie-reply rate limit",
     "rate_limited": "a handshake from a source past its handshake rate limit (flood protection)",
+    "handshake_budget": "a handshake under load past the interface's total budget of handshakes per second "
+                        "(flood protection)",
     "handshake_shed": "a handshake under load while the receive queue was deep, from a source not quiet "
                       "lately (flood protection; quiet sources are still served)",
     "policy_denied": "a packet from a client to a destination its Allow/Deny rules do not let it reach",
