@@ -23,8 +23,8 @@ from __future__ import annotations
 import hmac as _hmac
 from collections.abc import Callable
 
-from .drops import Drop
 from .constants import COOKIE_REFRESH_TIME
+from .drops import Drop
 from .errors import MalformedMessage
 from .messages import CookieReply, pack_cookie_reply
 from .noise import LABEL_COOKIE, LABEL_MAC1

@@ -24,8 +24,8 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from .drops import Drop
 from .constants import RATELIMIT_BURST, RATELIMIT_MAX_SOURCES, RATELIMIT_PACKETS_PER_SECOND
+from .drops import Drop
 
 GC_PER_CALL = 2  # expired entries forgotten per call at most: amortised O(1), never a long pause
 
