@@ -27,23 +27,3 @@ RATELIMIT_MAX_SOURCES = 1 << 16  # kernel's max_entries on hosts with > 1 GiB; a
 HANDSHAKES_SHARED_PER_SECOND = 250
 HANDSHAKES_QUIET_PER_SECOND = 250
 QUIET_SOURCE_INTERVAL = REKEY_TIMEOUT - 1.0  # a client retries after REKEY_TIMEOUT (+ jitter); 1 s of slack
-
-
-# -- TEST ONLY ----------------------------------------------------------------------------
-def _test_rekey_after_time(default: float) -> float:
-    """TEST ONLY: ``PYVPN_TEST_REKEY_AFTER_TIME`` (seconds, 1..default; else ignored) shortens
-    REKEY_AFTER_TIME so that tests/hostile can force rekeys of real daemons in seconds.
-
-    Read once, here, at import; it can only shorten the interval.  Never set it outside tests.
-    """
-    import os
-
-    raw = os.environ.get("PYVPN_TEST_REKEY_AFTER_TIME", "")
-    try:
-        value = float(raw)
-    except ValueError:
-        return default
-    return value if 1.0 <= value <= default else default  # NaN and out-of-range values are ignored
-
-
-REKEY_AFTER_TIME = _test_rekey_after_time(REKEY_AFTER_TIME)

@@ -17,7 +17,6 @@ from .constants import (
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME,
 )
 from .drops import Drop
 
@@ -63,7 +62,8 @@ class PeerSend:
         if not keepalive:
             self._t_data_sent(now)
         # keep_key_fresh (sending): rekey after REKEY_AFTER_MESSAGES, or as initiator after REKEY_AFTER_TIME
-        if kp.send_counter > REKEY_AFTER_MESSAGES or (kp.initiator and now - kp.created > REKEY_AFTER_TIME):
+        # (Core.rekey_after_time)
+        if kp.send_counter > REKEY_AFTER_MESSAGES or (kp.initiator and now - kp.created > self.core.rekey_after_time):
             self.initiate(now=now)
 
     def send_keepalive(self: Tunnel, *, now: float) -> None:

@@ -39,7 +39,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from .constants import HANDSHAKES_QUIET_PER_SECOND, HANDSHAKES_SHARED_PER_SECOND, QUIET_SOURCE_INTERVAL
+from .constants import (
+    HANDSHAKES_QUIET_PER_SECOND,
+    HANDSHAKES_SHARED_PER_SECOND,
+    QUIET_SOURCE_INTERVAL,
+    REKEY_AFTER_TIME,
+)
 from .cookie import CookieChecker, CookieGenerator
 from .drops import Drop
 from .errors import ProtocolError, UsageError
@@ -176,11 +181,18 @@ class Core(CoreReceive, CoreHandshake):
     :param private_key: our 32-byte static private key.
     :param rng: ``rng(n)`` returns ``n`` random bytes (``os.urandom`` in production, seeded in tests).
     :param mtu: the tunnel MTU, which bounds padding.
+    :param rekey_after_time: REKEY_AFTER_TIME unless a test shortens it (``PYVPN_TEST_REKEY_AFTER_TIME``
+        of the daemons in tests/hostile, so that real daemons rekey within seconds).  It can only be
+        shortened, and to no less than a second: anything else is a :class:`UsageError`.
     """
 
-    def __init__(self, private_key: bytes | None, *, rng: Callable[[int], bytes], mtu: int = 1420) -> None:
+    def __init__(self, private_key: bytes | None, *, rng: Callable[[int], bytes], mtu: int = 1420,
+                 rekey_after_time: float = REKEY_AFTER_TIME) -> None:
         if private_key is not None and len(private_key) != KEY_SIZE:
             raise UsageError("a private key is 32 bytes")
+        if not 1.0 <= rekey_after_time <= REKEY_AFTER_TIME:  # NaN fails too
+            raise UsageError(f"rekey_after_time must be between 1 and {REKEY_AFTER_TIME:g} seconds")
+        self.rekey_after_time = rekey_after_time
         self._rng = rng
         self.mtu = mtu
         # Without a private key (a `pyvpn-wg` interface before `wg setconf`) peers can be

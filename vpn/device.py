@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any, Protocol
 
+from crypto.constants import REKEY_AFTER_TIME
 from crypto.keys import abbreviate
 from crypto.tunnel import (
     Core,
@@ -72,6 +73,18 @@ BATCH = 256  # packets per wakeup and direction
 BEHIND_BACKLOG_BYTES = 1 << 20
 TSO_BATCH = 16  # tun reads per wakeup with offloads (each may be a 64 KiB super-packet)
 Endpoint = tuple[str, int]
+
+
+def rekey_after_time_from_env() -> float:
+    """TEST ONLY: ``PYVPN_TEST_REKEY_AFTER_TIME`` (seconds, 1..REKEY_AFTER_TIME; anything else is ignored)
+    shortens REKEY_AFTER_TIME so that tests/hostile can force rekeys of real daemons in seconds.
+    Never set it outside tests."""
+    raw = os.environ.get("PYVPN_TEST_REKEY_AFTER_TIME", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return REKEY_AFTER_TIME
+    return value if 1.0 <= value <= REKEY_AFTER_TIME else REKEY_AFTER_TIME  # NaN and out-of-range: ignored
 
 
 class PacketDevice(Protocol):
@@ -137,7 +150,7 @@ class Device:
         self.tun_mode = configure_tun(tun)
         self.udp = udp
         self.name = tun.name
-        self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu)
+        self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu, rekey_after_time=rekey_after_time_from_env())
         self.allowed: AllowedIPs[Tunnel] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
         self.forward = forward

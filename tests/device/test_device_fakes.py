@@ -18,6 +18,7 @@ import pytest
 import uvloop
 from rich.console import Console
 
+from crypto.constants import REKEY_AFTER_TIME
 from crypto.keys import private_from_random, public_from_private
 from tunnel.offload import checksum
 from tunnel.testing import MemoryNetwork, MemoryTun
@@ -550,3 +551,14 @@ def test_expired_peer_is_refused_by_the_housekeeping_timer(run) -> None:  # type
             b.dev.close()
 
     run(main())
+
+
+def test_device_passes_the_test_only_rekey_after_time_to_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYVPN_TEST_REKEY_AFTER_TIME (tests/hostile's daemons) reaches Core(rekey_after_time=...); a value the
+    core would refuse (below 1 s, above REKEY_AFTER_TIME, not a number) is ignored, as before."""
+    for raw, expect in (("2", 2.0), ("0.5", REKEY_AFTER_TIME), ("1e9", REKEY_AFTER_TIME), ("nan", REKEY_AFTER_TIME),
+                        ("soon", REKEY_AFTER_TIME), ("", REKEY_AFTER_TIME)):
+        monkeypatch.setenv("PYVPN_TEST_REKEY_AFTER_TIME", raw)
+        net = MemoryNetwork()
+        dev = Device(tun=MemoryTun("rk0"), udp=net.endpoint("10.0.0.1", 51820), private_key=None)
+        assert dev.core.rekey_after_time == expect, raw

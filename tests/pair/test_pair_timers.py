@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from wgpair import Pair, drop_all, ipv4_packet, seq_of
+from wgpair import Pair, drop_all, ipv4_packet, seeded_rng, seq_of
 
 from crypto.constants import (
     KEEPALIVE_TIMEOUT,
@@ -22,6 +22,7 @@ from crypto.constants import (
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
 )
+from crypto.errors import UsageError
 from crypto.messages import MESSAGE_KEEPALIVE_SIZE
 from crypto.session import Keypair
 from crypto.tunnel import Core, HandshakeCompleted, HandshakeGaveUp, HandshakeInitiated, KeysZeroed
@@ -82,6 +83,22 @@ def test_rekey_happens_when_data_is_sent_after_rekey_after_time() -> None:
     p.send(p.a, [ipv4_packet(64, 2)])
     assert [d[0] for d in p.take(p.a)] == [4, 1]  # data on the old keys, then an initiation
     assert events_of(p.a.core.take_events(), HandshakeInitiated)
+
+
+def test_shortened_rekey_after_time_is_a_constructor_argument() -> None:
+    """Core(rekey_after_time=...) (the hostile tests' PYVPN_TEST_REKEY_AFTER_TIME, via vpn.device) makes the
+    initiator rekey that much sooner; it can only shorten REKEY_AFTER_TIME, to no less than a second."""
+    p = Pair(seed=25, rekey_after_time=2.0)
+    p.handshake()
+    p.jump(1.5)
+    p.send(p.a, [ipv4_packet(64, 1)])
+    assert [d[0] for d in p.take(p.a)] == [4]
+    p.jump(REKEY_TIMEOUT)  # past 2 s, and past REKEY_TIMEOUT since the last initiation
+    p.send(p.a, [ipv4_packet(64, 2)])
+    assert [d[0] for d in p.take(p.a)] == [4, 1]  # data on the old keys, then an initiation
+    for bad in (0.5, REKEY_AFTER_TIME + 1, float("nan")):
+        with pytest.raises(UsageError):
+            Core(p.a_private, rng=seeded_rng(1), rekey_after_time=bad)
 
 
 def test_responder_does_not_rekey_on_time() -> None:

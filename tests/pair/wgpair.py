@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crypto.keys import private_from_random
+from crypto.constants import REKEY_AFTER_TIME
 from crypto.tunnel import Core, Tunnel
 
 A_ADDR = ("198.18.0.1", 51820)
@@ -97,15 +98,17 @@ class Pair:
     """
 
     def __init__(self, seed: int = 0, *, psk: bytes | None = None, mtu: int = 1420,
-                 b_knows_a: bool = False, start: float = 1000.0) -> None:
+                 b_knows_a: bool = False, start: float = 1000.0, rekey_after_time: float = REKEY_AFTER_TIME) -> None:
         rnd = random.Random(seed)
         self.clock = Clock(start)
         self.seed = seed
         self.a_private = private_from_random(rnd.randbytes(32))
         self.b_private = private_from_random(rnd.randbytes(32))
         self.psk = psk
-        self.a = Node("a", Core(self.a_private, rng=seeded_rng(seed * 1000 + 1), mtu=mtu), A_ADDR)
-        self.b = Node("b", Core(self.b_private, rng=seeded_rng(seed * 1000 + 2), mtu=mtu), B_ADDR)
+        self.a = Node("a", Core(self.a_private, rng=seeded_rng(seed * 1000 + 1), mtu=mtu,
+                                rekey_after_time=rekey_after_time), A_ADDR)
+        self.b = Node("b", Core(self.b_private, rng=seeded_rng(seed * 1000 + 2), mtu=mtu,
+                                rekey_after_time=rekey_after_time), B_ADDR)
         self.a.peer = self.a.core.add_peer(self.b.core.public_key, preshared_key=psk, endpoint=B_ADDR)
         self.b.peer = self.b.core.add_peer(self.a.core.public_key, preshared_key=psk,
                                            endpoint=A_ADDR if b_knows_a else None)
