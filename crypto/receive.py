@@ -37,6 +37,20 @@ _INNER_HEAD = struct.Struct(">BxHH")  # first byte, IPv4 total length, IPv6 payl
 _after_header = itemgetter(slice(16, None))  # the ciphertext and tag of a transport message
 
 
+def _tally(touched: dict[Tunnel, list[Any]], tunnel: Tunnel, kp: Keypair | None, saw_data: bool,
+           nbytes: int, npkts: int) -> None:
+    """Add one run of authenticated messages from ``tunnel`` (on ``kp``) to its ``touched`` entry:
+    ``[saw_next, saw_data, bytes, packets]``, which :meth:`CoreReceive._received` books afterwards."""
+    st = touched.get(tunnel)
+    if st is None:
+        st = touched[tunnel] = [False, False, 0, 0]
+    if kp is tunnel.next:
+        st[0] = True
+    st[1] = st[1] or saw_data
+    st[2] += nbytes
+    st[3] += npkts
+
+
 class CoreReceive:
     """The receive path of :class:`crypto.tunnel.Core` (a mixin)."""
 
@@ -90,14 +104,7 @@ class CoreReceive:
                     pending = []
                 if npkts:
                     assert tunnel is not None
-                    st = touched.get(tunnel)
-                    if st is None:
-                        st = touched[tunnel] = [False, False, 0, 0]
-                    if kp is tunnel.next:
-                        st[0] = True
-                    st[1] = st[1] or saw_data
-                    st[2] += nbytes
-                    st[3] += npkts
+                    _tally(touched, tunnel, kp, saw_data, nbytes, npkts)
                     nbytes = npkts = 0
                     saw_data = False
                 if typ != MESSAGE_TRANSPORT:
@@ -178,14 +185,7 @@ class CoreReceive:
             replay.mark_increasing(pending)
         if npkts:
             assert tunnel is not None
-            st = touched.get(tunnel)
-            if st is None:
-                st = touched[tunnel] = [False, False, 0, 0]
-            if kp is tunnel.next:
-                st[0] = True
-            st[1] = st[1] or saw_data
-            st[2] += nbytes
-            st[3] += npkts
+            _tally(touched, tunnel, kp, saw_data, nbytes, npkts)
         if len(out) > 1 or (out and not out[0][1]):
             out = [(t, pkts) for t, pkts in out if pkts]
         for tunnel, (saw_next, saw_data, nbytes, npkts) in touched.items():
