@@ -2,11 +2,11 @@
 
 Measures, on one core, the CPU time per inner packet of one whole wakeup of :class:`vpn.device.Device`:
 
-* **send** (``Device._on_tun``): a batch of tun reads → :func:`vpn.datapath.route_reads` (TSO super-packets
-  cut by :func:`tunnel.offload.segment`) → AllowedIPs → ``Tunnel.encapsulate`` (seal) → outbox →
-  ``UdpSocket.send_batch`` (UDP GSO);
+* **send** (``Device._on_tun``): a batch of tun reads → :func:`tunnel.tun.read_packets` (TSO
+  super-packets cut by :func:`tunnel.offload.segment`) → :func:`vpn.routing.route_reads` (AllowedIPs) →
+  ``Tunnel.encapsulate`` (seal) → outbox → ``UdpSocket.send_batch`` (UDP GSO);
 * **receive** (``Device._on_udp``): a batch of datagrams as ``recv_batch`` returns them after UDP GRO →
-  ``Core.decapsulate`` (open) → ACL → :func:`vpn.datapath.tun_buffers` (:func:`vpn.datapath.gro` into
+  ``Core.decapsulate`` (open) → ACL → :func:`tunnel.tun.tun_buffers` (:func:`tunnel.offload.gro` into
   super-packets) → tun write;
 
 each with the tun in vnet-hdr mode (TSO super-packets of ``--segs`` x 1380-byte segments) and in plain mode
@@ -53,11 +53,13 @@ from tunnel.offload import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     VirtioNetHdr,
     coalesce,
+    gro,
     segment,
 )
+from tunnel.tun import TunMode, read_packets, tune_allocator
 from tunnel.udp import UdpSocket
-from vpn.datapath import TunMode, gro, route_reads, tune_allocator
 from vpn.device import Device
+from vpn.routing import route_reads
 
 MTU = 1420
 MSS = MTU - 40
@@ -206,7 +208,7 @@ def main() -> None:
     ap.add_argument("--segs", type=int, default=45, help="segments per TSO super-packet")
     ap.add_argument("--wakeups", type=int, default=8, help="wakeups timed per row and round")
     ap.add_argument("--no-tune-allocator", action="store_true",
-                    help="keep glibc's malloc defaults (the daemon calls vpn.datapath.tune_allocator)")
+                    help="keep glibc's malloc defaults (the daemon calls tunnel.tun.tune_allocator)")
     args = ap.parse_args()
     if not args.no_tune_allocator:
         tune_allocator()
@@ -242,8 +244,10 @@ def main() -> None:
         cts = [aead.encrypt(nonce, p, None) for p in segs]
         rec("raw decrypt 1420 B (ceiling)", cpu(functools.partial(decrypt_all, aead, nonce, cts * wakeups)), n)
         rec("segment (TSO read -> packets)", cpu(lambda: [segment(r) for _ in range(wakeups) for r in reads]), n)
-        rec("route_reads (segment + route)",
-            cpu(lambda: [route_reads(reads, True, a_t.allowed.lookup, a_t.drops) for _ in range(wakeups)]), n)
+        vnet = TunMode(vnet_hdr=True, tso_reads=True)
+        rec("read_packets + route_reads (segment + route)",
+            cpu(lambda: [route_reads(read_packets(reads, vnet)[0], a_t.allowed.lookup, a_t.drops)
+                         for _ in range(wakeups)]), n)
 
         # send path, whole wakeups (plain reads: one packet per read, the kernel segmented them)
         for name, dev, feed in (("send, TSO super-packets, no syscalls", a_t, reads),
@@ -277,7 +281,7 @@ def main() -> None:
             tot += cpu(functools.partial(b_p.core.decapsulate, A_ADDR, ds, now=1000.0))
         rec("decapsulate (open, unpad, group)", tot, m)
         rec("coalesce (GRO, 45 segments a flow)", cpu(lambda: [coalesce(segs) for _ in range(wakeups)]), n)
-        rec("datapath.gro (runs, else coalesce)", cpu(lambda: [gro(segs) for _ in range(wakeups)]), n)
+        rec("offload.gro (runs, else coalesce)", cpu(lambda: [gro(segs) for _ in range(wakeups)]), n)
         for name, dev, src in (("receive, GRO super-packets to a vnet tun", b_v, (ta_v, a_v.core)),
                                ("receive, plain tun writes", b_p, (ta_p, a_p.core))):
             tot = 0.0

@@ -61,6 +61,7 @@ from operator import and_, itemgetter
 from typing import Final, Literal
 
 __all__ = [
+    "BULK_MIN",
     "MAX_SUPER_PACKET",
     "VIRTIO_NET_HDR_F_DATA_VALID",
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
@@ -109,6 +110,11 @@ VIRTIO_NET_HDR_MRG_RXBUF_LEN: Final = 12
 #: Largest IP packet :func:`coalesce` builds (the IPv4 total-length field is 16 bits; tun's default
 #: gso_max_size is 65536).
 MAX_SUPER_PACKET: Final = 65535
+#: Smallest batch for which the data path's bulk branches (:func:`gro` here, ``route_reads`` and
+#: ``Device._route_flow`` in vpn/, the policy's one-verdict batch) try their C-level loops before the general
+#: loop: below it the checks cost more than they save.  Each bulk branch gives exactly its loop's result or
+#: declines; the functions that have one take ``bulk=False`` to run the loop alone (tests compare both).
+BULK_MIN: Final = 4
 #: Most datagrams :func:`coalesce` merges into one USO packet (the kernel's UDP_MAX_SEGMENTS was 64
 #: before it became 128; stay under both).
 UDP_MAX_SEGMENTS: Final = 64
@@ -909,7 +915,7 @@ def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:
     return r
 
 
-def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"") -> list[bytes]:
+def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"", bulk: bool = True) -> list[bytes]:
     """:func:`coalesce` for the data path, with a cheaper path for the common case.
 
     Decrypted packets mostly come as runs of consecutive in-order segments of one TCP flow (one
@@ -924,12 +930,13 @@ def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"") -> list[byt
     :param packets: plain IP packets trimmed to their length.
     :param udp: let ``coalesce`` merge UDP datagrams too (the tun accepted USO).
     :param l2: for a tap, the Ethernet header that every packet had in front of it (as in :func:`coalesce`).
+    :param bulk: try the bulk branch (:data:`BULK_MIN` packets or more); ``False`` runs the loop alone.
     :returns: buffers for a vnet-hdr (10-byte) tun or tap.
     """
-    if len(packets) >= _BULK_MIN:
-        bulk = _gro_bulk(packets, l2)
-        if bulk is not None:
-            return bulk
+    if bulk and len(packets) >= BULK_MIN:
+        done = _gro_bulk(packets, l2)
+        if done is not None:
+            return done
     out: list[bytes] = []
     rest: list[bytes] = []
     frombytes = int.from_bytes
@@ -1038,7 +1045,6 @@ def _super_packet(first: bytes, parts: list[bytes | bytearray], version: int, hl
 
 
 # --- GRO in bulk: a whole batch that is one run of one TCP flow, checked with C-level loops -------------
-_BULK_MIN = 4
 _BIG: Literal["big"] = "big"
 
 
@@ -1201,7 +1207,7 @@ _after_hdr10 = itemgetter(slice(VIRTIO_NET_HDR_LEN, None))
 _hdr10 = itemgetter(slice(0, VIRTIO_NET_HDR_LEN))
 
 
-def split_reads(bufs: list[bytes], *, l2: bool = False) -> tuple[list[bytes], int]:
+def split_reads(bufs: list[bytes], *, l2: bool = False) -> tuple[list[bytes], int, int]:
     """What a batch of vnet-hdr (10-byte) reads holds: plain packets (or frames, ``l2``), each read's
     header dropped and super-packets cut by :func:`segment`.
 
@@ -1210,15 +1216,16 @@ def split_reads(bufs: list[bytes], *, l2: bool = False) -> tuple[list[bytes], in
 
     :param bufs: what :meth:`tunnel.tun.PytunDevice.read_batch` returned.
     :param l2: the device is a tap (Ethernet frames; see :func:`segment`).
-    :returns: ``(packets, bad)``: the packets in read order, and how many buffers were malformed (dropped).
+    :returns: ``(packets, short, bad)``: the packets in read order, how many buffers held no more than a
+        header and how many had a header :func:`segment` refused (both dropped).
     """
     if list(map(_hdr10, bufs)).count(_VNET_NONE10) == len(bufs) and min(map(len, bufs), default=11) > 10:
-        return list(map(_after_hdr10, bufs)), 0
+        return list(map(_after_hdr10, bufs)), 0, 0
     out: list[bytes] = []
-    bad = 0
+    short = bad = 0
     for b in bufs:
         if len(b) <= VIRTIO_NET_HDR_LEN:
-            bad += 1
+            short += 1
         elif b[1] or b[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             try:
                 out += segment(b, l2=l2)
@@ -1226,7 +1233,7 @@ def split_reads(bufs: list[bytes], *, l2: bool = False) -> tuple[list[bytes], in
                 bad += 1
         else:
             out.append(b[VIRTIO_NET_HDR_LEN:])
-    return out, bad
+    return out, short, bad
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 __all__ = [
     "GSO_MAX_PAYLOAD",
     "GSO_MAX_SEGMENTS",
+    "TRANSPORT_OVERHEAD",
     "SOL_UDP",
     "UDP_GRO",
     "UDP_SEGMENT",
@@ -53,6 +54,7 @@ __all__ = [
     "UdpEndpoint",
     "UdpError",
     "UdpSocket",
+    "gso_max_segs",
     "normalize_addr",
 ]
 
@@ -79,6 +81,8 @@ _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # u32 array; [0] = SK_MEMINFO_R
 GSO_MAX_SEGMENTS = 64
 #: Largest UDP payload of one send (65535 - 8 UDP - 20 IPv4 header).
 GSO_MAX_PAYLOAD = 65507
+#: WireGuard transport overhead on top of the padded plaintext: 16-byte header + 16-byte tag.
+TRANSPORT_OVERHEAD = 32
 #: Receive buffer: the largest UDP payload, also the largest coalesced GRO buffer.
 _RECV_BUFSIZE = 65535
 #: Default SO_RCVBUF/SO_SNDBUF request (wireguard-go uses 7 MiB too).
@@ -567,6 +571,14 @@ class UdpSocket:
         if self._sock is None:
             raise UdpError(errno.EBADF, "UDP socket is closed")
         return self._sock
+
+
+def gso_max_segs(mtu: int) -> int:
+    """Most full-size transport messages that fit one UDP GSO ``sendmsg`` for a tunnel of ``mtu`` bytes.
+
+    :param mtu: the tunnel MTU (largest plaintext packet).
+    """
+    return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_PAYLOAD // (mtu + TRANSPORT_OVERHEAD)))
 
 
 def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> bool:

@@ -40,10 +40,9 @@ from typing import Any
 
 from tunnel import netconf
 from tunnel.netconf import PolicyRule
-from tunnel.tun import TunError, open_tun
+from tunnel.tun import TunError, open_tun, set_txqueuelen
 from tunnel.udp import UdpSocket
 
-from .datapath import set_txqueuelen
 from .device import Device
 from .endpoints import EndpointResolver, ResolveError, resolve
 from .reload import Reloader
@@ -347,11 +346,11 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
     if netconf.link_exists(name, netns=netns) if netns else netconf.link_exists(name):
         raise DaemonError(f"interface {name} already exists{' in netns ' + netns if netns else ''}")
     try:
-        offload = getattr(icfg, "offload", "auto")  # vnet_hdr + GRO writes (vpn/datapath.py) unless off
+        offload = getattr(icfg, "offload", "auto")  # vnet_hdr + GRO writes (tunnel/tun.py) unless off
         tun = open_tun(name, mtu=mtu, vnet_hdr=offload != "off")
         if offload == "on" and not tun.vnet_hdr:
             log.warning("%s: Offload = on, but the tun refused: %s", name, tun.fallback_reason)
-        set_txqueuelen(tun.name)  # before any move to another netns (vpn/datapath.py: TUN_TXQUEUELEN)
+        set_txqueuelen(tun.name)  # before any move to another netns (tunnel.tun.TUN_TXQUEUELEN)
     except TunError as e:
         raise DaemonError(str(e)) from None
     iface = Interface(name, netns)

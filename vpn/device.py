@@ -11,7 +11,7 @@ Flow (one wakeup each, level-triggered readers, bounded batches so neither direc
    WireGuard: ``ip_forward``, the FORWARD chain, conntrack and NAT decide) → send the outbox.
    Only with ``forward`` (``#pyvpn Forward = on``, an explicit opt-in for a hub) is a packet for
    another peer sent there directly, with its TTL or hop limit decremented
-   (:func:`vpn.datapath.forward_hop`), bypassing the host's firewall.
+   (:func:`vpn.routing.forward_hop`), bypassing the host's firewall.
 3. Timer → ``Core.handle_timer`` → send the outbox; the timer is re-armed at the core's
    next deadline.
 4. Housekeeping, once a second: hooks, and the stall check (:mod:`vpn.stall`): input queued on
@@ -55,13 +55,15 @@ from crypto.tunnel import (
     KeysZeroed,
     Tunnel,
 )
+from tunnel.offload import BULK_MIN
+from tunnel.tun import configure_tun, read_packets, tune_allocator, write_packets
 
 from .allowedips import AllowedIPs
-from .datapath import batch_ip_version, configure_tun, forward_hop, route_reads, tune_allocator, write_tun
 from .drops import split_expected
 from .latency import request_slice, slice_from_env
 from .peer import Peer
 from .policy import AccessRules, ClientPolicy, bucket_for_rate
+from .routing import batch_ip_version, forward_hop, route_reads
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
 from .switch import TokenBucket
 
@@ -294,7 +296,7 @@ class Device:
         """Attach the readers and timers to ``loop`` (the running loop by default)."""
         loop = loop or asyncio.get_running_loop()
         self._loop = loop
-        tune_allocator()  # no page faults per batch (vpn/datapath.py)
+        tune_allocator()  # no page faults per batch (tunnel/tun.py)
         if self.slice > 0:
             request_slice(self.slice)  # woken for a lone packet, run at once on a busy CPU (vpn/latency.py)
         self.stopped = asyncio.Event()
@@ -338,7 +340,6 @@ class Device:
         if loop is None:
             return
         tun = self.tun
-        vnet = self.tun_mode.vnet_hdr
         try:
             bufs = tun.read_batch(TSO_BATCH if self.tun_mode.tso_reads else BATCH)
         except OSError as e:
@@ -353,7 +354,12 @@ class Device:
             return
         self.progress += len(bufs)
         now = loop.time()
-        for t, lst in route_reads(bufs, vnet, self.allowed.lookup, self.drops).items():
+        packets, short, bad = read_packets(bufs, self.tun_mode)
+        if short:
+            self.drops["tun_short_packet"] += short
+        if bad:
+            self.drops["tun_bad_offload"] += bad
+        for t, lst in route_reads(packets, self.allowed.lookup, self.drops).items():
             if t.user.bucket_out is not None:
                 lst = self._police_out(t.user, lst, now)
                 if not lst:
@@ -382,7 +388,7 @@ class Device:
                         continue
                 self._route_inbound(t, packets, to_tun, forwarded)
         if to_tun:
-            self.tun_mode = write_tun(self.tun, to_tun, self.tun_mode)
+            self.tun_mode = write_packets(self.tun, to_tun, self.tun_mode)
         for t, lst in forwarded.items():
             lst = forward_hop(lst, self.drops)
             if lst and t.user.bucket_out is not None:
@@ -427,7 +433,7 @@ class Device:
         forward = self.forward
         l2 = self.l2
         vteps = l2.vteps if l2 is not None else frozenset()
-        if len(packets) >= 4 and self._route_flow(t, packets, to_tun, forwarded, vteps):
+        if len(packets) >= BULK_MIN and self._route_flow(t, packets, to_tun, forwarded, vteps):
             return
         spoofed = 0
         # Consecutive packets mostly belong to one flow: look an address up only when it changes.
@@ -472,7 +478,7 @@ class Device:
                     forwarded: dict[Tunnel, list[bytes]], vteps: Any) -> bool:
         """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
         lookup and one ``extend`` (to the tun, or with ``forward`` to another peer's list, whose TTLs
-        :func:`~vpn.datapath.forward_hop` then decrements as for the loop's), the addresses compared
+        :func:`~vpn.routing.forward_hop` then decrements as for the loop's), the addresses compared
         with C-level loops.  A batch to one of our VTEPs goes to the L2 runtime in one call, and what it
         declines to the tun.  Returns False, having done nothing, unless every packet has the same IP
         version and addresses."""

@@ -70,11 +70,11 @@ reasons as ``l2_*``.
 
 Tap offloads
 ------------
-Taps are opened with ``IFF_VNET_HDR`` and configured like the tun (:func:`vpn.datapath.configure_tun`): the
+Taps are opened with ``IFF_VNET_HDR`` and configured like the tun (:func:`tunnel.tun.configure_tun`): the
 kernel segments and checksums before a read unless :data:`TAP_TSO_READS_DEFAULT` (then
-:func:`tunnel.offload.split_reads` cuts super-frames into MTU-sized frames, which is all a peer ever
+:func:`tunnel.tun.read_packets` cuts super-frames into MTU-sized frames, which is all a peer ever
 sees), and the frames for a tap are written as GRO super-frames (:func:`tunnel.offload.gro_frames`), frame
-by frame from the first ``EINVAL`` on (:func:`vpn.datapath.write_tun`).  Frames of one flow read or
+by frame from the first ``EINVAL`` on (:func:`tunnel.tun.write_packets`).  Frames of one flow read or
 received together take the bulk branches: one switch decision per run of equal Ethernet headers
 (``count=``), one outer header per length (:func:`~tunnel.encap.vxlan.encap_ip_batch`), one decapsulation
 pass (:func:`~tunnel.encap.vxlan.decap_ip_batch`, through :meth:`L2Runtime.take_batch`).
@@ -106,10 +106,10 @@ from tunnel.encap.vxlan import (
     pack_header,
     unpack_header,
 )
-from tunnel.offload import split_reads
+
+from tunnel.tun import TunMode, configure_tun, read_packets, write_packets
 
 from .config import format_endpoint
-from .datapath import TunMode, configure_tun, write_tun
 from .switch import LOCAL, Switch, VlanMap
 
 if TYPE_CHECKING:
@@ -717,10 +717,9 @@ class L2Runtime:
             return
         if not frames:
             return
-        if tp.mode.vnet_hdr:
-            frames, bad = split_reads(frames, l2=True)
-            if bad:
-                self.drops["l2_tap_bad_offload"] += bad
+        frames, short, bad = read_packets(frames, tp.mode, l2=True)
+        if short or bad:
+            self.drops["l2_tap_bad_offload"] += short + bad
         now = loop.time()
         only, vlans = tp.only, tp.vlans
         if only is not None:
@@ -814,7 +813,7 @@ class L2Runtime:
             if tp.pending:
                 frames, tp.pending = tp.pending, []
                 try:
-                    tp.mode = write_tun(tp.tap, frames, tp.mode, l2=True)
+                    tp.mode = write_packets(tp.tap, frames, tp.mode, l2=True)
                 except OSError as e:
                     self.drops["l2_tap_write_error"] += len(frames)
                     log.debug("tap %s: write failed: %s", tp.plan.name, e)
@@ -951,10 +950,8 @@ def open_segments(cfg: Config, device: Device, *, role: str, netns: str | None =
         :class:`~tunnel.netconf.NetconfError`, :class:`~tunnel.udp.UdpError`).
     """
     from tunnel import netconf
-    from tunnel.tun import open_tun
+    from tunnel.tun import open_tun, set_txqueuelen
     from tunnel.udp import UdpSocket
-
-    from .datapath import set_txqueuelen
 
     plans = plan_segments(cfg, role=role, tunnel_mtu=device.core.mtu)
     taps: dict[str, TapDevice] = {}

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from tunnel.offload import BULK_MIN
+
 from .switch import TokenBucket
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -257,7 +259,7 @@ class AccessRules:
 
     def split(self, packets: list[bytes]) -> tuple[list[bytes], int]:
         """``(allowed packets in order, number denied)``."""
-        if len(packets) >= 4 and self._one_flow(packets):  # a bulk batch: one verdict for all
+        if len(packets) >= BULK_MIN and self._one_flow(packets):  # a bulk batch: one verdict for all
             f = packet_fields(packets[0])
             if f is not None and self._decide(*f):
                 return packets, 0

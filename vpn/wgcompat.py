@@ -28,14 +28,13 @@ import socket
 import sys
 from pathlib import Path
 
-from tunnel.tun import TunError, open_tun
+from tunnel.tun import TunError, open_tun, set_txqueuelen
 from tunnel.udp import UdpSocket
 
 from . import OUR_LOGGERS
 from .config import check_ifname
 from .control import ControlError, ControlServer
 from .daemon import DEFAULT_MTU, interface_alive, run_loop, wait_any
-from .datapath import set_txqueuelen
 from .device import Device
 from .uapi_server import UapiServer, UapiSocketInUse, bind_uapi_socket
 

@@ -1,7 +1,9 @@
-"""vpn.datapath and the Device's offload path, without root: fakes for the tun and the network.
+"""The L3 data path (tunnel.tun's read_packets/write_packets, vpn.routing) and the Device's offload path,
+without root: fakes for the tun and the network.
 
-* :func:`route_reads` turns vnet-hdr reads (plain packets, TSO super-packets, packets that need their
-  checksum finished, garbage headers) into valid packets per peer, counting every drop;
+* :func:`read_packets` then :func:`route_reads` (as the Device calls them) turn vnet-hdr reads (plain
+  packets, TSO super-packets, packets that need their checksum finished, garbage headers) into valid
+  packets per peer, counting every drop;
 * :func:`tun_buffers` coalesces for a vnet tun and passes packets through for a plain one;
 * two Devices over :mod:`tunnel.testing` fakes with vnet-hdr tuns: a TSO super-packet read on one side
   leaves as standalone, equal-sized WireGuard messages and is written on the other side as one GRO
@@ -25,10 +27,13 @@ from tunnel.offload import (
     checksum,
     segment,
 )
+from tunnel.offload import gro
 from tunnel.testing import MemoryNetwork, MemoryTun
+from tunnel.tun import TunMode, configure_tun, read_packets, tun_buffers, write_packets
+from tunnel.udp import gso_max_segs
 from vpn.allowedips import AllowedIPs
-from vpn.datapath import TunMode, configure_tun, gro, gso_max_segs, route_reads, tun_buffers
 from vpn.device import Device
+from vpn.routing import route_reads
 
 A4, B4 = "100.64.0.1", "100.64.0.2"
 A6, B6 = "fd00::1", "fd00::2"
@@ -64,6 +69,18 @@ def tso6(src: str, dst: str, seq: int, payload: bytes, mss: int) -> bytes:
     return hdr.pack() + ip + tcp + payload
 
 
+def read_and_route(bufs: list[bytes], vnet: bool, lookup: Any, drops: Any, *,
+                   bulk: bool = True) -> dict[Any, list[bytes]]:
+    """What ``Device._on_tun`` does with a batch of tun reads: plain packets (drops counted as the device
+    counts them), grouped by peer."""
+    packets, short, bad = read_packets(bufs, TunMode(vnet_hdr=vnet))
+    if short:
+        drops["tun_short_packet"] += short
+    if bad:
+        drops["tun_bad_offload"] += bad
+    return route_reads(packets, lookup, drops, bulk=bulk)
+
+
 def table() -> tuple[AllowedIPs[str], str, str]:
     t: AllowedIPs[str] = AllowedIPs()
     t.insert(f"{B4}/32", "peer-b")
@@ -90,7 +107,7 @@ def test_route_reads_vnet_mixture() -> None:
         bytes(10),  # header only
         b"\x00",  # not even a header
     ]
-    out = route_reads(bufs, True, allowed.lookup, drops)
+    out = read_and_route(bufs, True, allowed.lookup, drops)
     assert set(out) == {pb, pb6}
     assert out[pb][0] == plain
     assert out[pb][1:] == segment(bufs[1]) and len(out[pb]) == 7
@@ -110,7 +127,7 @@ def test_route_reads_plain_tun() -> None:
 
     drops: Counter[str] = Counter()
     p = tcp4(A4, B4, 1, b"x" * 100)
-    assert route_reads([p, p, b"\x45"], False, allowed.lookup, drops) == {pb: [p, p]}
+    assert read_and_route([p, p, b"\x45"], False, allowed.lookup, drops) == {pb: [p, p]}
     assert drops == Counter(tun_short_packet=1)
 
 
@@ -338,9 +355,7 @@ def test_gro_random_mixes_keep_every_flow() -> None:
     assert merged > 100  # the fast path and coalesce both had work
 
 
-def test_write_tun_falls_back_when_gso_writes_are_refused() -> None:
-    from vpn.datapath import write_tun
-
+def test_write_packets_falls_back_when_gso_writes_are_refused() -> None:
     class NoGsoTun(MemoryTun):
         def write_batch(self, packets: list[bytes]) -> int:
             ok = [p for p in packets if p[1] == 0]
@@ -351,12 +366,12 @@ def test_write_tun_falls_back_when_gso_writes_are_refused() -> None:
     mode = configure_tun(tun)
     assert mode.gro_tcp and not mode.gro_udp
     segs = _run(4, 1, 10, 1000)
-    mode = write_tun(tun, segs, mode)
+    mode = write_packets(tun, segs, mode)
     assert not mode.gro_tcp and mode.vnet_hdr and tun.take_written() == []  # refused once, then off
-    assert write_tun(tun, segs, mode) == mode
+    assert write_packets(tun, segs, mode) == mode
     assert tun.take_written() == [bytes(10) + s for s in segs]
     plain = MemoryTun("plain")
-    assert write_tun(plain, segs, TunMode()) == TunMode() and plain.take_written() == segs
+    assert write_packets(plain, segs, TunMode()) == TunMode() and plain.take_written() == segs
 
 
 def test_random_bytes_never_raise() -> None:
@@ -372,7 +387,7 @@ def test_random_bytes_never_raise() -> None:
     @given(st.lists(st.binary(max_size=120), max_size=6), st.booleans(), st.integers(0, 3))
     def check(bufs: list[bytes], vnet: bool, where: int) -> None:
         drops: Counter[str] = Counter()
-        out = route_reads(bufs, vnet, allowed.lookup, drops)
+        out = read_and_route(bufs, vnet, allowed.lookup, drops)
         assert sum(map(len, out.values())) <= sum(1 for _ in bufs) * 64
         mixed = segs[:where] + bufs + segs[where:]
         assert len(gro(mixed, udp=True)) <= len(mixed)
@@ -388,11 +403,7 @@ def test_gro_bulk_equals_the_loop() -> None:
     import tunnel.offload as dp
 
     def loop_only(packets: list[bytes]) -> list[bytes]:
-        saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30
-        try:
-            return gro(packets)
-        finally:
-            dp._BULK_MIN = saved
+        return gro(packets, bulk=False)
 
     clean = [
         _run(4, 1000, 45, 1368),
@@ -454,7 +465,7 @@ def test_route_bulk_equals_the_loop() -> None:
     import collections
     import random
 
-    import vpn.datapath as dp
+    import vpn.routing as routing
 
     allowed, _, _ = table()
     lookup = allowed.lookup
@@ -471,12 +482,7 @@ def test_route_bulk_equals_the_loop() -> None:
 
     def loop_only(bufs: list[bytes], vnet: bool) -> tuple[dict[Any, list[bytes]], collections.Counter[str]]:
         drops: collections.Counter[str] = collections.Counter()
-        saved = dp._route_bulk
-        dp._route_bulk = lambda *a: None  # type: ignore[assignment]
-        try:
-            return route_reads(bufs, vnet, lookup, drops), drops
-        finally:
-            dp._route_bulk = saved
+        return read_and_route(bufs, vnet, lookup, drops, bulk=False), drops
 
     v4 = [ipv4_udp("100.64.0.1", "100.64.0.2", rng.randbytes(rng.randint(12, 1300))) for _ in range(20)]
     v4b = [ipv4_udp("100.64.0.1", "100.64.0.3", b"x" * 30) for _ in range(5)]
@@ -488,13 +494,15 @@ def test_route_bulk_equals_the_loop() -> None:
         for packets in cases:
             bufs = [bytes(10) + p for p in packets] if vnet else list(packets)
             drops: collections.Counter[str] = collections.Counter()
-            got = route_reads(bufs, vnet, lookup, drops)
+            got = read_and_route(bufs, vnet, lookup, drops)
             assert (got, drops) == loop_only(bufs, vnet)
-        # a vnet header with NEEDS_CSUM: the loop finishes the checksum
-        tcp_bufs = [bytes(10) + p for p in v4[:5]]
-        tcp_bufs[2] = b"\x01" + tcp_bufs[2][1:]
-        assert dp._route_bulk(tcp_bufs, True, lookup) is None
-    assert dp._route_bulk(v4, False, lookup) == {lookup(v4[0][16:20]): v4}
+    # a vnet header with NEEDS_CSUM: the packet's checksum is finished before routing, in bulk or not
+    tcp_bufs = [bytes(10) + p for p in v4[:5]]
+    tcp_bufs[2] = b"\x01" + tcp_bufs[2][1:]
+    drops = collections.Counter()
+    assert read_and_route(tcp_bufs, True, lookup, drops) == loop_only(tcp_bufs, True)[0]
+    assert routing._route_bulk(v4, lookup) == {lookup(v4[0][16:20]): v4}
+    assert routing._route_bulk(v4 + v4b, lookup) is None
 
 
 def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
@@ -505,11 +513,7 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
     import tunnel.offload as dp
 
     def loop_only(packets: list[bytes]) -> list[bytes]:
-        saved, dp._BULK_MIN = dp._BULK_MIN, 1 << 30
-        try:
-            return gro(packets)
-        finally:
-            dp._BULK_MIN = saved
+        return gro(packets, bulk=False)
 
     rng = random.Random(11)
     taken = 0
@@ -547,7 +551,7 @@ def test_ttl_checksum_matches_a_full_recomputation() -> None:
     value class, including the 0xFEFF -> 0x0000 corner (eqn. 3 is exact where eqn. 2 is not)."""
     import random
 
-    from vpn.datapath import ttl_checksum
+    from vpn.routing import ttl_checksum
 
     rng = random.Random(3)
     seen_corner = False
@@ -571,7 +575,7 @@ def test_ttl_checksum_matches_a_full_recomputation() -> None:
 def test_forward_hop_decrements_and_drops_at_zero() -> None:
     import collections
 
-    from vpn.datapath import forward_hop
+    from vpn.routing import forward_hop
 
     drops: collections.Counter[str] = collections.Counter()
     p4, p6 = _udp(4, 64, b"four"), _udp(6, 64, b"six")

@@ -23,7 +23,7 @@ from crypto.keys import encode_key, private_from_random, public_from_private
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.config import parse_config
 from vpn.daemon import control_extra
-from vpn.datapath import route_reads
+from vpn.routing import route_reads
 from vpn.device import Device
 from vpn.drops import DROP_REASONS, EXPECTED, explain, split_expected
 from vpn.l2 import L2Runtime, plan_segments
@@ -260,12 +260,12 @@ def test_link_scope_packets_without_a_peer_are_expected_not_no_route() -> None:
     drops: Counter[str] = Counter()
     bufs = [ipv6("fe80::1", "ff02::2"), ipv6("fe80::1", "ff02::16"), ipv6("fd00::1", "fe80::2"),
             ipv4("224.0.0.251"), ipv4("255.255.255.255"), ipv6("fd00::1", "fd00::9"), ipv4("198.19.9.9")]
-    assert route_reads(bufs, False, lambda _dst: None, drops) == {}
+    assert route_reads(bufs, lambda _dst: None, drops) == {}
     assert drops == {"link_local_no_peer": 5, "no_route": 2}
     assert split_expected(drops) == ({"no_route": 2}, {"link_local_no_peer": 5})
     assert "link_local_no_peer" in EXPECTED and "no_route" not in EXPECTED
     # a peer whose AllowedIPs cover them still gets them
-    got = route_reads(bufs[:1], False, lambda _dst: "peer", Counter())
+    got = route_reads(bufs[:1], lambda _dst: "peer", Counter())
     assert got == {"peer": bufs[:1]}
 
 
