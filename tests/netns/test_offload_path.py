@@ -196,7 +196,7 @@ def test_pyvpn_pair_offloads_keep_the_wire_standard(tso_reads: bool, monkeypatch
             offs = _offloads(d)
             assert {"tun:vnet_hdr", "tun:gro", "udp:gso", "udp:gro"} <= set(offs), offs
             assert ("tun:tso" in offs) == tso_reads, offs
-            assert "qlen 2000" in d.ns.run(["ip", "link", "show", d.ifname]).stdout  # datapath.TUN_TXQUEUELEN
+            assert "qlen 2000" in d.ns.run(["ip", "link", "show", d.ifname]).stdout  # tunnel.tun.TUN_TXQUEUELEN
             # what we wrote into each tun came as GRO super-packets, not one write per segment
             assert _gro_bytes_per_write(d) > 2 * MTU, (d.sysfs_stat("rx_bytes"), d.sysfs_stat("rx_packets"))
             assert "Traceback" not in d.log()
