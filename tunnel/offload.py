@@ -649,32 +649,9 @@ class _Item:
         first = self.first
         if not self.parts:
             return vnet_none + first
-        l4, hl, version = self.l4, self.hl, self.version
-        size = self.size
-        h = bytearray(first[:hl])
-        if version == 4:
-            h[2:4] = size.to_bytes(2, "big")
-            h[10:12] = b"\0\0"
-            h[10:12] = checksum(h[:l4]).to_bytes(2, "big")
-        else:
-            h[4:6] = (size - 40).to_bytes(2, "big")
-        l4_len = size - l4
-        if self.proto == _PROTO_TCP:
-            gso_type = VIRTIO_NET_HDR_GSO_TCPV4 if version == 4 else VIRTIO_NET_HDR_GSO_TCPV6
-            csum_off = _TCP_CSUM_OFFSET
-            if self.psh:
-                h[l4 + 13] |= _TCP_PSH
-        else:
-            gso_type, csum_off = VIRTIO_NET_HDR_GSO_UDP_L4, _UDP_CSUM_OFFSET
-            h[l4 + 4:l4 + 6] = l4_len.to_bytes(2, "big")
-        # CHECKSUM_PARTIAL: the field holds the folded, uncomplemented pseudo-header sum.
-        seed = (_pseudo_sum(h, version) + self.proto + l4_len) % 0xFFFF or 0xFFFF
-        h[l4 + csum_off:l4 + csum_off + 2] = seed.to_bytes(2, "big")
-        m = len(l2)
-        vh = _HDR10.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl + m, self.gso, l4 + m, csum_off)
-        if hdr_size == VIRTIO_NET_HDR_MRG_RXBUF_LEN:
-            vh += b"\0\0"
-        return b"".join((vh, l2, h, memoryview(first)[hl:], *self.parts))
+        parts: list[bytes | bytearray] = [b"", b"", first[self.hl:], *self.parts]
+        return _super_packet(first, parts, self.version, self.hl, self.size, self.gso, self.psh, l2,
+                             proto=self.proto, hdr_size=hdr_size)
 
 
 _tcp_masks: dict[tuple[int, int], tuple[int, int, int]] = {}
@@ -900,6 +877,7 @@ _MAX_SUPER = MAX_SUPER_PACKET
 _masks: dict[tuple[int, int], tuple[int, int, int]] = {}
 _NEEDS_CSUM_TCP4 = bytes((1, 1))  # virtio_net_hdr flags NEEDS_CSUM, gso_type TCPV4
 _NEEDS_CSUM_TCP6 = bytes((1, 4))  # ... TCPV6
+_NEEDS_CSUM_UDP_L4 = bytes((1, 5))  # ... UDP_L4 (USO)
 _VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offset (little-endian)
 
 
@@ -1017,11 +995,14 @@ def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"", bulk: bool 
 
 
 def _super_packet(first: bytes, parts: list[bytes | bytearray], version: int, hl: int, total: int,
-                  plen: int, psh: bool, l2: bytes = b"") -> bytes:
-    """One GSO super-packet for a vnet-hdr tun: ``first``'s headers with the total length, PSH and the
-    pseudo-header checksum seed (CHECKSUM_PARTIAL), behind a virtio_net_hdr and ``l2`` (a tap frame's
-    Ethernet header, counted in ``hdr_len`` and ``csum_start``); ``parts[0:2]`` are filled in here and
-    ``parts[2:]`` are the payloads in order."""
+                  gso: int, psh: bool, l2: bytes = b"", *, proto: int = _PROTO_TCP,
+                  hdr_size: int = VIRTIO_NET_HDR_LEN) -> bytes:
+    """One GSO super-packet (TCP, or USO with ``proto`` UDP) for a vnet-hdr tun, the one builder of
+    :func:`gro` and :func:`coalesce`: ``first``'s headers with the total length (and the UDP length), PSH
+    if ``psh`` (TCP), the IPv4 header checksum and the pseudo-header checksum seed (CHECKSUM_PARTIAL),
+    behind a ``hdr_size``-byte virtio_net_hdr and ``l2`` (a tap frame's Ethernet header, counted in
+    ``hdr_len`` and ``csum_start``); ``parts[0:2]`` are filled in here and ``parts[2:]`` are the payloads
+    in order.  ``gso`` is the payload size of every segment but the last."""
     l4 = 20 if version == 4 else 40
     h = bytearray(first[:hl])
     if version == 4:
@@ -1029,17 +1010,23 @@ def _super_packet(first: bytes, parts: list[bytes | bytearray], version: int, hl
         h[10:12] = b"\0\0"
         h[10:12] = checksum(h[:20]).to_bytes(2, "big")
         pseudo = int.from_bytes(h[12:20], "big")
-        vh = _NEEDS_CSUM_TCP4
     else:
         h[4:6] = (total - 40).to_bytes(2, "big")
         pseudo = int.from_bytes(h[8:40], "big")
-        vh = _NEEDS_CSUM_TCP6
-    if psh:
-        h[l4 + 13] |= _PSH
-    seed = (pseudo + 6 + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
-    h[l4 + 16:l4 + 18] = seed.to_bytes(2, "big")
+    if proto == _PROTO_TCP:
+        vh = _NEEDS_CSUM_TCP4 if version == 4 else _NEEDS_CSUM_TCP6
+        csum_off = _TCP_CSUM_OFFSET
+        if psh:
+            h[l4 + 13] |= _PSH
+    else:
+        vh = _NEEDS_CSUM_UDP_L4
+        csum_off = _UDP_CSUM_OFFSET
+        h[l4 + 4:l4 + 6] = (total - l4).to_bytes(2, "big")
+    seed = (pseudo + proto + total - l4) % 0xFFFF or 0xFFFF  # CHECKSUM_PARTIAL: the pseudo-header sum
+    h[l4 + csum_off:l4 + csum_off + 2] = seed.to_bytes(2, "big")
     m = len(l2)
-    parts[0] = vh + _VNET_TAIL.pack(hl + m, plen, l4 + m, 16) + l2
+    tail = b"\0\0" if hdr_size == VIRTIO_NET_HDR_MRG_RXBUF_LEN else b""  # num_buffers, unused by tun
+    parts[0] = vh + _VNET_TAIL.pack(hl + m, gso, l4 + m, csum_off) + tail + l2
     parts[1] = h
     return b"".join(parts)
 
