@@ -638,7 +638,7 @@ class _Item:
 
     def template(self) -> int:
         """Build the fast-path mask and template (TCP items only); return the template."""
-        self.mask, self.shift, seq_bits = _tcp_mask(self.version, self.hl)
+        self.mask, _, self.shift, seq_bits = _tcp_mask(self.version, self.hl)
         self.base = int.from_bytes(self.first[:self.hl], "big") & self.mask & ~seq_bits
         self.tmpl = self.base | (self.next_seq << self.shift)
         return self.tmpl
@@ -654,11 +654,15 @@ class _Item:
                              proto=self.proto, hdr_size=hdr_size)
 
 
-_tcp_masks: dict[tuple[int, int], tuple[int, int, int]] = {}
+#: (version, header length) -> :func:`_tcp_mask`'s answer, built once per header shape.
+_tcp_masks: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 
 
-def _tcp_mask(version: int, hl: int) -> tuple[int, int, int]:
-    """``(mask, seq_shift, seq_bits)`` for the coalescing fast path on an ``hl``-byte IP+TCP header."""
+def _tcp_mask(version: int, hl: int) -> tuple[int, int, int, int]:
+    """``(mask, short_mask, seq_shift, seq_bits)`` for the merging fast paths (:func:`coalesce` and
+    :func:`gro`) on an ``hl``-byte IP+TCP header read as one big-endian integer: the header bits that must
+    equal the first segment's (all but the IPv4 ID and checksum, PSH and the TCP checksum), the same without
+    the IP length (for a shorter last segment), and where the sequence number sits."""
     key = (version, hl)
     r = _tcp_masks.get(key)
     if r is None:
@@ -669,7 +673,9 @@ def _tcp_mask(version: int, hl: int) -> tuple[int, int, int]:
         m[l4 + 13] &= ~_TCP_PSH & 0xFF
         m[l4 + 16:l4 + 18] = b"\0\0"  # TCP checksum
         shift = 8 * (hl - l4 - 8)
-        r = _tcp_masks[key] = (int.from_bytes(m, "big"), shift, 0xFFFFFFFF << shift)
+        mask = int.from_bytes(m, "big")
+        length = 0xFFFF << 8 * (hl - (4 if version == 4 else 6))  # IPv4 total / IPv6 payload length
+        r = _tcp_masks[key] = (mask, mask & ~length, shift, 0xFFFFFFFF << shift)
     return r
 
 
@@ -871,26 +877,10 @@ def _udp_one(p: bytes, out: list[bytes | _Item], flows: dict[bytes, _Item], vnet
 # --- gro: runs of consecutive segments first, coalesce() for the rest ----------------------------------
 _PSH = 0x08
 _MAX_SUPER = MAX_SUPER_PACKET
-#: (version, header length) -> (mask, short_mask, seq_shift): the header bits that must equal the first
-#: segment's (all but the IPv4 ID and checksum, PSH and the TCP checksum; ``short_mask`` also leaves out the
-#: IP length, for a shorter last segment), and where the sequence number sits in the header as an integer.
-_masks: dict[tuple[int, int], tuple[int, int, int]] = {}
 _NEEDS_CSUM_TCP4 = bytes((1, 1))  # virtio_net_hdr flags NEEDS_CSUM, gso_type TCPV4
 _NEEDS_CSUM_TCP6 = bytes((1, 4))  # ... TCPV6
 _NEEDS_CSUM_UDP_L4 = bytes((1, 5))  # ... UDP_L4 (USO)
 _VNET_TAIL = struct.Struct("<HHHH")  # hdr_len, gso_size, csum_start, csum_offset (little-endian)
-
-
-def _gro_masks(version: int, hl: int) -> tuple[int, int, int]:
-    """:func:`_tcp_mask`'s mask, the same without the IP length field (for a shorter last segment), and
-    the sequence number's shift."""
-    key = (version, hl)
-    r = _masks.get(key)
-    if r is None:
-        mask, shift, _ = _tcp_mask(version, hl)
-        length = 0xFFFF << 8 * (hl - (4 if version == 4 else 6))  # IPv4 total / IPv6 payload length
-        r = _masks[key] = (mask, mask & ~length, shift)
-    return r
 
 
 def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"", bulk: bool = True) -> list[bytes]:
@@ -943,7 +933,7 @@ def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"", bulk: bool 
         if plen <= 0 or hl < l4 + 20 or i >= n or len(packets[i]) > size:
             rest.append(p)
             continue
-        mask, short_mask, shift = _gro_masks(version, hl)
+        mask, short_mask, shift, _ = _tcp_mask(version, hl)
         seq = (frombytes(p[l4 + 4:l4 + 8], "big") + plen) & 0xFFFFFFFF
         base = frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)
         limit = min(n, i + (_MAX_SUPER - size) // plen)
@@ -1114,7 +1104,7 @@ def _gro_run(packets: list[bytes], lens: list[int], flags: bytes, l2: bytes = b"
     seq0 = frombytes(p[l4 + 4:l4 + 8], "big")
     if seq0 + n * plen > 0xFFFFFFFF:
         return None  # the sequence number wraps inside the batch: the loop handles it
-    mask, short_mask, shift = _gro_masks(version, hl)
+    mask, short_mask, shift, _ = _tcp_mask(version, hl)
     step = plen << shift
     first = (frombytes(p[:hl], "big") & mask & ~(0xFFFFFFFF << shift)) | (seq0 << shift)
     heads = list(map(frombytes, map(itemgetter(slice(0, hl)), packets), repeat(_BIG)))
