@@ -103,7 +103,7 @@ class CleanupHelper:
 
 
 def _teardown(plan: dict[str, Any]) -> bool:
-    from .control import socket_is_live
+    from .util import socket_is_live
     from tunnel.netconf import PolicyRule
 
     from .daemon import Interface, run_hooks, unset_dns

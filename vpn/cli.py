@@ -267,7 +267,8 @@ def server_add_client(
 ) -> None:
     """Enroll a client: keys, next free addresses, [Peer] in CONFIG and in the running server."""
     from .config import ConfigError
-    from .enroll import EnrollError, add_client, qr_png, qr_terminal, write_private
+    from .enroll import EnrollError, add_client, qr_png, qr_terminal
+    from .util import write_private
     from .policy import ClientPolicy
 
     try:

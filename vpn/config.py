@@ -41,12 +41,10 @@ keys never appear in messages or reprs; a token long enough to be a key is never
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from crypto.errors import KeyFormatError
 from crypto.keys import decode_key, encode_key
 
 from .policy import ClientPolicy, Rule, format_rate, format_time, parse_rate, parse_rules, parse_time
+from .util import format_endpoint, write_private
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -352,12 +351,6 @@ def parse_endpoint(v: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is out of range (1..65535)")
     return m.group(1), port
-
-
-def format_endpoint(ep: tuple[str, int]) -> str:
-    """``host:port``, or ``[v6]:port``: what :func:`parse_endpoint` reads back."""
-    host, port = ep
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_remote(v: str) -> tuple[str, int | None]:
@@ -886,31 +879,6 @@ def format_policy(p: PeerConfig) -> list[str]:
     return out
 
 
-def write_config_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) with mode 0600: into a fresh temporary file in the target's directory,
-    then an atomic rename.  A crash never leaves half a file, and the temporary file comes from ``mkstemp``
-    (an unpredictable name, ``O_CREAT|O_EXCL|O_NOFOLLOW``), so a file or symlink planted beside the target
-    cannot catch or redirect the private key; a symlink at the target itself is replaced, not followed.
-    """
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def save_runtime_config(cfg: Config, device: Any) -> None:
     """``SaveConfig = true``: write back the running peers (endpoints, allowed IPs) like wg-quick."""
     peers = []
@@ -925,9 +893,9 @@ def save_runtime_config(cfg: Config, device: Any) -> None:
                                 persistent_keepalive=t.persistent_keepalive, name=peer.name,
                                 vtep=old.vtep if old else None).with_policy(peer.policy))
     new = replace(cfg, peers=tuple(peers))
-    write_config_atomic(cfg.path, format_config(new))
+    write_private(cfg.path, format_config(new))
 
 
 __all__ = ["SECRET_FIELDS", "Config", "ConfigError", "InterfaceConfig", "PeerConfig", "SegmentConfig", "check_ifname",
            "check_permissions", "format_config", "format_endpoint", "format_peer", "format_policy", "load_config",
-           "parse_config", "parse_endpoint", "parse_remote", "redacted_repr", "write_config_atomic"]
+           "parse_config", "parse_endpoint", "parse_remote", "redacted_repr"]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .policy import ClientPolicy
+from .util import socket_is_live
 
 if TYPE_CHECKING:
     from .device import Device
@@ -55,19 +56,6 @@ def list_interfaces() -> list[str]:
     if not os.access(CONTROL_DIR, os.R_OK | os.X_OK):
         raise ControlError(f"permission denied on {CONTROL_DIR}: run as root (sudo pyvpn ...)")
     return sorted(p.stem for p in CONTROL_DIR.glob("*.sock") if socket_is_live(p))
-
-
-def socket_is_live(path: Path) -> bool:
-    """Whether a process listens on the UNIX socket at ``path`` (a stale file says no)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:

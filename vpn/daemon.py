@@ -501,7 +501,8 @@ def claim_sockets(name: str) -> None:
     """Refuse to start when a live process serves this interface's UAPI or control socket (the
     same name in another namespace: the socket paths are global); remove the socket files that
     nothing listens on any more (a run killed without cleanup), logging each."""
-    from .control import socket_is_live, socket_path
+    from .control import socket_path
+    from .util import socket_is_live
     from .uapi_server import uapi_path
 
     for path in (uapi_path(name), socket_path(name)):

@@ -66,6 +66,7 @@ from .policy import AccessRules, ClientPolicy, bucket_for_rate
 from .routing import batch_ip_version, forward_hop, route_reads
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
 from .switch import TokenBucket
+from .util import format_endpoint
 
 log = logging.getLogger("pyvpn.device")
 
@@ -686,13 +687,6 @@ class Device:
         if self.l2 is not None:
             snap["segments"] = self.l2.snapshot()
         return snap
-
-
-def format_endpoint(ep: Any) -> str:
-    if isinstance(ep, tuple) and len(ep) >= 2:
-        host, port = ep[0], ep[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(ep)
 
 
 def peer_label(public_key: bytes) -> str:

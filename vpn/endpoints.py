@@ -172,6 +172,6 @@ class EndpointResolver:
 
 
 def _show(ep: Any) -> str:
-    from .device import format_endpoint
+    from .util import format_endpoint
 
     return format_endpoint(ep) if ep is not None else "(none)"

@@ -60,9 +60,9 @@ from .config import (
     load_config,
     parse_config,
     redacted_repr,
-    write_config_atomic,
 )
 from .policy import ClientPolicy
+from .util import write_private
 
 # -- implementation constants ------------------------------------------------------------------
 #: The comment ``server init`` puts at the top of a new server file.
@@ -437,12 +437,6 @@ def qr_png(text: str, *, box_size: int = 8) -> bytes:
 
 
 # -- files -------------------------------------------------------------------------------------
-def write_private(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write atomically with mode 0600 (a client file or its QR code holds a private key); see
-    :func:`vpn.config.write_config_atomic`."""
-    write_config_atomic(path, data)
-
-
 @contextlib.contextmanager
 def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the config's directory (serialises concurrent add-clients)."""
@@ -612,7 +606,8 @@ def running_snapshot(cfg: Config) -> dict[str, Any] | None:
 
     A daemon with the same interface name but another key is some other server: None.
     """
-    from .control import ControlError, query, socket_is_live, socket_path
+    from .control import ControlError, query, socket_path
+    from .util import socket_is_live
 
     iface = interface_name(cfg)
     if not socket_is_live(socket_path(iface)):

@@ -109,7 +109,7 @@ from tunnel.encap.vxlan import (
 
 from tunnel.tun import TunMode, configure_tun, read_packets, write_packets
 
-from .config import format_endpoint
+from .util import format_endpoint
 from .switch import LOCAL, Switch, VlanMap
 
 if TYPE_CHECKING:

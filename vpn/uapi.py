@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import SECRET_FIELDS, redacted_repr
+from .util import format_endpoint
 
 __all__ = [
     "IPC_ERROR_INVALID", "IPC_ERROR_IO", "IPC_ERROR_PORT_IN_USE", "IPC_ERROR_PROTOCOL", "IPC_ERROR_UNKNOWN",
-    "DeviceState", "PeerSet", "PeerState", "SetRequest", "UapiError", "format_endpoint", "format_errno",
+    "DeviceState", "PeerSet", "PeerState", "SetRequest", "UapiError", "format_errno",
     "format_get", "format_set", "parse_endpoint", "parse_get", "parse_set", "read_request",
 ]
 
@@ -279,7 +280,7 @@ def format_set(req: SetRequest) -> str:
         if p.preshared_key is not None:
             out.append(f"preshared_key={p.preshared_key.hex()}")
         if p.endpoint is not None:
-            out.append(f"endpoint={format_endpoint(p.endpoint)}")
+            out.append(f"endpoint={format_endpoint(p.endpoint, unmap_v4=True)}")
         if p.persistent_keepalive is not None:
             out.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
         if p.replace_allowed_ips:
@@ -342,14 +343,6 @@ class DeviceState:
         return redacted_repr(self)
 
 
-def format_endpoint(ep: tuple[Any, ...]) -> str:
-    """``ip:port`` or ``[ipv6]:port`` (``DstToString``); IPv4-mapped IPv6 hosts are shown as IPv4."""
-    host, port = str(ep[0]), int(ep[1])
-    if host[:7].lower() == "::ffff:" and "." in host:
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def format_get(state: DeviceState) -> str:
     """The reply to ``get=1``, in wireguard-go's order, ending with ``errno=0`` and a blank line."""
     out: list[str] = []
@@ -364,7 +357,7 @@ def format_get(state: DeviceState) -> str:
         out.append(f"preshared_key={(p.preshared_key or bytes(32)).hex()}")
         out.append(f"protocol_version={p.protocol_version}")
         if p.endpoint is not None and len(p.endpoint) >= 2:
-            out.append(f"endpoint={format_endpoint(p.endpoint)}")
+            out.append(f"endpoint={format_endpoint(p.endpoint, unmap_v4=True)}")
         out.append(f"last_handshake_time_sec={p.last_handshake_time_sec}")
         out.append(f"last_handshake_time_nsec={p.last_handshake_time_nsec}")
         out.append(f"tx_bytes={p.tx_bytes}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import uapi
-from .control import socket_is_live as _live
+from .util import socket_is_live as _live
 
 if TYPE_CHECKING:
     from .device import Device

@@ -643,11 +643,11 @@ def test_private_files_ignore_planted_temporary_names(tmp_path: Path) -> None:
     """Issue 13: the temporary file of an atomic write has no guessable name and is opened with O_EXCL and
     O_NOFOLLOW, so a symlink planted at the old name (``.NAME.tmpPID``) neither receives the key nor
     becomes the file; text (configs) and bytes (QR PNGs) alike."""
-    from vpn.config import write_config_atomic
+    from vpn.util import write_private
 
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
-    for i, (writer, data) in enumerate([(write_config_atomic, "PrivateKey = secret\n"),
+    for i, (writer, data) in enumerate([(write_private, "PrivateKey = secret\n"),
                                         (enroll.write_private, "PrivateKey = secret\n"),
                                         (enroll.write_private, b"\x89PNG secret")]):
         target = tmp_path / f"client{i}.conf"

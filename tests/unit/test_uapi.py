@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vpn.util import format_endpoint
 from vpn.uapi import (
     IPC_ERROR_INVALID,
     IPC_ERROR_PROTOCOL,
@@ -18,7 +19,6 @@ from vpn.uapi import (
     PeerState,
     SetRequest,
     UapiError,
-    format_endpoint,
     format_errno,
     format_get,
     format_set,
@@ -207,9 +207,11 @@ def test_get_round_trip_and_endpoints() -> None:
              p.persistent_keepalive, p.last_handshake_time_nsec) for p in back.peers] == [
         (PUB_A, PSK, ("198.18.0.2", 51820), ("198.19.0.2/32", "fd00:19::2/128"), 1000, 2000, 25, 123456789),
         (PUB_B, None, None, (), 0, 0, 0, 0)]
-    assert format_endpoint(("fd00::2", 51820, 0, 0)) == "[fd00::2]:51820"  # a socket's 4-tuple
-    assert format_endpoint(("::ffff:198.18.0.2", 51820, 0, 0)) == "198.18.0.2:51820"  # dual-stack socket
+    assert format_endpoint(("fd00::2", 51820, 0, 0), unmap_v4=True) == "[fd00::2]:51820"  # a socket's 4-tuple
+    assert format_endpoint(("::ffff:198.18.0.2", 51820, 0, 0), unmap_v4=True) == "198.18.0.2:51820"  # dual-stack socket
     assert format_endpoint(("fe80::1%veth0", 7)) == "[fe80::1%veth0]:7"
+    assert format_endpoint(("::ffff:198.18.0.2", 7)) == "[::ffff:198.18.0.2]:7"  # as written, unless asked
+    assert format_endpoint("(unresolved)") == "(unresolved)"
     assert parse_endpoint("[fe80::1%veth0]:7") == ("fe80::1%veth0", 7)
     assert parse_endpoint("198.18.0.1:0") == ("198.18.0.1", 0)
     with pytest.raises(UapiError) as e:
