@@ -1,13 +1,13 @@
 """Every config key, spelled and explained, for ``pyvpn config-keys`` and the daemons' ``--help``.
 
-What the parser accepts is decided by its own key tables (:data:`vpn.config._TABLES`): the listing
+What the parser accepts is decided by its own key tables (:data:`vpn.config.parser._TABLES`): the listing
 walks them, so a key the parser takes is always listed.  This module only adds the usual spelling and
 one line of meaning; ``tests/unit/test_cli.py`` checks that no accepted key lacks them.
 """
 
 from __future__ import annotations
 
-from .config import _SECTION_TITLE, _TABLES
+from .config.parser import _SECTION_TITLE, _TABLES
 
 # (section, pyvpn line?) → lower-case key → (spelling, meaning)
 KEY_DOCS: dict[tuple[str, bool], dict[str, tuple[str, str]]] = {

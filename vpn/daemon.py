@@ -619,9 +619,30 @@ def watch_udp_errors(device: Device, *, every: int = 30) -> None:
     device.on_housekeeping.append(check)
 
 
-def save_config(cfg: Any, device: Device) -> None:
-    from .config import save_runtime_config
+def save_runtime_config(cfg: Any, device: Device) -> None:
+    """``SaveConfig = true``: write back the running peers (endpoints, allowed IPs) like wg-quick."""
+    import ipaddress
+    from dataclasses import replace
 
+    from .config import PeerConfig, format_config
+    from .util import write_private
+
+    peers = []
+    by_key = {p.public_key: p for p in cfg.peers}
+    for pub, peer in device.peers.items():
+        old = by_key.get(pub)
+        t = peer.tunnel
+        ep = t.endpoint if isinstance(t.endpoint, tuple) else (old.endpoint if old else None)
+        peers.append(PeerConfig(public_key=pub, preshared_key=t.preshared_key,
+                                allowed_ips=tuple(ipaddress.ip_network(a) for a in peer.allowed_ips),
+                                endpoint=(str(ep[0]), int(ep[1])) if ep else None,
+                                persistent_keepalive=t.persistent_keepalive, name=peer.name,
+                                vtep=old.vtep if old else None).with_policy(peer.policy))
+    new = replace(cfg, peers=tuple(peers))
+    write_private(cfg.path, format_config(new))
+
+
+def save_config(cfg: Any, device: Device) -> None:
     try:
         save_runtime_config(cfg, device)
         log.info("%s: saved the running configuration (SaveConfig = true)", cfg.path)

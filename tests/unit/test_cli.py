@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from tunnel.netconf import NetconfError
 from vpn import cli, logs
-from vpn.config import _TABLES, ConfigError, parse_config
+from vpn.config import ConfigError, parse_config
+from vpn.config.parser import _TABLES
 from vpn.config_keys import KEY_DOCS, config_keys, keys_text
 from vpn.systemd import notify, unit_name, unit_text
 

@@ -459,7 +459,7 @@ def test_wg_setconf_keeps_the_policy() -> None:
 def test_save_config_keeps_the_running_policy(tmp_path: Path) -> None:
     from crypto.keys import decode_key, public_from_private
     from tunnel.testing import MemoryNetwork, MemoryTun
-    from vpn.config import save_runtime_config
+    from vpn.daemon import save_runtime_config
     from vpn.device import Device
 
     path = tmp_path / "wg0.conf"
