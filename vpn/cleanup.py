@@ -106,7 +106,7 @@ def _teardown(plan: dict[str, Any]) -> bool:
     from .util import socket_is_live
     from tunnel.netconf import PolicyRule
 
-    from .daemon import Interface, run_hooks, unset_dns
+    from .interface import Interface, run_hooks, unset_dns
 
     iface = Interface(str(plan["iface"]), plan.get("netns"))
     iface.rules = [PolicyRule(**r) for r in plan.get("rules", [])]
@@ -135,7 +135,7 @@ def _serve(plan: dict[str, Any], commands: IO[bytes], answers: IO[bytes]) -> int
         cmd = line.strip().decode("ascii", "replace")
         if cmd == "predown":
             try:
-                from .daemon import run_hooks
+                from .interface import run_hooks
 
                 run_hooks("PreDown", plan.get("pre_down", []), name)
                 ok = True

@@ -115,7 +115,8 @@ def _run(config: Path, role: str, log_level: str | None, netns: str | None, metr
     from tunnel.netconf import NetconfError
 
     from .config import ConfigError, load_config
-    from .daemon import DaemonError, run_daemon
+    from .daemon import run_daemon
+    from .interface import DaemonError
 
     try:
         cfg = load_config(find_config(config))

@@ -39,7 +39,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from .daemon import DaemonError
+from .interface import DaemonError
 
 log = logging.getLogger("pyvpn.privileges")
 

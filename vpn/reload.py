@@ -36,7 +36,7 @@ from .endpoints import ResolveError, resolve
 from .uapi_server import apply_set
 
 if TYPE_CHECKING:
-    from .daemon import Interface
+    from .interface import Interface
     from .device import Device
 
 log = logging.getLogger("pyvpn")

@@ -1,6 +1,6 @@
 """SIGHUP reloads (vpn/reload.py) and host-name endpoints (vpn/endpoints.py) on Devices over in-memory fakes.
 
-No root: a reload's kernel part (routes) goes to a recording stand-in for :class:`vpn.daemon.Interface`.
+No root: a reload's kernel part (routes) goes to a recording stand-in for :class:`vpn.interface.Interface`.
 The namespace tests in tests/netns/test_l3_faults.py run the same through real daemons.
 """
 
@@ -19,7 +19,7 @@ from crypto.keys import encode_key, private_from_random, public_from_private
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn import endpoints
 from vpn.config import load_config
-from vpn.daemon import Interface
+from vpn.interface import Interface
 from vpn.device import Device
 from vpn.endpoints import EndpointResolver, handshake_failing, is_address, pick
 from vpn.reload import Reloader, restart_needed, sync_request

@@ -14,9 +14,7 @@ from typing import Any
 from crypto.keys import encode_key
 
 from ..policy import ClientPolicy, Rule
-
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+from .values import Iface, Net, check_ifname
 
 
 class ConfigError(ValueError):
@@ -226,8 +224,6 @@ class Config:
         if self.interface.name:
             return self.interface.name
         stem = Path(self.path).stem
-        from .values import check_ifname
-
         try:
             return check_ifname(stem)
         except ValueError as e:

@@ -14,9 +14,9 @@ from typing import TypeVar
 from crypto.errors import KeyFormatError
 from crypto.keys import decode_key
 
-from .model import Iface, Net
-
 T = TypeVar("T")
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def key(v: str, what: str) -> bytes:
