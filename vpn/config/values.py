@@ -108,41 +108,32 @@ def keepalive(v: str) -> int:
     return 0 if v.lower() == "off" else number(v, 0, 65535)
 
 
-_IFNAME = re.compile(r"[A-Za-z0-9_=+.-]{1,15}", re.ASCII)
-_PEER_NAME = re.compile(r"[A-Za-z0-9_.@+-][A-Za-z0-9_.@+ -]{0,62}")
-_NETNS = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
 _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
 
 
-def check_ifname(v: str) -> str:
-    """``v`` if it is a valid interface name as the kernel and wg-quick take it (``^[a-zA-Z0-9_=+.-]{1,15}$``,
-    not ``.`` or ``..``), for the tun, taps and bridges.  Names reach shell hooks (``%i``) and nft scripts,
-    so nothing else may pass.
+def name_matching(pattern: str, what: str, *, dots: bool = True) -> Callable[[str], str]:
+    """A converter for a name that ``pattern`` (ASCII) matches whole, returned unchanged.
 
-    :raises ValueError: anything else (the name is shown with ``repr``, so control characters are escaped).
+    :param what: the kind of name and its rule, for ``'X' is not a valid WHAT``.
+    :param dots: whether ``.`` and ``..`` may pass (not for names that become paths or devices).
     """
-    if not _IFNAME.fullmatch(v) or v in (".", ".."):
-        raise ValueError(f"{v!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _=+.-)")
-    return v
+    regex = re.compile(pattern, re.ASCII)
+
+    def convert(v: str) -> str:
+        if not regex.fullmatch(v) or (not dots and v in (".", "..")):
+            raise ValueError(f"{v!r} is not a valid {what}")
+        return v
+    return convert
 
 
-def peer_name(v: str) -> str:
-    if not _PEER_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} is not a valid peer name (1-63 of letters, digits, space and _.@+-; no commas)")
-    return v
-
-
-def netns_name(v: str) -> str:
-    if not _NETNS.fullmatch(v) or v in (".", ".."):
-        raise ValueError(f"{v!r} is not a valid network namespace name (A-Z a-z 0-9 _.-)")
-    return v
-
-
-def user_name(v: str) -> str:
-    if not _USER.fullmatch(v):
-        raise ValueError(f"{v!r} is not a valid user name or uid")
-    return v
+#: ``v`` if it is a valid interface name as the kernel and wg-quick take it (``^[a-zA-Z0-9_=+.-]{1,15}$``, not
+#: ``.`` or ``..``), for the tun, taps and bridges, else ValueError (the name shown with ``repr``, so control
+#: characters are escaped).  Names reach shell hooks (``%i``) and nft scripts, so nothing else may pass.
+check_ifname = name_matching(r"[A-Za-z0-9_=+.-]{1,15}", "interface name (1-15 of A-Z a-z 0-9 _=+.-)", dots=False)
+peer_name = name_matching(r"[A-Za-z0-9_.@+-][A-Za-z0-9_.@+ -]{0,62}",
+                          "peer name (1-63 of letters, digits, space and _.@+-; no commas)")
+netns_name = name_matching(r"[A-Za-z0-9_.-]{1,64}", "network namespace name (A-Z a-z 0-9 _.-)", dots=False)
+user_name = name_matching(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?", "user name or uid")
 
 
 def dns(v: str) -> list[str]:
