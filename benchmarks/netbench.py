@@ -53,7 +53,8 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 from paths import PATH_KEYS, PATH_TITLES, BenchPath, Endpoints, make_path
-from paths.lab import Lab, cpu_delta, have, pin_cpus, sh, sweep_stale, system_busy_seconds, tree_cpu_seconds
+from vpn.testlab.netns import have, sh
+from paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, system_busy_seconds, tree_cpu_seconds
 from paths.measure import (
     MeasureError,
     parse_iperf3_tcp,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from netns import Netns, veth
+from vpn.testlab.netns import Netns, veth
 
 # -- implementation constants ------------------------------------------------------------------------------
 WG_RUN_DIR = Path("/var/run/wireguard")  # where wireguard-go puts <if>.sock (global, not per namespace)

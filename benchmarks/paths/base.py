@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .lab import Lab, LabError, Netns, Pair, have, poll, sh
+from vpn.testlab.netns import LabError, Netns, have, sh, wait_for
+
+from .lab import Lab, Pair
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def wait_reachable(ns: Netns, addr: str, *, timeout: float, what: str) -> None:
         r = ns.run(["ping", "-n", "-c", "1", "-W", "1", addr], check=False, timeout=5.0)
         return r.returncode == 0
 
-    if not poll(answered, timeout, interval=0.2):
+    if not wait_for(answered, timeout, interval=0.2):
         raise LabError(f"no ping reply from {addr} through {what} within {timeout:g}s")
 
 
@@ -135,7 +137,7 @@ def wait_links(path: BenchPath, ns: Netns, links: Sequence[str], *, timeout: flo
     def links_up() -> bool:
         return proc.poll() is not None or all(has_link(ns, name) for name in links)
 
-    poll(links_up, timeout, interval=0.1)
+    wait_for(links_up, timeout, interval=0.1)
     if (dead := path.alive()) is not None:
         raise LabError(f"{what}: {dead}")
     missing = [name for name in links if not has_link(ns, name)]

@@ -2,7 +2,7 @@
 
 Theory of operation:
 
-1. A :class:`Lab` owns everything the benchmark creates: network namespaces named ``pvb-<pid>-<n><a|b>``,
+1. A :class:`Lab` owns everything the benchmark creates: network namespaces (:class:`vpn.testlab.netns.Netns`) named ``pvb-<pid>-<n><a|b>``,
    the processes started in them (each in its own session, so a terminal Ctrl-C reaches only the
    benchmark, which then cleans up), and one private temporary directory for configs, keys and logs.
 2. :meth:`Lab.pair` makes two namespaces joined by a veth, with underlay addresses ``198.18.<slot>.1`` (the
@@ -25,64 +25,18 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from vpn.testlab.netns import Netns, delete_netns, have, list_netns, stop_process, veth
+
 # -- implementation constants ----------------------------------------------------------------------------
 NS_PREFIX = "pvb"  # namespace names: pvb-<benchmark pid>-<slot><a|b>
-CMD_TIMEOUT = 15.0  # seconds for any ip/ethtool/wg/ss command
-STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
-POLL_INTERVAL = 0.05  # seconds between polls
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class LabError(RuntimeError):
-    """A set-up step failed; the message says which and why (it becomes the path's "failed: ..." status)."""
-
-
-def sh(argv: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
-       input: str | None = None, env: dict[str, str] | None = None,
-       cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with a timeout and captured text output.
-
-    :param check: raise :class:`LabError` on a non-zero exit status or a timeout.
-    """
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
-                              env=env, cwd=cwd, check=False)
-    except subprocess.TimeoutExpired:
-        if check:
-            raise LabError(f"{' '.join(argv)} timed out after {timeout:g}s") from None
-        return subprocess.CompletedProcess(list(argv), 124, "", f"timed out after {timeout:g}s")
-    except FileNotFoundError as e:
-        if check:
-            raise LabError(f"{argv[0]}: not installed ({e.strerror})") from None
-        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
-    if check and proc.returncode != 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
-        raise LabError(f"{' '.join(argv)} exited {proc.returncode}: {' / '.join(detail)}")
-    return proc
-
-
-def poll(pred: Callable[[], bool], timeout: float, interval: float = POLL_INTERVAL) -> bool:
-    """Call ``pred()`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
-def have(tool: str) -> bool:
-    """True when ``tool`` is on PATH."""
-    return shutil.which(tool) is not None
 
 
 # -- CPU accounting ----------------------------------------------------------------------------------------
@@ -167,30 +121,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def list_netns() -> list[str]:
-    out = sh(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def _kill_netns_pids(name: str) -> None:
-    for _ in range(3):
-        pids = [int(x) for x in sh(["ip", "netns", "pids", name], check=False).stdout.split()]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
-def delete_netns(name: str) -> None:
-    """Kill every process inside namespace ``name`` and delete it (errors ignored)."""
-    _kill_netns_pids(name)
-    sh(["ip", "netns", "del", name], check=False)
-
-
 def sweep_stale() -> list[str]:
     """Delete ``pvb-<pid>-*`` namespaces whose benchmark process is gone; return their names."""
     pattern = re.compile(rf"^{NS_PREFIX}-(\d+)-")
@@ -212,41 +142,6 @@ def pin_cpus(usable: Iterable[int]) -> tuple[int, int]:
     if len(cpus) < 2:
         raise ValueError(f"pinned mode needs two usable CPUs, this process has {len(cpus)}")
     return cpus[0], cpus[1]
-
-
-def netns_argv(name: str, cmd: Sequence[str], cpu: int | None = None) -> list[str]:
-    """``cmd`` run inside namespace ``name`` (``ip netns exec`` execs, and so does ``taskset``, so the pid
-    is the command's), on CPU ``cpu`` only when given."""
-    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return [*pin, "ip", "netns", "exec", name, *cmd]
-
-
-class Netns:
-    """One namespace made by a :class:`Lab` (loopback up).
-
-    :param cpu: the CPU every command and process in it runs on (pinned mode), or None.
-    """
-
-    def __init__(self, name: str, cpu: int | None = None) -> None:
-        self.name = name
-        self.cpu = cpu
-        sh(["ip", "netns", "add", name])
-        self.created = True
-        self.run(["ip", "link", "set", "lo", "up"])
-
-    def argv(self, cmd: Sequence[str]) -> list[str]:
-        """``cmd`` prefixed to run inside this namespace (and on its CPU); see :func:`netns_argv`."""
-        return netns_argv(self.name, cmd, self.cpu)
-
-    def run(self, cmd: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
-            input: str | None = None, env: dict[str, str] | None = None,
-            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-        return sh(self.argv(cmd), timeout=timeout, check=check, input=input, env=env, cwd=cwd)
-
-    def close(self) -> None:
-        if self.created:
-            delete_netns(self.name)
-            self.created = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +180,7 @@ class Lab:
 
     # -- building ---------------------------------------------------------------------------------------
     def netns(self, tag: str, cpu: int | None = None) -> Netns:
-        ns = Netns(f"{NS_PREFIX}-{os.getpid()}-{tag}", cpu)
+        ns = Netns(name=f"{NS_PREFIX}-{os.getpid()}-{tag}", cpu=cpu)
         self.namespaces.append(ns)
         return ns
 
@@ -299,14 +194,7 @@ class Lab:
             raise ValueError(f"slot {slot} out of range 1..254")
         cpu_a, cpu_b = self.pin if self.pin is not None else (None, None)
         a, b = self.netns(f"{slot}a", cpu_a), self.netns(f"{slot}b", cpu_b)
-        tmp_a, tmp_b = f"pvb{os.getpid() % 100000}x{slot}a", f"pvb{os.getpid() % 100000}x{slot}b"
-        sh(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
-        try:
-            sh(["ip", "link", "set", tmp_a, "netns", a.name, "name", "ul0"])
-            sh(["ip", "link", "set", tmp_b, "netns", b.name, "name", "ul0"])
-        except LabError:
-            sh(["ip", "link", "del", tmp_a], check=False)
-            raise
+        veth(a, "ul0", b, "ul0", up=False)
         pair = Pair(a, b, "ul0", "ul0", f"198.18.{slot}.1", f"198.18.{slot}.2", slot)
         for ns, ip in ((a, pair.client_ip), (b, pair.server_ip)):
             ns.run(["ip", "addr", "add", f"{ip}/24", "dev", "ul0"])
@@ -330,27 +218,7 @@ class Lab:
         self._cleanups.append(fn)
 
     # -- teardown ---------------------------------------------------------------------------------------
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM ``proc``'s process group, SIGKILL after ``timeout`` seconds; reap it."""
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-        if proc.stdout is not None:
-            proc.stdout.close()
+    stop = staticmethod(stop_process)
 
     def close(self) -> None:
         """Stop everything and delete everything this lab made (idempotent, never raises)."""

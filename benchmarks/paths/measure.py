@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Endpoints
-from .lab import Lab, poll
+from vpn.testlab.netns import wait_for
+from .lab import Lab
 
 IPERF3_PORT = 5201
 CONNECT_TIMEOUT_MS = 3000
@@ -212,7 +213,7 @@ def run_iperf3(lab: Lab, ep: Endpoints, *, seconds: int, streams: int = 1, udp_p
             out = ep.server.run(["ss", "-Hltn", f"sport = :{port}"], check=False, timeout=5.0).stdout
             return bool(out.strip())
 
-        poll(listening, SERVER_START_TIMEOUT)
+        wait_for(listening, SERVER_START_TIMEOUT)
         if server.poll() is not None:
             raise MeasureError(f"iperf3 server exited {server.returncode} at start")
         argv = iperf3_client_argv(ep.server_addr, seconds=seconds, streams=streams, udp_payload=udp_payload,

@@ -15,7 +15,8 @@ import datetime
 from pathlib import Path
 
 from .base import BenchPath, Endpoints, first_line
-from .lab import Lab, LabError, poll
+from vpn.testlab.netns import LabError, wait_for
+from .lab import Lab
 from .wggo import write_private
 
 OVPN_PORT = 1194
@@ -110,7 +111,7 @@ class OpenVpnPath(BenchPath):
                 return True
             return all("Initialization Sequence Completed" in p.read_text(errors="replace") for p in self.logs)
 
-        poll(up, START_TIMEOUT, interval=0.1)
+        wait_for(up, START_TIMEOUT, interval=0.1)
         if (dead := self.alive()) is not None:
             raise LabError(f"openvpn: {dead}")
         self.wait_ready(pair.client, server_addr, timeout=START_TIMEOUT, what="OpenVPN")

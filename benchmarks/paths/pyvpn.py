@@ -41,7 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import BenchPath, Endpoints, wait_links
-from .lab import Lab, LabError, Netns, sh
+from vpn.testlab.netns import LabError, Netns, sh
+from .lab import Lab
 from .wggo import free_ifname, remove_stale_socket, wg_keypair, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -27,7 +27,8 @@ from typing import ClassVar
 
 from . import trixie
 from .base import BenchPath, Endpoints, address_link, first_line
-from .lab import Lab, LabError, Netns, poll, sh
+from vpn.testlab.netns import LabError, Netns, sh, wait_for
+from .lab import Lab
 
 WG_RUN_DIR = Path("/var/run/wireguard")
 WG_PORT = 51820
@@ -130,7 +131,7 @@ class WireguardGoPath(BenchPath):
             self.procs.append(proc)
             self.logs.append(log)
             sock = WG_RUN_DIR / f"{ifname}.sock"
-            poll(functools.partial(_started_or_dead, proc, sock), START_TIMEOUT)
+            wait_for(functools.partial(_started_or_dead, proc, sock), START_TIMEOUT)
             if not sock.exists():
                 raise LabError(f"wireguard-go made no UAPI socket within {START_TIMEOUT:g}s: {self.alive()}")
             keyfile = lab.dir / f"wg-{slot}-{me}.key"

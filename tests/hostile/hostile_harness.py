@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from netns import Netns, veth, wait_for
+from vpn.testlab.netns import Netns, veth, wait_for
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from hostile_harness import SERVER_TUN, Lab, assert_no_traceback, report
-from netns import wait_for
+from vpn.testlab.netns import wait_for
 
 from crypto.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 

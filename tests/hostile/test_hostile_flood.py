@@ -35,7 +35,7 @@ from hostile_harness import (
     report,
     udp_snmp,
 )
-from netns import wait_for
+from vpn.testlab.netns import wait_for
 
 from crypto.constants import HANDSHAKES_QUIET_PER_SECOND, HANDSHAKES_SHARED_PER_SECOND, RATELIMIT_BURST
 from crypto.keys import encode_key, private_from_random, public_from_private

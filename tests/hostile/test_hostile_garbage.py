@@ -34,7 +34,7 @@ from hostile_harness import (
     report,
     udp_snmp,
 )
-from netns import run, wait_for
+from vpn.testlab.netns import run, wait_for
 
 from crypto.keys import encode_key
 

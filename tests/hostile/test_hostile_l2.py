@@ -47,7 +47,7 @@ from hostile_harness import (
     keypair,
     report,
 )
-from netns import Netns, veth, wait_for
+from vpn.testlab.netns import Netns, veth, wait_for
 
 from crypto.keys import encode_key
 

@@ -23,7 +23,7 @@ from hostile_harness import (
     keypair,
     report,
 )
-from netns import run, wait_for
+from vpn.testlab.netns import run, wait_for
 
 from crypto.keys import encode_key
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 import pytest
-from netns import namespaces, veth
+from vpn.testlab.netns import namespaces, veth
 from wgharness import WgPeer, WireguardGo, wg_genpsk, wg_keypair
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from netns import Netns, namespaces, veth, wait_for
+from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from wgharness import (
     WgPeer,
     WgPeerStatus,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netns import Netns, namespaces, veth, wait_for
+from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from test_l3_wireguard_go import SRV4, SRV6, Pyvpn, parse_ping, workdir
 from wgharness import (
     WgPeer,

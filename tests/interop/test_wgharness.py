@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from netns import namespaces
+from vpn.testlab.netns import namespaces
 from wgharness import (
     WgPeer,
     WireguardGo,

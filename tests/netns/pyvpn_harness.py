@@ -47,7 +47,7 @@ for _p in (str(ROOT), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from netns import Netns
+from vpn.testlab.netns import Netns
 from wgharness import wg_genkey, wg_pubkey
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 

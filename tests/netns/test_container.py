@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Netns, veth
+from vpn.testlab.netns import Netns, veth
 from pyvpn_harness import (
     Fleet,
     Keys,

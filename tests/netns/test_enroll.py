@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from netns import Netns, veth
+from vpn.testlab.netns import Netns, veth
 from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
 from wgharness import WireguardGo
 

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
-from netns import Netns, namespaces, veth
+from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, ping_ok
 from test_l2_sites import (
     add_daemon,

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
-from netns import Netns, namespaces, veth
+from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, Pyvpn, ping_ok
 from test_l2_sites import add_daemon, add_host, all_reached, bridge, count_broadcasts, segment, segment_of
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from netns import Netns, namespaces, veth
+from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, conf_text, endpoint, ping_ok, unique_ifname
 from wgharness import iperf3_bytes, iperf3_client, iperf3_server
 

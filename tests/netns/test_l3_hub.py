@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
-from netns import Netns, namespaces, veth
+from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
 from wgharness import iperf3_client, iperf3_server
 

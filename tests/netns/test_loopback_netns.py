@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netns import Netns, namespaces, wait_for
+from vpn.testlab.netns import Netns, namespaces, wait_for
 from pyvpn_harness import (
     HarnessError,
     Keys,

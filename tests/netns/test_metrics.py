@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from vpn.metrics import SNAPSHOT_MIN_INTERVAL
-from netns import Netns, veth
+from vpn.testlab.netns import Netns, veth
 from pyvpn_harness import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
 
 from crypto.keys import encode_key

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Netns, namespaces, veth
+from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
 from wgharness import WgPeer, WireguardGo
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from netns import namespaces
+from vpn.testlab.netns import namespaces
 from pyvpn_harness import (
     Fleet,
     Keys,

@@ -874,7 +874,7 @@ def test_close_is_idempotent_and_final(udp_sockets: Any) -> None:
 
 @pytest.mark.root
 def test_gso_across_veth_to_plain_and_gro_receivers(netns_factory: Any) -> None:
-    from netns import veth  # type: ignore[import-not-found, unused-ignore]  # tests/netns.py via conftest
+    from vpn.testlab.netns import veth
 
     a, b = netns_factory("udpa"), netns_factory("udpb")
     veth(a, "va", b, "vb")

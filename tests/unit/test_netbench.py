@@ -831,7 +831,9 @@ def test_paths_unavailable_without_their_tools(monkeypatch: pytest.MonkeyPatch) 
 
 # -- pinned mode ---------------------------------------------------------------------------------------------
 def test_pin_cpus_and_argv() -> None:
-    from paths.lab import netns_argv, pin_cpus
+    from paths.lab import pin_cpus
+
+    from vpn.testlab.netns import netns_argv
 
     assert pin_cpus({3, 1, 0, 2}) == (0, 1)
     assert pin_cpus([5, 7]) == (5, 7)  # the two lowest this process may use, not literally 0 and 1
@@ -847,13 +849,15 @@ def test_pinned_lab_puts_each_end_on_its_cpu(monkeypatch: pytest.MonkeyPatch) ->
     the server namespace on the second; shared mode pins nothing.  Rootless: ``sh`` is recorded, not run."""
     import paths.lab as lab_mod
 
+    import vpn.testlab.netns as netns_mod
+
     calls: list[list[str]] = []
 
     def fake_sh(argv: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
         calls.append(list(argv))
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
-    monkeypatch.setattr(lab_mod, "sh", fake_sh)
+    monkeypatch.setattr(netns_mod, "sh", fake_sh)
     for pin, want in (((0, 1), {"a": ["taskset", "-c", "0"], "b": ["taskset", "-c", "1"]}), (None, {"a": [], "b": []})):
         calls.clear()
         lab = lab_mod.Lab(pin=pin)
@@ -867,7 +871,7 @@ def test_pinned_lab_puts_each_end_on_its_cpu(monkeypatch: pytest.MonkeyPatch) ->
             for c in in_ns:
                 side = c[c.index("exec") + 1][-1]  # pvb-<pid>-3a / -3b
                 assert c[:c.index("ip")] == want[side], c
-            argv = lab_mod.netns_argv(pair.server.name, ["wireguard-go", "-f", "x"], pair.server.cpu)
+            argv = netns_mod.netns_argv(pair.server.name, ["wireguard-go", "-f", "x"], pair.server.cpu)
             assert pair.server.argv(["wireguard-go", "-f", "x"]) == argv  # popen uses the same prefix
         finally:
             lab.close()

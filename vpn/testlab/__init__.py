@@ -1,0 +1,8 @@
+"""The test lab: network namespaces, processes and helpers shared by the tests, the benchmarks and the demo.
+
+It lives in the installed package (not under ``tests/``) so that ``pyvpn demo``, ``pyvpn bench`` and the
+test suite import one copy without touching ``sys.path``.  Nothing here is used by the daemon itself.
+
+- :mod:`vpn.testlab.netns`: one :class:`~vpn.testlab.netns.Netns` (a namespace with loopback up and the
+  processes started in it, removed with them), veth pairs, bounded commands and polling.
+"""
