@@ -2,9 +2,10 @@
 
 Theory of operation:
 
-1. A :class:`Lab` owns everything the benchmark creates: network namespaces (:class:`vpn.testlab.netns.Netns`) named ``pvb-<pid>-<n><a|b>``,
-   the processes started in them (each in its own session, so a terminal Ctrl-C reaches only the
-   benchmark, which then cleans up), and one private temporary directory for configs, keys and logs.
+1. A :class:`Lab` owns everything the benchmark creates: network namespaces
+   (:class:`vpn.testlab.netns.Netns`) named ``pvb-<pid>-<n><a|b>``, the processes started in them (each in
+   its own session, so a terminal Ctrl-C reaches only the benchmark, which then cleans up), and one private
+   temporary directory for configs, keys and logs.
 2. :meth:`Lab.pair` makes two namespaces joined by a veth, with underlay addresses ``198.18.<slot>.1`` (the
    "client" end) and ``198.18.<slot>.2`` (the "server" end), and applies the veth offload settings.
    In pinned mode (``Lab(pin=(a, b))``, see :func:`pin_cpus`) every command and process of the client
