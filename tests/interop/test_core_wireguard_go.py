@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from vpn.testlab.netns import namespaces, veth
-from wgharness import WgPeer, WireguardGo, wg_genpsk, wg_keypair
+from vpn.testlab.wggo import WgPeer, WireguardGo, wg_genpsk, wg_keypair
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

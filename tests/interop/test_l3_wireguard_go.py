@@ -33,7 +33,7 @@ from typing import Any, Self
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from wgharness import (
+from vpn.testlab.wggo import (
     WgPeer,
     WgPeerStatus,
     WgStatus,

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from test_l3_wireguard_go import CLI4, CLI6, SRV4, SRV6, Pyvpn, workdir
-from wgharness import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
+from vpn.testlab.wggo import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
 
 pytestmark = [
     pytest.mark.root,

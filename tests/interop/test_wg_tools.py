@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from test_l3_wireguard_go import SRV4, SRV6, Pyvpn, parse_ping, workdir
-from wgharness import (
+from vpn.testlab.wggo import (
     WgPeer,
     WireguardGo,
     ping,

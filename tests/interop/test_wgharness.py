@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import namespaces
-from wgharness import (
+from vpn.testlab.wggo import (
     WgPeer,
     WireguardGo,
     WireguardGoError,

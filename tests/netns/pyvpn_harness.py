@@ -48,7 +48,7 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 from vpn.testlab.netns import Netns
-from wgharness import wg_genkey, wg_pubkey
+from vpn.testlab.wggo import wg_genkey, wg_pubkey
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 
 # -- implementation constants ------------------------------------------------------------------------------

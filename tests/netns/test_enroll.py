@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from vpn.testlab.netns import Netns, veth
 from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
-from wgharness import WireguardGo
+from vpn.testlab.wggo import WireguardGo
 
 from crypto.keys import encode_key
 from vpn.config import load_config

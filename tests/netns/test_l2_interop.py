@@ -34,7 +34,7 @@ from test_l2_sites import (
     segment,
     segment_of,
 )
-from wgharness import WgPeer, WireguardGo
+from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

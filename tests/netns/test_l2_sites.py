@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, conf_text, endpoint, ping_ok, unique_ifname
-from wgharness import iperf3_bytes, iperf3_client, iperf3_server
+from vpn.testlab.wggo import iperf3_bytes, iperf3_client, iperf3_server
 
 pytestmark = pytest.mark.root
 

@@ -48,7 +48,7 @@ from pyvpn_harness import (
     uapi_path,
     unique_ifname,
 )
-from wgharness import WireguardGo, iperf3_client, iperf3_server, wg_genpsk
+from vpn.testlab.wggo import WireguardGo, iperf3_client, iperf3_server, wg_genpsk
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
 from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
-from wgharness import WgPeer, WireguardGo
+from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = pytest.mark.root
 

@@ -35,12 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.testlab.netns import Netns, veth
+from vpn.testlab.netns import Netns, veth, wait_for
 
 # -- implementation constants ------------------------------------------------------------------------------
 WG_RUN_DIR = Path("/var/run/wireguard")  # where wireguard-go puts <if>.sock (global, not per namespace)
@@ -58,16 +58,6 @@ class WireguardGoError(RuntimeError):
 
 
 # -- small helpers -----------------------------------------------------------------------------------------
-def _poll(pred: Callable[[], bool], timeout: float, interval: float = POLL_INTERVAL) -> bool:
-    """Call ``pred()`` until it is true or ``timeout`` seconds have passed; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
 def _check(proc: subprocess.CompletedProcess[str], what: str) -> str:
     if proc.returncode != 0:
         raise WireguardGoError(f"{what} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -383,7 +373,7 @@ class WireguardGo:
             def started_or_dead(p: subprocess.Popen[bytes] = proc, s: Path = sock) -> bool:
                 return p.poll() is not None or s.exists()
 
-            _poll(started_or_dead, timeout)
+            wait_for(started_or_dead, timeout, POLL_INTERVAL)
             if proc.poll() is None and sock.exists():
                 if self._link_exists():
                     return
@@ -507,7 +497,7 @@ class WireguardGo:
             found[:] = peers
             return peers[0].latest_handshake > 0
 
-        if not _poll(done, timeout, 0.05):
+        if not wait_for(done, timeout):
             raise WireguardGoError(f"no handshake on {self.ifname} within {timeout}s\n{self._log_tail()}")
         return found[0]
 
@@ -590,7 +580,7 @@ def iperf3_server(ns: Netns, bind_addr: str, *, port: int = IPERF3_PORT,
         out = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False, timeout=CMD_TIMEOUT).stdout
         return p.poll() is not None or bool(out.strip())
 
-    _poll(listening, timeout)
+    wait_for(listening, timeout, POLL_INTERVAL)
     if p.poll() is not None:
         err = p.stderr.read().decode(errors="replace") if p.stderr is not None else ""
         raise WireguardGoError(f"iperf3 -s -B {bind_addr} exited {p.returncode}: {err.strip()}")
