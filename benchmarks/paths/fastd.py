@@ -13,10 +13,11 @@ Outer datagrams: 1420 + fastd's 24-byte header + UDP 8 + IPv4 20 = 1472 < the ve
 
 from __future__ import annotations
 
-from .base import BenchPath, Endpoints, address_link, first_line, wait_links
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import sh
+
+from .base import BenchPath, Endpoints, address_link, first_line, wait_links
 from .lab import Lab
-from .wggo import write_private
 
 FASTD_PORT = 10000
 FASTD_MTU = 1420

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Endpoints
 from vpn.testlab.netns import wait_for
+
+from .base import Endpoints
 from .lab import Lab
 
 IPERF3_PORT = 5201

@@ -14,10 +14,11 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, first_line
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, wait_for
+
+from .base import BenchPath, Endpoints, first_line
 from .lab import Lab
-from .wggo import write_private
 
 OVPN_PORT = 1194
 OVPN_MTU = 1420

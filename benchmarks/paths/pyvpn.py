@@ -40,10 +40,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import BenchPath, Endpoints, wait_links
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns, sh
+
+from .base import BenchPath, Endpoints, wait_links
 from .lab import Lab
-from .wggo import free_ifname, remove_stale_socket, wg_keypair, write_private
+from .wggo import free_ifname, remove_stale_socket, wg_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYVPN_PORT = 51820

@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from vpn.testlab.files import write_private
+
 from .base import BenchPath, Endpoints, address_link, first_line, wait_links
 from .lab import Lab
-from .wggo import write_private
 
 TINC_PORT = 655
 TINC_MTU = 1420

@@ -20,14 +20,16 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import ClassVar
 
+from vpn.control import socket_is_live
+from vpn.testlab.files import write_private
+from vpn.testlab.netns import LabError, Netns, sh, wait_for
+
 from . import trixie
 from .base import BenchPath, Endpoints, address_link, first_line
-from vpn.testlab.netns import LabError, Netns, sh, wait_for
 from .lab import Lab
 
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -41,13 +43,6 @@ def wg_keypair() -> tuple[str, str]:
     private = sh(["wg", "genkey"]).stdout.strip()
     public = sh(["wg", "pubkey"], input=private + "\n").stdout.strip()
     return private, public
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new 0600 file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def free_ifname(prefix: str) -> str:
@@ -67,24 +62,11 @@ def remove_stale_socket(ifname: str) -> None:
         pass
 
 
-def socket_live(path: Path) -> bool:
-    """True when a process accepts connections on the UNIX socket ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
-
-
 def sweep_stale_sockets() -> list[str]:
     """Unlink UAPI sockets of netbench interfaces (``nbw``/``nbp`` + 6 hex) that nothing listens on."""
     removed = []
     for sock in WG_RUN_DIR.glob("nb[wp]*.sock"):
-        if re.fullmatch(r"nb[wp][0-9a-f]{6}\.sock", sock.name) and not socket_live(sock):
+        if re.fullmatch(r"nb[wp][0-9a-f]{6}\.sock", sock.name) and not socket_is_live(sock):
             remove_stale_socket(sock.name.removesuffix(".sock"))
             removed.append(str(sock))
     return removed

@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from vpn.control import socket_is_live
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, veth, wait_for
 
 # -- implementation constants ------------------------------------------------------------------------------
@@ -62,26 +63,6 @@ def _check(proc: subprocess.CompletedProcess[str], what: str) -> str:
     if proc.returncode != 0:
         raise WireguardGoError(f"{what} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` created with mode 0600 (never readable by others, even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _socket_live(path: Path) -> bool:
-    """Return True when a process accepts connections on the UNIX socket at ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
 
 
 def sock_path(ifname: str) -> Path:
@@ -233,7 +214,7 @@ def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: st
         head.append(f"Table = {table}")
     text = _join_sections(head, peers)
     if path is not None:
-        _write_private(Path(path), text)
+        write_private(Path(path), text)
     return text
 
 
@@ -358,7 +339,7 @@ class WireguardGo:
             if attempt:
                 self.ifname = unique_ifname()
             sock = sock_path(self.ifname)
-            if _socket_live(sock):
+            if socket_is_live(sock):
                 if self._auto_name:
                     continue
                 raise WireguardGoError(f"{sock} is in use by another wireguard-go: pick another ifname")
@@ -404,7 +385,7 @@ class WireguardGo:
 
     def _configure(self, listen_port: int | None, fwmark: int | None, peers: Sequence[WgPeer]) -> None:
         conf = self._dir / "wg.conf"
-        _write_private(conf, wg_conf_text(private_key=self.private_key, listen_port=listen_port,
+        write_private(conf, wg_conf_text(private_key=self.private_key, listen_port=listen_port,
                                           fwmark=fwmark, peers=peers))
         try:
             self.wg("setconf", self.ifname, str(conf))
@@ -468,7 +449,7 @@ class WireguardGo:
         if persistent_keepalive is not None:
             args += ["persistent-keepalive", str(persistent_keepalive) if persistent_keepalive else "off"]
         if preshared_key is not None:
-            _write_private(psk_file, preshared_key + "\n" if preshared_key else "")
+            write_private(psk_file, preshared_key + "\n" if preshared_key else "")
             args += ["preshared-key", str(psk_file)]
         try:
             self.wg(*args)
@@ -534,7 +515,7 @@ class WireguardGo:
             if os.path.exists(f"/run/netns/{self.ns.name}") and self._link_exists():
                 self.ns.run(["ip", "link", "del", "dev", self.ifname], check=False, timeout=CMD_TIMEOUT)
             sock = self.sock
-            if sock.exists() and not _socket_live(sock):
+            if sock.exists() and not socket_is_live(sock):
                 sock.unlink(missing_ok=True)
         self._log_text = self.log()
         shutil.rmtree(self._dir, ignore_errors=True)
