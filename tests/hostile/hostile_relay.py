@@ -46,7 +46,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from crypto.replay import ReplayWindow
 

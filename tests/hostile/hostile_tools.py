@@ -35,12 +35,10 @@ import resource
 import select
 import socket
 import struct
-import sys
 import time
 from collections import Counter
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def _addr(text: str) -> tuple[str, int]:

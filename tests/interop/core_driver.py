@@ -21,10 +21,9 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from crypto.keys import decode_key  # noqa: E402
-from crypto.tunnel import Core, HandshakeCompleted  # noqa: E402
+from crypto.keys import decode_key
+from crypto.tunnel import Core, HandshakeCompleted
 
 
 def checksum(data: bytes) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from vpn.testlab.netns import Netns, veth
-from pyvpn_harness import (
+from vpn.testlab.pyvpn import (
     Fleet,
     Keys,
     PeerSpec,

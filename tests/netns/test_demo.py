@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pyvpn_harness import control_path, pyvpn_argv, uapi_path
+from vpn.testlab.pyvpn import control_path, pyvpn_argv, uapi_path
 
 pytestmark = pytest.mark.root
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, veth
-from pyvpn_harness import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
+from vpn.testlab.pyvpn import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
 from vpn.testlab.wggo import WireguardGo
 
 from crypto.keys import encode_key

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, ping_ok
+from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, ping_ok
 from test_l2_sites import (
     add_daemon,
     add_host,
@@ -138,7 +138,7 @@ def test_tcp_between_pyvpn_taps_and_kernel_vxlan_is_intact(interop: Interop) -> 
     """sha256-checked TCP both ways between the host behind pyvpn's (offloading) tap and the hosts behind
     the kernel vxlan devices, IPv4 VTEPs to site B and IPv6 VTEPs to site C: the frames pyvpn cuts from
     its tap's reads and the super-frames it writes into it carry the stock peers' traffic intact."""
-    from pyvpn_harness import transfer
+    from vpn.testlab.pyvpn import transfer
 
     ha, hb, hc = (interop.hosts[n] for n in ("ha", "hb", "hc"))
     jobs = [(ha, hb, hb[1], 5001), (hb, ha, ha[1], 5002), (ha, hc, hc[2], 5003), (hc, ha, ha[2], 5004)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
+from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
 from test_l2_sites import TAP_MTU, add_daemon, add_host, bridge, segment, segment_of
 
 pytestmark = pytest.mark.root

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import Fleet, Keys, Pyvpn, ping_ok
+from vpn.testlab.pyvpn import Fleet, Keys, Pyvpn, ping_ok
 from test_l2_sites import add_daemon, add_host, all_reached, bridge, count_broadcasts, segment, segment_of
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import (
+from vpn.testlab.pyvpn import (
     Fleet,
     Keys,
     PeerSpec,

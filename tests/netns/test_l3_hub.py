@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
+from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
 from vpn.testlab.wggo import iperf3_client, iperf3_server
 
 pytestmark = pytest.mark.root

@@ -1,7 +1,7 @@
 """``pyvpn server`` ↔ ``pyvpn client`` (L3 tun) in two namespaces over a veth.
 
 Each test builds ``srv`` and ``cli`` joined by a veth (198.18.0.1/.2, or fd00:18::1/2 for the IPv6
-underlay), starts the two daemons through :mod:`pyvpn_harness`, and checks pings both ways over the
+underlay), starts the two daemons through :mod:`vpn.testlab.pyvpn`, and checks pings both ways over the
 tunnel's IPv4 and IPv6 addresses, sha256-checked TCP transfers both ways, ``pyvpn show`` (JSON and
 table), PersistentKeepalive, and that SIGTERM removes the interface and both sockets.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import (
+from vpn.testlab.pyvpn import (
     Fleet,
     Keys,
     PeerSpec,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, wait_for
-from pyvpn_harness import (
+from vpn.testlab.pyvpn import (
     HarnessError,
     Keys,
     Transfer,

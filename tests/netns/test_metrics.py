@@ -19,7 +19,7 @@ import pytest
 
 from vpn.metrics import SNAPSHOT_MIN_INTERVAL
 from vpn.testlab.netns import Netns, veth
-from pyvpn_harness import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
+from vpn.testlab.pyvpn import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
 
 from crypto.keys import encode_key
 from vpn.config import load_config

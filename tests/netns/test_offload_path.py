@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth
-from pyvpn_harness import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
+from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
 from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = pytest.mark.root

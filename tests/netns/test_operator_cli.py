@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import namespaces
-from pyvpn_harness import (
+from vpn.testlab.pyvpn import (
     Fleet,
     Keys,
     PeerSpec,

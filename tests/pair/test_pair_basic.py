@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from wgpair import A_ADDR, B_ADDR, Pair, ipv4_packet, ipv6_packet, seeded_rng, seq_of
+from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
+from vpn.testlab.pair import A_ADDR, B_ADDR, Pair, seeded_rng
 
 from crypto.constants import HANDSHAKE_INITIATION_RATE, MAX_STAGED_PACKETS
 from crypto.messages import (

@@ -11,7 +11,7 @@ import contextlib
 import random
 
 import pytest
-from wgpair import A_ADDR, B_ADDR, Pair
+from vpn.testlab.pair import A_ADDR, B_ADDR, Pair
 
 from crypto.constants import (
     COOKIE_REFRESH_TIME,

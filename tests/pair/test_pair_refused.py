@@ -3,7 +3,8 @@ refused, its session ends at once, and it gets one again when taken back."""
 
 from __future__ import annotations
 
-from wgpair import Pair, ipv4_packet
+from vpn.testlab.packets import ipv4_packet
+from vpn.testlab.pair import Pair
 
 
 def test_refused_peer_gets_no_session_and_loses_its_own() -> None:

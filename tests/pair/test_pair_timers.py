@@ -9,7 +9,8 @@ import random
 from typing import Any
 
 import pytest
-from wgpair import Pair, drop_all, ipv4_packet, seeded_rng, seq_of
+from vpn.testlab.packets import ipv4_packet, seq_of
+from vpn.testlab.pair import Pair, drop_all, seeded_rng
 
 from crypto.constants import (
     KEEPALIVE_TIMEOUT,

@@ -12,18 +12,13 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
-import sys
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pair"))
-
-from wgpair import Pair
 
 from crypto.keys import encode_key, private_from_random
 from crypto.noise import SymmetricState
+from vpn.testlab.pair import Pair
 
 
 def forms(secret: bytes) -> list[str]:

@@ -14,19 +14,16 @@
 from __future__ import annotations
 
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pair"))
-
 from cryptography.exceptions import InvalidTag
-from wgpair import A_ADDR, Pair, ipv4_packet, ipv6_packet, seq_of
+from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
+from vpn.testlab.pair import A_ADDR, Pair
 
 from crypto.constants import REJECT_AFTER_TIME
 from crypto.replay import RING_BLOCKS, WINDOW_SIZE, ReplayWindow

@@ -6,6 +6,8 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 - :mod:`vpn.testlab.netns`: one :class:`~vpn.testlab.netns.Netns` (a namespace with loopback up and the
   processes started in it, removed with them), veth pairs, bounded commands and polling.
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
+- :mod:`vpn.testlab.pyvpn`: ``pyvpn server``/``client`` daemons in namespaces (:class:`~vpn.testlab.pyvpn.Pyvpn`,
+  :class:`~vpn.testlab.pyvpn.Fleet`), wg-quick files for them, pings and checked TCP transfers.
 - :mod:`vpn.testlab.wggo`: Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer, ``wg`` key
   helpers, ``ping``/``iperf3`` helpers and a two-peer reference topology.
 """

@@ -133,7 +133,7 @@ def wg_keypair() -> tuple[str, str]:
 
 
 # -- configuration ------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class WgPeer:
     """One ``[Peer]`` section.
 
@@ -154,6 +154,10 @@ class WgPeer:
         if isinstance(self.allowed_ips, str):
             raise TypeError("allowed_ips must be a sequence of CIDR strings, not one string")
         object.__setattr__(self, "allowed_ips", tuple(str(_network(a)) for a in self.allowed_ips))
+
+    def __repr__(self) -> str:  # never the preshared key
+        return (f"WgPeer(public_key={self.public_key!r}, endpoint={self.endpoint!r}, "
+                f"allowed_ips={self.allowed_ips!r}, persistent_keepalive={self.persistent_keepalive!r})")
 
     def conf_lines(self) -> list[str]:
         """The lines of this ``[Peer]`` section, header included."""
@@ -219,7 +223,7 @@ def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: st
 
 
 # -- `wg show <if> dump` ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class WgPeerStatus:
     """One peer line of ``wg show <if> dump`` (8 tab-separated columns).
 
@@ -237,8 +241,13 @@ class WgPeerStatus:
     tx_bytes: int
     persistent_keepalive: int | None
 
+    def __repr__(self) -> str:  # never the preshared key
+        return (f"WgPeerStatus(public_key={self.public_key!r}, endpoint={self.endpoint!r}, "
+                f"allowed_ips={self.allowed_ips!r}, latest_handshake={self.latest_handshake}, "
+                f"rx_bytes={self.rx_bytes}, tx_bytes={self.tx_bytes})")
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class WgStatus:
     """The interface line (4 columns) plus the peers of ``wg show <if> dump``."""
 
@@ -247,6 +256,10 @@ class WgStatus:
     listen_port: int
     fwmark: int | None
     peers: tuple[WgPeerStatus, ...]
+
+    def __repr__(self) -> str:  # never the private key
+        return (f"WgStatus(public_key={self.public_key!r}, listen_port={self.listen_port!r}, "
+                f"fwmark={self.fwmark!r}, peers={self.peers!r})")
 
     def peer(self, public_key: str) -> WgPeerStatus:
         """Return the peer with ``public_key``; raise KeyError when there is none."""
@@ -629,13 +642,16 @@ class WgNode:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class WgPair:
     """Two wireguard-go peers; ``a`` knows ``b``'s endpoint, ``b`` learns ``a``'s when ``a`` initiates."""
 
     a: WgNode
     b: WgNode
     preshared_key: str = field(repr=False)
+
+    def __repr__(self) -> str:  # never the preshared key
+        return f"WgPair(a={self.a!r}, b={self.b!r})"
 
 
 @contextlib.contextmanager

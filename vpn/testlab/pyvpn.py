@@ -41,15 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests"
-for _p in (str(ROOT), str(TESTS)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+from vpn.control import socket_is_live as socket_live
+from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns
 from vpn.testlab.wggo import wg_genkey, wg_pubkey
-from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
@@ -108,7 +106,7 @@ def unique_ifname(prefix: str = "pvt") -> str:
     raise HarnessError("no free interface name")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Keys:
     """A key pair from ``wg genkey`` / ``wg pubkey`` (base64)."""
 
@@ -124,9 +122,9 @@ class Keys:
         return f"Keys(public={self.public!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PeerSpec:
-    """One ``[Peer]`` of a generated config."""
+    """One ``[Peer]`` of a generated config (its repr leaves the preshared key out)."""
 
     public_key: str
     allowed_ips: Sequence[str] = ()
@@ -135,6 +133,9 @@ class PeerSpec:
     name: str | None = None
     preshared_key: str | None = None
     extra: Sequence[str] = ()  # more lines for the section, e.g. "#pyvpn RateLimit = 20mbit"
+
+    def __repr__(self) -> str:
+        return f"PeerSpec(public_key={self.public_key!r}, allowed_ips={self.allowed_ips!r})"
 
 
 def endpoint(host: str, port: int) -> str:
@@ -168,20 +169,6 @@ def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), l
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
         out.extend(p.extra)
     return "\n".join(out) + "\n"
-
-
-def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)
-    return path
-
-
-def socket_live(path: Path) -> bool:
-    from vpn.control import socket_is_live
-
-    return socket_is_live(path)
 
 
 def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> subprocess.CompletedProcess[str]:
