@@ -18,8 +18,8 @@ same cache behaviour and the same share of whatever else the machine is doing; f
 medians over ``--rounds`` rounds.  The raw decrypt runs over the very messages the core then
 decapsulates, with precomputed nonces.
 
-Run: ``python benchmarks/micro_crypto.py [--batch 64] [--size 1420] [--batches 128] [--rounds 9]``
-from the repository root (the script adds it to ``sys.path``).
+Run: ``.venv/bin/python benchmarks/micro_crypto.py [--batch 64] [--size 1420] [--batches 128] [--rounds 9]``
+(the Python that has pyvpn installed).
 """
 
 from __future__ import annotations
@@ -28,26 +28,18 @@ import argparse
 import platform
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cryptography
 
 from crypto.keys import private_from_random
 from crypto.session import Keypair
 from crypto.tunnel import Core, Tunnel
+from vpn.testlab.packets import ipv4_packet
 
 A_ADDR = ("198.18.0.1", 51820)
 B_ADDR = ("198.18.0.2", 51820)
-
-
-def ipv4_packet(size: int, seq: int) -> bytes:
-    head = bytes([0x45, 0]) + size.to_bytes(2, "big") + seq.to_bytes(2, "big") + bytes([0, 0, 64, 17, 0, 0])
-    head += bytes([100, 64, 0, 1, 100, 64, 0, 2])
-    return head + bytes((seq + i) & 0xFF for i in range(size - 20))
 
 
 def make_pair(mtu: int) -> tuple[Core, Tunnel, Core, Tunnel]:

@@ -22,8 +22,8 @@ then times each row over the same packets, interleaved, in CPU time (``time.proc
 machine is shared and wall-clock figures swing).  Figures: the best and the median of ``--rounds``
 rounds (x AEAD uses the best).
 
-Run: ``python benchmarks/micro_datapath.py [--rounds 15] [--reads 16] [--segs 45]`` from the repository
-root (the script puts it on ``sys.path``).
+Run: ``.venv/bin/python benchmarks/micro_datapath.py [--rounds 15] [--reads 16] [--segs 45]`` (the Python
+that has pyvpn installed).
 """
 
 from __future__ import annotations
@@ -36,13 +36,10 @@ import random
 import socket
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cryptography
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305

@@ -12,7 +12,7 @@ Rows (CPU time per frame, best and median of ``--rounds`` rounds of ``--number``
   (one super-frame for the batch; the system calls it saves are not in this figure);
 * a TSO read cut in Python: :func:`tunnel.offload.segment` with ``l2=True`` of one super-frame.
 
-Run: ``python benchmarks/micro_l2.py [--rounds 15] [--batch 40]`` from the repository root.
+Run: ``.venv/bin/python benchmarks/micro_l2.py [--rounds 15] [--batch 40]`` (the Python that has pyvpn installed).
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ import platform
 import socket
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tunnel.encap.vxlan import decap_ip, decap_ip_batch, encap_ip, encap_ip_batch  # noqa: E402
-from tunnel.offload import checksum, gro_frames, segment  # noqa: E402
-from vpn.switch import LOCAL, Switch  # noqa: E402
+from tunnel.encap.vxlan import decap_ip, decap_ip_batch, encap_ip, encap_ip_batch
+from tunnel.offload import checksum, gro_frames, segment
+from vpn.switch import LOCAL, Switch
 
 MSS = 1318  # 1370-byte IP packets with a 32-byte TCP header (timestamps)
 SRC, DST = socket.inet_aton("198.19.0.2"), socket.inet_aton("198.19.0.1")

@@ -1,6 +1,6 @@
 """Micro benchmark for tunnel.offload: segment() and coalesce() against the AEAD ceiling.
 
-Run: ``python benchmarks/micro_offload.py [--repeat N]``.  Prints packets per second for
+Run: ``.venv/bin/python benchmarks/micro_offload.py [--repeat N]``.  Prints packets per second for
 
 * the raw ``cryptography`` ChaCha20Poly1305 ``encrypt`` at 1420 bytes (the per-packet ceiling: every
   segment must be sealed once, so offload work should cost well below this);
@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 

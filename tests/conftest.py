@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from vpn.testlab.netns import Netns, is_root, namespaces  # noqa: E402
+from vpn.testlab.netns import Netns, is_root, namespaces
 
 # Tests that start processes in namespaces: every test below these folders, and every `root` test.
 _NETNS_DIRS = ("netns", "interop", "hostile")

@@ -12,37 +12,28 @@ harness applies the same keys to wireguard-go with ``wg setconf`` and ``ip``):
   and a network behind it through the tunnel; the rules go away with the daemon.
 
 Topology: two namespaces joined by a veth, 198.18.0.1/24 (server) - 198.18.0.2/24 (client),
-tunnel 198.19.0.0/24 and fd00:19::/64.  :class:`Pyvpn` (the small runner the other interop
-files import too) starts ``pyvpn server|client CONFIG`` in a namespace and waits for its UAPI
-and control sockets.
+tunnel 198.19.0.0/24 and fd00:19::/64.  :class:`vpn.testlab.pyvpn.PyvpnFile` starts
+``pyvpn server|client CONFIG`` in a namespace and waits for its UAPI and control sockets.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
+from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, parse_ping, workdir
 from vpn.testlab.wggo import (
     WgPeer,
     WgPeerStatus,
-    WgStatus,
     WireguardGo,
     WireguardGoError,
     iperf3_bytes,
     iperf3_client,
     iperf3_server,
-    parse_wg_dump,
     ping,
     unique_ifname,
     wg_keypair,
@@ -51,156 +42,11 @@ from vpn.testlab.wggo import (
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
-WG_RUN_DIR = Path("/var/run/wireguard")
-PYVPN_RUN_DIR = Path("/var/run/pyvpn")
-START_TIMEOUT = 10.0  # seconds for a pyvpn daemon to open its sockets (Python start-up included)
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 CMD_TIMEOUT = 10.0
 IPERF_SECONDS = 1
 
 SRV_UL, CLI_UL = "198.18.0.1", "198.18.0.2"
-SRV4, CLI4, SRV6, CLI6 = "198.19.0.1", "198.19.0.2", "fd00:19::1", "fd00:19::2"
-
-
-# -- a running pyvpn daemon ----------------------------------------------------------------------------------
-class PyvpnError(RuntimeError):
-    """pyvpn did not start, answer or stop as expected."""
-
-
-class Pyvpn:
-    """``pyvpn ROLE CONFIG`` running in ``ns``; the config is a wg-quick file written by the caller.
-
-    The interface name is the file's stem, so give each file a unique name (see :func:`unique_ifname`):
-    UAPI and control sockets are global, not per namespace.
-    """
-
-    def __init__(self, ns: Netns, role: str, config: Path, *, log_level: str = "info") -> None:
-        self.ns = ns
-        self.role = role
-        self.config = config
-        self.ifname = config.stem
-        self._log_path = config.with_suffix(".log")
-        self._log = open(self._log_path, "wb")  # noqa: SIM115  # closed in close()
-        self.proc = ns.popen(["pyvpn", role, "--log-level", log_level, str(config)], stdout=self._log,
-                             stderr=subprocess.STDOUT)
-        self._closed = False
-        try:
-            if not wait_for(lambda: self.proc.poll() is not None or self.ready(), START_TIMEOUT):
-                raise PyvpnError(f"pyvpn {role} {self.ifname} not ready within {START_TIMEOUT}s\n{self.log()}")
-            if self.proc.poll() is not None:
-                raise PyvpnError(f"pyvpn {role} {self.ifname} exited {self.proc.returncode}\n{self.log()}")
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def uapi_sock(self) -> Path:
-        return WG_RUN_DIR / f"{self.ifname}.sock"
-
-    @property
-    def control_sock(self) -> Path:
-        return PYVPN_RUN_DIR / f"{self.ifname}.sock"
-
-    def ready(self) -> bool:
-        return self.uapi_sock.exists() and self.control_sock.exists()
-
-    def log(self, tail: int = 4000) -> str:
-        """The daemon's output so far (the last ``tail`` characters; 0 for all of it)."""
-        try:
-            return self._log_path.read_text(errors="replace")[-tail:]
-        except FileNotFoundError:
-            return ""
-
-    def wg(self, *args: str, check: bool = True) -> str:
-        """``wg ARGS`` inside the namespace; its stdout."""
-        p = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT)
-        if check and p.returncode != 0:
-            raise PyvpnError(f"wg {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.log()}")
-        return p.stdout
-
-    def dump(self) -> WgStatus:
-        """``wg show IFACE dump``, parsed."""
-        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
-
-    def show(self) -> dict[str, Any]:
-        """What ``pyvpn show IFACE --json`` prints (keys in base64), asked in-process over the control
-        socket: one Python start-up less per look.  :meth:`show_cli` runs the real command."""
-        from vpn.control import query
-        from vpn.status import to_jsonable
-
-        result: dict[str, Any] = json.loads(json.dumps(to_jsonable(query(self.ifname))))
-        return result
-
-    def show_cli(self) -> dict[str, Any]:
-        """``pyvpn show IFACE --json``, parsed."""
-        p = subprocess.run(["pyvpn", "show", self.ifname, "--json"], capture_output=True, text=True,
-                           timeout=CMD_TIMEOUT, check=False)
-        if p.returncode != 0:
-            raise PyvpnError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr.strip()}")
-        result: dict[str, Any] = json.loads(p.stdout)
-        return result
-
-    def peer(self, public_key: str) -> dict[str, Any] | None:
-        """The ``pyvpn show`` entry of one peer, or None."""
-        return next((p for p in self.show()["peers"] if p["public_key"] == public_key), None)
-
-    def stop(self) -> int:
-        """SIGTERM, then wait (SIGKILL after :data:`STOP_TIMEOUT`); return the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.stop()
-        self._log.close()
-        for sock in (self.uapi_sock, self.control_sock):
-            if sock.exists() and not _live(sock):
-                sock.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self.close()
-        log = self.log(0)
-        if exc_type is not None:
-            print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log[-4000:]}")
-        elif "Traceback" in log:  # an exception the daemon caught and logged (a hook, a callback) is a bug too
-            raise PyvpnError(f"pyvpn {self.role} {self.ifname} logged a traceback:\n{log[-4000:]}")
-
-
-def _live(path: Path) -> bool:
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-@contextlib.contextmanager
-def workdir() -> Iterator[Path]:
-    """A private temporary directory for config files and logs, removed afterwards."""
-    d = Path(tempfile.mkdtemp(prefix="pyvpn-interop-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -218,14 +64,6 @@ def ping_count(ns: Netns, addr: str, count: int, interval: float = 0.05) -> tupl
     p = ns.run(["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", addr], check=False,
                timeout=count * interval + CMD_TIMEOUT)
     return parse_ping(p.stdout)
-
-
-def parse_ping(out: str) -> tuple[int, int]:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            parts = line.split(",")
-            return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise PyvpnError(f"no ping summary in {out!r}")
 
 
 def _iperf3(b: Netns, addr: str, *, reverse: bool) -> dict[str, Any]:
@@ -254,7 +92,7 @@ def traffic_both_ways(a: Netns, b: Netns, a4: str, a6: str, b4: str, b6: str) ->
     assert iperf3_bytes(up) > 100_000 and iperf3_bytes(down) > 100_000
 
 
-def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: Pyvpn, wg_pub: str) -> None:
+def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: PyvpnFile, wg_pub: str) -> None:
     """``wg show`` on wireguard-go and ``pyvpn show`` agree that traffic went through a handshake."""
     cli = pyvpn.show_cli()
     assert cli["interface"] == pyvpn.ifname and cli["role"] == pyvpn.role
@@ -294,7 +132,7 @@ def test_pyvpn_server_wireguard_go_client() -> None:
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                       peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])])
-        with Pyvpn(srv, "server", conf) as server, WireguardGo(
+        with PyvpnFile(srv, "server", conf) as server, WireguardGo(
                 cli, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
                 peers=[WgPeer(ps, endpoint=f"{SRV_UL}:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"])]
         ) as wg:
@@ -316,7 +154,7 @@ def test_wireguard_go_server_pyvpn_client() -> None:
                                     persistent_keepalive=25)])
         with WireguardGo(srv, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                          peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])]) as wg, \
-                Pyvpn(cli, "client", conf) as client:
+                PyvpnFile(cli, "client", conf) as client:
             # PersistentKeepalive makes the client handshake at start-up, before any traffic.
             st = wg.wait_handshake(pc, timeout=5.0)
             assert st.endpoint is not None and st.endpoint.startswith(f"{CLI_UL}:")
@@ -336,7 +174,7 @@ def test_ipv6_underlay_and_mtu_edges() -> None:
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                       peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32", f"{CLI6}/128"])])
-        with Pyvpn(srv, "server", conf) as server, WireguardGo(
+        with PyvpnFile(srv, "server", conf) as server, WireguardGo(
                 cli, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
                 peers=[WgPeer(ps, endpoint="[fd00:18::1]:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"])]
         ) as wg:
@@ -389,7 +227,7 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
             sconf = d / f"{unique_ifname('pvs')}.conf"
             wg_quick_file(sconf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                           peers=client_peers)
-            stack.enter_context(Pyvpn(srv, "server", sconf))
+            stack.enter_context(PyvpnFile(srv, "server", sconf))
         else:
             stack.enter_context(WireguardGo(srv, private_key=ks, listen_port=51820,
                                             address=[f"{SRV4}/24", f"{SRV6}/64"], peers=client_peers))
@@ -397,7 +235,7 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
         cconf = d / f"{unique_ifname('pvc')}.conf"
         wg_quick_file(cconf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
                       peers=[WgPeer(ps, endpoint=f"{server_ul}:51820", allowed_ips=["0.0.0.0/0", "::/0"])])
-        with Pyvpn(cli, "client", cconf) as client:
+        with PyvpnFile(cli, "client", cconf) as client:
             for fam in ("-4", "-6"):
                 rules = _rules(cli, fam)
                 assert "not from all fwmark 0xca6c lookup 51820" in rules, rules

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from test_l3_wireguard_go import CLI4, CLI6, SRV4, SRV6, Pyvpn, workdir
+from vpn.testlab.pyvpn import socket_live, CLI4, CLI6, PyvpnFile, SRV4, SRV6, workdir
 from vpn.testlab.wggo import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
 
 pytestmark = [
@@ -45,18 +45,6 @@ CMD_TIMEOUT = 15.0
 
 def _sock(name: str) -> Path:
     return WG_RUN_DIR / f"{name}.sock"
-
-
-def _live(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def _link(ns: Netns, name: str) -> bool:
@@ -130,7 +118,7 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
             sconf = d / f"{unique_ifname('pvs')}.conf"
             wg_quick_file(sconf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                           peers=[client_peer])
-            peer: Pyvpn | WireguardGo = Pyvpn(srv, "server", sconf)
+            peer: PyvpnFile | WireguardGo = PyvpnFile(srv, "server", sconf)
         else:
             peer = WireguardGo(srv, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
                                peers=[client_peer])
@@ -148,7 +136,7 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
                 assert up.returncode == 0, up.stderr
                 assert f"pyvpn-wg {name}" in up.stderr  # the userspace implementation, not a kernel module
                 (pid,) = _daemon_pids(cli, name)
-                assert _live(_sock(name))
+                assert socket_live(_sock(name))
                 dump = cli.run(["wg", "show", name, "dump"]).stdout.splitlines()
                 head = dump[0].split("\t")
                 assert head[1] == pc and head[3] == ("0xca6c" if default else "off")
@@ -187,7 +175,7 @@ def test_lifecycle() -> None:
             # Returns only once the link and the socket exist: no waiting here.
             r = a.run(["pyvpn-wg", name], check=False, timeout=CMD_TIMEOUT)
             assert r.returncode == 0, r.stderr
-            assert _link(a, name) and _live(sock)
+            assert _link(a, name) and socket_live(sock)
             (pid,) = _daemon_pids(a, name)
             head = a.run(["wg", "show", name, "dump"]).stdout.splitlines()[0].split("\t")
             assert head[0] == head[1] == "(none)" and int(head[2]) > 0  # no key yet, a random port
@@ -197,7 +185,7 @@ def test_lifecycle() -> None:
             assert r.returncode != 0
             assert f"UAPI socket {sock} is in use by a running process" in r.stderr, r.stderr
             assert not _link(b, name) and not _daemon_pids(b, name)
-            assert _alive(pid) and _live(sock)
+            assert _alive(pid) and socket_live(sock)
 
             # `ip link del` (what wg-quick down does) ends the daemon, which removes its socket.
             a.run(["ip", "link", "del", "dev", name])
@@ -205,10 +193,10 @@ def test_lifecycle() -> None:
 
             # A stale socket file (a SIGKILLed daemon) is replaced; a file that is not a socket is refused.
             _stale_socket(sock)
-            assert sock.exists() and not _live(sock)
+            assert sock.exists() and not socket_live(sock)
             r = a.run(["pyvpn-wg", name], check=False, timeout=CMD_TIMEOUT)
             assert r.returncode == 0, r.stderr
-            assert _live(sock)
+            assert socket_live(sock)
             (pid,) = _daemon_pids(a, name)
 
             # SIGTERM: out within seconds, link and socket gone.
@@ -225,7 +213,7 @@ def test_lifecycle() -> None:
             for argv, env in ((["pyvpn-wg", "-f", name], None),
                               (["pyvpn-wg", name], {**os.environ, "WG_PROCESS_FOREGROUND": "1"})):
                 proc = a.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-                assert wait_for(lambda p=proc: _live(sock) or p.poll() is not None, EXIT_TIMEOUT)
+                assert wait_for(lambda p=proc: socket_live(sock) or p.poll() is not None, EXIT_TIMEOUT)
                 time.sleep(0.2)
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert _link(a, name)
@@ -239,7 +227,7 @@ def test_lifecycle() -> None:
             for ns in (a, b):
                 for pid in _daemon_pids(ns, name):
                     os.kill(pid, signal.SIGKILL)
-            if sock.exists() and not _live(sock):
+            if sock.exists() and not socket_live(sock):
                 sock.unlink()
 
 
@@ -251,7 +239,7 @@ def test_pyvpn_server_exits_when_its_link_is_deleted() -> None:
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=k, listen_port=51820, address=[f"{SRV4}/24"],
                       peers=[WgPeer(pc, allowed_ips=[f"{CLI4}/32"])])
-        with Pyvpn(srv, "server", conf) as server:
+        with PyvpnFile(srv, "server", conf) as server:
             srv.run(["ip", "link", "del", "dev", server.ifname])
             assert wait_for(lambda: server.proc.poll() is not None, EXIT_TIMEOUT), "pyvpn server survived"
             assert server.proc.returncode == 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from test_l3_wireguard_go import SRV4, SRV6, Pyvpn, parse_ping, workdir
+from vpn.testlab.pyvpn import PyvpnFile, SRV4, SRV6, parse_ping, workdir
 from vpn.testlab.wggo import (
     WgPeer,
     WireguardGo,
@@ -77,7 +77,7 @@ class Client:
 @dataclass
 class Hub:
     ns: Netns
-    server: Pyvpn
+    server: PyvpnFile
     private_key: str
     public_key: str
     clients: list[Client]
@@ -103,7 +103,7 @@ def hub(n_clients: int, *, in_config: int = 1) -> Iterator[Hub]:
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=ks, listen_port=PORT, address=[f"{SRV4}/24", f"{SRV6}/64"],
                       peers=[WgPeer(c.public_key, allowed_ips=c.allowed()) for c in clients[:in_config]])
-        server = stack.enter_context(Pyvpn(hub_ns, "server", conf))
+        server = stack.enter_context(PyvpnFile(hub_ns, "server", conf))
         for c in clients[:in_config]:
             stack.enter_context(c.start(ps))
         yield Hub(hub_ns, server, ks, ps, clients, d)

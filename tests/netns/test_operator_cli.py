@@ -34,7 +34,7 @@ from vpn.testlab.pyvpn import (
     run_pyvpn_tty,
     unique_ifname,
 )
-from show_schema import check_object, documented_schema
+from vpn.testlab.show_schema import check_object, documented_schema
 
 pytestmark = pytest.mark.root
 

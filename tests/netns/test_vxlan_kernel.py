@@ -33,9 +33,6 @@ from pathlib import Path
 
 import pytest
 
-if __name__ == "__main__":  # run as a script: make the repo and tests/ importable
-    sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
-
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 
 from tunnel.encap.vxlan import VxlanError, decap_ip, encap_ip

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from show_schema import check_object, documented_schema
+from vpn.testlab.show_schema import check_object, documented_schema
 
 from crypto.drops import Drop
 from crypto.keys import encode_key, private_from_random, public_from_private

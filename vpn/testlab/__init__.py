@@ -5,6 +5,9 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 
 - :mod:`vpn.testlab.netns`: one :class:`~vpn.testlab.netns.Netns` (a namespace with loopback up and the
   processes started in it, removed with them), veth pairs, bounded commands and polling.
+- :mod:`vpn.testlab.packets`: inner IPv4/IPv6 packets of exact sizes carrying a sequence number.
+- :mod:`vpn.testlab.pair`: two :class:`crypto.tunnel.Core` objects with a fake clock, wired by hand.
+- :mod:`vpn.testlab.show_schema`: ``pyvpn show --json`` checked against docs/show-json.md.
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
 - :mod:`vpn.testlab.pyvpn`: ``pyvpn server``/``client`` daemons in namespaces (:class:`~vpn.testlab.pyvpn.Pyvpn`,
   :class:`~vpn.testlab.pyvpn.Fleet`), wg-quick files for them, pings and checked TCP transfers.

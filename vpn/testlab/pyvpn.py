@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -44,8 +44,8 @@ from typing import Any, Self
 from vpn.control import socket_is_live as socket_live
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 from vpn.testlab.files import write_private
-from vpn.testlab.netns import Netns
-from vpn.testlab.wggo import wg_genkey, wg_pubkey
+from vpn.testlab.netns import Netns, wait_for
+from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 POLL = 0.05  # seconds between polls
+CMD_TIMEOUT = 10.0  # seconds for one wg / pyvpn show command
 CONTROL_DIR = Path(os.environ.get("PYVPN_RUN_DIR", "/var/run/pyvpn"))
 WG_RUN_DIR = Path(os.environ.get("WG_RUN_DIR", "/var/run/wireguard"))
 
@@ -609,3 +610,143 @@ def wait_ping(ns: Netns, addr: str, timeout: float) -> float | None:
         if ping(ns, addr, count=1, wait=0.5).returncode == 0:
             return time.monotonic() - start
     return None
+
+
+# The interop tests' tunnel addresses (server .1, client .2).
+SRV4, CLI4, SRV6, CLI6 = "198.19.0.1", "198.19.0.2", "fd00:19::1", "fd00:19::2"
+
+
+# -- a pyvpn daemon started from a file the caller wrote ---------------------------------------------------
+class PyvpnError(RuntimeError):
+    """pyvpn did not start, answer or stop as expected."""
+
+
+class PyvpnFile:
+    """``pyvpn ROLE CONFIG`` running in ``ns``; the config is a wg-quick file written by the caller.
+
+    The interface name is the file's stem, so give each file a unique name (see :func:`unique_ifname`):
+    UAPI and control sockets are global, not per namespace.
+    """
+
+    def __init__(self, ns: Netns, role: str, config: Path, *, log_level: str = "info") -> None:
+        self.ns = ns
+        self.role = role
+        self.config = config
+        self.ifname = config.stem
+        self._log_path = config.with_suffix(".log")
+        self._log = open(self._log_path, "wb")  # noqa: SIM115  # closed in close()
+        self.proc = ns.popen(["pyvpn", role, "--log-level", log_level, str(config)], stdout=self._log,
+                             stderr=subprocess.STDOUT)
+        self._closed = False
+        try:
+            if not wait_for(lambda: self.proc.poll() is not None or self.ready(), START_TIMEOUT):
+                raise PyvpnError(f"pyvpn {role} {self.ifname} not ready within {START_TIMEOUT}s\n{self.log()}")
+            if self.proc.poll() is not None:
+                raise PyvpnError(f"pyvpn {role} {self.ifname} exited {self.proc.returncode}\n{self.log()}")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def uapi_sock(self) -> Path:
+        return uapi_path(self.ifname)
+
+    @property
+    def control_sock(self) -> Path:
+        return control_path(self.ifname)
+
+    def ready(self) -> bool:
+        return self.uapi_sock.exists() and self.control_sock.exists()
+
+    def log(self, tail: int = 4000) -> str:
+        """The daemon's output so far (the last ``tail`` characters; 0 for all of it)."""
+        try:
+            return self._log_path.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
+
+    def wg(self, *args: str, check: bool = True) -> str:
+        """``wg ARGS`` inside the namespace; its stdout."""
+        p = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT)
+        if check and p.returncode != 0:
+            raise PyvpnError(f"wg {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.log()}")
+        return p.stdout
+
+    def dump(self) -> WgStatus:
+        """``wg show IFACE dump``, parsed."""
+        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
+
+    def show(self) -> dict[str, Any]:
+        """What ``pyvpn show IFACE --json`` prints (keys in base64), asked in-process over the control
+        socket: one Python start-up less per look.  :meth:`show_cli` runs the real command."""
+        from vpn.control import query
+        from vpn.status import to_jsonable
+
+        result: dict[str, Any] = json.loads(json.dumps(to_jsonable(query(self.ifname))))
+        return result
+
+    def show_cli(self) -> dict[str, Any]:
+        """``pyvpn show IFACE --json``, parsed."""
+        p = subprocess.run(["pyvpn", "show", self.ifname, "--json"], capture_output=True, text=True,
+                           timeout=CMD_TIMEOUT, check=False)
+        if p.returncode != 0:
+            raise PyvpnError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr.strip()}")
+        result: dict[str, Any] = json.loads(p.stdout)
+        return result
+
+    def peer(self, public_key: str) -> dict[str, Any] | None:
+        """The ``pyvpn show`` entry of one peer, or None."""
+        return next((p for p in self.show()["peers"] if p["public_key"] == public_key), None)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait (SIGKILL after :data:`STOP_TIMEOUT`); return the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        self._log.close()
+        for sock in (self.uapi_sock, self.control_sock):
+            if sock.exists() and not socket_live(sock):
+                sock.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close()
+        log = self.log(0)
+        if exc_type is not None:
+            print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log[-4000:]}")
+        elif "Traceback" in log:  # an exception the daemon caught and logged (a hook, a callback) is a bug too
+            raise PyvpnError(f"pyvpn {self.role} {self.ifname} logged a traceback:\n{log[-4000:]}")
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A private temporary directory for config files and logs, removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="pyvpn-interop-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+
+def parse_ping(out: str) -> tuple[int, int]:
+    for line in out.splitlines():
+        if "packets transmitted" in line:
+            parts = line.split(",")
+            return int(parts[0].split()[0]), int(parts[1].split()[0])
+    raise PyvpnError(f"no ping summary in {out!r}")

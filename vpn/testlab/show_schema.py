@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: docs/show-json.md
 Schema = dict[str, dict[str, tuple[str, bool]]]
 
 
