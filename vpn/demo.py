@@ -32,6 +32,8 @@ from rich.table import Table
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 
+from .testlab.netns import LabError, Netns, netns_argv, stop_process, veth
+
 STATE_DIR = Path("/run/pyvpn-demo")
 
 
@@ -59,7 +61,7 @@ class Demo:
     console: Console
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
+    namespaces: list[Netns] = field(default_factory=list)
     workdir: Path | None = None
 
     @property
@@ -94,22 +96,16 @@ class Demo:
         return f"pvd{self.tag}c"[:15]
 
     def ns(self, ns: str, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return _run(["ip", "netns", "exec", ns, *argv], **kw)
+        return _run(netns_argv(ns, argv), **kw)
 
     # -- set-up --------------------------------------------------------------------------------
     def build(self) -> None:
-        for ns in (self.srv, self.cli):
-            _run(["ip", "netns", "add", ns])
-            self.namespaces.append(ns)
-            self.ns(ns, "ip", "link", "set", "lo", "up")
-        a, b = f"pvd{self.tag}a", f"pvd{self.tag}b"
-        _run(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
-        _run(["ip", "link", "set", a, "netns", self.srv, "name", "eth0"])
-        _run(["ip", "link", "set", b, "netns", self.cli, "name", "eth0"])
+        for name in (self.srv, self.cli):
+            self.namespaces.append(Netns(name=name))
+        srv, cli = self.namespaces
+        veth(srv, "eth0", cli, "eth0")
         self.ns(self.srv, "ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
         self.ns(self.cli, "ip", "addr", "add", "198.18.0.2/24", "dev", "eth0")
-        for ns in (self.srv, self.cli):
-            self.ns(ns, "ip", "link", "set", "eth0", "up")
 
     def write_configs(self) -> tuple[Path, Path]:
         self.workdir = Path(tempfile.mkdtemp(prefix="pyvpn-demo-"))
@@ -138,7 +134,7 @@ class Demo:
     def start(self, ns: str, role: str, conf: Path) -> None:
         assert self.workdir is not None
         with open(self.workdir / f"{role}.log", "wb") as log:
-            p = subprocess.Popen(["ip", "netns", "exec", ns, *pyvpn_argv(), role, str(conf)], stdout=log,
+            p = subprocess.Popen(netns_argv(ns, [*pyvpn_argv(), role, str(conf)]), stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
 
@@ -191,13 +187,13 @@ class Demo:
         return float(m.group(1)) if p.returncode == 0 and m else None
 
     def iperf(self, seconds: int) -> float | None:
-        server = subprocess.Popen(["ip", "netns", "exec", self.srv, "iperf3", "-s", "-1", "-B", "198.19.0.1"],
+        server = subprocess.Popen(netns_argv(self.srv, ["iperf3", "-s", "-1", "-B", "198.19.0.1"]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(server)
         time.sleep(0.3)
-        client = subprocess.Popen(["ip", "netns", "exec", self.cli, "iperf3", "-c", "198.19.0.1", "-t", str(seconds),
-                                   "-i", "0.5", "--forceflush", "-f", "m"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        argv = ["iperf3", "-c", "198.19.0.1", "-t", str(seconds), "-i", "0.5", "--forceflush", "-f", "m"]
+        client = subprocess.Popen(netns_argv(self.cli, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
         self.procs.append(client)  # type: ignore[arg-type]
         result: float | None = None
         rate_re = re.compile(r"([\d.]+) Mbits/sec")
@@ -230,18 +226,9 @@ class Demo:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)
         for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(2)
+            stop_process(p, 5.0)
         for ns in self.namespaces:
-            pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            _run(["ip", "netns", "del", ns], check=False)
+            ns.close()  # kills what still runs inside, then deletes it
         self.namespaces = []
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -315,7 +302,7 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
             demo.namespaces = []
             demo.workdir = None
         return 0 if ok else 1
-    except DemoError as e:
+    except (DemoError, LabError) as e:
         console.print(f"[red]demo failed:[/] {e}")
         return 1
     except KeyboardInterrupt:
