@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from vpn.control import socket_is_live
+from vpn.util import socket_is_live
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns, sh, wait_for
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.control import socket_is_live as socket_live
+from vpn.util import socket_is_live as socket_live
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, wait_for

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.control import socket_is_live
+from vpn.util import socket_is_live
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, veth, wait_for
 
