@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             eps[label] = path.setup(lab, slot, veth_gso=False)
             print(f"{label}: up", file=sys.stderr)
-        for label, ep in eps.items():  # one ping each: every tunnel handshaken before the idle measurement
+        for ep in eps.values():  # one ping each: every tunnel handshaken before the idle measurement
             run_ping(ep, count=1, interval=0.2)
         if a.idle > 0:
             pids = {label: path.daemon_pids() for label, path in paths if label in eps}

@@ -30,7 +30,6 @@ import random
 import statistics
 import time
 
-
 import cryptography
 
 from crypto.keys import private_from_random

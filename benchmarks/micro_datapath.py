@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 import cryptography
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -243,8 +242,8 @@ def main() -> None:
         rec("segment (TSO read -> packets)", cpu(lambda: [segment(r) for _ in range(wakeups) for r in reads]), n)
         vnet = TunMode(vnet_hdr=True, tso_reads=True)
         rec("read_packets + route_reads (segment + route)",
-            cpu(lambda: [route_reads(read_packets(reads, vnet)[0], a_t.allowed.lookup, a_t.drops)
-                         for _ in range(wakeups)]), n)
+            cpu(lambda vnet=vnet: [route_reads(read_packets(reads, vnet)[0], a_t.allowed.lookup, a_t.drops)
+                                   for _ in range(wakeups)]), n)
 
         # send path, whole wakeups (plain reads: one packet per read, the kernel segmented them)
         for name, dev, feed in (("send, TSO super-packets, no syscalls", a_t, reads),

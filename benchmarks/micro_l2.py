@@ -25,7 +25,6 @@ import struct
 import time
 from collections.abc import Callable
 
-
 from tunnel.encap.vxlan import decap_ip, decap_ip_batch, encap_ip, encap_ip_batch
 from tunnel.offload import checksum, gro_frames, segment
 from vpn.switch import LOCAL, Switch

@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 
-
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from tunnel.offload import (

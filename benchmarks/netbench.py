@@ -52,7 +52,6 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from vpn.testlab.netns import have, sh  # noqa: E402
 from paths import PATH_KEYS, PATH_TITLES, BenchPath, Endpoints, make_path
 from paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, system_busy_seconds, tree_cpu_seconds
 from paths.measure import (
@@ -63,6 +62,8 @@ from paths.measure import (
     run_ping,
 )
 from paths.wggo import sweep_stale_sockets
+
+from vpn.testlab.netns import have, sh  # noqa: E402
 
 DEFAULT_OUT = _HERE / "results"
 SCHEMA = "pyvpn-netbench/1"

@@ -209,7 +209,7 @@ class CoreReceive:
         lens = list(map(len, datagrams))
         if min(lens) < MESSAGE_TRANSPORT_MIN_SIZE:
             return None
-        heads, counters = zip(*map(_RUN_HEADER.unpack_from, datagrams))
+        heads, counters = zip(*map(_RUN_HEADER.unpack_from, datagrams), strict=True)
         h0 = heads[0]
         if h0 & 0xFFFFFFFF != MESSAGE_TRANSPORT or heads.count(h0) != n:
             return None
@@ -229,7 +229,7 @@ class CoreReceive:
         plens = list(map(len, pts))
         if min(plens) < 20:  # a keepalive or a runt: the general path
             return None
-        b0s, len4, len6 = zip(*map(_INNER_HEAD.unpack_from, pts))
+        b0s, len4, len6 = zip(*map(_INNER_HEAD.unpack_from, pts), strict=True)
         lo, hi = min(b0s), max(b0s)
         if 0x40 <= lo and hi <= 0x4F and list(len4) == plens:
             packets = pts  # IPv4, no padding

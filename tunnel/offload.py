@@ -1047,7 +1047,7 @@ def _gro_bulk(packets: list[bytes], l2: bytes = b"") -> list[bytes] | None:
         return None
     out: list[bytes] = []
     start = 0
-    for i in [i for i, (m, f) in enumerate(zip(lens, flags)) if m != size or f & _PSH]:
+    for i in [i for i, (m, f) in enumerate(zip(lens, flags, strict=True)) if m != size or f & _PSH]:
         if i - start < 1:  # a run of one: the loop would pass it on as it is
             return None
         r = _gro_run(packets[start:i + 1], lens[start:i + 1], flags[start:i + 1], l2)

@@ -49,8 +49,8 @@ import platform
 import select
 import struct
 from collections import Counter
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol, Self, runtime_checkable
 
 import pytun  # type: ignore[import-not-found, unused-ignore]  # C extension without stubs

@@ -103,10 +103,10 @@ class CleanupHelper:
 
 
 def _teardown(plan: dict[str, Any]) -> bool:
-    from .util import socket_is_live
     from tunnel.netconf import PolicyRule
 
     from .interface import Interface, run_hooks, unset_dns
+    from .util import socket_is_live
 
     iface = Interface(str(plan["iface"]), plan.get("netns"))
     iface.rules = [PolicyRule(**r) for r in plan.get("rules", [])]

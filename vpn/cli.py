@@ -269,8 +269,8 @@ def server_add_client(
     """Enroll a client: keys, next free addresses, [Peer] in CONFIG and in the running server."""
     from .config import ConfigError
     from .enroll import EnrollError, add_client, qr_png, qr_terminal
-    from .util import write_private
     from .policy import ClientPolicy
+    from .util import write_private
 
     try:
         change = _policy_change(expires, rate_limit, allow, deny)

@@ -39,10 +39,10 @@ from tunnel.udp import UdpSocket
 
 from .device import Device
 from .endpoints import EndpointResolver, ResolveError, resolve
+from .interface import DaemonError, Interface, run_hooks, set_dns, unset_dns
 from .reload import Reloader
 from .systemd import notify
 
-from .interface import DaemonError, Interface, run_hooks, set_dns, unset_dns
 log = logging.getLogger("pyvpn")
 
 DEFAULT_MTU = 1420
@@ -282,8 +282,8 @@ def claim_sockets(name: str) -> None:
     same name in another namespace: the socket paths are global); remove the socket files that
     nothing listens on any more (a run killed without cleanup), logging each."""
     from .control import socket_path
-    from .util import socket_is_live
     from .uapi_server import uapi_path
+    from .util import socket_is_live
 
     for path in (uapi_path(name), socket_path(name)):
         if not (path.exists() or path.is_symlink()):

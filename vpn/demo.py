@@ -277,7 +277,7 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
         table.add_column("result")
         for k, v in summary.items():
             table.add_row(k, v)
-        for label, snap in zip(("server", "client"), snaps):
+        for label, snap in zip(("server", "client"), snaps, strict=True):
             if snap and snap["peers"]:
                 p = snap["peers"][0]
                 drops = snap.get("drops", {})

@@ -419,8 +419,8 @@ def qr_terminal(text: str, *, color: bool = True) -> str:
         m.append([False] * len(m[0]))
     glyph = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584", (True, True): "\u2588"}
     rows = []
-    for top, bottom in zip(m[0::2], m[1::2]):
-        line = "".join(glyph[(t, b)] for t, b in zip(top, bottom))
+    for top, bottom in zip(m[0::2], m[1::2], strict=True):
+        line = "".join(glyph[(t, b)] for t, b in zip(top, bottom, strict=True))
         rows.append(f"\x1b[30;47m{line}\x1b[0m" if color else line)
     return "\n".join(rows) + "\n"
 

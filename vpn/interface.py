@@ -18,7 +18,6 @@ from pathlib import Path
 from tunnel import netconf
 from tunnel.netconf import PolicyRule
 
-
 log = logging.getLogger("pyvpn")
 
 DEFAULT_TABLE = 51820  # wg-quick's default table and fwmark for /0 routes

@@ -106,11 +106,10 @@ from tunnel.encap.vxlan import (
     pack_header,
     unpack_header,
 )
-
 from tunnel.tun import TunMode, configure_tun, read_packets, write_packets
 
-from .util import format_endpoint
 from .switch import LOCAL, Switch, VlanMap
+from .util import format_endpoint
 
 if TYPE_CHECKING:
     from crypto.tunnel import Tunnel

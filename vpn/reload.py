@@ -36,8 +36,8 @@ from .endpoints import ResolveError, resolve
 from .uapi_server import apply_set
 
 if TYPE_CHECKING:
-    from .interface import Interface
     from .device import Device
+    from .interface import Interface
 
 log = logging.getLogger("pyvpn")
 

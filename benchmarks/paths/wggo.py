@@ -24,9 +24,9 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from vpn.util import socket_is_live
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns, sh, wait_for
+from vpn.util import socket_is_live
 
 from . import trixie
 from .base import BenchPath, Endpoints, address_link, first_line

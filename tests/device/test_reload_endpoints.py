@@ -19,9 +19,9 @@ from crypto.keys import encode_key, private_from_random, public_from_private
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn import endpoints
 from vpn.config import load_config
-from vpn.interface import Interface
 from vpn.device import Device
 from vpn.endpoints import EndpointResolver, handshake_failing, is_address, pick
+from vpn.interface import Interface
 from vpn.reload import Reloader, restart_needed, sync_request
 
 

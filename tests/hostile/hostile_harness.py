@@ -38,9 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.testlab.netns import Netns, veth, wait_for
-
 from crypto.keys import encode_key, private_from_random, public_from_private
+from vpn.testlab.netns import Netns, veth, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -88,7 +87,7 @@ def ns_read_counters(ns: Netns, iface: str) -> dict[str, int]:
     out = ns.run(f"cat {cmd}", check=False).stdout.split()
     if len(out) != len(names):
         return {}
-    return {n: int(v) for n, v in zip(names, out)}
+    return {n: int(v) for n, v in zip(names, out, strict=True)}
 
 
 def udp_snmp(ns: Netns) -> dict[str, int]:
@@ -96,7 +95,7 @@ def udp_snmp(ns: Netns) -> dict[str, int]:
     lines = [ln.split() for ln in ns.run("cat /proc/net/snmp").stdout.splitlines() if ln.startswith("Udp:")]
     if len(lines) < 2:
         return {}
-    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:])}
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
 @dataclass
@@ -363,7 +362,7 @@ class Lab:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate(timeout=5)
-            raise AssertionError(f"tool timed out after {timeout}s: {err.decode(errors='replace')[-2000:]}")
+            raise AssertionError(f"tool timed out after {timeout}s: {err.decode(errors='replace')[-2000:]}") from None
         if proc.returncode != 0:
             raise AssertionError(f"tool exited {proc.returncode}: {err.decode(errors='replace')[-3000:]}")
         lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]

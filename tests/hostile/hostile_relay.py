@@ -46,7 +46,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-
 from crypto.replay import ReplayWindow
 
 _TRANSPORT = b"\x04\0\0\0"

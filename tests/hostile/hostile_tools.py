@@ -40,7 +40,6 @@ from collections import Counter
 from typing import Any
 
 
-
 def _addr(text: str) -> tuple[str, int]:
     host, port = text.rsplit(":", 1)
     return host.strip("[]"), int(port)
@@ -447,7 +446,7 @@ def handshakers(a: argparse.Namespace) -> None:
     assert len(keys) == len(srcs), (len(keys), len(srcs))
     t0 = time.monotonic()
     clients: list[dict[str, Any]] = []
-    for k, (priv, src) in enumerate(zip(keys, srcs)):
+    for k, (priv, src) in enumerate(zip(keys, srcs, strict=True)):
         fam = socket.AF_INET6 if ":" in src else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.bind((src, 0))

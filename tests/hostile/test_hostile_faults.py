@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from hostile_harness import SERVER_TUN, Lab, assert_no_traceback, report
-from vpn.testlab.netns import wait_for
 
 from crypto.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
+from vpn.testlab.netns import wait_for
 
 
 def recover(lab: Lab, timeout: float) -> float:

@@ -35,7 +35,6 @@ from hostile_harness import (
     report,
     udp_snmp,
 )
-from vpn.testlab.netns import wait_for
 
 from crypto.constants import HANDSHAKES_QUIET_PER_SECOND, HANDSHAKES_SHARED_PER_SECOND, RATELIMIT_BURST
 from crypto.keys import encode_key, private_from_random, public_from_private
@@ -43,6 +42,7 @@ from crypto.messages import INITIATION_MAC1_OFFSET
 from crypto.noise import LABEL_MAC1
 from crypto.primitives import hash_, mac
 from crypto.tunnel import Core
+from vpn.testlab.netns import wait_for
 
 FLOOD_REASONS = ("cookie_reply_sent", "cookie_reply_limited", "invalid_mac1", "rate_limited", "handshake_budget",
                  "handshake_shed", "decrypt_failed", "unknown_peer", "handshake_flood", "stale_timestamp")

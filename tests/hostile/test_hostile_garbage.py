@@ -34,9 +34,9 @@ from hostile_harness import (
     report,
     udp_snmp,
 )
-from vpn.testlab.netns import run, wait_for
 
 from crypto.keys import encode_key
+from vpn.testlab.netns import run, wait_for
 
 
 def _settled(d: Daemon) -> bool:

@@ -47,9 +47,9 @@ from hostile_harness import (
     keypair,
     report,
 )
-from vpn.testlab.netns import Netns, veth, wait_for
 
 from crypto.keys import encode_key
+from vpn.testlab.netns import Netns, veth, wait_for
 
 LIMIT = 64
 

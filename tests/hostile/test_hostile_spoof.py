@@ -23,9 +23,9 @@ from hostile_harness import (
     keypair,
     report,
 )
-from vpn.testlab.netns import run, wait_for
 
 from crypto.keys import encode_key
+from vpn.testlab.netns import run, wait_for
 
 
 @pytest.mark.root

@@ -21,7 +21,6 @@ import struct
 import sys
 import time
 
-
 from crypto.keys import decode_key
 from crypto.tunnel import Core, HandshakeCompleted
 

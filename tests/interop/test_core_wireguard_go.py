@@ -12,6 +12,7 @@ import os
 import sys
 
 import pytest
+
 from vpn.testlab.netns import namespaces, veth
 from vpn.testlab.wggo import WgPeer, WireguardGo, wg_genpsk, wg_keypair
 

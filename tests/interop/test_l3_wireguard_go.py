@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, parse_ping, workdir
 from vpn.testlab.wggo import (

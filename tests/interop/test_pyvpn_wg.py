@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from vpn.testlab.pyvpn import socket_live, CLI4, CLI6, PyvpnFile, SRV4, SRV6, workdir
+from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, socket_live, workdir
 from vpn.testlab.wggo import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
 
 pytestmark = [

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from vpn.testlab.pyvpn import PyvpnFile, SRV4, SRV6, parse_ping, workdir
+from vpn.testlab.pyvpn import SRV4, SRV6, PyvpnFile, parse_ping, workdir
 from vpn.testlab.wggo import (
     WgPeer,
     WireguardGo,

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import namespaces
 from vpn.testlab.wggo import (
     WgPeer,

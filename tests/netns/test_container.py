@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from vpn.testlab.netns import Netns, veth
 from vpn.testlab.pyvpn import (
     Fleet,

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.pyvpn import control_path, pyvpn_argv, uapi_path
 
 pytestmark = pytest.mark.root

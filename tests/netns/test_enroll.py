@@ -23,12 +23,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
-from vpn.testlab.wggo import WireguardGo
 
 from crypto.keys import encode_key
 from vpn.config import load_config
+from vpn.testlab.netns import Netns, veth
+from vpn.testlab.pyvpn import Fleet, Pyvpn, ping, ping_ok, poll, run_pyvpn, unique_ifname, wait_ping
+from vpn.testlab.wggo import WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

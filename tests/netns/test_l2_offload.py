@@ -20,9 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
+from test_l2_sites import TAP_MTU, add_daemon, add_host, bridge, segment, segment_of
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
-from test_l2_sites import TAP_MTU, add_daemon, add_host, bridge, segment, segment_of
 
 pytestmark = pytest.mark.root
 

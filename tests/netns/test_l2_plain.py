@@ -19,9 +19,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
+from test_l2_sites import add_daemon, add_host, all_reached, bridge, count_broadcasts, segment, segment_of
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Keys, Pyvpn, ping_ok
-from test_l2_sites import add_daemon, add_host, all_reached, bridge, count_broadcasts, segment, segment_of
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

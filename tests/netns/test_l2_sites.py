@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, conf_text, endpoint, ping_ok, unique_ifname
 from vpn.testlab.wggo import iperf3_bytes, iperf3_client, iperf3_server

@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping, ping_ok, poll
 from vpn.testlab.wggo import iperf3_client, iperf3_server

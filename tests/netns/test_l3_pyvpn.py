@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import (
     Fleet,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, wait_for
 from vpn.testlab.pyvpn import (
     HarnessError,

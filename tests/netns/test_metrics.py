@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
+from crypto.keys import encode_key
+from vpn.config import load_config
 from vpn.metrics import SNAPSHOT_MIN_INTERVAL
 from vpn.testlab.netns import Netns, veth
 from vpn.testlab.pyvpn import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
-
-from crypto.keys import encode_key
-from vpn.config import load_config
 
 pytestmark = pytest.mark.root
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
 from vpn.testlab.wggo import WgPeer, WireguardGo

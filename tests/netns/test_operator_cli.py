@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from vpn.testlab.netns import namespaces
 from vpn.testlab.pyvpn import (
     Fleet,

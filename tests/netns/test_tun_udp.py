@@ -385,7 +385,8 @@ def _scenario_attached_after_move(other: str) -> dict[str, Any]:
 
 def _scenario_lone_read() -> dict[str, Any]:
     """read_batch of one queued packet makes one read() and no EAGAIN; several are all drained."""
-    from tunnel import netconf, tun as tun_module
+    from tunnel import netconf
+    from tunnel import tun as tun_module
     from tunnel.tun import open_tun
 
     tun = open_tun("pvt0", mtu=1420, vnet_hdr=False)

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-
 from tunnel.encap.vxlan import VxlanError, decap_ip, encap_ip
+from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
@@ -132,9 +131,9 @@ def snmp(ns: Netns) -> dict[str, int]:
     """``Udp:InCsumErrors`` style counters from /proc/net/snmp and snmp6 inside ``ns``."""
     out: dict[str, int] = {}
     lines = ns.run("cat /proc/net/snmp").stdout.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2]):
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
         proto, names = head.split(":", 1)
-        for k, v in zip(names.split(), vals.split(":", 1)[1].split()):
+        for k, v in zip(names.split(), vals.split(":", 1)[1].split(), strict=False):
             out[f"{proto}:{k}"] = int(v)
     for line in ns.run("cat /proc/net/snmp6").stdout.splitlines():
         k, v = line.split()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
-from vpn.testlab.pair import A_ADDR, B_ADDR, Pair, seeded_rng
 
 from crypto.constants import HANDSHAKE_INITIATION_RATE, MAX_STAGED_PACKETS
 from crypto.messages import (
@@ -19,6 +17,8 @@ from crypto.messages import (
 )
 from crypto.replay import WINDOW_SIZE
 from crypto.tunnel import CookieReceived, Core, EndpointChanged, HandshakeCompleted, HandshakeInitiated
+from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
+from vpn.testlab.pair import A_ADDR, B_ADDR, Pair, seeded_rng
 
 
 def test_handshake_message_sizes_and_events() -> None:

@@ -11,7 +11,6 @@ import contextlib
 import random
 
 import pytest
-from vpn.testlab.pair import A_ADDR, B_ADDR, Pair
 
 from crypto.constants import (
     COOKIE_REFRESH_TIME,
@@ -34,6 +33,7 @@ from crypto.messages import (
 from crypto.noise import LABEL_MAC1
 from crypto.primitives import hash_, mac
 from crypto.tunnel import CookieReceived
+from vpn.testlab.pair import A_ADDR, B_ADDR, Pair
 
 RETRY = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + 0.01
 

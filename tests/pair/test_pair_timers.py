@@ -9,8 +9,6 @@ import random
 from typing import Any
 
 import pytest
-from vpn.testlab.packets import ipv4_packet, seq_of
-from vpn.testlab.pair import Pair, drop_all, seeded_rng
 
 from crypto.constants import (
     KEEPALIVE_TIMEOUT,
@@ -27,6 +25,8 @@ from crypto.errors import UsageError
 from crypto.messages import MESSAGE_KEEPALIVE_SIZE
 from crypto.session import Keypair
 from crypto.tunnel import Core, HandshakeCompleted, HandshakeGaveUp, HandshakeInitiated, KeysZeroed
+from vpn.testlab.packets import ipv4_packet, seq_of
+from vpn.testlab.pair import Pair, drop_all, seeded_rng
 
 
 def events_of(core_events: list[Any], kind: type) -> list[Any]:

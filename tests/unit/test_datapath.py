@@ -25,9 +25,9 @@ from tunnel.offload import (
     VIRTIO_NET_HDR_GSO_TCPV6,
     VirtioNetHdr,
     checksum,
+    gro,
     segment,
 )
-from tunnel.offload import gro
 from tunnel.testing import MemoryNetwork, MemoryTun
 from tunnel.tun import TunMode, configure_tun, read_packets, tun_buffers, write_packets
 from tunnel.udp import gso_max_segs

@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from vpn.testlab.show_schema import check_object, documented_schema
 
 from crypto.drops import Drop
 from crypto.keys import encode_key, private_from_random, public_from_private
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.config import parse_config
 from vpn.daemon import control_extra
-from vpn.routing import route_reads
 from vpn.device import Device
 from vpn.drops import DROP_REASONS, EXPECTED, explain, split_expected
 from vpn.l2 import L2Runtime, plan_segments
+from vpn.routing import route_reads
 from vpn.status import SCHEMA_VERSION, PeerNotFound, render, select_peers, show_json
+from vpn.testlab.show_schema import check_object, documented_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 

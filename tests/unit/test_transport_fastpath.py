@@ -18,17 +18,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cryptography.exceptions import InvalidTag
-from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
-from vpn.testlab.pair import A_ADDR, Pair
 
 from crypto.constants import REJECT_AFTER_TIME
 from crypto.replay import RING_BLOCKS, WINDOW_SIZE, ReplayWindow
 from crypto.session import NONCE, Keypair
 from crypto.tunnel import Core
+from vpn.testlab.packets import ipv4_packet, ipv6_packet, seq_of
+from vpn.testlab.pair import A_ADDR, Pair
 
 
 def _window_from(counters: list[int]) -> ReplayWindow:

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpn.util import format_endpoint
 from vpn.uapi import (
     IPC_ERROR_INVALID,
     IPC_ERROR_PROTOCOL,
@@ -27,6 +26,7 @@ from vpn.uapi import (
     parse_set,
     read_request,
 )
+from vpn.util import format_endpoint
 
 PRIV = bytes(range(1, 33))
 PUB_A = bytes([0xA1]) * 32

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypto.keys import private_from_random
 from crypto.constants import REKEY_AFTER_TIME
+from crypto.keys import private_from_random
 from crypto.tunnel import Core, Tunnel
 
 A_ADDR = ("198.18.0.1", 51820)

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.util import socket_is_live as socket_live
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, wait_for
 from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
+from vpn.util import socket_is_live as socket_live
 
 ROOT = Path(__file__).resolve().parents[2]
 

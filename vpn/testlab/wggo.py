@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.util import socket_is_live
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, veth, wait_for
+from vpn.util import socket_is_live
 
 # -- implementation constants ------------------------------------------------------------------------------
 WG_RUN_DIR = Path("/var/run/wireguard")  # where wireguard-go puts <if>.sock (global, not per namespace)
