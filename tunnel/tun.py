@@ -8,7 +8,7 @@ Theory of operation
 2. With ``vnet_hdr=True`` it also asks for ``IFF_VNET_HDR``, sets the header size with ``TUNSETVNETHDRSZ`` and
    enables offloads with ``TUNSETOFFLOAD``: checksum, TSO for IPv4 and IPv6, and USO when the kernel accepts it.
    The kernel may then hand us TCP/UDP *super-packets* of up to 64 KiB, each behind a ``virtio_net_hdr``
-   (``tunnel/offload.py`` parses and segments those), and accepts super-packets back.  If the kernel refuses
+   (``tunnel/offload/`` parses and segments those), and accepts super-packets back.  If the kernel refuses
    any of it, the device is closed (which removes it) and opened again without the header:
    :attr:`PytunDevice.vnet_hdr` and :attr:`PytunDevice.offloads` say what is really on.
 3. The fd is non-blocking.  :meth:`PytunDevice.read_batch` drains it until ``EAGAIN`` (or a bound);
