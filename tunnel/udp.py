@@ -26,6 +26,9 @@ GSO detection: ``getsockopt(UDP_SEGMENT)`` tells whether the kernel knows the op
 ``EINVAL`` before any GSO send has succeeded (old kernels).  Once GSO has worked, ``EINVAL`` means "this run is
 not valid" (for instance segments larger than the route MTU), so that run alone falls back to ``sendto``.
 In every case the run that failed is re-sent datagram by datagram, so nothing is lost by the detection.
+
+The socket options, GSO limits and errno classes are in :mod:`tunnel.udpopts`, the address forms in
+:mod:`tunnel.udpaddr`; their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -39,7 +42,27 @@ import struct
 import sys
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
+
+from tunnel.udpaddr import _MAPPED_PREFIX, Addr, AddressError, Family, _host_family, normalize_addr, sockaddr
+from tunnel.udpopts import (
+    _GSO_UNSUPPORTED_ERRNOS,
+    _RECV_BUFSIZE,
+    _SO_MEMINFO,
+    _SOCKET_BUFSIZE,
+    _SOFT_RECV_ERRNOS,
+    _SOFT_SEND_ERRNOS,
+    GSO_MAX_PAYLOAD,
+    GSO_MAX_SEGMENTS,
+    SOL_UDP,
+    TRANSPORT_OVERHEAD,
+    UDP_GRO,
+    UDP_SEGMENT,
+    _kernel_knows_gso,
+    _set_bufsize,
+    _try_setsockopt,
+    gso_max_segs,
+)
 
 __all__ = [
     "GSO_MAX_PAYLOAD",
@@ -60,71 +83,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A peer address as the rest of pyvpn sees it: (host, port), IPv4 peers always in dotted form.
-Addr = tuple[str, int]
-#: Socket family choice for :meth:`UdpSocket.bind`.
-Family = Literal["v4", "v6", "dual"]
-
-# -- kernel constants (include/uapi/linux/udp.h; the stdlib has none of them) -------------------------------
-
-SOL_UDP = 17
-UDP_SEGMENT = 103  # cmsg/sockopt: u16 segment size for a GSO send
-UDP_GRO = 104  # sockopt: int, 1 = deliver coalesced buffers; cmsg on receive: int segment size
-
-_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # u32 array; [0] = SK_MEMINFO_RMEM_ALLOC
-
-# -- implementation constants -------------------------------------------------------------------------------
-
-#: Most segments the kernel accepts in one GSO send (UDP_MAX_SEGMENTS).
-GSO_MAX_SEGMENTS = 64
-#: Largest UDP payload of one send (65535 - 8 UDP - 20 IPv4 header).
-GSO_MAX_PAYLOAD = 65507
-#: WireGuard transport overhead on top of the padded plaintext: 16-byte header + 16-byte tag.
-TRANSPORT_OVERHEAD = 32
-#: Receive buffer: the largest UDP payload, also the largest coalesced GRO buffer.
-_RECV_BUFSIZE = 65535
-#: Default SO_RCVBUF/SO_SNDBUF request (wireguard-go uses 7 MiB too).
-_SOCKET_BUFSIZE = 7 << 20
-#: Receive errors that say something about a past send (ICMP) or a transient state: swallowed and counted.
-_SOFT_RECV_ERRNOS = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.ECONNRESET,
-        errno.EMSGSIZE,
-        errno.ENOPROTOOPT,
-        errno.EPROTO,
-        errno.ENOMEM,
-        errno.ENOBUFS,
-    }
-)
-#: Send errors that drop the datagram(s) and are counted.
-_SOFT_SEND_ERRNOS = frozenset(
-    {
-        errno.EAGAIN,
-        errno.ENOBUFS,
-        errno.ENOMEM,
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.EPERM,
-        errno.EACCES,
-        errno.EMSGSIZE,
-        errno.EADDRNOTAVAIL,
-        errno.EAFNOSUPPORT,
-        errno.EINVAL,
-    }
-)
-#: Send errors that mean "this socket cannot do UDP GSO".
-_GSO_UNSUPPORTED_ERRNOS = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
-_MAPPED_PREFIX = "::ffff:"
 _SOCKADDR_CACHE_MAX = 4096
 
 
@@ -132,40 +90,8 @@ class UdpError(OSError):
     """The UDP socket could not be created or bound."""
 
 
-class AddressError(ValueError):
-    """An address given to :meth:`UdpSocket.to_sockaddr` / :meth:`UdpSocket.send_batch` is not usable."""
-
-
 def _errname(code: int | None) -> str:
     return errno.errorcode.get(code or 0, str(code))
-
-
-def normalize_addr(addr: tuple[Any, ...]) -> Addr:
-    """Turn a socket address from ``recvfrom``/``recvmsg`` into pyvpn's ``(host, port)`` form.
-
-    IPv4-mapped IPv6 addresses (``::ffff:198.18.0.1``) become plain IPv4 (``198.18.0.1``); IPv6 flow info and
-    scope id are dropped (a link-local scope stays in the host string as ``%ifname``).
-
-    :param addr: ``(host, port)`` or ``(host, port, flowinfo, scope_id)``.
-    """
-    host: str = addr[0]
-    if host.startswith(_MAPPED_PREFIX) and "." in host:
-        host = host[len(_MAPPED_PREFIX):]
-    return (host, int(addr[1]))
-
-
-def _host_family(host: str) -> int:
-    """Return AF_INET or AF_INET6 for a literal address, or raise :class:`AddressError`."""
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-        return socket.AF_INET
-    except (OSError, TypeError, ValueError):
-        pass
-    try:
-        socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
-        return socket.AF_INET6
-    except (OSError, TypeError, ValueError, AttributeError):
-        raise AddressError(f"not an IP address literal: {host!r}") from None
 
 
 @runtime_checkable
@@ -360,28 +286,10 @@ class UdpSocket:
             pass
         except TypeError:
             raise AddressError(f"bad address {addr!r}") from None
-        try:
-            host, port = addr[0], addr[1]
-        except (TypeError, IndexError, KeyError):
-            raise AddressError(f"bad address {addr!r}") from None
-        if not isinstance(host, str) or type(port) is not int or not 0 < port <= 65535:
-            raise AddressError(f"bad address {addr!r}")
-        hf = _host_family(host)
-        if self.family == "v4":
-            if hf != socket.AF_INET:
-                raise AddressError(f"{host!r} is not IPv4 but the socket is v4-only")
-            out: tuple[Any, ...] = (host, port)
-        elif hf == socket.AF_INET:
-            if self.family == "v6":
-                raise AddressError(f"{host!r} is IPv4 but the socket is v6-only")
-            out = (_MAPPED_PREFIX + host, port, 0, 0)
-        else:
-            if self.family == "v6" and host.startswith(_MAPPED_PREFIX) and "." in host:
-                raise AddressError(f"{host!r} is IPv4-mapped but the socket is v6-only")
-            out = (host, port, 0, 0)
+        out = sockaddr(self.family, addr)
         if len(self._sockaddr_cache) >= _SOCKADDR_CACHE_MAX:
             self._sockaddr_cache.clear()
-        self._sockaddr_cache[(host, port)] = out
+        self._sockaddr_cache[(addr[0], addr[1])] = out
         return out
 
     # -- receive -------------------------------------------------------------------------------------------
@@ -573,32 +481,3 @@ class UdpSocket:
         return self._sock
 
 
-def gso_max_segs(mtu: int) -> int:
-    """Most full-size transport messages that fit one UDP GSO ``sendmsg`` for a tunnel of ``mtu`` bytes.
-
-    :param mtu: the tunnel MTU (largest plaintext packet).
-    """
-    return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_PAYLOAD // (mtu + TRANSPORT_OVERHEAD)))
-
-
-def _try_setsockopt(sock: socket.socket, level: int, opt: int, value: int) -> bool:
-    try:
-        sock.setsockopt(level, opt, value)
-    except OSError:
-        return False
-    return True
-
-
-def _kernel_knows_gso(sock: socket.socket) -> bool:
-    try:
-        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
-    except OSError:
-        return False
-    return True
-
-
-def _set_bufsize(sock: socket.socket, size: int) -> None:
-    """Ask for ``size`` bytes of socket buffer each way, forcing past the sysctl limit when allowed."""
-    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        if not _try_setsockopt(sock, socket.SOL_SOCKET, force, size):
-            _try_setsockopt(sock, socket.SOL_SOCKET, plain, size)
