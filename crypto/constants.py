@@ -22,8 +22,9 @@ UNDER_LOAD_HOLD = 1.0  # stay under load this long after the rate falls (wiregua
 RATELIMIT_PACKETS_PER_SECOND = 20  # kernel ratelimiter.c, per source (IPv4 address, IPv6 /64)
 RATELIMIT_BURST = 5
 RATELIMIT_MAX_SOURCES = 1 << 16  # kernel's max_entries on hosts with > 1 GiB; a full table evicts its LRU entry
-# Under load, DH work for handshakes with a valid mac2 (~0.2-0.4 ms each here) is bounded in total:
-# busy sources share one budget, sources quiet for QUIET_SOURCE_INTERVAL have another (crypto/ratelimiter.py).
+# Under load, DH work for handshakes with a valid mac2 (the costliest step of a handshake; its cost is in
+# benchmarks/results-by-commit.md) is bounded in total: busy sources share one budget, sources quiet for
+# QUIET_SOURCE_INTERVAL have another (crypto/ratelimiter.py).
 HANDSHAKES_SHARED_PER_SECOND = 250
 HANDSHAKES_QUIET_PER_SECOND = 250
 QUIET_SOURCE_INTERVAL = REKEY_TIMEOUT - 1.0  # a client retries after REKEY_TIMEOUT (+ jitter); 1 s of slack

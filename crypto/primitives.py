@@ -118,8 +118,8 @@ class XAeadSealer:
     """XChaCha20-Poly1305 seals under one key for nonces that share a 16-byte prefix.
 
     XChaCha20's subkey is ``HChaCha20(key, nonce[:16])``: with the prefix fixed, it is derived
-    once, and each seal costs one ChaCha20-Poly1305 call (HChaCha20 here is ~20 us of the ~30 us a
-    one-off :func:`xaead_encrypt` takes).  The caller supplies the last 8 nonce bytes and must
+    once, and each seal costs one ChaCha20-Poly1305 call (HChaCha20 is most of what a one-off
+    :func:`xaead_encrypt` costs; benchmarks/results-by-commit.md).  The caller supplies the last 8 nonce bytes and must
     never repeat them under one prefix.
 
     :param key: the 32-byte XAEAD key.

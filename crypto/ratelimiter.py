@@ -11,7 +11,7 @@ Sans-IO like the rest of ``crypto/``: every call takes ``now`` (seconds, monoton
   least-recently-used order, so every operation is O(1).  Each call forgets at most
   :data:`GC_PER_CALL` expired entries at the front (incremental, like the kernel's
   once-a-second sweep but without a pause); a new source in a full table evicts the least
-  recently used entry.  Memory: at most ``max_sources`` entries, ~11-12 MB for 65,536 (measured).
+  recently used entry.  Memory: at most ``max_sources`` entries (benchmarks/results-by-commit.md).
 - A bucket is kept as its *theoretical arrival time* (GCRA, the cell-rate form of a token
   bucket): ``tat`` advances by ``1/rate`` per packet allowed, and a packet is allowed while
   ``tat - now ≤ (burst - 1) / rate``.  Once ``tat ≤ now`` the bucket is full, the same as

@@ -299,7 +299,7 @@ class PytunDevice:
         except BlockingIOError:
             return []
         # A lone packet (a ping) is common: ask poll(0) whether more is queued instead of ending every drain
-        # with an EAGAIN exception, which costs 3 times a poll on a cold start (benchmarks/latency-results.md).
+        # with an EAGAIN exception, which costs more than a poll on a cold start (benchmarks/latency-results.md).
         if max_packets > 1 and self._readable.poll(0):
             try:
                 # the loop runs in C: list.extend keeps what was read before EAGAIN ends the map

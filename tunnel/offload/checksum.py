@@ -82,7 +82,7 @@ def _payload_sums(raw: bytes, pos: int, stop: int, gso_size: int) -> list[int]:
 
     ``raw`` is a ``bytes`` object, so each slice goes to ``int.from_bytes`` without a second copy.  For an
     even ``gso_size`` each piece is read as two even-length halves whose values are added (the same
-    residue, and a shorter first fold: measured ~8 % faster than one ``from_bytes`` of the whole piece).
+    residue, and a shorter first fold, which measured faster than one ``from_bytes`` of the whole piece).
     A short odd-length last piece is padded with a zero byte as RFC 1071 says.
     """
     frombytes = int.from_bytes
