@@ -52,6 +52,8 @@ import zlib
 from operator import itemgetter
 from typing import NamedTuple
 
+from tunnel.offload.checksum import _sum16
+
 __all__ = [
     "ETH_HEADER_SIZE",
     "IPV4_HEADER_SIZE",
@@ -157,18 +159,7 @@ def unpack_header(data: bytes | bytearray | memoryview, *, strict: bool = False)
     return word1 >> 8, bytes(data[VXLAN_HEADER_SIZE:])
 
 
-# -- checksums (RFC 1071) -------------------------------------------------------------------------------------
-def _sum16(data: bytes | bytearray | memoryview) -> int:
-    """One's-complement sum of big-endian 16-bit words, reduced mod 0xFFFF (0 stands for 0xFFFF or 0).
-
-    ``2**16 ≡ 1 (mod 0xFFFF)``, so the big integer made of the bytes is congruent to the sum of its 16-bit
-    words: one C-level conversion and one division instead of a Python loop.  An odd length is padded
-    with a zero byte at the end, as RFC 768 requires.
-    """
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8
-    return value % 0xFFFF
+# -- checksums (RFC 1071; the one's-complement sum is tunnel.offload.checksum._sum16) -------------------------------
 
 
 def _ip_checksum(header: bytes) -> int:
