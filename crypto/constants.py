@@ -17,6 +17,12 @@ MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18
 
 # -- implementation -----------------------------------------------------------------------
 MAX_STAGED_PACKETS = 128  # wireguard-go MaxStagedPackets
+# Smallest batch for which the data path's bulk branches try their C-level loops before the general loop
+# (below it the checks cost more than they save): Core._decapsulate_run, Keypair.seal_batch's one-size
+# branch, tunnel.offload.gro, vpn.routing.route_reads, Device._route_flow, the policy's one-verdict batch.
+# Each gives exactly its loop's result or declines (tests compare each with its loop).
+# Defined here, the lowest layer (crypto/ imports nothing of tunnel/ or vpn/); tunnel.offload re-exports it.
+BULK_MIN = 4
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 128  # handshakes with a valid mac1 per second that put the core under load
 UNDER_LOAD_HOLD = 1.0  # stay under load this long after the rate falls (wireguard-go, kernel)
 RATELIMIT_PACKETS_PER_SECOND = 20  # kernel ratelimiter.c, per source (IPv4 address, IPv6 /64)

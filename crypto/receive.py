@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 
-from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
+from .constants import BULK_MIN, KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 from .drops import Drop
 from .errors import ProtocolError
 from .events import Endpoint, EndpointChanged
@@ -30,8 +30,6 @@ from .session import NONCE, TRANSPORT_HEADER, Keypair, inner_length
 if TYPE_CHECKING:
     from .tunnel import Core, Tunnel
 
-#: Batches at least this long from one source try :meth:`Core._decapsulate_run` first.
-RUN_MIN = 4
 _RUN_HEADER = struct.Struct("<QQ")  # type + reserved + receiver index as one LE64, then the LE64 counter
 _INNER_HEAD = struct.Struct(">BxHH")  # first byte, IPv4 total length, IPv6 payload length (big-endian)
 _after_header = itemgetter(slice(16, None))  # the ciphertext and tag of a transport message
@@ -69,7 +67,7 @@ class CoreReceive:
         anything else looks at the window.  Any other counter takes the checked path
         (check, open, accept), so the result equals checking each message in order.
         """
-        if len(datagrams) >= RUN_MIN:
+        if len(datagrams) >= BULK_MIN:
             fast = self._decapsulate_run(endpoint, datagrams, now)
             if fast is not None:
                 return fast

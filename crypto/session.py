@@ -17,6 +17,7 @@ from operator import add as _concat
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from .constants import BULK_MIN
 from .messages import MESSAGE_TRANSPORT
 from .replay import ReplayWindow
 
@@ -78,7 +79,7 @@ class Keypair:
         counter = self.send_counter
         pads = _PADS
         n = len(packets)
-        if n >= 4:
+        if n >= BULK_MIN:
             size = len(packets[0])
             if list(map(len, packets)).count(size) == n:
                 # one size (a GSO burst, a UDP stream): pad once, then C-level loops (map) only

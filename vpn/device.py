@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any, Protocol
 
-from crypto.constants import REKEY_AFTER_TIME
+from crypto.constants import BULK_MIN, REKEY_AFTER_TIME
 from crypto.keys import abbreviate
 from crypto.tunnel import (
     Core,
@@ -55,7 +55,6 @@ from crypto.tunnel import (
     KeysZeroed,
     Tunnel,
 )
-from tunnel.offload import BULK_MIN
 from tunnel.tun import configure_tun, read_packets, tune_allocator, write_packets
 
 from .allowedips import AllowedIPs

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from tunnel.offload import BULK_MIN
+from crypto.constants import BULK_MIN
 
 from .switch import TokenBucket
 

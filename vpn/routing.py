@@ -25,7 +25,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from tunnel.offload import BULK_MIN
+from crypto.constants import BULK_MIN
 
 __all__ = ["batch_ip_version", "forward_hop", "route_reads", "ttl_checksum"]
 
@@ -39,7 +39,7 @@ def route_reads(packets: list[bytes], lookup: Callable[[bytes], Any], drops: Cou
     :param drops: counts ``tun_short_packet``, ``tun_not_ip`` and ``no_route`` (``link_local_no_peer``
         for multicast and link-local destinations, an expected drop: vpn/drops.py).
     :param bulk: try the bulk branch (one IP version, one routed destination) for batches of
-        :data:`tunnel.offload.BULK_MIN` or more; ``False`` runs the loop alone (tests compare both).
+        :data:`crypto.constants.BULK_MIN` or more; ``False`` runs the loop alone (tests compare both).
     :returns: ``{peer: [packet, ...]}`` in read order per peer.
     """
     if bulk and len(packets) >= BULK_MIN:

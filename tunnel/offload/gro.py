@@ -18,17 +18,14 @@ from __future__ import annotations
 
 from itertools import repeat
 from operator import and_, itemgetter
-from typing import Final, Literal
+from typing import Literal
+
+# The bulk branches' threshold is shared with crypto/'s (one number for the whole data path): see there.
+from crypto.constants import BULK_MIN
 
 from .coalesce import _super_packet, _tcp_mask, coalesce
 from .headers import _TCP_PSH, MAX_SUPER_PACKET, l2_header_len
 from .virtio import _VNET_NONE10, OffloadError
-
-#: Smallest batch for which the data path's bulk branches (:func:`gro` here, ``route_reads`` and
-#: ``Device._route_flow`` in vpn/, the policy's one-verdict batch) try their C-level loops before the general
-#: loop: below it the checks cost more than they save.  Each bulk branch gives exactly its loop's result or
-#: declines; the functions that have one take ``bulk=False`` to run the loop alone (tests compare both).
-BULK_MIN: Final = 4
 
 
 def gro(packets: list[bytes], *, udp: bool = False, l2: bytes = b"", bulk: bool = True) -> list[bytes]:
