@@ -35,7 +35,6 @@ import platform
 import random
 import socket
 import statistics
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +55,7 @@ from tunnel.tun import TunMode, read_packets, tune_allocator
 from tunnel.udp import UdpSocket
 from vpn.device import Device
 from vpn.routing import route_reads
+from vpn.testlab.packets import TCP, ipv4, tcp
 
 MTU = 1420
 MSS = MTU - 40
@@ -68,21 +68,15 @@ RX_BATCH = 256  # datagrams per receive wakeup (vpn.device.BATCH)
 # -- inputs ------------------------------------------------------------------------------------------------
 def tso_read(seq: int, nseg: int, src: str = A_NET, dst: str = B_NET) -> bytes:
     """A tun read with IFF_VNET_HDR: a TCPv4 super-packet of ``nseg`` x MSS, NEEDS_CSUM, as TSO makes."""
-    payload = random.randbytes(MSS * nseg)
-    tot = 40 + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, seq & 0xFFFF, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, (seq * MSS * nseg) & 0xFFFFFFFF, 777, 0x50, 0x10, 502, 0, 0)
+    seg = tcp(40000, 5201, random.randbytes(MSS * nseg), seq=seq * MSS * nseg, ack=777, window=502)
     hdr = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 40, MSS, 20, 16)
-    return hdr.pack() + ip + tcp + payload
+    return hdr.pack() + ipv4(src, dst, TCP, seg, ident=seq, csum=False)
 
 
 def plain_packet(seq: int, src: str = A_NET, dst: str = B_NET) -> bytes:
     """One 1420-byte TCPv4 segment with valid lengths (checksums are not looked at on these paths)."""
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, MTU, seq & 0xFFFF, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, (seq * MSS) & 0xFFFFFFFF, 777, 0x50, 0x10, 502, 0, 0)
-    return ip + tcp + random.randbytes(MSS)
+    seg = tcp(40000, 5201, random.randbytes(MSS), seq=seq * MSS, ack=777, window=502)
+    return ipv4(src, dst, TCP, seg, ident=seq, csum=False)
 
 
 # -- stand-ins for the event loop and the devices ----------------------------------------------------------

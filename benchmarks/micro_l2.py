@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable
 
 from tunnel.encap.vxlan import decap_ip, decap_ip_batch, encap_ip, encap_ip_batch
-from tunnel.offload import checksum, gro_frames, segment
+from tunnel.offload import gro_frames, segment
 from vpn.switch import LOCAL, Switch
+from vpn.testlab.packets import TCP, eth, ipv4, tcp
 
 MSS = 1318  # 1370-byte IP packets with a 32-byte TCP header (timestamps)
 SRC, DST = socket.inet_aton("198.19.0.2"), socket.inet_aton("198.19.0.1")
@@ -36,17 +37,11 @@ MAC_A, MAC_B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
 
 def tcp_frames(n: int, seq: int = 1000) -> list[bytes]:
     """``n`` full-size in-order segments of one IPv4 TCP flow, as Ethernet frames with valid checksums."""
-    a, b = socket.inet_aton("100.64.100.11"), socket.inet_aton("100.64.100.21")
-    out = []
-    for i in range(n):
-        opts = b"\x01\x01\x08\x0a" + struct.pack("!II", 1, 2)
-        tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq + i * MSS, 77, 8 << 4, 0x10, 512, 0, 0)
-                        + opts + bytes([i & 0xFF]) * MSS)
-        tcp[16:18] = checksum(bytes(tcp), int.from_bytes(a + b, "big") % 0xFFFF + 6 + len(tcp)).to_bytes(2, "big")
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0x4000, 64, 6, 0, a, b))
-        ip[10:12] = checksum(bytes(ip)).to_bytes(2, "big")
-        out.append(MAC_B + MAC_A + b"\x08\x00" + bytes(ip) + bytes(tcp))
-    return out
+    opts = b"\x01\x01\x08\x0a" + struct.pack("!II", 1, 2)  # NOP NOP timestamps
+    return [eth(ipv4("100.64.100.11", "100.64.100.21", TCP,
+                     tcp(40000, 5201, bytes([i & 0xFF]) * MSS, seq=seq + i * MSS, ack=77, window=512, options=opts),
+                     ident=i, l4_csum="full"), dst=MAC_B, src=MAC_A)
+            for i in range(n)]
 
 
 def cpu_per(fn: Callable[[], object], number: int, per_call: int) -> float:

@@ -37,6 +37,7 @@ from tunnel.offload import (
     coalesce,
     segment,
 )
+from vpn.testlab.packets import ACK, PSH, TCP, UDP, ipv4, tcp, udp
 
 MSS = 1380  # 1420-byte tunnel MTU minus 40 bytes of IPv4+TCP headers
 NSEG = 47  # 47 * 1380 + 40 = 64,900 bytes: one 64 KiB TSO super-packet
@@ -54,30 +55,18 @@ def best(fn: Callable[[], object], number: int, repeat: int) -> float:
     return t_best
 
 
-def ip4(proto: int, payload_len: int, l4hdr: bytes) -> bytes:
-    tot = 20 + len(l4hdr) + payload_len
-    h = bytearray(b"\x45\x00" + tot.to_bytes(2, "big") + b"\x12\x34\x40\x00\x40" + bytes([proto])
-                  + b"\0\0" + bytes([100, 64, 0, 2, 100, 64, 0, 1]))
-    return bytes(h)
-
-
 def tcp_read() -> bytes:
-    payload = os.urandom(MSS * NSEG)
-    tcp = bytearray(20)
-    tcp[0:4] = (40000).to_bytes(2, "big") + (5201).to_bytes(2, "big")
-    tcp[4:8] = (123456).to_bytes(4, "big")
-    tcp[8:12] = (777).to_bytes(4, "big")
-    tcp[12], tcp[13] = 0x50, 0x18
-    tcp[14:16] = (502).to_bytes(2, "big")
+    """A TSO read: a TCPv4 super-packet of NSEG x MSS behind a NEEDS_CSUM virtio header."""
+    seg = tcp(40000, 5201, os.urandom(MSS * NSEG), seq=123456, ack=777, flags=PSH | ACK, window=502)
     hdr = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 20 + 20, MSS, 20, 16)
-    return hdr.pack() + ip4(6, len(payload), bytes(tcp)) + bytes(tcp) + payload
+    return hdr.pack() + ipv4("100.64.0.2", "100.64.0.1", TCP, seg, ident=0x1234, csum=False)
 
 
 def udp_read() -> bytes:
-    payload = os.urandom(USO_SIZE * USO_NSEG)
-    udp = (40000).to_bytes(2, "big") + (5202).to_bytes(2, "big") + bytes(4)
+    """A USO read: a UDPv4 super-packet of USO_NSEG x USO_SIZE behind a NEEDS_CSUM virtio header."""
+    dgram = udp(40000, 5202, os.urandom(USO_SIZE * USO_NSEG))
     hdr = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, 28, USO_SIZE, 20, 6)
-    return hdr.pack() + ip4(17, len(payload), udp) + udp + payload
+    return hdr.pack() + ipv4("100.64.0.2", "100.64.0.1", UDP, dgram, ident=0x1234, csum=False)
 
 
 def main() -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import struct
 import time
 
 import pytest
@@ -20,11 +18,11 @@ from rich.console import Console
 
 from crypto.constants import REKEY_AFTER_TIME
 from crypto.keys import private_from_random, public_from_private
-from tunnel.offload import checksum
 from tunnel.testing import MemoryNetwork, MemoryTun
 from vpn.device import Device
 from vpn.stall import LoopWatchdog, StallDetector
 from vpn.status import render, to_jsonable
+from vpn.testlab.packets import UDP, ipv4, ipv6, udp
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -39,16 +37,11 @@ def run(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 def ipv4_udp(src: str, dst: str, payload: bytes, sport: int = 1000, dport: int = 2000, *, ttl: int = 64,
              ident: int = 0) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident, 0x4000, ttl, 17, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:] + udp
+    return ipv4(src, dst, UDP, udp(sport, dport, payload), ttl=ttl, ident=ident)
 
 
 def ipv6_udp(src: str, dst: str, payload: bytes, *, hops: int = 64) -> bytes:
-    udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
-    return struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, hops, socket.inet_pton(socket.AF_INET6, src),
-                       socket.inet_pton(socket.AF_INET6, dst)) + udp
+    return ipv6(src, dst, UDP, udp(1000, 2000, payload), hops=hops)
 
 
 class Node:

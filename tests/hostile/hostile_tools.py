@@ -656,31 +656,23 @@ def garbage(a: argparse.Namespace) -> None:
 
 
 # -- tun injection ------------------------------------------------------------------------------
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return int(~s & 0xFFFF)
-
-
 def ipv4(src: str, dst: str, payload: bytes, proto: int = 1, total: int | None = None) -> bytes:
-    tl = total if total is not None else 20 + len(payload)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, tl, 0x1234, 0, 64, proto, 0, socket.inet_aton(src),
-                      socket.inet_aton(dst))
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-    return hdr + payload
+    from vpn.testlab.packets import ipv4 as build
+
+    return build(src, dst, proto, payload, ident=0x1234, df=False, total=total)
 
 
 def ipv6(src: str, dst: str, payload: bytes, nh: int = 59) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64, socket.inet_pton(socket.AF_INET6, src),
-                       socket.inet_pton(socket.AF_INET6, dst)) + payload
+    from vpn.testlab.packets import ipv6 as build
+
+    return build(src, dst, nh, payload)
 
 
 def icmp_echo(ident: int, seq: int, data: bytes) -> bytes:
+    from tunnel.offload import checksum
+
     h = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + data
-    return h[:2] + struct.pack("!H", _csum(h)) + h[4:]
+    return h[:2] + struct.pack("!H", checksum(h)) + h[4:]
 
 
 def tun_packet(cls: str, rng: random.Random, a: argparse.Namespace, i: int) -> bytes:
@@ -743,8 +735,9 @@ def _frame(rng: random.Random, cls: str, macs: list[bytes], dst: bytes | None = 
     src = _mac(rng, group=True) if cls == "group_src" else rng.choice(macs)
     if dst is None:
         dst = b"\xff" * 6 if rng.random() < 0.5 else _mac(rng)
-    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
-    return dst + src + tag + b"\x88\xb5" + rng.randbytes(rng.randrange(46, 200))  # 0x88B5: local experimental
+    from vpn.testlab.packets import eth  # EtherType 0x88B5 below: local experimental
+
+    return eth(rng.randbytes(rng.randrange(46, 200)), dst=dst, src=src, ethertype=0x88B5, vlan=vlan)
 
 
 def _macs(rng: random.Random, a: argparse.Namespace) -> list[bytes]:

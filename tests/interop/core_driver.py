@@ -23,22 +23,8 @@ import time
 
 from crypto.keys import decode_key
 from crypto.tunnel import Core, HandshakeCompleted
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 1) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
-    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-    return hdr + payload
+from tunnel.offload import checksum
+from vpn.testlab.packets import ICMP, ipv4
 
 
 def icmp_echo(kind: int, ident: int, seq: int, data: bytes) -> bytes:
@@ -100,7 +86,8 @@ def main() -> int:
         now = time.monotonic()
         if a.role == "initiator" and now >= next_ping and seq < 50:
             seq += 1
-            tunnel.encapsulate([ipv4(a.local_ip, a.peer_ip, 1, icmp_echo(8, 0x4242, seq, marker), seq)], now=now)
+            ping = ipv4(a.local_ip, a.peer_ip, ICMP, icmp_echo(8, 0x4242, seq, marker), ident=seq)
+            tunnel.encapsulate([ping], now=now)
             next_ping = now + 0.5
         nt = core.next_timer()
         if nt is not None and nt <= now:
@@ -121,7 +108,7 @@ def main() -> int:
                     result["replies"] = int(result["replies"]) + 1  # type: ignore[call-overload]
                     result["reply_len_padded_ok"] = True
                 elif kind == 8 and dst == a.local_ip:
-                    reply = ipv4(a.local_ip, src, 1, icmp_echo(0, ident, pseq, payload), pseq)
+                    reply = ipv4(a.local_ip, src, ICMP, icmp_echo(0, ident, pseq, payload), ident=pseq)
                     tunnel.encapsulate([reply], now=now)
                     result["answered"] = int(result["answered"]) + 1  # type: ignore[call-overload]
         flush()

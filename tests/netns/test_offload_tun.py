@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from vpn.testlab.packets import TCP, UDP, ipv4, l4_pseudo_header, tcp, udp
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 _BOOT = (
@@ -74,28 +76,14 @@ def _ref_csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def _ipv4(proto: int, body: bytes, ip_id: int, src: str = PEER, dst: str = LOCAL) -> bytes:
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ip_id, 0x4000, 64, proto, 0,
-                    socket.inet_aton(src), socket.inet_aton(dst))
-    return h[:10] + _ref_csum(h).to_bytes(2, "big") + h[12:] + body
-
-
-def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
-    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, length)
-
-
 def _tcp(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"", opts: bytes = b"",
          ip_id: int = 1) -> bytes:
-    doff = (20 + len(opts)) // 4
-    h = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 65535, 0, 0) + opts
-    c = _ref_csum(_pseudo(PEER, LOCAL, 6, len(h) + len(payload)) + h + payload)
-    return _ipv4(6, h[:16] + c.to_bytes(2, "big") + h[18:] + payload, ip_id)
+    seg = tcp(sport, dport, payload, seq=seq, ack=ack, flags=flags, options=opts)
+    return ipv4(PEER, LOCAL, TCP, seg, ident=ip_id, l4_csum="full")
 
 
 def _udp(sport: int, dport: int, payload: bytes, ip_id: int) -> bytes:
-    h = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
-    c = _ref_csum(_pseudo(PEER, LOCAL, 17, 8 + len(payload)) + h + payload) or 0xFFFF
-    return _ipv4(17, h[:6] + c.to_bytes(2, "big") + payload, ip_id)
+    return ipv4(PEER, LOCAL, UDP, udp(sport, dport, payload), ident=ip_id, l4_csum="full")
 
 
 def _open_tun(offload: int) -> tuple[int, int]:
@@ -263,7 +251,7 @@ def _scenario_read_tso_from_kernel() -> dict[str, Any]:
             ihl = (p[0] & 15) * 4
             body = p[ihl:int.from_bytes(p[2:4], "big")]
             ok_ip = _ref_csum(p[:ihl]) == 0
-            ok_tcp = _ref_csum(_pseudo(LOCAL, PEER, 6, len(body)) + body) == 0
+            ok_tcp = _ref_csum(l4_pseudo_header(LOCAL, PEER, 6, len(body)) + body) == 0
             if not (ok_ip and ok_tcp):
                 bad += 1
             thl = (body[12] >> 4) * 4
@@ -299,7 +287,7 @@ def _scenario_read_uso_from_kernel() -> dict[str, Any]:
                 continue
             gso_types.add(g)
             body = p[20:int.from_bytes(p[2:4], "big")]
-            if _ref_csum(p[:20]) != 0 or _ref_csum(_pseudo(LOCAL, PEER, 17, len(body)) + body) != 0 \
+            if _ref_csum(p[:20]) != 0 or _ref_csum(l4_pseudo_header(LOCAL, PEER, 17, len(body)) + body) != 0 \
                     or int.from_bytes(body[4:6], "big") != len(body):
                 bad += 1
             got.append(body[8:])
@@ -350,6 +338,6 @@ def test_segmented_kernel_uso_reads_are_valid(netns_factory: Any) -> None:
 def test_helpers_build_valid_packets() -> None:
     """The hand-built packets used in the namespace have valid checksums."""
     p = _tcp(1, 2, 3, 4, 0x18, b"hello", opts=struct.pack("!BBH", 2, 4, 1400))
-    assert _ref_csum(p[:20]) == 0 and _ref_csum(_pseudo(PEER, LOCAL, 6, len(p) - 20) + p[20:]) == 0
+    assert _ref_csum(p[:20]) == 0 and _ref_csum(l4_pseudo_header(PEER, LOCAL, 6, len(p) - 20) + p[20:]) == 0
     u = _udp(1, 2, b"abc", 5)
-    assert _ref_csum(_pseudo(PEER, LOCAL, 17, len(u) - 20) + u[20:]) == 0
+    assert _ref_csum(l4_pseudo_header(PEER, LOCAL, 17, len(u) - 20) + u[20:]) == 0

@@ -28,6 +28,7 @@ import pytest
 import uvloop
 
 from tunnel.udp import AddressError, UdpError, UdpSocket
+from vpn.testlab.packets import TCP, UDP, ipv4, ipv6, tcp, udp
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
@@ -64,47 +65,16 @@ def _in_ns(ns: Any, func: Callable[..., Any], timeout: float = 30.0, **kwargs: A
 # -- packet helpers (used inside the helpers) -------------------------------------------------------------
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    hdr = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0x4000, 64, proto, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
-
-
-def _l4_csum(src: str, dst: str, proto: int, segment: bytes) -> int:
-    if ":" in src:
-        pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-        pseudo += struct.pack("!IxxxB", len(segment), proto)
-    else:
-        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", proto, len(segment))
-    return _csum(pseudo + segment) or 0xFFFF
-
-
 def _udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    seg = seg[:6] + struct.pack("!H", _l4_csum(src, dst, 17, seg)) + seg[8:]
     if ":" in src:
-        hdr = struct.pack("!IHBB", 6 << 28, len(seg), 17, 64)
-        return hdr + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + seg
-    return _ipv4(src, dst, 17, seg)
+        return ipv6(src, dst, UDP, udp(sport, dport, payload), l4_csum="full")
+    return ipv4(src, dst, UDP, udp(sport, dport, payload), ident=0x1234, l4_csum="full")
 
 
 def _tcp4_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
                  options: bytes = b"", window: int = 65535) -> bytes:
-    off = (20 + len(options)) // 4
-    seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, window, 0, 0) + options
-    seg = seg[:16] + struct.pack("!H", _l4_csum(src, dst, 6, seg)) + seg[18:]
-    return _ipv4(src, dst, 6, seg)
+    seg = tcp(sport, dport, seq=seq, ack=ack, flags=flags, window=window, options=options)
+    return ipv4(src, dst, TCP, seg, ident=0x1234, l4_csum="full")
 
 
 def _parse_udp(pkt: bytes) -> tuple[str, str, int, int, bytes] | None:

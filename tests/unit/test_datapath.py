@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
 from typing import Any
 
@@ -34,39 +33,28 @@ from tunnel.udp import gso_max_segs
 from vpn.allowedips import AllowedIPs
 from vpn.device import Device
 from vpn.routing import route_reads
+from vpn.testlab.packets import ACK, PSH, TCP, UDP, ipv4, ipv6, tcp, udp
 
 A4, B4 = "100.64.0.1", "100.64.0.2"
 A6, B6 = "fd00::1", "fd00::2"
 
 
-def tcp4(src: str, dst: str, seq: int, payload: bytes, flags: int = 0x10) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 777, 0x50, flags, 502, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
-    pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, 20 + len(payload))
-    c = checksum(pseudo + tcp + payload)
-    return ip + tcp[:16] + c.to_bytes(2, "big") + tcp[18:] + payload
+def tcp4(src: str, dst: str, seq: int, payload: bytes, flags: int = ACK) -> bytes:
+    return ipv4(src, dst, TCP, tcp(40000, 5201, payload, seq=seq, ack=777, flags=flags, window=502), ident=1,
+                l4_csum="full")
 
 
 def tso4(src: str, dst: str, seq: int, payload: bytes, mss: int) -> bytes:
     """A vnet-hdr read: TCPv4 super-packet, NEEDS_CSUM with the pseudo-header sum in the field."""
-    tot = 40 + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, 1, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    seed = (int.from_bytes(ip[12:20], "big") + 6 + 20 + len(payload)) % 0xFFFF
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 777, 0x50, 0x18, 502, seed, 0)
+    seg = tcp(40000, 5201, payload, seq=seq, ack=777, flags=PSH | ACK, window=502)
     hdr = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 40, mss, 20, 16)
-    return hdr.pack() + ip + tcp + payload
+    return hdr.pack() + ipv4(src, dst, TCP, seg, ident=1, csum=False, l4_csum="partial")
 
 
 def tso6(src: str, dst: str, seq: int, payload: bytes, mss: int) -> bytes:
-    ip = struct.pack("!IHBB16s16s", 6 << 28, 20 + len(payload), 6, 64, socket.inet_pton(socket.AF_INET6, src),
-                     socket.inet_pton(socket.AF_INET6, dst))
-    seed = (int.from_bytes(ip[8:40], "big") + 6 + 20 + len(payload)) % 0xFFFF
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 777, 0x50, 0x10, 502, seed, 0)
+    seg = tcp(40000, 5201, payload, seq=seq, ack=777, window=502)
     hdr = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6, 60, mss, 40, 16)
-    return hdr.pack() + ip + tcp + payload
+    return hdr.pack() + ipv6(src, dst, TCP, seg, l4_csum="partial")
 
 
 def read_and_route(bufs: list[bytes], vnet: bool, lookup: Any, drops: Any, *,
@@ -241,24 +229,13 @@ def test_devices_vnet_to_plain() -> None:
 # -- gro(): the run fast path in front of tunnel.offload.coalesce -----------------------------------------
 
 
-def tcp(version: int, seq: int, payload: bytes, *, flags: int = 0x10, ack: int = 777, sport: int = 40000,
-        opts: bytes = b"", ip_id: int = 1, tos: int = 0) -> bytes:
+def tcp_seg(version: int, seq: int, payload: bytes, *, flags: int = ACK, ack: int = 777, sport: int = 40000,
+            opts: bytes = b"", ip_id: int = 1, tos: int = 0) -> bytes:
     """A valid TCP segment over IPv4 (no options, DF) or IPv6, with ``opts`` as TCP options."""
-    thl = 20 + len(opts)
-    assert thl % 4 == 0
-    src, dst = (A4, B4) if version == 4 else (A6, B6)
-    tcp_h = struct.pack("!HHIIBBHHH", sport, 5201, seq, ack, (thl // 4) << 4, flags, 502, 0, 0) + opts
+    seg = tcp(sport, 5201, payload, seq=seq, ack=ack, flags=flags, window=502, options=opts)
     if version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + thl + len(payload), ip_id, 0x4000, 64, 6, 0,
-                         socket.inet_aton(src), socket.inet_aton(dst))
-        ip = ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:]
-        pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, thl + len(payload))
-    else:
-        ip = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), thl + len(payload), 6, 64,
-                         socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
-        pseudo = ip[8:40] + struct.pack("!IxxxB", thl + len(payload), 6)
-    c = checksum(pseudo + tcp_h + payload)
-    return ip + tcp_h[:16] + c.to_bytes(2, "big") + tcp_h[18:] + payload
+        return ipv4(A4, B4, TCP, seg, ident=ip_id, tos=tos, l4_csum="full")
+    return ipv6(A6, B6, TCP, seg, tclass=tos, l4_csum="full")
 
 
 TS_OPTS = b"\x01\x01\x08\x0a" + bytes(range(8))  # NOP NOP timestamps, as Linux sends
@@ -269,7 +246,7 @@ def _run(version: int, seq: int, k: int, mss: int, *, last: int | None = None, p
     out = []
     for i in range(k):
         n = last if (last is not None and i == k - 1) else mss
-        out.append(tcp(version, seq, os.urandom(n), flags=0x18 if psh and i == k - 1 else 0x10, sport=sport,
+        out.append(tcp_seg(version, seq, os.urandom(n), flags=0x18 if psh and i == k - 1 else 0x10, sport=sport,
                        opts=opts, ip_id=i))
         seq = (seq + n) & 0xFFFFFFFF
     return out
@@ -332,13 +309,13 @@ def test_gro_random_mixes_keep_every_flow() -> None:
                 flags = 0x18 if rng.random() < 0.08 else (0x11 if rng.random() < 0.02 else 0x10)
                 if rng.random() < 0.05:
                     ack += 1000
-                pk.append(tcp(version, seq, rng.randbytes(n), flags=flags, ack=ack, sport=41000 + f, ip_id=i,
+                pk.append(tcp_seg(version, seq, rng.randbytes(n), flags=flags, ack=ack, sport=41000 + f, ip_id=i,
                               opts=TS_OPTS if rng.random() < 0.9 else b"", tos=rng.choice([0, 0, 0, 2])))
                 if rng.random() < 0.05:
                     pk.append(pk[rng.randrange(len(pk))])  # a duplicate
                 seq = (seq + (n if rng.random() > 0.05 else n + 7)) & 0xFFFFFFFF  # sometimes a gap
             queues.append(pk)
-        queues.append([bytes(10) + b"\x45" + bytes(30), tcp(4, 1, b"x")[:30]])  # garbage, truncated
+        queues.append([bytes(10) + b"\x45" + bytes(30), tcp_seg(4, 1, b"x")[:30]])  # garbage, truncated
         mixed: list[bytes] = []
         runs = rng.random() < 0.5  # whole runs one after the other, or packet-level interleaving
         while any(queues):
@@ -472,13 +449,10 @@ def test_route_bulk_equals_the_loop() -> None:
     rng = random.Random(5)
 
     def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
-        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0, socket.inet_aton(src),
-                           socket.inet_aton(dst)) + struct.pack("!HHHH", 1, 2, 8 + len(payload), 0) + payload
+        return ipv4(src, dst, UDP, udp(1, 2, payload))
 
     def ipv6_udp(src: str, dst: str, payload: bytes) -> bytes:
-        return struct.pack("!IHBB16s16s", 0x60000000, 8 + len(payload), 17, 64,
-                           socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + \
-            struct.pack("!HHHH", 1, 2, 8 + len(payload), 0) + payload
+        return ipv6(src, dst, UDP, udp(1, 2, payload))
 
     def loop_only(bufs: list[bytes], vnet: bool) -> tuple[dict[Any, list[bytes]], collections.Counter[str]]:
         drops: collections.Counter[str] = collections.Counter()
@@ -536,14 +510,11 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
     assert taken > 50
 
 
-def _udp(version: int, ttl: int, payload: bytes, *, ident: int = 0, proto: int = 17) -> bytes:
+def _udp(version: int, ttl: int, payload: bytes, *, ident: int = 0, proto: int = UDP) -> bytes:
     """An IPv4 (with a correct header checksum) or IPv6 packet with this TTL / hop limit."""
     if version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000, ttl, proto, 0,
-                         socket.inet_aton(A4), socket.inet_aton(B4))
-        return ip[:10] + checksum(ip).to_bytes(2, "big") + ip[12:] + payload
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), proto, ttl, socket.inet_pton(socket.AF_INET6, A6),
-                       socket.inet_pton(socket.AF_INET6, B6)) + payload
+        return ipv4(A4, B4, proto, payload, ident=ident, ttl=ttl)
+    return ipv6(A6, B6, proto, payload, hops=ttl)
 
 
 def test_ttl_checksum_matches_a_full_recomputation() -> None:

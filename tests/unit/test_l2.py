@@ -11,7 +11,6 @@ import asyncio
 import io
 import logging
 import socket
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from vpn.config import parse_config
 from vpn.device import Device
 from vpn.l2 import L2ConfigError, L2Runtime, TapPlan, choose_vtep, local_vteps, plan_segments
 from vpn.status import render
+from vpn.testlab import packets
 
 KEYS = [private_from_random(bytes([i + 1]) * 32) for i in range(5)]
 PUBS = [public_from_private(k) for k in KEYS]
@@ -36,17 +36,15 @@ def mac(n: int) -> bytes:
 
 
 def eth(dst: bytes, src: bytes, payload: bytes = b"hello", ethertype: int = 0x88B5) -> bytes:
-    return dst + src + struct.pack("!H", ethertype) + payload
+    return packets.eth(payload, dst=dst, src=src, ethertype=ethertype)
 
 
 def tagged(dst: bytes, src: bytes, vid: int, payload: bytes = b"tagged") -> bytes:
-    return dst + src + struct.pack("!HHH", 0x8100, vid, 0x88B5) + payload
+    return packets.eth(payload, dst=dst, src=src, ethertype=0x88B5, vlan=vid)
 
 
 def ipv4_udp(src: str, dst: str, payload: bytes, dport: int) -> bytes:
-    udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + udp
+    return packets.ipv4(src, dst, packets.UDP, packets.udp(40000, dport, payload))
 
 
 # -- pure helpers ----------------------------------------------------------------------------------------------
@@ -614,19 +612,10 @@ def test_a_member_cannot_inject_into_a_mapped_vlan() -> None:
 # -- tap offloads: vnet-hdr taps, TSO super-frames read, GRO super-frames written --------------------------------
 def tcp_frames(n: int, *, size: int = 1300, seq: int = 1000, src: bytes = mac(1), dst: bytes = mac(9)) -> list[bytes]:
     """``n`` in-order, full-size segments of one IPv4 TCP flow (valid checksums) as Ethernet frames."""
-    from tunnel.offload import checksum
-
-    out = []
-    for i in range(n):
-        payload = bytes([i & 0xFF]) * size
-        tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq + i * size, 77, 5 << 4, 0x10, 512, 0, 0)
-                        + payload)
-        a, b = socket.inet_aton("198.19.100.1"), socket.inet_aton("198.19.100.2")
-        tcp[16:18] = checksum(bytes(tcp), int.from_bytes(a + b, "big") % 0xFFFF + 6 + len(tcp)).to_bytes(2, "big")
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0x4000, 64, 6, 0, a, b))
-        ip[10:12] = checksum(bytes(ip)).to_bytes(2, "big")
-        out.append(dst + src + b"\x08\x00" + bytes(ip) + bytes(tcp))
-    return out
+    return [packets.eth(packets.ipv4("198.19.100.1", "198.19.100.2", packets.TCP,
+                                     packets.tcp(40000, 5201, bytes([i & 0xFF]) * size, seq=seq + i * size, ack=77,
+                                                 window=512), ident=i, l4_csum="full"), dst=dst, src=src)
+            for i in range(n)]
 
 
 async def vnet_handshake(srv: Node, cli: Node) -> None:

@@ -45,6 +45,7 @@ from crypto.messages import (
     unpack_transport_header,
 )
 from crypto.tunnel import Core, Tunnel
+from vpn.testlab.packets import ipv4_packet
 
 NOW = 1000.0
 A_ADDR = ("198.18.0.1", 51820)
@@ -52,11 +53,6 @@ B_ADDR = ("198.18.0.2", 51820)
 # PYVPN_FUZZ_EXAMPLES=5000 for a deeper local run; CI keeps the default small.
 FUZZ = settings(max_examples=int(os.environ.get("PYVPN_FUZZ_EXAMPLES", "100")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
-
-
-def ipv4(size: int, seq: int) -> bytes:
-    head = bytes([0x45, 0]) + size.to_bytes(2, "big") + bytes(4) + bytes([64, 17, 0, 0]) + bytes(8)
-    return head + bytes((seq + i) & 0xFF for i in range(size - 20))
 
 
 @dataclass
@@ -101,10 +97,10 @@ def make_world(stage: str) -> World:
     a.decapsulate(B_ADDR, [msgs["response"]], now=NOW)
     (msgs["keepalive"],) = _take(a)
     b.decapsulate(A_ADDR, [msgs["keepalive"]], now=NOW)
-    ta.encapsulate([ipv4(61, 1)], now=NOW)
+    ta.encapsulate([ipv4_packet(61, 1)], now=NOW)
     (msgs["transport_ab"],) = _take(a)
     assert b.decapsulate(A_ADDR, [msgs["transport_ab"]], now=NOW)
-    tb.encapsulate([ipv4(333, 2)], now=NOW)
+    tb.encapsulate([ipv4_packet(333, 2)], now=NOW)
     (msgs["transport_ba"],) = _take(b)
     assert a.decapsulate(B_ADDR, [msgs["transport_ba"]], now=NOW)
     assert not a.drops and not b.drops
@@ -304,7 +300,7 @@ def test_exact_replays_are_dropped() -> None:
 def test_decapsulate_batches_mixed_with_valid_data(junk: list[bytes]) -> None:
     """Junk around a fresh valid packet: the valid one is delivered, each junk datagram is one drop."""
     w = make_world("established")
-    w.ta.encapsulate([ipv4(77, 9)], now=NOW)
+    w.ta.encapsulate([ipv4_packet(77, 9)], now=NOW)
     (fresh,) = _take(w.a)
     batch = junk[: len(junk) // 2] + [fresh] + junk[len(junk) // 2 :]
     junk_for_b = [d for d in junk if d != VALID["cookie_reply"]]
@@ -315,10 +311,10 @@ def test_decapsulate_batches_mixed_with_valid_data(junk: list[bytes]) -> None:
 
 def test_decapsulate_accepts_memoryview_and_bytearray() -> None:
     w = make_world("established")
-    w.ta.encapsulate([ipv4(90, 1), ipv4(91, 2)], now=NOW)
+    w.ta.encapsulate([ipv4_packet(90, 1), ipv4_packet(91, 2)], now=NOW)
     d1, d2 = _take(w.a)
     out = w.b.decapsulate(A_ADDR, [memoryview(d1), bytearray(d2)], now=NOW)  # type: ignore[list-item]
-    assert [bytes(p) for _, ps in out for p in ps] == [ipv4(90, 1), ipv4(91, 2)]
+    assert [bytes(p) for _, ps in out for p in ps] == [ipv4_packet(90, 1), ipv4_packet(91, 2)]
 
 
 @FUZZ

@@ -32,6 +32,7 @@ from vpn.policy import (
     reference_allows,
 )
 from vpn.switch import TokenBucket
+from vpn.testlab.packets import ipv4, ipv6
 
 PRIV = "aKHukUFDDA5V4XGpTP1VNL5SEmNbhb6WkTl9ZIoGtmI="
 PUB_A = "4ta2Ike/0vubLN/l4PqUUEGYOzJDObTOBRVsGgVc3Gk="
@@ -39,10 +40,9 @@ PUB_A = "4ta2Ike/0vubLN/l4PqUUEGYOzJDObTOBRVsGgVc3Gk="
 
 # -- packets -------------------------------------------------------------------------------------
 def v4(dst: str, proto: int = 17, dport: int = 53, *, frag_offset: int = 0, ihl: int = 5, size: int = 60) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, size, 0, frag_offset & 0x1FFF, 64, proto, 0,
-                      bytes(4), ipaddress.IPv4Address(dst).packed) + bytes((ihl - 5) * 4)
-    l4 = struct.pack("!HH", 40000, dport)
-    return (hdr + l4).ljust(size, b"\0")
+    ports = struct.pack("!HH", 40000, dport)
+    return ipv4(bytes(4), dst, proto, ports.ljust(size - ihl * 4, b"\0"), df=False, frag=frag_offset & 0x1FFF,
+                options=bytes((ihl - 5) * 4), csum=False)
 
 
 def v6(dst: str, proto: int = 6, dport: int = 443, *, ext: tuple[int, ...] = (), frag_offset: int = 0) -> bytes:
@@ -58,8 +58,7 @@ def v6(dst: str, proto: int = 6, dport: int = 443, *, ext: tuple[int, ...] = (),
             body += struct.pack("!BB", nxt, 0) + bytes(6)  # (0 + 1) * 8 = 8 bytes
     body += struct.pack("!HH", 40000, dport) + bytes(16)
     first = chain[0]
-    return struct.pack("!IHBB16s16s", 6 << 28, len(body), first, 64, bytes(16),
-                       ipaddress.IPv6Address(dst).packed) + body
+    return ipv6(bytes(16), dst, first, body)
 
 
 def test_packet_fields() -> None:

@@ -8,8 +8,6 @@ import io
 import json
 import os
 import re
-import socket
-import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from vpn.drops import DROP_REASONS, EXPECTED, explain, split_expected
 from vpn.l2 import L2Runtime, plan_segments
 from vpn.routing import route_reads
 from vpn.status import SCHEMA_VERSION, PeerNotFound, render, select_peers, show_json
+from vpn.testlab.packets import ICMPV6, UDP, ipv4, ipv6
 from vpn.testlab.show_schema import check_object, documented_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,21 +244,19 @@ def test_every_counted_drop_reason_is_explained() -> None:
     assert explain("never_heard_of") == ""
 
 
-def ipv6(src: str, dst: str) -> bytes:
-    body = b"\x85\x00" + bytes(6)  # ICMPv6 router solicitation
-    return struct.pack("!IHBB16s16s", 0x60000000, len(body), 58, 255, socket.inet_pton(socket.AF_INET6, src),
-                       socket.inet_pton(socket.AF_INET6, dst)) + body
+def solicit6(src: str, dst: str) -> bytes:
+    """An ICMPv6 router solicitation."""
+    return ipv6(src, dst, ICMPV6, b"\x85\x00" + bytes(6), hops=255)
 
 
-def ipv4(dst: str) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 1, 17, 0, socket.inet_aton("198.19.0.1"),
-                       socket.inet_aton(dst)) + bytes(8)
+def udp4_to(dst: str) -> bytes:
+    return ipv4("198.19.0.1", dst, UDP, bytes(8), df=False, ttl=1, csum=False)  # an all-zero UDP header
 
 
 def test_link_scope_packets_without_a_peer_are_expected_not_no_route() -> None:
     drops: Counter[str] = Counter()
-    bufs = [ipv6("fe80::1", "ff02::2"), ipv6("fe80::1", "ff02::16"), ipv6("fd00::1", "fe80::2"),
-            ipv4("224.0.0.251"), ipv4("255.255.255.255"), ipv6("fd00::1", "fd00::9"), ipv4("198.19.9.9")]
+    bufs = [solicit6("fe80::1", "ff02::2"), solicit6("fe80::1", "ff02::16"), solicit6("fd00::1", "fe80::2"),
+            udp4_to("224.0.0.251"), udp4_to("255.255.255.255"), solicit6("fd00::1", "fd00::9"), udp4_to("198.19.9.9")]
     assert route_reads(bufs, lambda _dst: None, drops) == {}
     assert drops == {"link_local_no_peer": 5, "no_route": 2}
     assert split_expected(drops) == ({"no_route": 2}, {"link_local_no_peer": 5})
@@ -279,8 +276,8 @@ def test_a_device_reports_expected_drops_as_ignored() -> None:
         dev.start()
         try:
             # the kernel's chatter, a packet for no peer, and one for a client that has not connected yet
-            tun.inject([ipv6("fe80::1", "ff02::2"), ipv6("fe80::1", "ff02::16"), ipv4("198.19.0.77"),
-                        ipv4("198.19.0.2")])
+            tun.inject([solicit6("fe80::1", "ff02::2"), solicit6("fe80::1", "ff02::16"), udp4_to("198.19.0.77"),
+                        udp4_to("198.19.0.2")])
             for _ in range(200):
                 if sum(dev.drop_counts().values()) >= 4:
                     break

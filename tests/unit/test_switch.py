@@ -26,6 +26,7 @@ from vpn.switch import (
     strip_vlan,
     vlan_of,
 )
+from vpn.testlab.packets import eth
 
 BCAST = bytes.fromhex("ffffffffffff")
 MCAST = bytes.fromhex("01005e000001")
@@ -36,7 +37,7 @@ def mac(n: int) -> bytes:
 
 
 def frame(dst: bytes, src: bytes, payload: bytes = b"payload", *, tag: bytes = b"") -> bytes:
-    return dst + src + tag + b"\x88\xb5" + payload
+    return eth(payload, dst=dst, src=src, ethertype=0x88B5, tags=tag)
 
 
 # -- MacTable -----------------------------------------------------------------------------------------------------

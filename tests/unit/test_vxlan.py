@@ -33,6 +33,7 @@ from tunnel.encap.vxlan import (
     pack_header,
     unpack_header,
 )
+from vpn.testlab.packets import TCP, UDP, eth, ipv4, ipv6, tcp, udp
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 SRC4, DST4 = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
@@ -282,9 +283,7 @@ def test_encap_rejects_frames_too_big_for_one_datagram() -> None:
 
 # -- source port hash -----------------------------------------------------------------------------------------
 def ipv4_udp_frame(sport: int, dport: int, payload: bytes, *, tag: bytes = b"") -> bytes:
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0, bytes([100, 64, 0, 1]),
-                     bytes([100, 64, 0, 2]))
-    return bytes(12) + tag + b"\x08\x00" + ip + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return eth(ipv4("100.64.0.1", "100.64.0.2", UDP, udp(sport, dport, payload), df=False), tags=tag)
 
 
 def test_flow_src_port_is_stable_per_flow_and_in_range() -> None:
@@ -305,8 +304,7 @@ def test_flow_src_port_is_stable_per_flow_and_in_range() -> None:
 
 
 def ipv6_udp_frame(sport: int, payload: bytes) -> bytes:
-    ip = struct.pack("!IHBB16s16s", 6 << 28, 8 + len(payload), 17, 64, SRC6, DST6)
-    return bytes(12) + b"\x86\xdd" + ip + struct.pack("!HHHH", sport, 4242, 8 + len(payload), 0) + payload
+    return eth(ipv6(SRC6, DST6, UDP, udp(sport, 4242, payload)))
 
 
 def test_flow_src_port_ipv6_and_non_ip() -> None:
@@ -434,14 +432,13 @@ def test_fuzz_decap_raises_only_vxlan_error() -> None:
 # -- batches: the bulk branches against the single-packet functions ------------------------------------------
 def _flow_frame(rng: random.Random, flow: int, version: int, size: int) -> bytes:
     """An untagged TCP frame of flow ``flow`` (its ports), IPv4 or IPv6, ``size`` bytes of payload."""
-    tcp = struct.pack("!HHIIBBHHH", 40000 + flow, 5201, rng.getrandbits(32), 0, 5 << 4, 0x10, 512, 0, 0)
-    body = tcp + rng.randbytes(size)
+    seq = rng.getrandbits(32)
+    body = tcp(40000 + flow, 5201, rng.randbytes(size), seq=seq, window=512)
     if version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), rng.getrandbits(16), 0x4000, 64, 6, 0,
-                         bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2]))
-        return bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x08\x00" + ip + body
-    ip = struct.pack("!IHBB16s16s", 6 << 28, len(body), 6, 64, bytes(15) + b"\x01", bytes(15) + b"\x02")
-    return bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x86\xdd" + ip + body
+        ip = ipv4("100.64.0.1", "100.64.0.2", TCP, body, ident=rng.getrandbits(16))
+    else:
+        ip = ipv6("fd00::1", "fd00::2", TCP, body)
+    return eth(ip, src=bytes([2, 0, 0, 0, 0, 1]))
 
 
 @pytest.mark.parametrize("seed", range(30))
