@@ -20,7 +20,8 @@ MAX_STAGED_PACKETS = 128  # wireguard-go MaxStagedPackets
 # Smallest batch for which the data path's bulk branches try their C-level loops before the general loop
 # (below it the checks cost more than they save): Core._decapsulate_run, Keypair.seal_batch's one-size
 # branch, tunnel.offload.gro, vpn.routing.route_reads, Device._route_flow, the policy's one-verdict batch.
-# Each gives exactly its loop's result or declines (tests compare each with its loop).
+# Each gives exactly its loop's result or declines; each has a bulk=False switch (Device.bulk for the device's)
+# that runs the loop alone, and vpn.testlab.differential compares the two on random batches.
 # Defined here, the lowest layer (crypto/ imports nothing of tunnel/ or vpn/); tunnel.offload re-exports it.
 BULK_MIN = 4
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 128  # handshakes with a valid mac1 per second that put the core under load

@@ -52,8 +52,8 @@ def _tally(touched: dict[Tunnel, list[Any]], tunnel: Tunnel, kp: Keypair | None,
 class CoreReceive:
     """The receive path of :class:`crypto.tunnel.Core` (a mixin)."""
 
-    def decapsulate(self: Core, endpoint: Endpoint, datagrams: list[bytes], *,
-                    now: float) -> list[tuple[Tunnel, list[bytes]]]:
+    def decapsulate(self: Core, endpoint: Endpoint, datagrams: list[bytes], *, now: float,
+                    bulk: bool = True) -> list[tuple[Tunnel, list[bytes]]]:
         """Process datagrams from ``endpoint``; return inner packets grouped by peer.
 
         Handshake messages are handled and answered through :attr:`outbox`.  Inner packets
@@ -66,8 +66,11 @@ class CoreReceive:
         marked afterwards in one pass (:meth:`~crypto.replay.ReplayWindow.mark_increasing`), before
         anything else looks at the window.  Any other counter takes the checked path
         (check, open, accept), so the result equals checking each message in order.
+
+        :param bulk: try the bulk path (:meth:`_decapsulate_run`) for batches of
+            :data:`~crypto.constants.BULK_MIN` or more; ``False`` runs the general loop alone (tests compare both).
         """
-        if len(datagrams) >= BULK_MIN:
+        if bulk and len(datagrams) >= BULK_MIN:
             fast = self._decapsulate_run(endpoint, datagrams, now)
             if fast is not None:
                 return fast

@@ -64,13 +64,15 @@ class Keypair:
         self._prefix = _PREFIX.pack(MESSAGE_TRANSPORT, remote_index)
         self._header = TRANSPORT_HEADER.pack
 
-    def seal_batch(self, packets: list[bytes], mtu: int) -> list[bytes]:
+    def seal_batch(self, packets: list[bytes], mtu: int, *, bulk: bool = True) -> list[bytes]:
         """Seal each packet as a type-4 message, consuming one counter each.
 
         Packets of equal length give messages of equal length (so a run of them leaves in one UDP GSO
         send); padding only rounds up to 16 and never past ``mtu``.
 
         :param mtu: padding never takes a packet beyond this many bytes.
+        :param bulk: take the one-size branch (:data:`~crypto.constants.BULK_MIN` packets or more, all of one
+            length); ``False`` runs the general loop alone (tests compare both).
         """
         encrypt = self.send_aead.encrypt
         header = self._header
@@ -79,7 +81,7 @@ class Keypair:
         counter = self.send_counter
         pads = _PADS
         n = len(packets)
-        if n >= BULK_MIN:
+        if bulk and n >= BULK_MIN:
             size = len(packets[0])
             if list(map(len, packets)).count(size) == n:
                 # one size (a GSO burst, a UDP stream): pad once, then C-level loops (map) only

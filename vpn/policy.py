@@ -257,9 +257,13 @@ class AccessRules:
         """The verdict for one packet (a packet without a readable destination is denied)."""
         return self.split([packet])[1] == 0
 
-    def split(self, packets: list[bytes]) -> tuple[list[bytes], int]:
-        """``(allowed packets in order, number denied)``."""
-        if len(packets) >= BULK_MIN and self._one_flow(packets):  # a bulk batch: one verdict for all
+    def split(self, packets: list[bytes], *, bulk: bool = True) -> tuple[list[bytes], int]:
+        """``(allowed packets in order, number denied)``.
+
+        :param bulk: give a batch of one flow (:data:`~crypto.constants.BULK_MIN` packets or more) one verdict;
+            ``False`` runs the per-packet loop alone (tests compare both).
+        """
+        if bulk and len(packets) >= BULK_MIN and self._one_flow(packets):  # a bulk batch: one verdict for all
             f = packet_fields(packets[0])
             if f is not None and self._decide(*f):
                 return packets, 0

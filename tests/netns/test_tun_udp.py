@@ -14,6 +14,7 @@ import asyncio
 import errno
 import json
 import os
+import random
 import select
 import socket
 import struct
@@ -28,6 +29,7 @@ import pytest
 import uvloop
 
 from tunnel.udp import AddressError, UdpError, UdpSocket
+from vpn.testlab.differential import check_bulk_matches_loop, random_batches
 from vpn.testlab.packets import TCP, UDP, ipv4, ipv6, tcp, udp
 
 HERE = Path(__file__).resolve()
@@ -611,6 +613,55 @@ def test_send_runs_respect_gso_limits_and_order(udp_sockets: Any) -> None:
     tx.send_batch(("127.0.0.1", rx.port), mixed)
     assert _flat(_drain(rx, len(mixed))) == mixed
     assert tx.dropped == 0 and not tx.errors
+
+
+class _RecordingSocket(socket.socket):
+    """A UDP socket that records its sends: ``("gso", segment size, datagram sizes)`` or ``("one", size)``."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sends: list[tuple[Any, ...]] = []
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        self.sends.append(("gso", struct.unpack("=H", ancdata[0][2])[0], [len(b) for b in buffers]))
+        return super().sendmsg(buffers, ancdata, flags, address)
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        self.sends.append(("one", len(data)))
+        return super().sendto(data, *args)
+
+
+def test_send_batch_bulk_equals_the_loop(udp_sockets: Any) -> None:
+    """Twin senders, send_batch's one-size branch on and off: the same GSO runs and lone sends, and the
+    receiver gets the same datagrams in order (random batches of one size, and mixed)."""
+    rx = udp_sockets("127.0.0.1", 0, family="v4")
+    twins: dict[bool, tuple[_RecordingSocket, UdpSocket]] = {}
+    for bulk in (True, False):
+        raw = _RecordingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.bind(("127.0.0.1", 0))
+        twins[bulk] = raw, UdpSocket(raw, family="v4")
+    if not twins[True][1].gso:
+        pytest.skip("kernel without UDP GSO")
+
+    def batch(r: random.Random) -> list[bytes]:
+        n = r.randrange(0, 130)  # at most about 200 kB queued at the receiver before it drains
+        if r.random() < 0.7:
+            size = r.choice((1, 100, 1200, 1452, 8000))
+            return [bytes([i & 0xFF]) * size for i in range(n if size < 8000 else n // 8)]
+        return [bytes([i & 0xFF]) * r.choice((0, 5, 100, 1200)) for i in range(n)]
+
+    def run(datagrams: list[bytes], bulk: bool) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+        raw, tx = twins[bulk]
+        del raw.sends[:]
+        tx.send_batch(("127.0.0.1", rx.port), datagrams, bulk=bulk)
+        return list(raw.sends), _flat(_drain(rx, len(datagrams)))
+
+    try:
+        assert check_bulk_matches_loop(run, random_batches(batch, random.Random(4), 60)) == 60
+        assert all(not tx.errors and tx.dropped == 0 for _, tx in twins.values())
+    finally:
+        for _, tx in twins.values():
+            tx.close()
 
 
 def test_without_gso_each_datagram_is_sent_alone(udp_sockets: Any) -> None:

@@ -33,6 +33,7 @@ from tunnel.udp import gso_max_segs
 from vpn.allowedips import AllowedIPs
 from vpn.device import Device
 from vpn.routing import route_reads
+from vpn.testlab.differential import check_bulk_matches_loop, random_batches
 from vpn.testlab.packets import ACK, PSH, TCP, UDP, ipv4, ipv6, tcp, udp
 
 A4, B4 = "100.64.0.1", "100.64.0.2"
@@ -372,15 +373,16 @@ def test_random_bytes_never_raise() -> None:
     check()
 
 
+def _gro(packets: list[bytes], bulk: bool) -> list[bytes]:
+    return gro(packets, bulk=bulk)
+
+
 def test_gro_bulk_equals_the_loop() -> None:
     """_gro_bulk (a whole batch that is one run, checked with C-level loops) gives exactly the loop's
     super-packets, and declines (None) whenever the batch is not one clean run."""
     import random
 
     import tunnel.offload as dp
-
-    def loop_only(packets: list[bytes]) -> list[bytes]:
-        return gro(packets, bulk=False)
 
     clean = [
         _run(4, 1000, 45, 1368),
@@ -392,18 +394,10 @@ def test_gro_bulk_equals_the_loop() -> None:
         _run(4, 9, 48, 1368),  # 47 + 1: the last would be alone
         _run(4, 0xFFFFF000, 45, 1368),  # the sequence number wraps
     ]
-    taken = 0
-    for packets in clean:
-        bulk = dp._gro_bulk(packets)
-        assert gro(packets) == loop_only(packets)
-        if bulk is not None:
-            taken += 1
-            assert bulk == loop_only(packets)
-    assert taken == 6  # all but the lone-leftover and the wrapping case
+    assert check_bulk_matches_loop(_gro, clean) == len(clean)
+    assert sum(dp._gro_bulk(p) is not None for p in clean) == 6  # all but the lone-leftover and the wrapping case
 
-    rng = random.Random(7)
-    declined = 0
-    for _ in range(300):
+    def damaged_run(rng: random.Random) -> list[bytes]:
         version = rng.choice([4, 6])
         packets = _run(version, rng.getrandbits(31), rng.randint(4, 50), rng.choice([536, 1368]),
                        last=rng.choice([None, None, rng.randint(1, 600)]), psh=rng.random() < 0.3)
@@ -428,11 +422,11 @@ def test_gro_bulk_equals_the_loop() -> None:
         elif what == 7:
             p[8 if version == 4 else 3] ^= 1  # TTL / flow label
         packets[i] = bytes(p)
-        bulk = dp._gro_bulk(packets)
-        declined += bulk is None
-        assert gro(packets) == loop_only(packets)
-        if bulk is not None:
-            assert bulk == loop_only(packets)
+        return packets
+
+    batches = list(random_batches(damaged_run, random.Random(7), 300))
+    assert check_bulk_matches_loop(_gro, batches) == 300
+    declined = sum(dp._gro_bulk(b) is None for b in batches)
     assert 100 < declined < 300
 
 
@@ -454,9 +448,9 @@ def test_route_bulk_equals_the_loop() -> None:
     def ipv6_udp(src: str, dst: str, payload: bytes) -> bytes:
         return ipv6(src, dst, UDP, udp(1, 2, payload))
 
-    def loop_only(bufs: list[bytes], vnet: bool) -> tuple[dict[Any, list[bytes]], collections.Counter[str]]:
+    def route(bufs: list[bytes], vnet: bool, bulk: bool) -> tuple[dict[Any, list[bytes]], collections.Counter[str]]:
         drops: collections.Counter[str] = collections.Counter()
-        return read_and_route(bufs, vnet, lookup, drops, bulk=False), drops
+        return read_and_route(bufs, vnet, lookup, drops, bulk=bulk), drops
 
     v4 = [ipv4_udp("100.64.0.1", "100.64.0.2", rng.randbytes(rng.randint(12, 1300))) for _ in range(20)]
     v4b = [ipv4_udp("100.64.0.1", "100.64.0.3", b"x" * 30) for _ in range(5)]
@@ -464,18 +458,26 @@ def test_route_bulk_equals_the_loop() -> None:
     nowhere = [ipv4_udp("100.64.0.1", "203.0.113.9", b"y" * 30) for _ in range(5)]
     cases = [v4, v6, v4[:4], v4 + v4b, v4[:3] + v6[:3], nowhere, v4[:5] + [b"\x45" + bytes(10)],
              v4[:4] + [b"\x00" * 40]]
-    for vnet in (False, True):
-        for packets in cases:
-            bufs = [bytes(10) + p for p in packets] if vnet else list(packets)
-            drops: collections.Counter[str] = collections.Counter()
-            got = read_and_route(bufs, vnet, lookup, drops)
-            assert (got, drops) == loop_only(bufs, vnet)
+    assert check_bulk_matches_loop(lambda bufs, bulk: route(bufs, False, bulk), cases) == len(cases)
+    vnet_cases = [[bytes(10) + p for p in packets] for packets in cases]
     # a vnet header with NEEDS_CSUM: the packet's checksum is finished before routing, in bulk or not
     tcp_bufs = [bytes(10) + p for p in v4[:5]]
     tcp_bufs[2] = b"\x01" + tcp_bufs[2][1:]
-    drops = collections.Counter()
-    assert read_and_route(tcp_bufs, True, lookup, drops) == loop_only(tcp_bufs, True)[0]
+    vnet_cases.append(tcp_bufs)
+    assert check_bulk_matches_loop(lambda bufs, bulk: route(bufs, True, bulk), vnet_cases) == len(vnet_cases)
     assert routing._route_bulk(v4, lookup) == {lookup(v4[0][16:20]): v4}
+
+    def random_reads(r: random.Random) -> list[bytes]:
+        """Mostly one destination (what the bulk branch takes), sometimes a stray packet of another kind."""
+        pool = r.choice([v4, v6, nowhere, v4b])
+        batch = [r.choice(pool) for _ in range(r.randrange(0, 40))]
+        if batch and r.random() < 0.3:
+            batch.insert(r.randrange(len(batch)), r.choice([v4b[0], v6[0], nowhere[0], b"\x45" + bytes(10), b""]))
+        return batch
+
+    batches = list(random_batches(random_reads, random.Random(6), 300))
+    assert check_bulk_matches_loop(lambda bufs, bulk: route(bufs, False, bulk), batches) == 300
+    assert sum(routing._route_bulk(b, lookup) is not None for b in batches if len(b) >= 4) > 50
     assert routing._route_bulk(v4 + v4b, lookup) is None
 
 
@@ -486,28 +488,19 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
 
     import tunnel.offload as dp
 
-    def loop_only(packets: list[bytes]) -> list[bytes]:
-        return gro(packets, bulk=False)
-
-    rng = random.Random(11)
-    taken = 0
-    for _ in range(200):
+    def bursts(rng: random.Random) -> list[bytes]:
         version, mss = rng.choice([4, 6]), rng.choice([536, 1368])
         seq, batch = rng.getrandbits(30), []
         for _ in range(rng.randint(1, 4)):
             k = rng.randint(1, 40)
             last = rng.choice([None, rng.randint(1, mss - 1)])
-            run = _run(version, seq, k, mss, last=last, psh=rng.random() < 0.5)
-            batch += run
+            batch += _run(version, seq, k, mss, last=last, psh=rng.random() < 0.5)
             seq += (k - 1) * mss + (last or mss)
-        if len(batch) < 4:
-            continue
-        bulk = dp._gro_bulk(batch)
-        assert gro(batch) == loop_only(batch)
-        if bulk is not None:
-            taken += 1
-            assert bulk == loop_only(batch)
-    assert taken > 50
+        return batch
+
+    batches = [b for b in random_batches(bursts, random.Random(11), 200) if len(b) >= 4]
+    assert check_bulk_matches_loop(_gro, batches) == len(batches)
+    assert sum(dp._gro_bulk(b) is not None for b in batches) > 50
 
 
 def _udp(version: int, ttl: int, payload: bytes, *, ident: int = 0, proto: int = UDP) -> bytes:

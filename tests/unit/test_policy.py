@@ -32,6 +32,7 @@ from vpn.policy import (
     reference_allows,
 )
 from vpn.switch import TokenBucket
+from vpn.testlab.differential import check_bulk_matches_loop
 from vpn.testlab.packets import ipv4, ipv6
 
 PRIV = "aKHukUFDDA5V4XGpTP1VNL5SEmNbhb6WkTl9ZIoGtmI="
@@ -193,6 +194,18 @@ def test_classifier_matches_the_naive_reference(allow: list[Rule], deny: list[Ru
     two = batch[:2] * 3  # two flows interleaved: the one-verdict path must decline when they differ
     expected2 = [p for p in two if reference_allows(tuple(allow), tuple(deny), p)]
     assert a.split(two) == (expected2, len(two) - len(expected2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(rules(), max_size=4), st.lists(rules(), max_size=3),
+       st.lists(st.tuples(packets(), st.integers(0, 12), st.lists(packets(), max_size=3)), max_size=8))
+def test_split_bulk_equals_the_loop(allow: list[Rule], deny: list[Rule],
+                                    shapes: list[tuple[bytes, int, list[bytes]]]) -> None:
+    """Twin classifiers (each with its verdict cache), the one-verdict batch on and off: batches of one
+    flow, and of one flow followed by others, keep and deny the same packets."""
+    twins = {bulk: AccessRules(tuple(allow), tuple(deny)) for bulk in (True, False)}
+    batches = [[p] * k + others for p, k, others in shapes]
+    assert check_bulk_matches_loop(lambda b, bulk: twins[bulk].split(b, bulk=bulk), batches) == len(batches)
 
 
 # -- token bucket --------------------------------------------------------------------------------
