@@ -5,7 +5,12 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 
 - :mod:`vpn.testlab.netns`: one :class:`~vpn.testlab.netns.Netns` (a namespace with loopback up and the
   processes started in it, removed with them), veth pairs, bounded commands and polling.
-- :mod:`vpn.testlab.packets`: inner IPv4/IPv6 packets of exact sizes carrying a sequence number.
+- :mod:`vpn.testlab.packets`: the one set of packet builders (IPv4/IPv6 with checksums, UDP, TCP, Ethernet
+  with VLAN tags) and packets of exact sizes carrying a sequence number.
+- :mod:`vpn.testlab.differential`: a stage's bulk branch checked against its general loop on random batches.
+- :mod:`vpn.testlab.child`: one function of a lab module run in a child process (inside a namespace), its
+  result back as JSON; :mod:`vpn.testlab.tun_scenarios` and :mod:`vpn.testlab.offload_scenarios` are the
+  kernel scenarios it runs for the tun, UDP and offload tests.
 - :mod:`vpn.testlab.pair`: two :class:`crypto.tunnel.Core` objects with a fake clock, wired by hand.
 - :mod:`vpn.testlab.show_schema`: ``pyvpn show --json`` checked against docs/show-json.md.
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
