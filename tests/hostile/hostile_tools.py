@@ -669,10 +669,9 @@ def ipv6(src: str, dst: str, payload: bytes, nh: int = 59) -> bytes:
 
 
 def icmp_echo(ident: int, seq: int, data: bytes) -> bytes:
-    from tunnel.offload import checksum
+    from vpn.testlab.packets import icmp_echo as build
 
-    h = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + data
-    return h[:2] + struct.pack("!H", checksum(h)) + h[4:]
+    return build(ident, seq, data)
 
 
 def tun_packet(cls: str, rng: random.Random, a: argparse.Namespace, i: int) -> bytes:

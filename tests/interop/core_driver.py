@@ -23,13 +23,7 @@ import time
 
 from crypto.keys import decode_key
 from crypto.tunnel import Core, HandshakeCompleted
-from tunnel.offload import checksum
-from vpn.testlab.packets import ICMP, ipv4
-
-
-def icmp_echo(kind: int, ident: int, seq: int, data: bytes) -> bytes:
-    body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + data
-    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+from vpn.testlab.packets import ICMP, icmp_echo, ipv4
 
 
 def parse_icmp(pkt: bytes) -> tuple[str, str, int, int, int, bytes] | None:
@@ -86,7 +80,7 @@ def main() -> int:
         now = time.monotonic()
         if a.role == "initiator" and now >= next_ping and seq < 50:
             seq += 1
-            ping = ipv4(a.local_ip, a.peer_ip, ICMP, icmp_echo(8, 0x4242, seq, marker), ident=seq)
+            ping = ipv4(a.local_ip, a.peer_ip, ICMP, icmp_echo(0x4242, seq, marker), ident=seq)
             tunnel.encapsulate([ping], now=now)
             next_ping = now + 0.5
         nt = core.next_timer()
@@ -108,7 +102,7 @@ def main() -> int:
                     result["replies"] = int(result["replies"]) + 1  # type: ignore[call-overload]
                     result["reply_len_padded_ok"] = True
                 elif kind == 8 and dst == a.local_ip:
-                    reply = ipv4(a.local_ip, src, ICMP, icmp_echo(0, ident, pseq, payload), ident=pseq)
+                    reply = ipv4(a.local_ip, src, ICMP, icmp_echo(ident, pseq, payload, reply=True), ident=pseq)
                     tunnel.encapsulate([reply], now=now)
                     result["answered"] = int(result["answered"]) + 1  # type: ignore[call-overload]
         flush()

@@ -37,6 +37,7 @@ from tunnel.offload import (
     with_hdr,
     without_hdr,
 )
+from vpn.testlab.packets import reference_sum
 
 scapy_all = pytest.importorskip("scapy.all", reason="scapy is needed as the independent reference")
 IP, IPv6, TCP, UDP, Raw = scapy_all.IP, scapy_all.IPv6, scapy_all.TCP, scapy_all.UDP, scapy_all.Raw
@@ -46,17 +47,6 @@ SRC6, DST6 = "fd00::2", "fd00::1"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def ref_sum(data: bytes) -> int:
-    """Textbook RFC 1071 end-around-carry sum (slow, obviously right)."""
-    if len(data) % 2:
-        data += b"\0"
-    s = 0
-    for i in range(0, len(data), 2):
-        s += (data[i] << 8) | data[i + 1]
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def pseudo(version: int, pkt: bytes, proto: int, length: int) -> bytes:
@@ -70,7 +60,7 @@ def l4_valid(pkt: bytes) -> bool:
     version = pkt[0] >> 4
     l4 = (pkt[0] & 15) * 4 if version == 4 else 40
     proto = pkt[9] if version == 4 else pkt[6]
-    return ref_sum(pseudo(version, pkt, proto, len(pkt) - l4) + pkt[l4:]) == 0xFFFF
+    return reference_sum(pseudo(version, pkt, proto, len(pkt) - l4) + pkt[l4:]) == 0xFFFF
 
 
 def tcp_super(version: int, payload: bytes, *, seq: int = 1000, flags: str = "PA",
@@ -100,7 +90,7 @@ def as_kernel_read(pkt: bytes, gso_type: int, gso_size: int, *, hdr_size: int = 
     l4 = (pkt[0] & 15) * 4 if version == 4 else 40
     proto = pkt[9] if version == 4 else pkt[6]
     off = 16 if proto == 6 else 6
-    seed = ref_sum(pseudo(version, pkt, proto, len(pkt) - l4))
+    seed = reference_sum(pseudo(version, pkt, proto, len(pkt) - l4))
     b = bytearray(pkt)
     b[l4 + off:l4 + off + 2] = seed.to_bytes(2, "big")
     # tun reports skb_headlen() as hdr_len, which can cover payload: segment() must not trust it.
@@ -185,14 +175,14 @@ def check_udp_segments(orig: bytes, segs: list[bytes], gso_size: int) -> None:
 
 @given(st.binary(max_size=5000))
 def test_sum16_matches_rfc1071(data: bytes) -> None:
-    assert _sum16(data) % 0xFFFF == ref_sum(data) % 0xFFFF
+    assert _sum16(data) % 0xFFFF == reference_sum(data) % 0xFFFF
 
 
 def test_sum16_large_and_odd_sizes() -> None:
     rng = random.Random(1)
     for n in (0, 1, 2, 3, 374, 375, 376, 377, 1439, 1440, 1441, 9000, 65535, 65536, 70001):
         data = rng.randbytes(n)
-        assert _sum16(data) % 0xFFFF == ref_sum(data) % 0xFFFF, n
+        assert _sum16(data) % 0xFFFF == reference_sum(data) % 0xFFFF, n
     assert _sum16(b"\xff" * 64) == 0  # the sum 0xffff is the residue 0
     assert checksum(b"\xff\xff") == 0 and checksum(b"") == 0xFFFF
 

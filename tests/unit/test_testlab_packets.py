@@ -10,10 +10,12 @@ import pytest
 from tunnel.offload import checksum
 from vpn.testlab.packets import (
     ACK,
+    ICMP,
     PSH,
     TCP,
     UDP,
     eth,
+    icmp_echo,
     ipv4,
     ipv4_packet,
     ipv6,
@@ -107,3 +109,14 @@ def test_sized_packets_carry_their_sequence_number() -> None:
         assert len(p) == size == 40 + int.from_bytes(p[4:6], "big")
         if size >= 44:
             assert seq_of(p) == 5
+
+
+def test_icmp_echo_checksum_is_scapys() -> None:
+    for seq, reply in ((1, False), (77, True)):
+        pkt = ipv4("198.19.0.1", "198.19.0.2", ICMP, icmp_echo(0x4242, seq, b"ping" * seq, reply=reply))
+        p = IP(pkt)
+        icmp = p[scapy_all.ICMP]
+        assert (icmp.type, icmp.id, icmp.seq, bytes(icmp.payload)) == (0 if reply else 8, 0x4242, seq, b"ping" * seq)
+        del icmp.chksum
+        assert bytes(p) == pkt
+

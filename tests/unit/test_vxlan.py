@@ -33,7 +33,7 @@ from tunnel.encap.vxlan import (
     pack_header,
     unpack_header,
 )
-from vpn.testlab.packets import TCP, UDP, eth, ipv4, ipv6, tcp, udp
+from vpn.testlab.packets import TCP, UDP, eth, ipv4, ipv6, reference_checksum, tcp, udp
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 SRC4, DST4 = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
@@ -46,17 +46,6 @@ def load_hex(name: str) -> bytes:
     return bytes.fromhex("".join(line for line in lines if not line.startswith("#")))
 
 
-def ref_checksum(data: bytes) -> int:
-    """RFC 1071, the slow obvious way: 16-bit big-endian words, end-around carry, complement."""
-    if len(data) % 2:
-        data += b"\0"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def udp_checksum_ok(packet: bytes) -> bool:
     if packet[0] >> 4 == 4:
         ihl = (packet[0] & 15) * 4
@@ -65,7 +54,7 @@ def udp_checksum_ok(packet: bytes) -> bool:
     else:
         udp = packet[40:]
         pseudo = packet[8:40] + struct.pack("!IxxxB", len(udp), 17)
-    return ref_checksum(pseudo + udp) == 0
+    return reference_checksum(pseudo + udp) == 0
 
 
 # -- constants and the 8-byte header ---------------------------------------------------------------------------
@@ -190,7 +179,7 @@ def test_encap_ipv4_defaults() -> None:
     assert p[4:6] == b"\x12\x34"
     assert p[6:8] == b"\x40\x00"  # DF, offset 0
     assert (p[8], p[9]) == (64, 17)
-    assert ref_checksum(p[:20]) == 0
+    assert reference_checksum(p[:20]) == 0
     assert (p[12:16], p[16:20]) == (SRC4, DST4)
     assert struct.unpack("!HHHH", p[20:28]) == (50001, 4789, 8 + 8 + len(FRAME), 0)  # zero csum: RFC 7348 §5
     assert p[28:36] == pack_header(5000) and p[36:] == FRAME
@@ -201,7 +190,7 @@ def test_encap_ipv4_options() -> None:
                  ip_id=7, df=False, udp_checksum=True)
     assert (p[1], p[6:8], p[8]) == (0xB8, b"\0\0", 1)
     assert p[22:24] == (8472).to_bytes(2, "big")
-    assert ref_checksum(p[:20]) == 0 and udp_checksum_ok(p)
+    assert reference_checksum(p[:20]) == 0 and udp_checksum_ok(p)
     assert decap_ip(p, dst_port=8472, verify_checksum=True).frame == FRAME
     with pytest.raises(VxlanError):
         decap_ip(p)  # not the VXLAN port
@@ -249,7 +238,7 @@ def test_roundtrip_and_checksums(frame: bytes, vni: int, v6: bool, csum: bool | 
     if v6 or csum:
         assert udp_checksum_ok(p)
     if not v6:
-        assert ref_checksum(p[:20]) == 0
+        assert reference_checksum(p[:20]) == 0
 
 
 @pytest.mark.parametrize(
@@ -338,7 +327,7 @@ def _with(buf: bytearray, offset: int, value: bytes) -> bytes:
 def _v4_fixed(buf: bytearray) -> bytes:
     ihl = (buf[0] & 15) * 4
     buf[10:12] = b"\0\0"
-    buf[10:12] = ref_checksum(bytes(buf[:ihl])).to_bytes(2, "big")
+    buf[10:12] = reference_checksum(bytes(buf[:ihl])).to_bytes(2, "big")
     return bytes(buf)
 
 

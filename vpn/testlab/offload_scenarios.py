@@ -3,8 +3,9 @@
 Each scenario runs in a child process inside a fresh namespace (:func:`vpn.testlab.child.call`).  It opens
 /dev/net/tun itself with ``fcntl.ioctl`` (TUNSETIFF with IFF_VNET_HDR, TUNSETOFFLOAD), plays a fake peer
 100.64.0.2 behind the tun, talks to real kernel sockets bound to the tun's address 100.64.0.1 and returns
-its findings as JSON-able values.  Segments read back are checked with :func:`ref_csum`, a textbook sum
-independent of tunnel.offload.  All traffic stays inside the namespace; every wait is bounded.
+its findings as JSON-able values.  Segments read back are checked with
+:func:`~vpn.testlab.packets.reference_checksum`, a textbook sum independent of tunnel.offload.  All traffic
+stays inside the namespace; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import time
 from typing import Any
 
-from .packets import TCP, UDP, ipv4, l4_pseudo_header, tcp, udp
+from .packets import TCP, UDP, ipv4, l4_pseudo_header, reference_checksum, tcp, udp
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
@@ -30,17 +31,7 @@ LOCAL, PEER = "100.64.0.1", "100.64.0.2"
 DEV = "pvoff0"
 
 
-# -- helpers used inside the namespace (ref_csum and the builders also by the test) -----------------------
-
-
-def ref_csum(data: bytes) -> int:
-    """Textbook RFC 1071 checksum, independent of tunnel.offload."""
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+# -- helpers used inside the namespace (the builders also by the test) ------------------------------------
 
 
 def tcp_packet(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"", opts: bytes = b"",
@@ -217,8 +208,8 @@ def read_tso_from_kernel() -> dict[str, Any]:
             segments += 1
             ihl = (p[0] & 15) * 4
             body = p[ihl:int.from_bytes(p[2:4], "big")]
-            ok_ip = ref_csum(p[:ihl]) == 0
-            ok_tcp = ref_csum(l4_pseudo_header(LOCAL, PEER, 6, len(body)) + body) == 0
+            ok_ip = reference_checksum(p[:ihl]) == 0
+            ok_tcp = reference_checksum(l4_pseudo_header(LOCAL, PEER, 6, len(body)) + body) == 0
             if not (ok_ip and ok_tcp):
                 bad += 1
             thl = (body[12] >> 4) * 4
@@ -254,7 +245,8 @@ def read_uso_from_kernel() -> dict[str, Any]:
                 continue
             gso_types.add(g)
             body = p[20:int.from_bytes(p[2:4], "big")]
-            if ref_csum(p[:20]) != 0 or ref_csum(l4_pseudo_header(LOCAL, PEER, 17, len(body)) + body) != 0 \
+            pseudo = l4_pseudo_header(LOCAL, PEER, 17, len(body))
+            if reference_checksum(p[:20]) != 0 or reference_checksum(pseudo + body) != 0 \
                     or int.from_bytes(body[4:6], "big") != len(body):
                 bad += 1
             got.append(body[8:])
