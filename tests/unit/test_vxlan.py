@@ -33,6 +33,7 @@ from tunnel.encap.vxlan import (
     pack_header,
     unpack_header,
 )
+from vpn.testlab.differential import check_bulk_matches_loop
 from vpn.testlab.packets import TCP, UDP, eth, ipv4, ipv6, reference_checksum, tcp, udp
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -445,17 +446,28 @@ def test_batches_equal_the_single_packet_functions(seed: int) -> None:
     v6_vteps = rng.random() < 0.3
     src, dst = (bytes(15) + b"\x0a", bytes(15) + b"\x0b") if v6_vteps else (bytes([198, 19, 0, 1]),
                                                                              bytes([198, 19, 0, 2]))
-    want = [encap_ip(f, vni=100, src_ip=src, dst_ip=dst) for f in frames]
-    assert encap_ip_batch(frames, vni=100, src_ip=src, dst_ip=dst) == want
+    def encap(batch: list[bytes], bulk: bool) -> list[bytes]:
+        if bulk:
+            return encap_ip_batch(batch, vni=100, src_ip=src, dst_ip=dst)
+        return [encap_ip(f, vni=100, src_ip=src, dst_ip=dst) for f in batch]
+
+    def decap(batch: list[bytes], bulk: bool) -> list[tuple[int, bytes]]:
+        got = decap_ip_batch(batch) if bulk else None
+        if got is not None:
+            return [(got[0], f) for f in got[1]]
+        return [(d.vni, d.frame) for d in map(decap_ip, batch)]  # what the L2 runtime does when it declines
+
+    assert check_bulk_matches_loop(encap, [frames]) == 1
+    want = encap(frames, False)
     packets = list(want)
     if rng.random() < 0.3:  # a packet the batch cannot take: another port, a fragment, a bad VXLAN header
         k = rng.randrange(len(packets))
         p = bytearray(packets[k])
         p[rng.choice([7, 23, 28]) if not v6_vteps else 43] ^= 0x01
         packets[k] = bytes(p)
-    got = decap_ip_batch(packets)
-    if got is not None:
-        vni, out = got
-        assert vni == 100 and out == [decap_ip(p).frame for p in packets]
-    else:
+    try:
+        assert check_bulk_matches_loop(decap, [packets]) == 1
+    except VxlanError:  # the altered packet is not VXLAN at all: the batch must have declined it
+        assert decap_ip_batch(packets) is None
+    if decap_ip_batch(packets) is None:
         assert v6_vteps or packets != want or len(packets) == 0
