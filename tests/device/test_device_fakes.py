@@ -283,6 +283,15 @@ def test_route_flow_bulk_equals_the_loop(flavour: str) -> None:
         return outs
 
     worlds = {bulk: loop.run_until_complete(world(bulk)) for bulk in (True, False)}
+    taken: dict[bool, list[bool]] = {True: [], False: []}
+    for bulk, (hub, _) in worlds.items():
+        inner = hub.dev._route_flow
+
+        def spy(*args, _inner=inner, _taken=taken[bulk]):  # type: ignore[no-untyped-def]
+            _taken.append(_inner(*args))
+            return _taken[-1]
+
+        hub.dev._route_flow = spy  # type: ignore[method-assign]
     try:
         batches = list(random_batches(_hub_batch, random.Random(21), 80))
         n = check_bulk_matches_loop(lambda b, bulk: loop.run_until_complete(step(*worlds[bulk], b)), batches,
@@ -291,6 +300,7 @@ def test_route_flow_bulk_equals_the_loop(flavour: str) -> None:
         addrs = [{p[12:20] if p[0] == 0x45 else p[8:40] for _, p in b} for b in batches if len(b) >= 4]
         one_flow = [a for a in addrs if len(a) == 1]
         assert len(one_flow) >= 20  # the bulk branch had batches to take
+        assert taken[True].count(True) >= 10 and not taken[False]  # it took them; Device.bulk=False kept it out
         assert {"spoofed_source", "ttl_exceeded"} <= set(worlds[True][0].dev.drops)
     finally:
         for hub, clients in worlds.values():
