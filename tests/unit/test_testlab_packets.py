@@ -81,6 +81,10 @@ def test_ipv4_options_fragments_total_and_no_checksum() -> None:
     assert checksum(ipv4("1.2.3.4", "5.6.7.8", 1, b"")[:20]) == 0  # a correct header sums to zero
     with pytest.raises(ValueError):
         ipv4("1.2.3.4", "5.6.7.8", 1, b"icmp", l4_csum="full")  # only TCP and UDP have one
+    with pytest.raises(ValueError):
+        ipv4("1.2.3.4", "5.6.7.8", 1, options=bytes(3))
+    with pytest.raises(ValueError):
+        tcp(1, 2, options=bytes(44))
 
 
 def test_pseudo_header_matches_scapy_layout() -> None:

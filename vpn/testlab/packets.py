@@ -59,7 +59,8 @@ def tcp(sport: int, dport: int, payload: bytes = b"", *, seq: int = 0, ack: int 
     """A TCP header with ``options`` (a multiple of 4 bytes) and ``payload``; checksum 0 unless
     :func:`ipv4`/:func:`ipv6` fill it in."""
     thl = 20 + len(options)
-    assert thl % 4 == 0 and thl <= 60, "TCP options must fill whole 32-bit words (at most 40 bytes)"
+    if thl % 4 or thl > 60:
+        raise ValueError(f"TCP options must fill whole 32-bit words, at most 40 bytes (got {len(options)})")
     return _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (thl // 4) << 4, flags, window, 0,
                      urgent) + options + payload
 
@@ -108,7 +109,8 @@ def ipv4(src: Addr, dst: Addr, proto: int, payload: bytes = b"", *, ident: int =
     """
     s, d = addr_bytes(src), addr_bytes(dst)
     ihl = 20 + len(options)
-    assert ihl % 4 == 0 and ihl <= 60, "IPv4 options must fill whole 32-bit words (at most 40 bytes)"
+    if ihl % 4 or ihl > 60:
+        raise ValueError(f"IPv4 options must fill whole 32-bit words, at most 40 bytes (got {len(options)})")
     payload = _fill_l4(l4_pseudo_header(s, d, proto, len(payload)), proto, payload, l4_csum)
     length = ihl + len(payload) if total is None else total
     head = _IPV4.pack(0x40 | ihl // 4, tos, length, ident & 0xFFFF, (0x4000 if df else 0) | frag, ttl, proto, 0,
