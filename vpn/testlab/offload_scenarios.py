@@ -58,6 +58,17 @@ def open_vnet_tun(offload: int) -> tuple[int, int]:
     return fd, offload
 
 
+def open_uso_tun_and_socket(port: int) -> tuple[int, socket.socket] | None:
+    """The vnet-hdr tun with every offload including USO, and a UDP socket on ``LOCAL:port``; None when the
+    kernel refuses USO."""
+    fd, offload = open_vnet_tun(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6)
+    if not offload & TUN_F_USO4:
+        return None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((LOCAL, port))
+    return fd, s
+
+
 def read_packets(fd: int, deadline: float) -> list[tuple[int, bytes]]:
     """One tun read (bounded wait), cut with segment(): [(gso_type, packet), ...]; [] on timeout."""
     from tunnel.offload import VirtioNetHdr, segment
@@ -132,11 +143,10 @@ def write_tcp_super_packet() -> dict[str, Any]:
 def write_uso_super_packet() -> dict[str, Any]:
     from tunnel.offload import VirtioNetHdr, coalesce
 
-    fd, offload = open_vnet_tun(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6)
-    if not offload & TUN_F_USO4:
+    opened = open_uso_tun_and_socket(5002)
+    if opened is None:
         return {"skip": "kernel refused TUN_F_USO4"}
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((LOCAL, 5002))
+    fd, s = opened
     s.settimeout(5)
     dgrams = [os.urandom(1000) for _ in range(19)] + [b"last one"]
     bufs = coalesce([udp_packet(40001, 5002, d, 100 + i) for i, d in enumerate(dgrams)], udp=True)
@@ -227,11 +237,10 @@ def read_tso_from_kernel() -> dict[str, Any]:
 
 def read_uso_from_kernel() -> dict[str, Any]:
     """A kernel UDP socket with UDP_SEGMENT sends to the fake peer: read, segment, check every datagram."""
-    fd, offload = open_vnet_tun(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6)
-    if not offload & TUN_F_USO4:
+    opened = open_uso_tun_and_socket(40002)
+    if opened is None:
         return {"skip": "kernel refused TUN_F_USO4"}
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((LOCAL, 40002))
+    fd, s = opened
     s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT
     data = os.urandom(9 * 1000 + 123)
     s.sendto(data, (PEER, 5004))
