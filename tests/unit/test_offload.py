@@ -37,6 +37,7 @@ from tunnel.offload import (
     with_hdr,
     without_hdr,
 )
+from vpn.testlab.differential import check_bulk_matches_loop, random_batches
 from vpn.testlab.packets import reference_sum
 
 scapy_all = pytest.importorskip("scapy.all", reason="scapy is needed as the independent reference")
@@ -894,3 +895,44 @@ def test_split_reads_bulk_and_mixed() -> None:
         [plain[0], sup, b"\x01" * 8, b"\x00\x01" + sup[2:10] + b"\x00" * 30, plain[1]], l2=True)
     assert (short, bad) == (1, 1) and frames == [plain[0][10:], *segment(sup, l2=True), plain[1][10:]]
     assert split_reads([], l2=True) == ([], 0, 0)
+
+
+def test_gro_frames_and_split_reads_bulk_equal_their_loops() -> None:
+    """gro_frames' one-header batch and split_reads' all-plain batch (vpn.testlab.differential): random
+    batches of one flow behind one header, of several flows and headers, with ARP frames, super-frames,
+    short and garbage reads give what their loops give."""
+    rng = random.Random(17)
+    arp = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="100.64.0.2", pdst="100.64.0.1"))
+    heads = [eth_head(4, 0), eth_head(4, 1, src="02:00:00:00:00:0c"), eth_head(6, 2, dst="02:00:00:00:00:0d")]
+    streams = {
+        id(h): [h + p for p in tcp_stream(6 if h is heads[2] else 4, [1200] * 40, sport=40000 + k)]
+        for k, h in enumerate(heads)
+    }
+
+    def frames(r: random.Random) -> list[bytes]:
+        if r.random() < 0.5:  # one flow, one header: the bulk branch
+            s = streams[id(r.choice(heads))]
+            i = r.randrange(len(s))
+            return s[i:i + r.randrange(1, 20)]
+        out: list[bytes] = []
+        for _ in range(r.randrange(0, 6)):
+            s = streams[id(r.choice(heads))]
+            i = r.randrange(len(s))
+            out += s[i:i + r.randrange(1, 6)]
+            if r.random() < 0.3:
+                out.append(arp)
+        return out
+
+    batches = list(random_batches(frames, rng, 150))
+    assert check_bulk_matches_loop(lambda b, bulk: gro_frames(b, bulk=bulk), batches) == 150
+    sup = as_tap_read(heads[0], tcp_super(4, os.urandom(4000)), VIRTIO_NET_HDR_GSO_TCPV4, 1000)
+
+    def reads(r: random.Random) -> list[bytes]:
+        out = [bytes(10) + f for f in frames(r)]
+        if out and r.random() < 0.3:
+            odd = r.choice([sup, b"\x01" * 8, b"\x00\x01" + sup[2:10] + bytes(30), bytes(10)])
+            out.insert(r.randrange(len(out)), odd)
+        return out
+
+    assert check_bulk_matches_loop(lambda b, bulk: split_reads(b, l2=True, bulk=bulk),
+                                   random_batches(reads, rng, 150)) == 150

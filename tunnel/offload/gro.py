@@ -239,7 +239,7 @@ def _gro_run(packets: list[bytes], lens: list[int], flags: bytes, l2: bytes = b"
     return out
 
 
-def gro_frames(frames: list[bytes], *, udp: bool = False) -> list[bytes]:
+def gro_frames(frames: list[bytes], *, udp: bool = False, bulk: bool = True) -> list[bytes]:
     """:func:`gro` for Ethernet frames, ready for a vnet-hdr (10-byte) tap write.
 
     Consecutive IPv4/IPv6 frames with the same Ethernet header (MACs, VLAN tags, EtherType; see
@@ -250,9 +250,11 @@ def gro_frames(frames: list[bytes], *, udp: bool = False) -> list[bytes]:
     :param frames: whole Ethernet frames (an IP packet's padding to 60 bytes is cut off by :func:`gro`'s
         length checks: such a frame is written unchanged).
     :param udp: let :func:`coalesce` merge UDP datagrams too (the tap accepted USO).
+    :param bulk: take a batch of one Ethernet header in one piece, and let :func:`gro` try its bulk branch;
+        ``False`` runs the loops alone (tests compare both).
     """
     n = len(frames)
-    if n > 1:  # the common batch: one flow's frames, one header (compared with C-level loops)
+    if bulk and n > 1:  # the common batch: one flow's frames, one header (compared with C-level loops)
         try:
             m = l2_header_len(frames[0])
         except OffloadError:
@@ -261,7 +263,7 @@ def gro_frames(frames: list[bytes], *, udp: bool = False) -> list[bytes]:
             cut = itemgetter(slice(0, m))
             heads = list(map(cut, frames))
             if heads.count(heads[0]) == n:
-                return gro(list(map(itemgetter(slice(m, None)), frames)), udp=udp, l2=heads[0])
+                return gro(list(map(itemgetter(slice(m, None)), frames)), udp=udp, l2=heads[0], bulk=bulk)
     out: list[bytes] = []
     i = 0
     while i < n:
@@ -276,6 +278,6 @@ def gro_frames(frames: list[bytes], *, udp: bool = False) -> list[bytes]:
         j = i + 1
         while j < n and frames[j][:m] == l2:
             j += 1
-        out += gro([g[m:] for g in frames[i:j]], udp=udp, l2=l2)
+        out += gro([g[m:] for g in frames[i:j]], udp=udp, l2=l2, bulk=bulk)
         i = j
     return out
