@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 from tunnel.encap.vxlan import decap_ip, decap_ip_batch, encap_ip, encap_ip_batch
 from tunnel.offload import gro_frames, segment
-from vpn.switch import LOCAL, Switch
+from vpn.l2.mactable import LOCAL
+from vpn.l2.switch import Switch
 from vpn.testlab.packets import TCP, eth, ipv4, tcp
 
 MSS = 1318  # 1370-byte IP packets with a 32-byte TCP header (timestamps)

@@ -64,7 +64,7 @@ from .peer import Peer
 from .policy import AccessRules, ClientPolicy, bucket_for_rate
 from .routing import batch_ip_version, forward_hop, route_reads
 from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
-from .switch import TokenBucket
+from .tokenbucket import TokenBucket
 from .util import format_endpoint
 
 log = logging.getLogger("pyvpn.device")

@@ -12,7 +12,7 @@ from crypto.keys import abbreviate
 from crypto.tunnel import Tunnel
 
 from .policy import AccessRules, ClientPolicy
-from .switch import TokenBucket
+from .tokenbucket import TokenBucket
 
 
 class PeerLog(logging.LoggerAdapter[logging.Logger]):

@@ -1,4 +1,4 @@
-"""vpn/l2.py without root: the pure planning helpers, then whole Devices with L2 runtimes over in-memory fakes.
+"""vpn/l2/ without root: the pure planning helpers, then whole Devices with L2 runtimes over in-memory fakes.
 
 The runtime tests wire real :class:`vpn.device.Device` objects (real crypto, real event loop) to
 ``MemoryTun(tap=True)`` taps and a :class:`tunnel.testing.MemoryNetwork`, so a frame injected into one tap

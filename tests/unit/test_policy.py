@@ -31,9 +31,9 @@ from vpn.policy import (
     parse_time,
     reference_allows,
 )
-from vpn.switch import TokenBucket
 from vpn.testlab.differential import check_bulk_matches_loop
 from vpn.testlab.packets import ipv4, ipv6
+from vpn.tokenbucket import TokenBucket
 
 PRIV = "aKHukUFDDA5V4XGpTP1VNL5SEmNbhb6WkTl9ZIoGtmI="
 PUB_A = "4ta2Ike/0vubLN/l4PqUUEGYOzJDObTOBRVsGgVc3Gk="

@@ -225,13 +225,14 @@ def test_the_schema_check_notices_drift() -> None:
 def counted_reasons() -> set[str]:
     """Every drop reason the code counts, read from the source (new ones must be explained)."""
     found: set[str] = {str(r) for r in Drop}  # the protocol core's reasons are the Drop enum
-    for path in [*ROOT.glob("crypto/*.py"), *ROOT.glob("tunnel/**/*.py"), *ROOT.glob("vpn/*.py")]:
+    for path in [*ROOT.glob("crypto/*.py"), *ROOT.glob("tunnel/**/*.py"), *ROOT.glob("vpn/*.py"),
+                 *ROOT.glob("vpn/l2/*.py")]:
         src = path.read_text()
         for m in re.finditer(r"drops\[([^\]]+)\]", src):
             found.update(re.findall(r'"([a-z0-9_]+)"', m.group(1)))
         found.update(re.findall(r'reason\s*=\s*"([a-z0-9_]+)"', src))
         found.update("l2_" + r for r in re.findall(r'counters\["drop_([a-z0-9_]+)"\]', src))
-        if path.name == "switch.py":  # MacTable.learn() names why it refuses; the switch counts "drop_" + that
+        if path.name == "mactable.py":  # MacTable.learn() names why it refuses; the switch counts "drop_" + that
             found.update("l2_" + r for r in re.findall(r'return "([a-z0-9_]+)"', src))
     return found
 

@@ -1,6 +1,7 @@
-"""Unit tests for ``vpn.switch``: MAC learning and aging on a fake clock, forwarding tables, whole hub and
-full-mesh topologies simulated in memory (no frame back to its source, no duplicates), the table bound under
-a flood of 100k random source MACs, VLAN helpers, and a fuzz loop."""
+"""Unit tests for ``vpn.l2.switch``, its MAC table, VLAN helpers and token bucket: MAC learning and aging on
+a fake clock, forwarding tables, whole hub and full-mesh topologies simulated in memory (no frame back to its
+source, no duplicates), the table bound under a flood of 100k random source MACs, VLAN helpers, and a fuzz
+loop."""
 
 from __future__ import annotations
 
@@ -11,22 +12,11 @@ from collections import Counter, deque
 
 import pytest
 
-from vpn.switch import (
-    DROP,
-    LOCAL,
-    LOCAL_ONLY,
-    Forward,
-    MacEvent,
-    MacTable,
-    Switch,
-    TokenBucket,
-    VlanMap,
-    add_vlan,
-    is_group,
-    strip_vlan,
-    vlan_of,
-)
+from vpn.l2.ethernet import VlanMap, add_vlan, is_group, strip_vlan, vlan_of
+from vpn.l2.mactable import LOCAL, MacEvent, MacTable
+from vpn.l2.switch import DROP, LOCAL_ONLY, Forward, Switch
 from vpn.testlab.packets import eth
+from vpn.tokenbucket import TokenBucket
 
 BCAST = bytes.fromhex("ffffffffffff")
 MCAST = bytes.fromhex("01005e000001")
