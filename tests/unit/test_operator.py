@@ -26,6 +26,7 @@ from vpn.config import Config, ConfigError, format_config, load_config, parse_co
 from vpn.enroll import EnrollError
 from vpn.metrics import DeviceCollector, MetricsError, families, parse_listen
 from vpn.privileges import PrivilegeError, lookup_user
+from vpn.util import write_private
 
 # qrcode, pillow and prometheus-client are runtime dependencies of these features; their tests skip
 # (rather than fail) on an install that lacks them.
@@ -308,7 +309,7 @@ def test_png_qr_code_decodes_to_the_client_file(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
     data = enroll.client_config_text(add(server(), "phone", 10).client, server_name="wg0")
     png = tmp_path / "phone.png"
-    enroll.write_private(png, enroll.qr_png(data))
+    write_private(png, enroll.qr_png(data))
     raw = png.read_bytes()
     assert raw.startswith(b"\x89PNG\r\n\x1a\n")
     assert stat.S_IMODE(os.stat(png).st_mode) == 0o600
@@ -643,13 +644,14 @@ def test_private_files_ignore_planted_temporary_names(tmp_path: Path) -> None:
     """Issue 13: the temporary file of an atomic write has no guessable name and is opened with O_EXCL and
     O_NOFOLLOW, so a symlink planted at the old name (``.NAME.tmpPID``) neither receives the key nor
     becomes the file; text (configs) and bytes (QR PNGs) alike."""
+    from vpn.enroll import files as enroll_files
     from vpn.util import write_private
 
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     for i, (writer, data) in enumerate([(write_private, "PrivateKey = secret\n"),
-                                        (enroll.write_private, "PrivateKey = secret\n"),
-                                        (enroll.write_private, b"\x89PNG secret")]):
+                                        (enroll_files.write_private, "PrivateKey = secret\n"),
+                                        (enroll_files.write_private, b"\x89PNG secret")]):
         target = tmp_path / f"client{i}.conf"
         planted = tmp_path / f".{target.name}.tmp{os.getpid()}"
         planted.symlink_to(victim)
