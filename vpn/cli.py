@@ -188,43 +188,6 @@ DenyOpt = Annotated[list[str] | None, typer.Option(
     help="never these destinations, same form as --allow (repeatable)")]
 
 
-def _policy_change(expires: str | None, rate_limit: str | None, allow: list[str] | None, deny: list[str] | None,
-                   clear_rules: bool = False) -> Callable[[ClientPolicy], ClientPolicy] | None:
-    """What the policy options ask for, as a function of the old policy (None: nothing asked).
-
-    ``--allow``/``--deny`` replace that list of rules; ``--clear-rules`` empties both first.
-
-    :raises ValueError: a malformed value, naming the option.
-    """
-    import time
-    from dataclasses import replace
-
-    from .policy import parse_expiry, parse_rate, parse_rules
-
-    changes: dict[str, Any] = {}
-    if clear_rules:
-        changes["allow"] = changes["deny"] = ()
-    for opt, values in (("allow", allow), ("deny", deny)):
-        if values:
-            try:
-                changes[opt] = tuple(r for v in values for r in parse_rules(v))
-            except ValueError as e:
-                raise ValueError(f"--{opt}: {e}") from None
-    if rate_limit is not None:
-        try:
-            changes["rate_limit"] = parse_rate(rate_limit)
-        except ValueError as e:
-            raise ValueError(f"--rate-limit: {e}") from None
-    if expires is not None:
-        try:
-            changes["expires"] = parse_expiry(expires, now=time.time())
-        except ValueError as e:
-            raise ValueError(f"--expires: {e}") from None
-    if not changes:
-        return None
-    return lambda old: replace(old, **changes)
-
-
 @server_app.command("init")
 def server_init(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
                 port: Annotated[int, typer.Option(help="UDP port to listen on")] = 51820,
@@ -268,12 +231,12 @@ def server_add_client(
 ) -> None:
     """Enroll a client: keys, next free addresses, [Peer] in CONFIG and in the running server."""
     from .config import ConfigError
-    from .enroll import EnrollError, add_client, qr_png, qr_terminal
+    from .enroll import EnrollError, add_client, policy_change, qr_png, qr_terminal
     from .policy import ClientPolicy
     from .util import write_private
 
     try:
-        change = _policy_change(expires, rate_limit, allow, deny)
+        change = policy_change(expires, rate_limit, allow, deny)
         policy = change(ClientPolicy()) if change is not None else None
         r = add_client(config, name, endpoint=endpoint, dns=dns or (), psk=psk, policy=policy)
     except (ValueError, ConfigError, OSError) as e:  # EnrollError is a ValueError
@@ -359,8 +322,10 @@ def server_set_client(name: Annotated[str, typer.Argument(help="the client's nam
                                                                 help="remove every Allow and Deny rule")] = False,
                       ) -> None:
     """Change a client's policy (rules, rate limit, expiry) in CONFIG and in the running server."""
+    from .enroll import policy_change
+
     try:
-        change = _policy_change(expires, rate_limit, allow, deny, clear_rules)
+        change = policy_change(expires, rate_limit, allow, deny, clear_rules)
     except ValueError as e:
         _fail(str(e))
         return
@@ -395,8 +360,7 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
     """List the clients in CONFIG with their state and policy (and handshakes when the server runs)."""
     from .config import ConfigError
     from .enroll import list_clients
-    from .policy import ClientPolicy, format_rate, format_time
-    from .status import ago
+    from .status import clients_json, render_clients
 
     try:
         _, rows, running = list_clients(config)
@@ -404,52 +368,9 @@ def server_list_clients(config: ServerConfigOpt = "/etc/pyvpn/wg0.conf",
         _fail(str(e))
         return
     if as_json:
-        typer.echo(json.dumps([{"name": r.name, "addresses": list(r.addresses), "public_key": r.public_key,
-                                "latest_handshake": r.latest_handshake, "endpoint": r.endpoint, "state": r.state,
-                                "expires": format_time(r.policy.expires) if r.policy.expires is not None else None,
-                                "rate_limit": r.policy.rate_limit, "allow": [str(x) for x in r.policy.allow],
-                                "deny": [str(x) for x in r.policy.deny], "denied": r.denied,
-                                "ratelimited": r.ratelimited} for r in rows], indent=2))
+        typer.echo(json.dumps(clients_json(rows), indent=2))
         return
-    from rich.table import Table
-    from rich.text import Text
-
-    from .status import print_fitting
-
-    title = f"clients of {config}" + ("" if running else " (server not running)")
-    table = Table(title=title)
-    for col in ("name", "address", "public key", "latest handshake", "endpoint"):
-        table.add_column(col, no_wrap=col != "latest handshake")
-    blocks: list[Any] = [Text(f"{title}:")]
-    whole: list[str] = []
-    policed: list[tuple[Any, list[str], str, str, str, str]] = []
-    for r in rows:
-        hs = "-" if r.latest_handshake is None else ago(r.latest_handshake)
-        table.add_row(*(Text(c) for c in (r.name or "", "\n".join(r.addresses), r.public_key, hs, r.endpoint or "")))
-        blocks += [Text(""), Text(f"client: {r.name or '(no name)'}"), Text(f"  public key: {r.public_key}"),
-                   Text(f"  addresses: {', '.join(r.addresses) or '(none)'}"), Text(f"  latest handshake: {hs}")]
-        if r.endpoint:
-            blocks.append(Text(f"  endpoint: {r.endpoint}"))
-        whole += [r.public_key, *r.addresses, *([r.endpoint] if r.endpoint else [])]
-        if r.policy != ClientPolicy() or r.state != "active":
-            rules = [f"allow {x}" for x in r.policy.allow] + [f"deny {x}" for x in r.policy.deny]
-            expires = format_time(r.policy.expires) if r.policy.expires is not None else "never"
-            rate = format_rate(r.policy.rate_limit) if r.policy.rate_limit is not None else "none"
-            denied = "-" if r.denied is None else str(r.denied)
-            over = "-" if r.ratelimited is None else str(r.ratelimited)
-            policed.append((r, rules, expires, rate, denied, over))
-            blocks.append(Text(f"  policy: {r.state}; expires {expires}; rate limit {rate}; "
-                               f"{', '.join(rules) or 'all allowed'}; {denied} denied, {over} over the rate"))
-    wide: list[Any] = [table]
-    if policed:  # a second table, so that the first stays as narrow as it was
-        pt = Table(title="per-client policy")
-        for col in ("name", "state", "expires", "rate limit", "rules", "denied", "over rate"):
-            pt.add_column(col, no_wrap=col == "rules")
-        for r, rules, expires, rate, denied, over in policed:
-            pt.add_row(*(Text(c) for c in (r.name or r.public_key, r.state, expires, rate,
-                                            "\n".join(rules) or "all allowed", denied, over)))
-        wide.append(pt)
-    print_fitting(wide, blocks, whole)
+    render_clients(rows, f"clients of {config}" + ("" if running else " (server not running)"))
 
 
 @app.command(epilog=_keys_epilog())

@@ -13,13 +13,17 @@ import base64
 import io
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from .drops import explain
+from .policy import ClientPolicy, format_rate, format_time
+
+if TYPE_CHECKING:
+    from .enroll import ClientRow
 
 # Bump when a field of `pyvpn show --json` changes meaning or goes away (adding one does not).
 SCHEMA_VERSION = 1
@@ -316,3 +320,52 @@ def render(snapshots: list[dict[str, Any]], console: Console | None = None) -> N
         if i:
             console.print()
         print_fitting(table(snap), blocks(snap), must_show(snap), console)
+
+
+# -- pyvpn server list-clients ------------------------------------------------------------------------------
+def clients_json(rows: Sequence[ClientRow]) -> list[dict[str, Any]]:
+    """The clients as ``pyvpn server list-clients --json`` prints them."""
+    return [{"name": r.name, "addresses": list(r.addresses), "public_key": r.public_key,
+             "latest_handshake": r.latest_handshake, "endpoint": r.endpoint, "state": r.state,
+             "expires": format_time(r.policy.expires) if r.policy.expires is not None else None,
+             "rate_limit": r.policy.rate_limit, "allow": [str(x) for x in r.policy.allow],
+             "deny": [str(x) for x in r.policy.deny], "denied": r.denied,
+             "ratelimited": r.ratelimited} for r in rows]
+
+
+def render_clients(rows: Sequence[ClientRow], title: str, console: Console | None = None) -> None:
+    """Print the clients (``pyvpn server list-clients``): a table, and a second one of per-client policy,
+    where they fit in a terminal, else one field a line, as :func:`render` does for interfaces."""
+    clients = Table(title=title)
+    for col in ("name", "address", "public key", "latest handshake", "endpoint"):
+        clients.add_column(col, no_wrap=col != "latest handshake")
+    narrow: list[Any] = [Text(f"{title}:")]
+    whole: list[str] = []
+    policed: list[tuple[Any, list[str], str, str, str, str]] = []
+    for r in rows:
+        hs = "-" if r.latest_handshake is None else ago(r.latest_handshake)
+        clients.add_row(*(Text(c) for c in (r.name or "", "\n".join(r.addresses), r.public_key, hs, r.endpoint or "")))
+        narrow += [Text(""), Text(f"client: {r.name or '(no name)'}"), Text(f"  public key: {r.public_key}"),
+                   Text(f"  addresses: {', '.join(r.addresses) or '(none)'}"), Text(f"  latest handshake: {hs}")]
+        if r.endpoint:
+            narrow.append(Text(f"  endpoint: {r.endpoint}"))
+        whole += [r.public_key, *r.addresses, *([r.endpoint] if r.endpoint else [])]
+        if r.policy != ClientPolicy() or r.state != "active":
+            rules = [f"allow {x}" for x in r.policy.allow] + [f"deny {x}" for x in r.policy.deny]
+            expires = format_time(r.policy.expires) if r.policy.expires is not None else "never"
+            rate = format_rate(r.policy.rate_limit) if r.policy.rate_limit is not None else "none"
+            denied = "-" if r.denied is None else str(r.denied)
+            over = "-" if r.ratelimited is None else str(r.ratelimited)
+            policed.append((r, rules, expires, rate, denied, over))
+            narrow.append(Text(f"  policy: {r.state}; expires {expires}; rate limit {rate}; "
+                               f"{', '.join(rules) or 'all allowed'}; {denied} denied, {over} over the rate"))
+    wide: list[Any] = [table]
+    if policed:  # a second table, so that the first stays as narrow as it was
+        pt = Table(title="per-client policy")
+        for col in ("name", "state", "expires", "rate limit", "rules", "denied", "over rate"):
+            pt.add_column(col, no_wrap=col == "rules")
+        for r, rules, expires, rate, denied, over in policed:
+            pt.add_row(*(Text(c) for c in (r.name or r.public_key, r.state, expires, rate,
+                                            "\n".join(rules) or "all allowed", denied, over)))
+        wide.append(pt)
+    print_fitting(wide, narrow, whole, console)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from crypto.keys import encode_key, public_from_private
 
 from ..config import Config, InterfaceConfig, PeerConfig, format_config
-from ..policy import ClientPolicy
+from ..policy import ClientPolicy, parse_expiry, parse_rate, parse_rules
 
 # -- implementation constants ------------------------------------------------------------------
 #: The comment ``server init`` puts at the top of a new server file.
@@ -245,3 +247,36 @@ def client_config_text(client: Config, *, server_name: str | None = None) -> str
     head = (f"# WireGuard client of {server_name or 'a pyvpn server'}, made by pyvpn server add-client; "
             "keep it secret (it holds a private key)\n")
     return head + format_config(client)
+
+
+def policy_change(expires: str | None, rate_limit: str | None, allow: list[str] | None, deny: list[str] | None,
+                   clear_rules: bool = False) -> Callable[[ClientPolicy], ClientPolicy] | None:
+    """What the policy options of ``add-client`` and ``set-client`` ask for, as a function of the old
+    policy (None: nothing asked).
+
+    ``--allow``/``--deny`` replace that list of rules; ``--clear-rules`` empties both first.
+
+    :raises ValueError: a malformed value, naming the option.
+    """
+    changes: dict[str, Any] = {}
+    if clear_rules:
+        changes["allow"] = changes["deny"] = ()
+    for opt, values in (("allow", allow), ("deny", deny)):
+        if values:
+            try:
+                changes[opt] = tuple(r for v in values for r in parse_rules(v))
+            except ValueError as e:
+                raise ValueError(f"--{opt}: {e}") from None
+    if rate_limit is not None:
+        try:
+            changes["rate_limit"] = parse_rate(rate_limit)
+        except ValueError as e:
+            raise ValueError(f"--rate-limit: {e}") from None
+    if expires is not None:
+        try:
+            changes["expires"] = parse_expiry(expires, now=time.time())
+        except ValueError as e:
+            raise ValueError(f"--expires: {e}") from None
+    if not changes:
+        return None
+    return lambda old: replace(old, **changes)
