@@ -21,7 +21,7 @@ Flow (one wakeup each, level-triggered readers, bounded batches so neither direc
 
 Per-client policy (:mod:`vpn.policy`, set with :meth:`Device.set_policy`): a peer with access rules or a
 rate limit has ``Peer.policed`` set, checked once per batch; its packets from the tunnel pass
-:meth:`Device._police_in` (access rules, then its inbound token bucket) before step 2 routes them, so the
+:meth:`vpn.peer.Peer.police_in` (access rules, then its inbound token bucket) before step 2 routes them, so the
 verdict covers what is written to the tun and what is forwarded; packets to it (from the tun in step 1,
 forwarded from other peers, or from the L2 runtime) pass its outbound bucket.  A disabled or expired
 peer is refused in the core (``Tunnel.set_refused``); the housekeeping timer refuses a peer the second
@@ -37,35 +37,22 @@ import asyncio
 import errno
 import logging
 import os
-import select
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from operator import itemgetter
 from typing import Any, Protocol
 
-from crypto.constants import BULK_MIN, REKEY_AFTER_TIME
-from crypto.keys import abbreviate
-from crypto.tunnel import (
-    Core,
-    EndpointChanged,
-    HandshakeCompleted,
-    HandshakeGaveUp,
-    HandshakeInitiated,
-    KeysZeroed,
-    Tunnel,
-)
+from crypto.constants import REKEY_AFTER_TIME
+from crypto.tunnel import Core, Tunnel
 from tunnel.tun import configure_tun, read_packets, tune_allocator, write_packets
 
 from .allowedips import AllowedIPs
-from .drops import split_expected
 from .latency import request_slice, slice_from_env
 from .peer import Peer
 from .policy import AccessRules, ClientPolicy, bucket_for_rate
-from .routing import batch_ip_version, forward_hop, route_reads
-from .stall import STALL_AFTER, LoopWatchdog, Recovered, StallDetector, Stalled
-from .tokenbucket import TokenBucket
-from .util import format_endpoint
+from .report import device_snapshot, log_core_events, log_stall
+from .routing import InboundRoutes, L2Hook, forward_hop, route_reads
+from .stall import STALL_AFTER, LoopWatchdog, StallDetector, readable
 
 log = logging.getLogger("pyvpn.device")
 
@@ -101,17 +88,6 @@ class PacketDevice(Protocol):
     def close(self) -> None: ...
 
 
-class L2Hook(Protocol):
-    """What the device needs from :class:`vpn.l2.L2Runtime` (L2 segments over VXLAN in the tunnel)."""
-
-    vteps: frozenset[bytes]  # our VTEP addresses (packed); packets to them are offered to take()
-
-    def take(self, tunnel: Tunnel, packet: bytes) -> bool: ...
-    def take_batch(self, tunnel: Tunnel, packets: list[bytes]) -> list[bytes]: ...
-    def drop_counts(self) -> Counter[str]: ...
-    def snapshot(self) -> list[dict[str, Any]]: ...
-
-
 class DatagramSocket(Protocol):
     @property
     def port(self) -> int: ...
@@ -123,11 +99,7 @@ class DatagramSocket(Protocol):
     def close(self) -> None: ...
 
 
-_v4_addrs = itemgetter(slice(12, 20))  # IPv4 source + destination
-_v6_addrs = itemgetter(slice(8, 40))  # IPv6 source + destination
-
-
-class Device:
+class Device(InboundRoutes):
     """One pyvpn interface.
 
     :param tun: the L3 packet device (a real tun, or :mod:`tunnel.testing`'s fake).
@@ -365,7 +337,7 @@ class Device:
             self.drops["tun_bad_offload"] += bad
         for t, lst in route_reads(packets, self.allowed.lookup, self.drops, bulk=self.bulk).items():
             if t.user.bucket_out is not None:
-                lst = self._police_out(t.user, lst, now)
+                lst = t.user.police_out(lst, now, self.drops)
                 if not lst:
                     continue
             t.encapsulate(lst, now=now)
@@ -387,7 +359,7 @@ class Device:
             for t, packets in core.decapsulate(addr, datagrams, now=now, bulk=self.bulk):
                 peer = t.user
                 if peer.policed:
-                    packets = self._police_in(peer, packets, now)
+                    packets = peer.police_in(packets, now, self.drops, bulk=self.bulk)
                     if not packets:
                         continue
                 self._route_inbound(t, packets, to_tun, forwarded)
@@ -396,130 +368,11 @@ class Device:
         for t, lst in forwarded.items():
             lst = forward_hop(lst, self.drops)
             if lst and t.user.bucket_out is not None:
-                lst = self._police_out(t.user, lst, now)
+                lst = t.user.police_out(lst, now, self.drops)
             if lst:
                 self.forwarded_packets += len(lst)
                 t.encapsulate(lst, now=now)
         self._flush()
-
-    def _police_in(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes]:
-        """The packets from ``peer`` that its access rules allow and its inbound rate admits, in order;
-        the rest are counted (``policy_denied``, ``ratelimit_in``) for the peer and the device."""
-        access = peer.access
-        if access is not None:
-            packets, denied = access.split(packets, bulk=self.bulk)
-            if denied:
-                peer.drops["policy_denied"] += denied
-                self.drops["policy_denied"] += denied
-        if peer.bucket_in is not None and packets:
-            packets = self._rate_limit(peer, peer.bucket_in, packets, now, "ratelimit_in")
-        return packets
-
-    def _police_out(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes]:
-        """The packets for ``peer`` that its outbound rate admits; the rest are counted (``ratelimit_out``)."""
-        if peer.bucket_out is None:
-            return packets
-        return self._rate_limit(peer, peer.bucket_out, packets, now, "ratelimit_out")
-
-    def _rate_limit(self, peer: Peer, bucket: TokenBucket, packets: list[bytes], now: float,
-                    reason: str) -> list[bytes]:
-        n = bucket.admit(packets, now=now)
-        if n < len(packets):
-            over = len(packets) - n
-            peer.drops[reason] += over
-            self.drops[reason] += over
-            packets = packets[:n]
-        return packets
-
-    def _route_inbound(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
-                       forwarded: dict[Tunnel, list[bytes]]) -> None:
-        lookup = self.allowed.lookup
-        forward = self.forward
-        l2 = self.l2
-        vteps = l2.vteps if l2 is not None else frozenset()
-        if self.bulk and len(packets) >= BULK_MIN and self._route_flow(t, packets, to_tun, forwarded, vteps):
-            return
-        spoofed = 0
-        # Consecutive packets mostly belong to one flow: look an address up only when it changes.
-        last_src = last_dst = b""
-        src_ok = to_l2 = False
-        fwd: list[bytes] | None = None
-        append = to_tun.append
-        for p in packets:
-            if p[0] >> 4 == 4:
-                src, dst = p[12:16], p[16:20]
-            else:
-                src, dst = p[8:24], p[24:40]
-            if src != last_src:
-                last_src = src
-                src_ok = lookup(src) is t
-            if not src_ok:
-                spoofed += 1
-                continue
-            if dst != last_dst:
-                last_dst = dst
-                fwd = None
-                if forward:
-                    d = lookup(dst)
-                    if d is not None and d is not t:
-                        fwd = forwarded.get(d)
-                        if fwd is None:
-                            fwd = forwarded[d] = []
-                to_l2 = dst in vteps
-            if fwd is not None:
-                fwd.append(p)
-                continue
-            if to_l2 and l2 is not None and l2.take(t, p):  # VXLAN for an L2 segment
-                continue
-            append(p)
-        if spoofed:
-            self.drops["spoofed_source"] += spoofed
-            peer = t.user
-            if isinstance(peer, Peer):
-                peer.drops["spoofed_source"] += spoofed
-
-    def _route_flow(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
-                    forwarded: dict[Tunnel, list[bytes]], vteps: Any) -> bool:
-        """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
-        lookup and one ``extend`` (to the tun, or with ``forward`` to another peer's list, whose TTLs
-        :func:`~vpn.routing.forward_hop` then decrements as for the loop's), the addresses compared
-        with C-level loops.  A batch to one of our VTEPs goes to the L2 runtime in one call, and what it
-        declines to the tun.  Returns False, having done nothing, unless every packet has the same IP
-        version and addresses."""
-        version = batch_ip_version(packets)
-        if version == 4:
-            keys = list(map(_v4_addrs, packets))
-            k = keys[0]
-            src, dst = k[:4], k[4:]
-        elif version == 6:
-            keys = list(map(_v6_addrs, packets))
-            k = keys[0]
-            src, dst = k[:16], k[16:]
-        else:
-            return False
-        if keys.count(k) != len(keys):
-            return False
-        lookup = self.allowed.lookup
-        if lookup(src) is not t:
-            n = len(packets)
-            self.drops["spoofed_source"] += n
-            peer = t.user
-            if isinstance(peer, Peer):
-                peer.drops["spoofed_source"] += n
-            return True
-        if self.forward:
-            d = lookup(dst)
-            if d is not None and d is not t:
-                fwd = forwarded.get(d)
-                if fwd is None:
-                    forwarded[d] = list(packets)
-                else:
-                    fwd.extend(packets)
-                return True
-        if dst in vteps and self.l2 is not None:  # VXLAN for an L2 segment: the runtime takes it in bulk
-            packets = self.l2.take_batch(t, packets)
-        to_tun.extend(packets)
-        return True
 
     def send_packets(self, tunnel: Tunnel, packets: list[bytes]) -> None:
         """Encrypt whole IP packets for ``tunnel`` and send them now (the L2 runtime's way out).
@@ -532,7 +385,7 @@ class Device:
             return
         now = loop.time()
         if tunnel.user.bucket_out is not None:
-            packets = self._police_out(tunnel.user, packets, now)
+            packets = tunnel.user.police_out(packets, now, self.drops)
             if not packets:
                 return
         tunnel.encapsulate(packets, now=now)
@@ -546,7 +399,7 @@ class Device:
             for endpoint, datagrams in core.take_outbox():
                 send(endpoint, datagrams)
         if core.events:
-            self._log_events()
+            log_core_events(core.take_events(), self.peers)
         loop = self._loop
         if loop is None:
             return
@@ -587,42 +440,10 @@ class Device:
 
     def queued(self) -> list[str]:
         """Which inputs have something waiting right now: ``"tun"`` and/or ``"udp"`` (a zero-timeout poll)."""
-        fds = {}
-        for label, dev in (("tun", self.tun), ("udp", self.udp)):
-            try:
-                fds[dev.fileno()] = label
-            except (OSError, ValueError):
-                continue
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        return sorted(fds[fd] for fd, ev in poller.poll(0) if ev & select.POLLIN and fd in fds)
+        return readable((("tun", self.tun), ("udp", self.udp)))
 
     def _check_stall(self, now: float) -> None:
-        ev = self.stall.update(now=now, queued=self.queued(), progress=self.progress)
-        if isinstance(ev, Stalled):
-            log.warning("%s: data path stalled: packets are waiting on %s but nothing was taken in for %.0f s",
-                        self.name, " and ".join(ev.queued), ev.seconds)
-        elif isinstance(ev, Recovered):
-            log.info("%s: data path %s after %.0f s", self.name,
-                     "moving again" if ev.moved else "no longer has packets waiting", ev.seconds)
-
-    def _log_events(self) -> None:
-        for ev in self.core.take_events():
-            peer = self.peers.get(ev.peer)
-            plog: logging.LoggerAdapter[logging.Logger] | logging.Logger = peer.log if peer else log
-            if isinstance(ev, HandshakeCompleted):
-                plog.info("handshake completed (%s)", "we initiated" if ev.initiator else "peer initiated")
-            elif isinstance(ev, HandshakeInitiated):
-                plog.debug("sending handshake initiation%s", " (retry)" if ev.retry else "")
-            elif isinstance(ev, HandshakeGaveUp):
-                plog.warning("handshake did not complete after %d attempts; giving up for now", 20)
-            elif isinstance(ev, KeysZeroed):
-                plog.info("no new session for 9 minutes; keys zeroed")
-            elif isinstance(ev, EndpointChanged):
-                plog.info("endpoint is now %s", format_endpoint(ev.endpoint))
-            else:
-                plog.debug("%s", type(ev).__name__)
+        log_stall(self.name, self.stall.update(now=now, queued=self.queued(), progress=self.progress))
 
     # -- reporting -------------------------------------------------------------------------
     def offloads(self) -> list[str]:
@@ -646,51 +467,8 @@ class Device:
         return c
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything ``pyvpn show`` and the metrics endpoint report (no private keys)."""
+        """Everything ``pyvpn show`` and the metrics endpoint report (no private keys; :mod:`vpn.report`)."""
         wall = time.time()
         for peer in list(self._expiring.values()):  # so that a reported "expired" is already enforced
             self._apply_refusal(peer, wall)
-        peers = []
-        for p in self.peers.values():
-            t = p.tunnel
-            peers.append({
-                "public_key": t.public_key,
-                "name": p.name,
-                "endpoint": format_endpoint(t.endpoint) if t.endpoint else None,
-                "allowed_ips": list(p.allowed_ips),
-                "latest_handshake": t.last_handshake_wall,
-                "rx_bytes": t.rx_bytes,
-                "tx_bytes": t.tx_bytes,
-                "rx_packets": t.rx_packets,
-                "tx_packets": t.tx_packets,
-                "handshakes": t.handshakes,
-                "persistent_keepalive": t.persistent_keepalive,
-                "has_preshared_key": t.preshared_key is not None,
-                "drops": {k: v for k, v in p.drops.items() if v},
-                "policy": {**p.policy.to_wire(), "state": p.policy.state(wall)},
-                "denied": p.drops["policy_denied"],
-                "ratelimited": p.drops["ratelimit_in"] + p.drops["ratelimit_out"],
-                "refused_handshakes": t.refused_handshakes,
-            })
-        drops, ignored = split_expected(self.drop_counts())
-        snap = {
-            "interface": self.name,
-            "public_key": self.core.public_key if self.core.has_private_key else None,
-            "listen_port": self.listen_port,
-            "mtu": self.core.mtu,
-            "forward": self.forward,
-            "forwarded_packets": self.forwarded_packets,
-            "peers": peers,
-            "drops": drops,
-            "ignored": ignored,
-            "under_load": self.core.under_load(now=self._loop.time()) if self._loop else False,
-            "stall": {**self.stall.status(self._loop.time() if self._loop else time.monotonic()),
-                      "loop_blocked": self.watchdog.blocked},
-        }
-        if self.l2 is not None:
-            snap["segments"] = self.l2.snapshot()
-        return snap
-
-
-def peer_label(public_key: bytes) -> str:
-    return f"peer({abbreviate(public_key)})"
+        return device_snapshot(self, wall=wall, now=self._loop.time() if self._loop else None)

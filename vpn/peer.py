@@ -66,3 +66,34 @@ class Peer:
     @property
     def label(self) -> str:
         return self.name or f"peer({abbreviate(self.public_key)})"
+
+    def police_in(self, packets: list[bytes], now: float, device_drops: Counter[str], *,
+                  bulk: bool = True) -> list[bytes]:
+        """The packets from this peer that its access rules allow and its inbound rate admits, in order;
+        the rest are counted (``policy_denied``, ``ratelimit_in``) for the peer and in ``device_drops``.
+        ``bulk`` is :meth:`vpn.policy.AccessRules.split`'s."""
+        access = self.access
+        if access is not None:
+            packets, denied = access.split(packets, bulk=bulk)
+            if denied:
+                self.drops["policy_denied"] += denied
+                device_drops["policy_denied"] += denied
+        if self.bucket_in is not None and packets:
+            packets = self._rate_limit(self.bucket_in, packets, now, "ratelimit_in", device_drops)
+        return packets
+
+    def police_out(self, packets: list[bytes], now: float, device_drops: Counter[str]) -> list[bytes]:
+        """The packets for this peer that its outbound rate admits; the rest are counted (``ratelimit_out``)."""
+        if self.bucket_out is None:
+            return packets
+        return self._rate_limit(self.bucket_out, packets, now, "ratelimit_out", device_drops)
+
+    def _rate_limit(self, bucket: TokenBucket, packets: list[bytes], now: float, reason: str,
+                    device_drops: Counter[str]) -> list[bytes]:
+        n = bucket.admit(packets, now=now)
+        if n < len(packets):
+            over = len(packets) - n
+            self.drops[reason] += over
+            device_drops[reason] += over
+            packets = packets[:n]
+        return packets

@@ -7,8 +7,10 @@ GRO, is :mod:`tunnel.tun`'s ``read_packets``/``write_packets``):
    their destination routes to (AllowedIPs); the destination is looked up once per change of address, and
    a batch to one destination once (a bulk branch with C-level loops).
 2. The core seals each group; the UDP socket sends each run of equal sizes in one GSO ``sendmsg``.
-3. **peers → tun**.  Opened packets pass the AllowedIPs source check in the device and are written with
-   ``tunnel.tun.write_packets`` (GRO into super-packets).
+3. **peers → tun** (:class:`InboundRoutes`, methods of the device).  Opened packets pass the AllowedIPs
+   source check (the cryptokey ACL; otherwise dropped as ``spoofed_source``), packets to one of our VTEP
+   addresses are offered to the L2 runtime, and the rest are written with ``tunnel.tun.write_packets`` (GRO
+   into super-packets).
 4. **peer → peer** (:func:`forward_hop`, only with ``#pyvpn Forward = on``).  A packet for another peer is
    not written to the tun: like a router, the daemon takes one off its TTL (IPv4, with the header checksum
    updated incrementally, RFC 1624) or hop limit (IPv6), drops it at zero (counted as ``ttl_exceeded``; no
@@ -23,11 +25,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from crypto.constants import BULK_MIN
 
-__all__ = ["batch_ip_version", "forward_hop", "route_reads", "ttl_checksum"]
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from crypto.tunnel import Tunnel
+
+    from .allowedips import AllowedIPs
+
+__all__ = ["InboundRoutes", "L2Hook", "batch_ip_version", "forward_hop", "route_reads", "ttl_checksum"]
 
 
 def route_reads(packets: list[bytes], lookup: Callable[[bytes], Any], drops: Counter[str], *,
@@ -146,7 +155,7 @@ def forward_hop(packets: list[bytes], drops: Counter[str]) -> list[bytes]:
     header checksum updated to match (RFC 1624); a packet that arrives with 1 or 0 is dropped and counted as
     ``ttl_exceeded`` (no ICMP time exceeded is sent: pyvpn generates no ICMP).
 
-    One loop for every batch, whether :meth:`vpn.device.Device._route_flow` (one flow) or the per-packet route
+    One loop for every batch, whether :meth:`InboundRoutes._route_flow` (one flow) or the per-packet route
     collected it; a bulk branch was measured and dropped (benchmarks/results-by-commit.md).
 
     :param packets: whole IPv4/IPv6 packets as ``Core.decapsulate`` returns them (headers complete).
@@ -172,3 +181,122 @@ def forward_hop(packets: list[bytes], drops: Counter[str]) -> list[bytes]:
     if expired:
         drops["ttl_exceeded"] += expired
     return out
+
+
+# --- peers → tun: the source check, forwarding and the L2 hook ------------------------------------------
+_v4_addrs = itemgetter(slice(12, 20))  # IPv4 source + destination
+_v6_addrs = itemgetter(slice(8, 40))  # IPv6 source + destination
+
+
+class L2Hook(Protocol):
+    """What the device needs from :class:`vpn.l2.L2Runtime` (L2 segments over VXLAN in the tunnel)."""
+
+    vteps: frozenset[bytes]  # our VTEP addresses (packed); packets to them are offered to take()
+
+    def take(self, tunnel: Tunnel, packet: bytes) -> bool: ...
+    def take_batch(self, tunnel: Tunnel, packets: list[bytes]) -> list[bytes]: ...
+    def drop_counts(self) -> Counter[str]: ...
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+
+
+class InboundRoutes:
+    """Where the decrypted packets of one peer go (step 3 of the flow above), as methods of
+    :class:`vpn.device.Device`, which mixes this class in and owns the state they read: its AllowedIPs,
+    ``forward`` and ``bulk`` switches, L2 runtime and drop counters."""
+
+    allowed: AllowedIPs[Tunnel]
+    forward: bool
+    bulk: bool
+    l2: L2Hook | None
+    drops: Counter[str]
+
+    def _route_inbound(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
+                       forwarded: dict[Tunnel, list[bytes]]) -> None:
+        lookup = self.allowed.lookup
+        forward = self.forward
+        l2 = self.l2
+        vteps = l2.vteps if l2 is not None else frozenset()
+        if self.bulk and len(packets) >= BULK_MIN and self._route_flow(t, packets, to_tun, forwarded, vteps):
+            return
+        spoofed = 0
+        # Consecutive packets mostly belong to one flow: look an address up only when it changes.
+        last_src = last_dst = b""
+        src_ok = to_l2 = False
+        fwd: list[bytes] | None = None
+        append = to_tun.append
+        for p in packets:
+            if p[0] >> 4 == 4:
+                src, dst = p[12:16], p[16:20]
+            else:
+                src, dst = p[8:24], p[24:40]
+            if src != last_src:
+                last_src = src
+                src_ok = lookup(src) is t
+            if not src_ok:
+                spoofed += 1
+                continue
+            if dst != last_dst:
+                last_dst = dst
+                fwd = None
+                if forward:
+                    d = lookup(dst)
+                    if d is not None and d is not t:
+                        fwd = forwarded.get(d)
+                        if fwd is None:
+                            fwd = forwarded[d] = []
+                to_l2 = dst in vteps
+            if fwd is not None:
+                fwd.append(p)
+                continue
+            if to_l2 and l2 is not None and l2.take(t, p):  # VXLAN for an L2 segment
+                continue
+            append(p)
+        if spoofed:
+            self.drops["spoofed_source"] += spoofed
+            peer = t.user
+            if isinstance(peer, Peer):
+                peer.drops["spoofed_source"] += spoofed
+
+    def _route_flow(self, t: Tunnel, packets: list[bytes], to_tun: list[bytes],
+                    forwarded: dict[Tunnel, list[bytes]], vteps: Any) -> bool:
+        """:meth:`_route_inbound` for a batch of one address pair (what a GRO batch mostly is): one ACL
+        lookup and one ``extend`` (to the tun, or with ``forward`` to another peer's list, whose TTLs
+        :func:`~vpn.routing.forward_hop` then decrements as for the loop's), the addresses compared
+        with C-level loops.  A batch to one of our VTEPs goes to the L2 runtime in one call, and what it
+        declines to the tun.  Returns False, having done nothing, unless every packet has the same IP
+        version and addresses."""
+        version = batch_ip_version(packets)
+        if version == 4:
+            keys = list(map(_v4_addrs, packets))
+            k = keys[0]
+            src, dst = k[:4], k[4:]
+        elif version == 6:
+            keys = list(map(_v6_addrs, packets))
+            k = keys[0]
+            src, dst = k[:16], k[16:]
+        else:
+            return False
+        if keys.count(k) != len(keys):
+            return False
+        lookup = self.allowed.lookup
+        if lookup(src) is not t:
+            n = len(packets)
+            self.drops["spoofed_source"] += n
+            peer = t.user
+            if isinstance(peer, Peer):
+                peer.drops["spoofed_source"] += n
+            return True
+        if self.forward:
+            d = lookup(dst)
+            if d is not None and d is not t:
+                fwd = forwarded.get(d)
+                if fwd is None:
+                    forwarded[d] = list(packets)
+                else:
+                    fwd.extend(packets)
+                return True
+        if dst in vteps and self.l2 is not None:  # VXLAN for an L2 segment: the runtime takes it in bulk
+            packets = self.l2.take_batch(t, packets)
+        to_tun.extend(packets)
+        return True

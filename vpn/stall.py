@@ -20,6 +20,7 @@ snapshot, so ``pyvpn show`` says so too.
 from __future__ import annotations
 
 import logging
+import select
 import sys
 import threading
 import time
@@ -161,3 +162,18 @@ class LoopWatchdog:
             elif idle < self.after and self._warned:
                 self._warned = False
                 self.log.info("%s: the event loop runs again", self.name)
+
+
+def readable(inputs: Iterable[tuple[str, Any]]) -> list[str]:
+    """The labels of ``inputs`` (``(label, anything with fileno())``) with something waiting to be read right
+    now, sorted (one zero-timeout poll); a closed one is skipped."""
+    fds = {}
+    for label, dev in inputs:
+        try:
+            fds[dev.fileno()] = label
+        except (OSError, ValueError):
+            continue
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return sorted(fds[fd] for fd, ev in poller.poll(0) if ev & select.POLLIN and fd in fds)
