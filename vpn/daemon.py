@@ -331,7 +331,7 @@ def interface_alive(tun: object, name: str, netns: str | None = None) -> bool:
     moved to another network namespace (WireGuard's namespace integration: ``ip link set IFACE netns NS``
     right after ``pyvpn-wg`` created it), where its name is invisible from here but it works on.  Looking
     the name up instead made ``pyvpn-wg`` take such a move for a deletion and exit within a second, and it
-    blocked the event loop on a netlink round trip (2-20 ms, up to 170 ms measured) every second.  Only a
+    blocked the event loop on a netlink round trip every second (benchmarks/results-by-commit.md).  Only a
     device without that query (a fake) is looked up by name.
     """
     attached = getattr(tun, "attached", None)

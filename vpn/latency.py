@@ -5,8 +5,7 @@ sleeps in ``epoll_wait``, the kernel wakes it, and it then waits for a CPU befor
 microseconds of Python.  On a busy CPU that wait dominated: with Linux's EEVDF scheduler (6.6+) a woken
 task runs before the current one only if its virtual deadline is earlier, and with the default slice
 (0.75 ms x (1 + log2 CPUs), 1.4 ms on 2 CPUs) it often is not, so the wake-up waited for the rest of
-another task's slice: 1-5 ms of scheduling delay per hop measured with ``perf sched timehist``
-(``benchmarks/latency-results.md``).
+another task's slice (measured: ``benchmarks/latency-results.md``).
 
 Since Linux 6.12 a normal (``SCHED_OTHER``) thread can ask for a shorter slice with ``sched_setattr``
 (``sched_runtime``).  That gives no more CPU (the share still follows the nice weight) but an earlier

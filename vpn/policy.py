@@ -47,9 +47,8 @@ Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # -- implementation constants ------------------------------------------------------------------
 #: Seconds of the rate the token bucket holds (its depth).  A policer drops whole bursts, and TCP then
-#: stalls on retransmission timeouts: measured with iperf3 through a hub at 16mbit (4 s, 2-vCPU VM),
-#: 0.05 s gave 5.4-15.6 Mbit/s, 0.2 s gave 15.5-16.1 in every run.  The price is a first burst of
-#: 0.2 s of the rate at line speed (5 % over the limit across 4 s).
+#: stalls on retransmission timeouts, so the bucket is deep; the price is a first burst of 0.2 s of the
+#: rate at line speed (measured: benchmarks/results-by-commit.md).
 BURST_TIME = 0.2
 #: The smallest bucket, in bytes (about 45 full-size packets).
 MIN_BURST = 64 * 1024
