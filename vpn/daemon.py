@@ -182,7 +182,8 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
         resolver = EndpointResolver(device)
         resolver.attach()
         if getattr(cfg, "segments", ()):
-            from .l2 import L2ConfigError, open_segments
+            from .l2.plan import L2ConfigError
+            from .l2.start import open_segments
 
             try:
                 l2 = open_segments(cfg, device, role=role, netns=netns)

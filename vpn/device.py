@@ -142,7 +142,7 @@ class Device(InboundRoutes):
         self.slice = slice_from_env()  # the scheduler slice the loop thread asks for (vpn/latency.py)
         self.stopped: asyncio.Event | None = None  # created in start()
         self.on_housekeeping: list[Callable[[], None]] = []
-        self.l2: L2Hook | None = None  # set by vpn.l2.L2Runtime.start() when L2 segments run
+        self.l2: L2Hook | None = None  # set by vpn.l2.runtime.L2Runtime.start() when L2 segments run
         self.started_wall = time.time()
         self.udp_offload = udp_offload
         self.progress = 0  # tun buffers read + datagrams received since start (the stall check's counter)

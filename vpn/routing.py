@@ -189,7 +189,7 @@ _v6_addrs = itemgetter(slice(8, 40))  # IPv6 source + destination
 
 
 class L2Hook(Protocol):
-    """What the device needs from :class:`vpn.l2.L2Runtime` (L2 segments over VXLAN in the tunnel)."""
+    """What the device needs from :class:`vpn.l2.runtime.L2Runtime` (L2 segments over VXLAN in the tunnel)."""
 
     vteps: frozenset[bytes]  # our VTEP addresses (packed); packets to them are offered to take()
 

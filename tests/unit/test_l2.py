@@ -22,7 +22,8 @@ from tunnel.encap.vxlan import encap_ip, pack_header
 from tunnel.testing import MemoryNetwork, MemoryTun, MemoryUdp
 from vpn.config import parse_config
 from vpn.device import Device
-from vpn.l2 import L2ConfigError, L2Runtime, TapPlan, choose_vtep, local_vteps, plan_segments
+from vpn.l2.plan import L2ConfigError, TapPlan, choose_vtep, local_vteps, plan_segments
+from vpn.l2.runtime import L2Runtime
 from vpn.status import render
 from vpn.testlab import packets
 

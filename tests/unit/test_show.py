@@ -22,7 +22,8 @@ from vpn.config import parse_config
 from vpn.daemon import control_extra
 from vpn.device import Device
 from vpn.drops import DROP_REASONS, EXPECTED, explain, split_expected
-from vpn.l2 import L2Runtime, plan_segments
+from vpn.l2.plan import plan_segments
+from vpn.l2.runtime import L2Runtime
 from vpn.routing import route_reads
 from vpn.status import SCHEMA_VERSION, PeerNotFound, render, select_peers, show_json
 from vpn.testlab.packets import ICMPV6, UDP, ipv4, ipv6
