@@ -1,10 +1,13 @@
-"""vpn.stall.StallDetector: a table of observations and the transitions they must give (pure, no clock)."""
+"""vpn.stall.StallDetector: a table of observations and the transitions they must give (pure, no clock); and
+vpn.stall.readable, the zero-timeout poll behind ``Device.queued()``."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from vpn.stall import Recovered, StallDetector, Stalled
+from vpn.stall import Recovered, StallDetector, Stalled, readable
 
 
 def feed(det: StallDetector, steps: list[tuple[float, tuple[str, ...], int]]) -> list[object]:
@@ -53,3 +56,22 @@ def test_status_reports_state_queue_and_seconds() -> None:
 def test_bad_threshold() -> None:
     with pytest.raises(ValueError):
         StallDetector(after=0)
+
+
+def test_readable_names_the_inputs_with_data_waiting() -> None:
+    class Closed:  # a closed device: no fileno any more
+        def fileno(self) -> int:
+            raise ValueError("I/O operation on closed file")
+
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    try:
+        inputs = [("udp", a), ("tun", b), ("gone", Closed())]
+        assert readable(inputs) == []
+        a_peer.send(b"x")
+        assert readable(inputs) == ["udp"]
+        b_peer.send(b"y")
+        assert readable(inputs) == ["tun", "udp"]  # sorted; the closed one is skipped
+    finally:
+        for s in (a, a_peer, b, b_peer):
+            s.close()
