@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crypto.keys import abbreviate
+from crypto.ratelimiter import TokenBucket
 from crypto.tunnel import Tunnel
 
 from .policy import AccessRules, ClientPolicy
-from .tokenbucket import TokenBucket
 
 
 class PeerLog(logging.LoggerAdapter[logging.Logger]):

@@ -24,7 +24,7 @@ A refused client's handshakes are refused and its session is dropped at once (se
 :meth:`crypto.tunnel.Tunnel.set_refused`).
 
 This module parses and formats the values and holds the pure classifier of the data path,
-:class:`AccessRules` (bytes in, verdicts out); the rate limit is :class:`vpn.tokenbucket.TokenBucket` with one
+:class:`AccessRules` (bytes in, verdicts out); the rate limit is :class:`crypto.ratelimiter.TokenBucket` with one
 token a byte (:func:`bucket_for_rate`; packets and ``now`` in, how many fit out).
 :class:`vpn.device.Device` applies them.
 """
@@ -40,8 +40,7 @@ from operator import itemgetter
 from typing import Any
 
 from crypto.constants import BULK_MIN
-
-from .tokenbucket import TokenBucket
+from crypto.ratelimiter import TokenBucket
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -340,7 +339,7 @@ _v6_dst_ports = itemgetter(slice(24, 44))  # destination, then the ports (no ext
 
 # -- the rate limit ----------------------------------------------------------------------------
 def bucket_for_rate(bits_per_second: int) -> TokenBucket:
-    """The token bucket (one token a byte, :meth:`vpn.tokenbucket.TokenBucket.admit`) for a ``RateLimit`` in
+    """The token bucket (one token a byte, :meth:`crypto.ratelimiter.TokenBucket.admit`) for a ``RateLimit`` in
     bits per second; its depth is :data:`BURST_TIME` of the rate, at least :data:`MIN_BURST` bytes."""
     rate = bits_per_second / 8
     return TokenBucket(rate, max(rate * BURST_TIME, MIN_BURST))

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto.ratelimiter import TokenBucket
 from vpn.config import ConfigError, format_config, load_config, parse_config
 from vpn.enroll import add_client, init_server, list_clients, set_client, set_policy_text
 from vpn.policy import (
@@ -33,7 +34,6 @@ from vpn.policy import (
 )
 from vpn.testlab.differential import check_bulk_matches_loop
 from vpn.testlab.packets import ipv4, ipv6
-from vpn.tokenbucket import TokenBucket
 
 PRIV = "aKHukUFDDA5V4XGpTP1VNL5SEmNbhb6WkTl9ZIoGtmI="
 PUB_A = "4ta2Ike/0vubLN/l4PqUUEGYOzJDObTOBRVsGgVc3Gk="

@@ -12,11 +12,11 @@ from collections import Counter, deque
 
 import pytest
 
+from crypto.ratelimiter import TokenBucket
 from vpn.l2.ethernet import VlanMap, add_vlan, is_group, strip_vlan, vlan_of
 from vpn.l2.mactable import LOCAL, MacEvent, MacTable
 from vpn.l2.switch import DROP, LOCAL_ONLY, Forward, Switch
 from vpn.testlab.packets import eth
-from vpn.tokenbucket import TokenBucket
 
 BCAST = bytes.fromhex("ffffffffffff")
 MCAST = bytes.fromhex("01005e000001")

@@ -72,7 +72,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Never, TypeVar
 
-from ..tokenbucket import TokenBucket
+from crypto.ratelimiter import TokenBucket
+
 from .ethernet import ETH_HEADER_SIZE, VLAN_TPIDS, VNI_MAX, ZERO_MAC
 from .mactable import (
     DEFAULT_AGE,
