@@ -32,6 +32,8 @@ from rich.table import Table
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 
+from .testlab import configs
+from .testlab.files import write_private
 from .testlab.netns import LabError, Netns, netns_argv, stop_process, veth
 
 STATE_DIR = Path("/run/pyvpn-demo")
@@ -112,23 +114,18 @@ class Demo:
         s_priv = private_from_random(os.urandom(32))
         c_priv = private_from_random(os.urandom(32))
         s_pub, c_pub = public_from_private(s_priv), public_from_private(c_priv)
-        srv = (f"[Interface]\nPrivateKey = {encode_key(s_priv)}\nListenPort = 51820\n"
-               f"Address = 198.19.0.1/24, fd00:19::1/64\n#pyvpn Name = {self.srv_if}\n\n"
-               f"[Peer]\n#pyvpn Name = demo-client\nPublicKey = {encode_key(c_pub)}\n"
-               f"AllowedIPs = 198.19.0.2/32, fd00:19::2/128\n\n"
-               f"#pyvpn [Segment]\n#pyvpn VNI = 100\n#pyvpn Tap = {self.srv_tap}\n")
-        cli = (f"[Interface]\nPrivateKey = {encode_key(c_priv)}\n"
-               f"Address = 198.19.0.2/24, fd00:19::2/64\n#pyvpn Name = {self.cli_if}\n\n"
-               f"[Peer]\n#pyvpn Name = demo-server\nPublicKey = {encode_key(s_pub)}\nEndpoint = 198.18.0.1:51820\n"
-               f"AllowedIPs = 198.19.0.0/24, fd00:19::/64\nPersistentKeepalive = 25\n\n"
-               f"#pyvpn [Segment]\n#pyvpn VNI = 100\n#pyvpn Tap = {self.cli_tap}\n")
-        paths = []
-        for name, text in (("server.conf", srv), ("client.conf", cli)):
-            p = self.workdir / name
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            paths.append(p)
+        srv = configs.config_text(
+            configs.interface(encode_key(s_priv), listen_port=51820, addresses=["198.19.0.1/24", "fd00:19::1/64"],
+                              name=self.srv_if),
+            [configs.peer(encode_key(c_pub), name="demo-client", allowed_ips=["198.19.0.2/32", "fd00:19::2/128"])],
+            [configs.segment(100, self.srv_tap)])
+        cli = configs.config_text(
+            configs.interface(encode_key(c_priv), addresses=["198.19.0.2/24", "fd00:19::2/64"], name=self.cli_if),
+            [configs.peer(encode_key(s_pub), name="demo-server", endpoint="198.18.0.1:51820",
+                          allowed_ips=["198.19.0.0/24", "fd00:19::/64"], persistent_keepalive=25)],
+            [configs.segment(100, self.cli_tap)])
+        paths = [write_private(self.workdir / name, text) for name, text in (("server.conf", srv),
+                                                                              ("client.conf", cli))]
         return paths[0], paths[1]
 
     def start(self, ns: str, role: str, conf: Path) -> None:

@@ -40,6 +40,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vpn.config import SegmentConfig
+from vpn.testlab import configs
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns, sh
 
@@ -62,43 +64,29 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "vpn.cli"]
 
 
-def segment_section(*, vni: int, tap: str) -> str:
-    """A ``#pyvpn [Segment]`` section (no ``MTU``: pyvpn picks the tunnel MTU minus the VXLAN headroom)."""
-    return "\n".join(["#pyvpn [Segment]", f"#pyvpn VNI = {vni}", f"#pyvpn Tap = {tap}", ""])
-
-
 def server_config(*, private_key: str, address: Sequence[str], client_public: str, client_ips: Sequence[str],
                   listen_port: int = PYVPN_PORT, client_vtep: str | None = None,
-                  segments: Sequence[str] = ()) -> str:
-    """wg-quick text for the server end.
+                  segments: Sequence[SegmentConfig] = ()) -> str:
+    """wg-quick text for the server end (the production model and writer: :mod:`vpn.testlab.configs`).
 
     :param client_vtep: ``#pyvpn Vtep`` of the client peer (L2 segments), or None.
-    :param segments: ``#pyvpn [Segment]`` sections (see :func:`segment_section`) appended at the end.
+    :param segments: ``#pyvpn [Segment]`` sections (:func:`vpn.testlab.configs.segment`).
     """
-    return "\n".join([
-        "[Interface]", f"PrivateKey = {private_key}", f"ListenPort = {listen_port}",
-        f"Address = {', '.join(address)}", "",
-        "[Peer]", f"PublicKey = {client_public}", f"AllowedIPs = {', '.join(client_ips)}",
-        *([f"#pyvpn Vtep = {client_vtep}"] if client_vtep else []), "",
-        *segments,
-    ])
+    return configs.config_text(configs.interface(private_key, listen_port=listen_port, addresses=address),
+                               [configs.peer(client_public, allowed_ips=client_ips, vtep=client_vtep)], segments)
 
 
 def client_config(*, private_key: str, address: Sequence[str], server_public: str, server_nets: Sequence[str],
                   endpoint: str, keepalive: int = 25, server_vtep: str | None = None,
-                  segments: Sequence[str] = ()) -> str:
+                  segments: Sequence[SegmentConfig] = ()) -> str:
     """wg-quick text for the client end.
 
     :param server_vtep: ``#pyvpn Vtep`` of the server peer (L2 segments), or None.
-    :param segments: ``#pyvpn [Segment]`` sections (see :func:`segment_section`) appended at the end.
+    :param segments: ``#pyvpn [Segment]`` sections (:func:`vpn.testlab.configs.segment`).
     """
-    return "\n".join([
-        "[Interface]", f"PrivateKey = {private_key}", f"Address = {', '.join(address)}", "",
-        "[Peer]", f"PublicKey = {server_public}", f"AllowedIPs = {', '.join(server_nets)}",
-        f"Endpoint = {endpoint}", f"PersistentKeepalive = {keepalive}",
-        *([f"#pyvpn Vtep = {server_vtep}"] if server_vtep else []), "",
-        *segments,
-    ])
+    return configs.config_text(configs.interface(private_key, addresses=address),
+                               [configs.peer(server_public, allowed_ips=server_nets, endpoint=endpoint,
+                                             persistent_keepalive=keepalive, vtep=server_vtep)], segments)
 
 
 class _PyvpnPath(BenchPath):
@@ -219,11 +207,11 @@ class PyvpnL2Path(_PyvpnPath):
         write_private(sconf, server_config(private_key=spriv, address=[f"{v4}.2/24", f"{v6}:2/64"],
                                            client_public=cpub, client_ips=[f"{v4}.1/32", f"{v6}:1/128"],
                                            client_vtep=f"{v4}.1",
-                                           segments=[segment_section(vni=L2_VNI, tap=stap)]))
+                                           segments=[configs.segment(L2_VNI, stap)]))
         write_private(cconf, client_config(private_key=cpriv, address=[f"{v4}.1/24", f"{v6}:1/64"],
                                            server_public=spub, server_nets=[f"{v4}.0/24", f"{v6}:/64"],
                                            endpoint=f"{pair.server_ip}:{PYVPN_PORT}", server_vtep=f"{v4}.2",
-                                           segments=[segment_section(vni=L2_VNI, tap=ctap)]))
+                                           segments=[configs.segment(L2_VNI, ctap)]))
         self._start(lab, slot, pair.server, "server", sconf, [sname, stap])
         self._start(lab, slot, pair.client, "client", cconf, [cname, ctap])
         mtus = [link_mtu(pair.server, stap), link_mtu(pair.client, ctap)]

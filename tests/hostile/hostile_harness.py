@@ -3,10 +3,10 @@
 A :class:`Lab` builds a server namespace and a client namespace, either joined by one veth
 (``direct``) or through a middle namespace that runs the impairment relay
 (:mod:`hostile_relay`).  An optional attacker namespace hangs off the server on its own veth.
-It writes wg-quick configs, starts ``pyvpn server`` / ``pyvpn client`` (as
-``python -m vpn.cli``, so the test's own interpreter and checkout are used), waits for
-``show``, and tears everything down on exit, even after a failure: the daemons first (SIGTERM,
-then SIGKILL), then every process left in each namespace, then the namespaces.
+It writes wg-quick configs (the production writer: :mod:`vpn.testlab.configs`), starts
+``pyvpn server`` / ``pyvpn client`` (as ``python -m vpn.cli``, so the test's own interpreter and
+checkout are used), waits for ``show``, and tears everything down on exit, even after a failure:
+the daemons first (SIGTERM, then SIGKILL), then every process left in each namespace, then the namespaces.
 
 Addresses (all inside the lab's namespaces)::
 
@@ -34,11 +34,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from crypto.keys import encode_key, private_from_random, public_from_private
+from vpn.config import PeerConfig, SegmentConfig
+from vpn.testlab import configs
 from vpn.testlab.netns import Netns, veth, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -281,27 +284,30 @@ class Lab:
             f.write(text)
         return p
 
-    def server_conf(self, extra_peers: str = "") -> str:
-        ep = f"Endpoint = {self.server_side_endpoint}\n" if self.server_knows_endpoint else ""
-        return (f"[Interface]\nPrivateKey = {encode_key(self.server_key[0])}\nListenPort = {PORT}\n"
-                f"Address = {SERVER_TUN}/24, {SERVER_TUN6}/64\n#pyvpn Name = {self.server_if}\n\n"
-                f"[Peer]\n#pyvpn Name = client\nPublicKey = {encode_key(self.client_key[1])}\n"
-                f"AllowedIPs = {CLIENT_TUN}/32, {CLIENT_TUN6}/128\n{ep}{extra_peers}")
+    def server_conf(self, extra_peers: Sequence[PeerConfig] = (), segments: Sequence[SegmentConfig] = ()) -> str:
+        ep = self.server_side_endpoint if self.server_knows_endpoint else None
+        iface = configs.interface(encode_key(self.server_key[0]), listen_port=PORT, name=self.server_if,
+                                  addresses=[f"{SERVER_TUN}/24", f"{SERVER_TUN6}/64"])
+        client = configs.peer(encode_key(self.client_key[1]), name="client", endpoint=ep,
+                              allowed_ips=[f"{CLIENT_TUN}/32", f"{CLIENT_TUN6}/128"])
+        return configs.config_text(iface, [client, *extra_peers], segments)
 
-    def client_conf(self, extra: str = "") -> str:
-        ka = f"PersistentKeepalive = {self.client_keepalive}\n" if self.client_keepalive else ""
-        port = f"ListenPort = {PORT + 1}\n"
-        return (f"[Interface]\nPrivateKey = {encode_key(self.client_key[0])}\n{port}"
-                f"Address = {CLIENT_TUN}/24, {CLIENT_TUN6}/64\n#pyvpn Name = {self.client_if}\n\n"
-                f"[Peer]\n#pyvpn Name = server\nPublicKey = {encode_key(self.server_key[1])}\n"
-                f"Endpoint = {self.client_endpoint}\nAllowedIPs = 198.19.0.0/24, fd00:19::/64\n{ka}{extra}")
+    def client_conf(self, segments: Sequence[SegmentConfig] = ()) -> str:
+        iface = configs.interface(encode_key(self.client_key[0]), listen_port=PORT + 1, name=self.client_if,
+                                  addresses=[f"{CLIENT_TUN}/24", f"{CLIENT_TUN6}/64"])
+        server = configs.peer(encode_key(self.server_key[1]), name="server", endpoint=self.client_endpoint,
+                              allowed_ips=["198.19.0.0/24", "fd00:19::/64"],
+                              persistent_keepalive=self.client_keepalive)
+        return configs.config_text(iface, [server], segments)
 
-    def start(self, *, handshake: bool = True, server_extra_peers: str = "", client_extra: str = "",
+    def start(self, *, handshake: bool = True, server_extra_peers: Sequence[PeerConfig] = (),
+              server_segments: Sequence[SegmentConfig] = (), client_segments: Sequence[SegmentConfig] = (),
               record: bool = False) -> Lab:
         """Start the relay (recording from the first datagram if ``record``), server and client.
 
-        :param server_extra_peers: / :param client_extra: text appended to the configs (more
-            ``[Peer]`` sections, ``#pyvpn [Segment]`` sections).
+        :param server_extra_peers: more ``[Peer]`` sections for the server (:func:`vpn.testlab.configs.peer`).
+        :param server_segments: / :param client_segments: ``#pyvpn [Segment]`` sections
+            (:func:`vpn.testlab.configs.segment`).
         """
         if self.use_relay:
             self.relay = RelayProc(self.mid_ns, self.workdir, [
@@ -312,10 +318,10 @@ class Lab:
             if record:
                 self.relay.call({"cmd": "record", "on": True})
         self.server = Daemon(self.srv_ns, "server", self.server_if,
-                             self.write("server.conf", self.server_conf(server_extra_peers)),
+                             self.write("server.conf", self.server_conf(server_extra_peers, server_segments)),
                              self.workdir / "server.log", env=self.server_env, log_level=self.log_level)
         self.client = Daemon(self.cli_ns, "client", self.client_if,
-                             self.write("client.conf", self.client_conf(client_extra)),
+                             self.write("client.conf", self.client_conf(client_segments)),
                              self.workdir / "client.log", env=self.client_env, log_level=self.log_level)
         self.server.start(wait=False)  # both start-ups (Python imports) overlap
         self.client.start(wait=False)

@@ -42,6 +42,7 @@ from crypto.messages import INITIATION_MAC1_OFFSET
 from crypto.noise import LABEL_MAC1
 from crypto.primitives import hash_, mac
 from crypto.tunnel import Core
+from vpn.testlab import configs
 from vpn.testlab.netns import wait_for
 
 FLOOD_REASONS = ("cookie_reply_sent", "cookie_reply_limited", "invalid_mac1", "rate_limited", "handshake_budget",
@@ -219,8 +220,7 @@ def test_legitimate_handshakes_complete_during_multi_source_flood() -> None:
     n_clients = env_int("PYVPN_FLOOD_CLIENTS", 20)
     client_timeout = 30.0
     keys = [keypair() for _ in range(n_clients)]
-    peers = "".join(f"\n[Peer]\nPublicKey = {encode_key(pub)}\nAllowedIPs = 198.19.1.{k + 1}/32\n"
-                    for k, (_, pub) in enumerate(keys))
+    peers = [configs.peer(encode_key(pub), allowed_ips=[f"198.19.1.{k + 1}/32"]) for k, (_, pub) in enumerate(keys)]
     with Lab(attacker=True, log_level="info") as lab:
         atk, srv_ns, cli = lab.atk_ns, lab.srv_ns, lab.cli_ns
         # attacker sources: 198.18.16.1 + i, and fd00:18:1:i::1 (one address in each of per_family /64s)

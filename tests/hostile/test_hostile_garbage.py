@@ -36,6 +36,7 @@ from hostile_harness import (
 )
 
 from crypto.keys import encode_key
+from vpn.testlab import configs
 from vpn.testlab.netns import run, wait_for
 
 
@@ -51,7 +52,7 @@ def test_garbage_datagrams_are_all_counted_and_never_delivered() -> None:
     count = env_int("PYVPN_GARBAGE_COUNT", 200_000)
     rate = env_int("PYVPN_GARBAGE_RATE", 40_000)
     insider_priv, insider_pub = keypair()
-    extra = f"\n[Peer]\n#pyvpn Name = insider\nPublicKey = {encode_key(insider_pub)}\nAllowedIPs = 198.19.0.50/32\n"
+    extra = [configs.peer(encode_key(insider_pub), name="insider", allowed_ips=["198.19.0.50/32"])]
     with Lab(attacker=True, log_level="debug") as lab:
         lab.start(server_extra_peers=extra)
         srv = lab.server

@@ -49,14 +49,11 @@ from hostile_harness import (
 )
 
 from crypto.keys import encode_key
+from vpn.testlab import configs
+from vpn.testlab.configs import segment
 from vpn.testlab.netns import Netns, veth, wait_for
 
 LIMIT = 64
-
-
-def segment(vni: int, tap: str, *extra: str) -> str:
-    lines = ["", "#pyvpn [Segment]", f"#pyvpn VNI = {vni}", f"#pyvpn Tap = {tap}", *(f"#pyvpn {e}" for e in extra)]
-    return "\n".join(lines) + "\n"
 
 
 def vni100(d: Daemon) -> dict[str, Any]:
@@ -67,12 +64,13 @@ def vni100(d: Daemon) -> dict[str, Any]:
 
 @pytest.mark.root
 def test_vxlan_injection_and_tap_garbage_are_counted_and_bounded() -> None:
-    other = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(keypair()[1])}\nAllowedIPs = 198.19.0.50/32\n"
+    other = configs.peer(encode_key(keypair()[1]), name="other", allowed_ips=["198.19.0.50/32"])
     with Lab(log_level="debug") as lab:
         no_storm_control = ("BroadcastRatePerPeer = 0", "BroadcastRate = 0")  # exact accounting below
-        lab.start(server_extra_peers=other + segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control)
-                  + segment(200, "hstap1", "Peers = other"),
-                  client_extra=segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control))
+        lab.start(server_extra_peers=[other],
+                  server_segments=[segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control),
+                                   segment(200, "hstap1", "Peers = other")],
+                  client_segments=[segment(100, "hstap0", f"MacLimit = {LIMIT}", *no_storm_control)])
         srv, cli = lab.server, lab.client
         time.sleep(0.5)
         # -- VXLAN injection through the tunnel
@@ -113,7 +111,7 @@ def test_vxlan_injection_and_tap_garbage_are_counted_and_bounded() -> None:
 
 
 # -- a malicious member against the hub's segment rules ----------------------------------------------------------
-OTHER = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(keypair()[1])}\nAllowedIPs = 198.19.0.50/32\n"
+OTHER = configs.peer(encode_key(keypair()[1]), name="other", allowed_ips=["198.19.0.50/32"])
 BCAST = "ff:ff:ff:ff:ff:ff"
 
 
@@ -144,7 +142,7 @@ def inject(lab: Lab, *args: str) -> dict[str, Any]:
 @pytest.mark.root
 def test_member_cannot_hijack_the_gateway_mac_of_the_hub_lan() -> None:
     with Lab(log_level="debug") as lab:
-        lab.start(server_extra_peers=segment(100, "hstap0", "Bridge = hsbr0"))
+        lab.start(server_segments=[segment(100, "hstap0", "Bridge = hsbr0")])
         srv = lab.server
         gw, gw_mac = lan_host(lab, "gw", "hsbr0", "100.64.100.1")
         lan, _ = lan_host(lab, "lan", "hsbr0", "100.64.100.2")
@@ -176,8 +174,8 @@ def test_member_cannot_hijack_the_gateway_mac_of_the_hub_lan() -> None:
 def test_member_cannot_fill_the_mac_table() -> None:
     quota, limit = 16, 64
     with Lab(log_level="debug") as lab:
-        lab.start(server_extra_peers=segment(100, "hstap0", f"MacLimit = {limit}", f"MacLimitPerPeer = {quota}",
-                                             "BroadcastRatePerPeer = 0", "BroadcastRate = 0"))
+        lab.start(server_segments=[segment(100, "hstap0", f"MacLimit = {limit}", f"MacLimitPerPeer = {quota}",
+                                           "BroadcastRatePerPeer = 0", "BroadcastRate = 0")])
         srv = lab.server
         time.sleep(0.3)
         d0 = srv.drops()
@@ -205,8 +203,8 @@ def test_member_cannot_fill_the_mac_table() -> None:
 def test_member_broadcast_storm_is_rate_limited() -> None:
     rate = burst = 20
     with Lab(log_level="debug") as lab:
-        lab.start(server_extra_peers=OTHER + segment(100, "hstap0", f"BroadcastRatePerPeer = {rate}",
-                                                     f"BroadcastBurstPerPeer = {burst}", "BroadcastRate = 0"))
+        lab.start(server_extra_peers=[OTHER], server_segments=[segment(
+            100, "hstap0", f"BroadcastRatePerPeer = {rate}", f"BroadcastBurstPerPeer = {burst}", "BroadcastRate = 0")])
         srv = lab.server
         time.sleep(0.3)
         c0, d0 = vni100(srv)["counters"], srv.drops()
@@ -229,8 +227,8 @@ def test_member_broadcast_storm_is_rate_limited() -> None:
 @pytest.mark.root
 def test_member_cannot_inject_its_own_vlan_tag(tmp_path: Path) -> None:
     with Lab(log_level="debug") as lab:
-        lab.start(server_extra_peers=OTHER + segment(100, "hstrk0", "VLAN = 10")
-                  + segment(200, "hstrk0", "VLAN = 20", "Peers = other"))
+        lab.start(server_extra_peers=[OTHER], server_segments=[segment(100, "hstrk0", "VLAN = 10"),
+                                                               segment(200, "hstrk0", "VLAN = 20", "Peers = other")])
         srv = lab.server
         # what pyvpn writes to its trunk tap (the kernel moves the outer tag out of the data on receive)
         cap_file, stop = tmp_path / "trunk.cap", tmp_path / "stop"
@@ -262,10 +260,10 @@ def test_member_cannot_inject_its_own_vlan_tag(tmp_path: Path) -> None:
 @pytest.mark.root
 def test_mac_moves_between_members_are_damped_and_logged() -> None:
     priv, pub = keypair()
-    other = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(pub)}\nAllowedIPs = 198.19.0.50/32\n"
+    other = configs.peer(encode_key(pub), name="other", allowed_ips=["198.19.0.50/32"])
     contested = "02:00:5e:00:53:01"
     with Lab(attacker=True, log_level="debug") as lab:
-        lab.start(server_extra_peers=other + segment(100, "hstap0"))
+        lab.start(server_extra_peers=[other], server_segments=[segment(100, "hstap0")])
         srv = lab.server
         time.sleep(0.3)
         t0, d0 = vni100(srv)["table"], srv.drops()

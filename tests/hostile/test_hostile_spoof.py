@@ -25,13 +25,14 @@ from hostile_harness import (
 )
 
 from crypto.keys import encode_key
+from vpn.testlab import configs
 from vpn.testlab.netns import run, wait_for
 
 
 @pytest.mark.root
 def test_spoofed_inner_sources_are_dropped() -> None:
     _, other_pub = keypair()
-    extra = f"\n[Peer]\n#pyvpn Name = other\nPublicKey = {encode_key(other_pub)}\nAllowedIPs = 198.19.0.50/32\n"
+    extra = [configs.peer(encode_key(other_pub), name="other", allowed_ips=["198.19.0.50/32"])]
     with Lab() as lab:
         lab.start(server_extra_peers=extra)
         srv = lab.server
@@ -63,10 +64,10 @@ def test_unknown_key_gets_no_session() -> None:
         d0 = srv.drops()
         s_priv, _ = keypair()
         iface = f"{lab.client_if[:-1]}x"
-        conf = lab.write("stranger.conf", (
-            f"[Interface]\nPrivateKey = {encode_key(s_priv)}\nAddress = 198.19.0.66/24\n#pyvpn Name = {iface}\n\n"
-            f"[Peer]\nPublicKey = {encode_key(lab.server_key[1])}\nEndpoint = {SERVER_ATTACKER_SIDE}:{PORT}\n"
-            "AllowedIPs = 198.19.0.0/24\n"))
+        conf = lab.write("stranger.conf", configs.config_text(
+            configs.interface(encode_key(s_priv), addresses=["198.19.0.66/24"], name=iface),
+            [configs.peer(encode_key(lab.server_key[1]), endpoint=f"{SERVER_ATTACKER_SIDE}:{PORT}",
+                          allowed_ips=["198.19.0.0/24"])]))
         stranger = Daemon(lab.atk_ns, "client", iface, conf, lab.workdir / "stranger.log")
         try:
             stranger.start()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from vpn.config import format_peer
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import SRV4, SRV6, PyvpnFile, parse_ping, workdir
 from vpn.testlab.wggo import (
@@ -231,8 +232,7 @@ def test_setconf_and_syncconf() -> None:
 
         # syncconf from the wg-quick file itself, through `wg-quick strip`: c2 added, c1 kept as is.
         conf = h.server.config
-        text = conf.read_text() + "\n" + "\n".join(WgPeer(c2.public_key, allowed_ips=c2.allowed()).conf_lines())
-        conf.write_text(text + "\n")
+        conf.write_text(conf.read_text() + "\n" + format_peer(WgPeer(c2.public_key, allowed_ips=c2.allowed()).config()))
         r = h.ns.run(["bash", "-c", f"wg syncconf {name} <(wg-quick strip {conf})"], check=False)
         assert r.returncode == 0, r.stderr
         assert {p.public_key for p in h.server.dump().peers} == {c1.public_key, c2.public_key}

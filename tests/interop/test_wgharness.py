@@ -83,8 +83,8 @@ def test_config_texts(tmp_path: Path) -> None:
     assert KC not in repr(peer)
     conf = wg_conf_text(private_key=KA, listen_port=51820, peers=[peer])
     assert conf == (f"[Interface]\nPrivateKey = {KA}\nListenPort = 51820\n\n[Peer]\nPublicKey = {KB}\n"
-                    f"PresharedKey = {KC}\nEndpoint = [fd00::2]:51820\n"
-                    "AllowedIPs = 198.19.0.0/24, fd00:19::2/128\nPersistentKeepalive = 25\n")
+                    f"PresharedKey = {KC}\nAllowedIPs = 198.19.0.0/24, fd00:19::2/128\n"
+                    "Endpoint = [fd00::2]:51820\nPersistentKeepalive = 25\n")
     path = tmp_path / "wg0.conf"
     text = wg_quick_file(path, private_key=KA, address=["198.19.0.1/24", "fd00:19::1/64"], mtu=1420,
                          peers=[WgPeer(KB, allowed_ips=["0.0.0.0/0"])])

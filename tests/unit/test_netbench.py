@@ -557,20 +557,21 @@ def test_pyvpn_configs_parse_with_pyvpn() -> None:
 def test_pyvpn_l2_configs_parse_with_pyvpn() -> None:
     config = pytest.importorskip("vpn.config")
     l2 = pytest.importorskip("vpn.l2")
-    from paths.pyvpn import L2_TAP_MTU, L2_VNI, PYVPN_MTU, client_config, segment_section, server_config
+    from paths.pyvpn import L2_TAP_MTU, L2_VNI, PYVPN_MTU, client_config, server_config
 
     from tunnel.encap.vxlan import mtu_for_tap
+    from vpn.testlab.configs import segment
 
     assert L2_TAP_MTU == mtu_for_tap(PYVPN_MTU, False) == 1370  # the benchmark's expectation is pyvpn's rule
     (spriv, spub), (cpriv, cpub) = _key(), _key()
     s = config.parse_config(server_config(
         private_key=spriv, address=["198.19.5.2/24", "fd00:5::2/64"], client_public=cpub,
         client_ips=["198.19.5.1/32", "fd00:5::1/128"], client_vtep="198.19.5.1",
-        segments=[segment_section(vni=L2_VNI, tap="nblaaaaaat")]))
+        segments=[segment(L2_VNI, "nblaaaaaat")]))
     c = config.parse_config(client_config(
         private_key=cpriv, address=["198.19.5.1/24", "fd00:5::1/64"], server_public=spub,
         server_nets=["198.19.5.0/24", "fd00:5::/64"], endpoint="198.18.5.2:51820", server_vtep="198.19.5.2",
-        segments=[segment_section(vni=L2_VNI, tap="nblbbbbbbt")]))
+        segments=[segment(L2_VNI, "nblbbbbbbt")]))
     assert s.peers[0].vtep == "198.19.5.1" and c.peers[0].vtep == "198.19.5.2"
     assert c.peers[0].endpoint == ("198.18.5.2", 51820) and s.interface.listen_port == 51820
     for cfg, role, tap in ((s, "server", "nblaaaaaat"), (c, "client", "nblbbbbbbt")):

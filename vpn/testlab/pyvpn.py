@@ -2,7 +2,8 @@
 
 Theory of operation:
 
-1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>``.  The UAPI socket
+1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>`` (production model and writer:
+   :mod:`vpn.testlab.configs`).  The UAPI socket
    (``/var/run/wireguard/IFACE.sock``) and the control socket (``/var/run/pyvpn/IFACE.sock``) live in
    the file system, which every namespace shares, so each daemon gets a fresh name from
    :func:`unique_ifname` and parallel tests never collide.
@@ -41,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from vpn.config import PeerConfig
 from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
+from vpn.testlab import configs
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, wait_for
 from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
@@ -138,6 +141,12 @@ class PeerSpec:
     def __repr__(self) -> str:
         return f"PeerSpec(public_key={self.public_key!r}, allowed_ips={self.allowed_ips!r})"
 
+    def config(self) -> PeerConfig:
+        """This section as the production model."""
+        return configs.peer(self.public_key, allowed_ips=self.allowed_ips, endpoint=self.endpoint,
+                            persistent_keepalive=self.persistent_keepalive, name=self.name,
+                            preshared_key=self.preshared_key, extra=self.extra)
+
 
 def endpoint(host: str, port: int) -> str:
     """``198.18.0.1:51820`` or ``[fd00:18::1]:51820``."""
@@ -146,30 +155,11 @@ def endpoint(host: str, port: int) -> str:
 
 def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), listen_port: int | None = None,
               peers: Sequence[PeerSpec] = (), mtu: int | None = None, extra: Sequence[str] = ()) -> str:
-    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``)."""
-    out = ["[Interface]", f"#pyvpn Name = {ifname}", f"PrivateKey = {private_key}"]
-    if addresses:
-        out.append(f"Address = {', '.join(addresses)}")
-    if listen_port is not None:
-        out.append(f"ListenPort = {listen_port}")
-    if mtu is not None:
-        out.append(f"MTU = {mtu}")
-    out.extend(extra)
-    for p in peers:
-        out += ["", "[Peer]"]
-        if p.name:
-            out.append(f"#pyvpn Name = {p.name}")
-        out.append(f"PublicKey = {p.public_key}")
-        if p.preshared_key:
-            out.append(f"PresharedKey = {p.preshared_key}")
-        if p.allowed_ips:
-            out.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
-        if p.endpoint:
-            out.append(f"Endpoint = {p.endpoint}")
-        if p.persistent_keepalive:
-            out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
-        out.extend(p.extra)
-    return "\n".join(out) + "\n"
+    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``), written by the
+    production writer (:mod:`vpn.testlab.configs`)."""
+    iface = configs.interface(private_key, addresses=addresses, listen_port=listen_port, mtu=mtu, name=ifname,
+                              extra=extra)
+    return configs.config_text(iface, [p.config() for p in peers])
 
 
 def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> subprocess.CompletedProcess[str]:

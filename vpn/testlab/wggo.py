@@ -17,7 +17,8 @@ Theory of operation:
    nothing listens on it any more: a live socket may belong to another instance that won a name race.
 
 Everything is bounded in time; nothing sends traffic outside the namespaces the caller made.  The module
-also holds key helpers around ``wg``, config-file writers, a ``wg show dump`` parser, ``ping`` and
+also holds key helpers around ``wg``, config files (the production writer, through
+:mod:`vpn.testlab.configs`), a ``wg show dump`` parser, ``ping`` and
 ``iperf3`` helpers, and ``reference_topology()``: two wireguard-go peers in two namespaces over a veth.
 """
 
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from vpn.config import PeerConfig
+from vpn.testlab import configs
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, veth, wait_for
 from vpn.util import socket_is_live
@@ -159,40 +162,17 @@ class WgPeer:
         return (f"WgPeer(public_key={self.public_key!r}, endpoint={self.endpoint!r}, "
                 f"allowed_ips={self.allowed_ips!r}, persistent_keepalive={self.persistent_keepalive!r})")
 
-    def conf_lines(self) -> list[str]:
-        """The lines of this ``[Peer]`` section, header included."""
-        lines = ["[Peer]", f"PublicKey = {self.public_key}"]
-        if self.preshared_key:
-            lines.append(f"PresharedKey = {self.preshared_key}")
-        if self.endpoint:
-            lines.append(f"Endpoint = {self.endpoint}")
-        if self.allowed_ips:
-            lines.append(f"AllowedIPs = {', '.join(self.allowed_ips)}")
-        if self.persistent_keepalive:
-            lines.append(f"PersistentKeepalive = {self.persistent_keepalive}")
-        return lines
-
-
-def _interface_lines(private_key: str, listen_port: int | None, fwmark: int | None) -> list[str]:
-    lines = ["[Interface]", f"PrivateKey = {private_key}"]
-    if listen_port is not None:
-        lines.append(f"ListenPort = {listen_port}")
-    if fwmark:
-        lines.append(f"FwMark = {fwmark:#x}")
-    return lines
-
-
-def _join_sections(head: list[str], peers: Sequence[WgPeer]) -> str:
-    out = list(head)
-    for p in peers:
-        out += ["", *p.conf_lines()]
-    return "\n".join(out) + "\n"
+    def config(self) -> PeerConfig:
+        """This section as the production model (written by :mod:`vpn.config.writer`)."""
+        return configs.peer(self.public_key, endpoint=self.endpoint, allowed_ips=self.allowed_ips,
+                            persistent_keepalive=self.persistent_keepalive, preshared_key=self.preshared_key)
 
 
 def wg_conf_text(*, private_key: str, listen_port: int | None = None, fwmark: int | None = None,
                  peers: Sequence[WgPeer] = ()) -> str:
     """Return a ``wg setconf`` file: only keys ``wg`` itself understands (no Address, MTU, DNS)."""
-    return _join_sections(_interface_lines(private_key, listen_port, fwmark), peers)
+    return configs.config_text(configs.interface(private_key, listen_port=listen_port, fwmark=fwmark),
+                               [p.config() for p in peers])
 
 
 def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: str,
@@ -205,18 +185,9 @@ def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: st
     :param address: interface addresses with prefix, e.g. ``["198.19.0.2/24", "fd00:19::2/64"]``.
     :param table: wg-quick's ``Table`` (``off``, ``auto`` or a number), or None to leave it out.
     """
-    head = _interface_lines(private_key, listen_port, fwmark)
-    if address:
-        for a in address:
-            ipaddress.ip_interface(a)  # raises ValueError on garbage
-        head.insert(2, f"Address = {', '.join(address)}")
-    if mtu is not None:
-        head.append(f"MTU = {mtu}")
-    if dns:
-        head.append(f"DNS = {', '.join(dns)}")
-    if table is not None:
-        head.append(f"Table = {table}")
-    text = _join_sections(head, peers)
+    iface = configs.interface(private_key, addresses=address, listen_port=listen_port, mtu=mtu, dns=dns,
+                              fwmark=fwmark, table=table)
+    text = configs.config_text(iface, [p.config() for p in peers])
     if path is not None:
         write_private(Path(path), text)
     return text
