@@ -50,10 +50,8 @@ class PyvpnVariant(PyvpnL3Path):
         self.label = label
         self.extra_env = env
 
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        env.update(self.extra_env)
-        return env
+    def daemon_env(self) -> dict[str, str | None]:
+        return {**super().daemon_env(), **self.extra_env}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:

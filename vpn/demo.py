@@ -13,13 +13,11 @@ Every address is inside the two namespaces the demo creates.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from crypto.keys import encode_key, private_from_random, public_from_private
 from .testlab import configs
 from .testlab.files import write_private
 from .testlab.netns import LabError, Netns, netns_argv, stop_process, veth
+from .testlab.pyvpn import HarnessError, Pyvpn, close_all
 
 STATE_DIR = Path("/run/pyvpn-demo")
 
@@ -50,19 +49,12 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 30.0, **kw: An
     return p
 
 
-def pyvpn_argv() -> list[str]:
-    """The pyvpn of this very installation (the venv's), not whatever `pyvpn` is first on PATH."""
-    sibling = Path(sys.executable).with_name("pyvpn")
-    if sibling.exists():
-        return [str(sibling)]
-    return [sys.executable, "-m", "vpn.cli"]
-
-
 @dataclass
 class Demo:
     console: Console
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # iperf3
+    daemons: list[Pyvpn] = field(default_factory=list)
     namespaces: list[Netns] = field(default_factory=list)
     workdir: Path | None = None
 
@@ -128,40 +120,36 @@ class Demo:
                                                                               ("client.conf", cli))]
         return paths[0], paths[1]
 
-    def start(self, ns: str, role: str, conf: Path) -> None:
+    def start(self, role: str, conf: Path) -> Pyvpn:
+        """``pyvpn ROLE CONF`` in the server or client namespace (the lab's runner; its output in ROLE.log)."""
         assert self.workdir is not None
-        with open(self.workdir / f"{role}.log", "wb") as log:
-            p = subprocess.Popen(netns_argv(ns, [*pyvpn_argv(), role, str(conf)]), stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(p)
+        ns, ifname = (self.namespaces[0], self.srv_if) if role == "server" else (self.namespaces[1], self.cli_if)
+        d = Pyvpn(ns, role, config=conf, ifname=ifname, logfile=self.workdir / f"{role}.log", log_level=None,
+                  env={"PYVPN_LOG_LEVEL": os.environ.get("PYVPN_LOG_LEVEL")})
+        self.daemons.append(d)
+        d.start(wait=False)
+        return d
 
     def show(self, iface: str) -> dict[str, Any] | None:
-        p = _run([*pyvpn_argv(), "show", iface, "--json"], check=False, timeout=10)
-        if p.returncode != 0:
-            return None
+        d = next(d for d in self.daemons if d.ifname == iface)
         try:
-            data = json.loads(p.stdout)
-        except ValueError:
+            return d.show_json()
+        except (HarnessError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
 
     def wait_ready(self, iface: str, timeout: float = 15.0) -> None:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if any(p.poll() is not None for p in self.procs):
-                raise DemoError(f"a pyvpn process exited early:\n{self.logs()}")
-            if self.show(iface) is not None:
-                return
-            time.sleep(0.1)
-        raise DemoError(f"{iface} did not come up within {timeout:.0f}s:\n{self.logs()}")
+        try:
+            next(d for d in self.daemons if d.ifname == iface).wait_ready(timeout)
+        except HarnessError:
+            raise DemoError(f"{iface} did not come up within {timeout:.0f}s:\n{self.logs()}") from None
 
     def wait_handshake(self, timeout: float = 15.0) -> float:
         start = time.monotonic()
+        client = next(d for d in self.daemons if d.role == "client")
         while time.monotonic() - start < timeout:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise DemoError(f"a pyvpn process exited early:\n{self.logs()}")
-            snap = self.show(self.cli_if)
+            if not all(d.running() for d in self.daemons):
+                raise DemoError(f"a pyvpn process exited early:\n{self.logs()}")
+            snap = client.query()
             if snap and snap["peers"] and snap["peers"][0]["latest_handshake"]:
                 return time.monotonic() - start
             time.sleep(0.1)
@@ -218,6 +206,8 @@ class Demo:
 
     # -- teardown ------------------------------------------------------------------------------
     def teardown(self) -> None:
+        close_all(self.daemons)
+        self.daemons = []
         for p in self.procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -249,10 +239,10 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
         console.print(f"namespaces [cyan]{demo.srv}[/] (server, 198.18.0.1) and [cyan]{demo.cli}[/] "
                       "(client, 198.18.0.2) joined by a veth")
         s_conf, c_conf = demo.write_configs()
-        demo.start(demo.srv, "server", s_conf)
+        demo.start("server", s_conf)
         with console.status("starting pyvpn server"):
             demo.wait_ready(demo.srv_if)
-        demo.start(demo.cli, "client", c_conf)
+        demo.start("client", c_conf)
         with console.status("waiting for the WireGuard handshake"):
             hs = demo.wait_handshake()
         summary["handshake"] = f"{hs * 1000:.0f} ms after start"
@@ -294,7 +284,8 @@ def run_demo(*, keep: bool = False, seconds: int = 3, console: Console | None = 
             console.print(f"[bold]--keep[/]: left running. Try: [cyan]ip netns exec {demo.cli} ping 198.19.0.1[/], "
                           f"[cyan]pyvpn show[/]. Remove with: [cyan]ip netns del {demo.srv}; ip netns del "
                           f"{demo.cli}[/] after killing the pyvpn processes (pids "
-                          f"{', '.join(str(p.pid) for p in demo.procs[:2])}).")
+                          f"{', '.join(str(d.pid) for d in demo.daemons)}).")
+            demo.daemons = []
             demo.procs = []
             demo.namespaces = []
             demo.workdir = None

@@ -99,7 +99,8 @@ def log_tail(path: Path, lines: int = 3, width: int = 300) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return "(no log)"
-    tail = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("### netbench")]
+    headers = ("### ", "--- start ")  # what the lab and the lab's runners write before a command's output
+    tail = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(headers)]
     return " / ".join(tail[-lines:])[-width:] or "(empty log)"
 
 

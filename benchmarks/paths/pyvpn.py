@@ -26,13 +26,14 @@ measured traffic is Ethernet frames: tap → VXLAN → WireGuard → UDP.
    is an Ethernet frame on the tap, VXLAN-encapsulated to the peer's VTEP inside the WireGuard session.
 4. The path is ready when a ping crosses the taps (ARP crosses the segment first).
 
-The command is ``<python> -m vpn.cli`` with the repository on ``PYTHONPATH`` by default (the same Python
-that runs the benchmark), or whatever ``--pyvpn-cmd`` says (e.g. ``pyvpn`` from a venv).
+The daemons run through the lab's runner (:class:`vpn.testlab.pyvpn.Pyvpn`, which also stops them and removes
+their sockets when the lab closes).  The command is ``<python> -m vpn.cli`` with the repository on
+``PYTHONPATH`` by default (the same Python that runs the benchmark), or whatever ``--pyvpn-cmd`` says (e.g.
+``pyvpn`` from a venv).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -44,10 +45,11 @@ from vpn.config import SegmentConfig
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns, sh
+from vpn.testlab.pyvpn import Pyvpn, unique_ifname
+from vpn.testlab.wggo import wg_keypair
 
 from .base import BenchPath, Endpoints, wait_links
 from .lab import Lab
-from .wggo import free_ifname, remove_stale_socket, wg_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYVPN_PORT = 51820
@@ -97,9 +99,9 @@ class _PyvpnPath(BenchPath):
         self.command = list(command) if command else default_command()
 
     def _env(self) -> dict[str, str]:
+        """The environment of ``--help`` and ``import vpn.l2`` checks (the daemons get the lab runner's)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
-        env.setdefault("PYVPN_LOG_LEVEL", "warning")
         return env
 
     def unavailable(self) -> str | None:
@@ -111,22 +113,28 @@ class _PyvpnPath(BenchPath):
             return f"{shlex.join(self.command)} has no server/client commands"
         return None
 
-    def _keys_and_names(self, lab: Lab, prefix: str) -> tuple[tuple[str, str], tuple[str, str], str, str]:
-        """Two key pairs and two free interface names (their UAPI sockets are removed at close)."""
+    def daemon_env(self) -> dict[str, str | None]:
+        """Changes to the daemons' environment: ``PYVPN_LOG_LEVEL`` (default ``warning``)."""
+        return {"PYVPN_LOG_LEVEL": os.environ.get("PYVPN_LOG_LEVEL", "warning")}
+
+    def _keys_and_names(self, prefix: str) -> tuple[tuple[str, str], tuple[str, str], str, str]:
+        """Two key pairs and two free interface names."""
         (spriv, spub), (cpriv, cpub) = wg_keypair(), wg_keypair()
-        sname, cname = free_ifname(prefix), free_ifname(prefix)
-        for name in (sname, cname):
-            lab.on_close(functools.partial(remove_stale_socket, name))
-        return (spriv, spub), (cpriv, cpub), sname, cname
+        return (spriv, spub), (cpriv, cpub), unique_ifname(prefix), unique_ifname(prefix)
 
     def _start(self, lab: Lab, slot: int, ns: Netns, role: str, conf: Path, links: Sequence[str]) -> None:
-        """Run ``<command> role conf`` in ``ns`` and wait until every one of ``links`` exists there.
+        """Run ``<command> role conf`` in ``ns`` (the lab's runner, :class:`vpn.testlab.pyvpn.Pyvpn`) and wait
+        until every one of ``links`` exists there (environment: :meth:`daemon_env`).
 
         :raises LabError: the daemon exited, or a link did not appear within :data:`START_TIMEOUT`.
         """
         log = lab.dir / f"pyvpn-{slot}-{role}.log"
-        proc = lab.popen(ns, [*self.command, role, str(conf)], log=log, env=self._env(), cwd=str(REPO_ROOT))
-        self.procs.append(proc)
+        daemon = Pyvpn(ns, role, config=conf, command=self.command, log_level=None, logfile=log,
+                       env=self.daemon_env())
+        lab.on_close(daemon.close)
+        daemon.start(wait=False)
+        assert daemon.proc is not None
+        self.procs.append(daemon.proc)
         self.logs.append(log)
         wait_links(self, ns, links, timeout=START_TIMEOUT, what=f"pyvpn {role}")
 
@@ -147,7 +155,7 @@ class PyvpnL3Path(_PyvpnPath):
 
     def setup(self, lab: Lab, slot: int, *, veth_gso: bool) -> Endpoints:
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
-        (spriv, spub), (cpriv, cpub), sname, cname = self._keys_and_names(lab, "nbp")
+        (spriv, spub), (cpriv, cpub), sname, cname = self._keys_and_names("nbp")
         v4, v6 = f"198.19.{slot}", f"fd00:{slot:x}:"
         sconf, cconf = lab.dir / f"{sname}.conf", lab.dir / f"{cname}.conf"
         write_private(sconf, server_config(private_key=spriv, address=[f"{v4}.2/24", f"{v6}:2/64"],
@@ -198,7 +206,7 @@ class PyvpnL2Path(_PyvpnPath):
         if not 0 < slot + L2_NET_OFFSET < 255:
             raise LabError(f"slot {slot} leaves no 198.19.x.0/24 for the taps")
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
-        (spriv, spub), (cpriv, cpub), sname, cname = self._keys_and_names(lab, "nbl")
+        (spriv, spub), (cpriv, cpub), sname, cname = self._keys_and_names("nbl")
         stap, ctap = f"{sname}t", f"{cname}t"
         v4, v6 = f"198.19.{slot}", f"fd00:{slot:x}:"
         l2 = slot + L2_NET_OFFSET

@@ -5,9 +5,10 @@
 GSO/GRO), unpacked by :mod:`.trixie` into ``benchmarks/.cache/trixie`` and never installed.  Both are set up
 the same way:
 
-1. Each end runs ``wireguard-go -f <if>`` in its namespace.  The UAPI socket
+1. Each end runs ``wireguard-go -f <if>`` in its namespace through the lab's runner
+   (:class:`vpn.testlab.wggo.WireguardGo`, ``LOG_LEVEL=error``).  The UAPI socket
    ``/var/run/wireguard/<if>.sock`` is global, so interface names are random (``nbw<6 hex>``).
-2. Once the socket exists, ``wg set`` gives the private key, listen port and the peer (endpoint on the
+2. Once the socket exists, ``wg setconf`` gives the private key, listen port and the peer (endpoint on the
    veth, allowed IPs = the other end's tunnel addresses), and ``ip`` adds addresses and MTU 1420.
 3. The client keeps the tunnel alive with a 25 s persistent keepalive; the path is ready when a ping
    crosses it.
@@ -15,51 +16,21 @@ the same way:
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-import secrets
 import shutil
-import subprocess
-from pathlib import Path
 from typing import ClassVar
 
-from vpn.testlab.files import write_private
-from vpn.testlab.netns import LabError, Netns, sh, wait_for
+from vpn.testlab.netns import LabError, Netns
+from vpn.testlab.wggo import WG_RUN_DIR, WgPeer, WireguardGo, WireguardGoError, wg_keypair
 from vpn.util import socket_is_live
 
 from . import trixie
-from .base import BenchPath, Endpoints, address_link, first_line
+from .base import BenchPath, Endpoints, first_line
 from .lab import Lab
 
-WG_RUN_DIR = Path("/var/run/wireguard")
 WG_PORT = 51820
 WG_MTU = 1420
 START_TIMEOUT = 10.0
-
-
-def wg_keypair() -> tuple[str, str]:
-    """``(private, public)`` base64 keys from ``wg genkey`` / ``wg pubkey``."""
-    private = sh(["wg", "genkey"]).stdout.strip()
-    public = sh(["wg", "pubkey"], input=private + "\n").stdout.strip()
-    return private, public
-
-
-def free_ifname(prefix: str) -> str:
-    """``<prefix><6 hex>`` whose UAPI socket does not exist (prefix at most 9 characters)."""
-    for _ in range(100):
-        name = prefix + secrets.token_hex(3)
-        if not (WG_RUN_DIR / f"{name}.sock").exists():
-            return name
-    raise LabError("no free interface name")
-
-
-def remove_stale_socket(ifname: str) -> None:
-    """Unlink ``/var/run/wireguard/<ifname>.sock`` if its daemon was killed before removing it."""
-    try:
-        (WG_RUN_DIR / f"{ifname}.sock").unlink()
-    except OSError:
-        pass
 
 
 def sweep_stale_sockets() -> list[str]:
@@ -67,7 +38,7 @@ def sweep_stale_sockets() -> list[str]:
     removed = []
     for sock in WG_RUN_DIR.glob("nb[wp]*.sock"):
         if re.fullmatch(r"nb[wp][0-9a-f]{6}\.sock", sock.name) and not socket_is_live(sock):
-            remove_stale_socket(sock.name.removesuffix(".sock"))
+            sock.unlink(missing_ok=True)
             removed.append(str(sock))
     return removed
 
@@ -81,10 +52,6 @@ def tun_tso(ns: Netns, ifname: str) -> str:
         if key.strip() == "tcp-segmentation-offload":
             return value.split()[0] if value.split() else "?"
     return "?"
-
-
-def _started_or_dead(proc: subprocess.Popen[bytes], sock: Path) -> bool:
-    return proc.poll() is not None or sock.exists()
 
 
 class WireguardGoPath(BenchPath):
@@ -103,27 +70,24 @@ class WireguardGoPath(BenchPath):
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
         keys = [wg_keypair(), wg_keypair()]
         ends = [(pair.client, pair.server_ip, 1, 2), (pair.server, pair.client_ip, 2, 1)]
-        env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
         tso: list[str] = []
         for i, (ns, peer_ip, me, other) in enumerate(ends):
-            ifname = free_ifname("nbw")
-            lab.on_close(functools.partial(remove_stale_socket, ifname))
             log = lab.dir / f"{self.key}-{slot}-{me}.log"
-            proc = lab.popen(ns, [binary, "-f", ifname], log=log, env=env)
-            self.procs.append(proc)
+            peer = WgPeer(keys[1 - i][1], endpoint=f"{peer_ip}:{WG_PORT}",
+                          allowed_ips=[f"198.19.{slot}.{other}/32", f"fd00:{slot:x}::{other}/128"],
+                          persistent_keepalive=25 if me == 1 else None)
+            try:
+                wg = WireguardGo(ns, private_key=keys[i][0], listen_port=WG_PORT, mtu=WG_MTU, peers=[peer],
+                                 address=[f"198.19.{slot}.{me}/24", f"fd00:{slot:x}::{me}/64"], routes=False,
+                                 binary=binary, log_level="error", log_path=log, name_prefix="nbw",
+                                 start_timeout=START_TIMEOUT)
+            except WireguardGoError as e:
+                raise LabError(f"{self.title}: {e}") from None
+            lab.on_close(wg.close)
+            assert wg.proc is not None
+            self.procs.append(wg.proc)
             self.logs.append(log)
-            sock = WG_RUN_DIR / f"{ifname}.sock"
-            wait_for(functools.partial(_started_or_dead, proc, sock), START_TIMEOUT)
-            if not sock.exists():
-                raise LabError(f"wireguard-go made no UAPI socket within {START_TIMEOUT:g}s: {self.alive()}")
-            keyfile = lab.dir / f"wg-{slot}-{me}.key"
-            write_private(keyfile, keys[i][0] + "\n")
-            ns.run(["wg", "set", ifname, "private-key", str(keyfile), "listen-port", str(WG_PORT),
-                    "peer", keys[1 - i][1], "endpoint", f"{peer_ip}:{WG_PORT}",
-                    "allowed-ips", f"198.19.{slot}.{other}/32,fd00:{slot:x}::{other}/128",
-                    *(["persistent-keepalive", "25"] if me == 1 else [])])
-            address_link(ns, ifname, slot=slot, host=me, mtu=WG_MTU)
-            tso.append(tun_tso(ns, ifname))
+            tso.append(tun_tso(ns, wg.ifname))
         server_addr = f"198.19.{slot}.2"
         self.wait_ready(pair.client, server_addr, timeout=15.0, what=self.title)
         return Endpoints(pair.client, pair.server, server_addr, WG_MTU, offloads,

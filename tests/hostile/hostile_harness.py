@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -35,14 +34,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 from vpn.config import PeerConfig, SegmentConfig
 from vpn.testlab import configs
-from vpn.testlab.netns import Netns, veth, wait_for
+from vpn.testlab.netns import Netns, veth
+from vpn.testlab.pyvpn import Pyvpn, close_all
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -101,64 +100,32 @@ def udp_snmp(ns: Netns) -> dict[str, int]:
     return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
-@dataclass
-class Daemon:
-    """One ``pyvpn server|client`` process in a namespace."""
+class Daemon(Pyvpn):
+    """One ``pyvpn server|client`` in a namespace: the lab's runner (:class:`vpn.testlab.pyvpn.Pyvpn`) plus
+    what the hostile tests read (drops, the first peer, tun counters, /proc figures)."""
 
-    ns: Netns
-    role: str
-    iface: str
-    conf: Path
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    log_level: str = "debug"
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self, *, wait: bool = True, timeout: float = 20.0) -> None:
-        with open(self.log, "ab") as logf:
-            logf.write(f"\n===== start #{self.starts + 1} =====\n".encode())
-            logf.flush()
-            self.proc = self.ns.popen([sys.executable, "-P", "-m", "vpn.cli", self.role, str(self.conf), "--log-level",
-                                       self.log_level], stdout=logf, stderr=subprocess.STDOUT,
-                                      env=child_env(self.env))
-        self.starts += 1
-        if wait:
-            self.wait_ready(timeout)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        ok = wait_for(lambda: not self.alive() or self.try_show() is not None, timeout=timeout, interval=0.1)
-        if not ok or not self.alive():
-            raise AssertionError(f"{self.role} {self.iface} did not come up:\n{self.log_tail()}")
+    def __init__(self, ns: Netns, role: str, iface: str, conf: Path, log: Path,
+                 env: dict[str, str] | None = None, log_level: str = "debug") -> None:
+        super().__init__(ns, role, config=conf, ifname=iface, logfile=log, log_level=log_level, start_timeout=20.0,
+                         env={"PYTHONUNBUFFERED": "1", "PYVPN_TEST_REKEY_AFTER_TIME": None, **(env or {})})
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def iface(self) -> str:
+        return self.ifname
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.running()
 
-    def try_show(self) -> dict[str, Any] | None:
-        from vpn.control import ControlError, query
-        from vpn.status import to_jsonable
+    def kill9(self) -> None:
+        self.kill()
 
-        try:
-            snap = to_jsonable(query(self.iface))
-        except (ControlError, OSError):
-            return None
-        return snap if isinstance(snap, dict) else None
-
-    def show(self) -> dict[str, Any]:
-        snap = self.try_show()
-        if snap is None:
-            raise AssertionError(f"{self.iface}: show failed (alive={self.alive()})\n{self.log_tail()}")
-        return snap
+    def log_text(self) -> str:
+        return self.log()
 
     def drops(self) -> Counter[str]:
         return Counter(self.show().get("drops") or {})
 
-    def peer(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:
+    def first_peer(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:
         snap = snap or self.show()
         assert snap["peers"], f"{self.iface} has no peers"
         return dict(snap["peers"][0])
@@ -166,43 +133,24 @@ class Daemon:
     def tun_counters(self) -> dict[str, int]:
         return ns_read_counters(self.ns, self.iface)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def kill9(self) -> None:
-        self.stop(signal.SIGKILL)
-
     # -- /proc ----------------------------------------------------------------------------
+    def _pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self._pid()}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
 
     def cpu_seconds(self) -> float:
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        stat = Path(f"/proc/{self._pid()}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
 
     def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def log_tail(self, n: int = 3000) -> str:
-        return f"--- {self.log.name}\n{self.log_text()[-n:]}"
+        return len(os.listdir(f"/proc/{self._pid()}/fd"))
 
 
 class Lab:
@@ -382,7 +330,7 @@ class Lab:
         parts = []
         for d in (getattr(self, "server", None), getattr(self, "client", None)):
             if d is not None:
-                parts.append(d.log_tail())
+                parts.append(f"--- {d!r}\n{d.log_tail()}")
         if self.relay is not None:
             parts.append(self.relay.stderr_tail())
         return "\n".join(parts)
@@ -391,10 +339,7 @@ class Lab:
     def close(self) -> None:
         if self.relay is not None:
             self.relay.close()
-        for d in (getattr(self, "client", None), getattr(self, "server", None)):
-            if d is not None:
-                with contextlib.suppress(Exception):
-                    d.stop(timeout=5)
+        close_all(d for d in (getattr(self, "client", None), getattr(self, "server", None)) if d is not None)
         for ns in reversed(self.namespaces):
             with contextlib.suppress(Exception):
                 ns.close()
@@ -431,7 +376,7 @@ def capture_frames(path: Path) -> list[tuple[int, bytes, bytes]]:
 def assert_no_traceback(*daemons: Daemon) -> None:
     for d in daemons:
         text = d.log_text()
-        assert "Traceback" not in text, f"{d.role} logged an exception:\n{d.log_tail(6000)}"
+        assert "Traceback" not in text, f"{d.role} logged an exception:\n{d.log_tail(100)}"
 
 
 def report(title: str, **figures: Any) -> None:

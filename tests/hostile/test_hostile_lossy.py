@@ -49,7 +49,8 @@ def test_tcp_transfer_survives_loss_duplication_reordering_corruption() -> None:
         srv, cli = lab.server, lab.client
         before: dict[str, Any] = {
             "srv_tun": srv.tun_counters(), "cli_tun": cli.tun_counters(), "srv_drops": srv.drops(),
-            "cli_drops": cli.drops(), "srv_peer": srv.peer()["rx_packets"], "cli_peer": cli.peer()["rx_packets"],
+            "cli_drops": cli.drops(), "srv_peer": srv.first_peer()["rx_packets"],
+            "cli_peer": cli.first_peer()["rx_packets"],
             "srv_snmp": udp_snmp(lab.srv_ns), "cli_snmp": udp_snmp(lab.cli_ns)}
         lab.relay.call({"cmd": "reset"})
         lab.relay.set(loss=0.05, dup=0.05, corrupt=0.01, reorder=0.05, reorder_ms=3)
@@ -83,7 +84,7 @@ def test_tcp_transfer_survives_loss_duplication_reordering_corruption() -> None:
                       + snmp.get("InErrors", 0) - before[snmp_key].get("InErrors", 0))
             drops = dict(d.drops() - before[drops_key])
             tun_rx = d.tun_counters()["rx_packets"] - before[tun_key]["rx_packets"]
-            peer_rx = d.peer()["rx_packets"] - before[peer_key]
+            peer_rx = d.first_peer()["rx_packets"] - before[peer_key]
             _check_receiver(name, d, st["expected"][direction], drops, tun_rx, peer_rx, kernel, coalescing)
             figures[name] = {"drops": drops, "tun_writes": tun_rx, "kernel_drops": kernel}
         report("lossy", **figures)

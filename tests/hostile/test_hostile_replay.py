@@ -27,7 +27,7 @@ OUTBOUND_CHATTER = ("no_route",)
 
 
 def state(d: Daemon) -> dict[str, Any]:
-    p = d.peer()
+    p = d.first_peer()
     return {"handshakes": p["handshakes"], "latest_handshake": p["latest_handshake"],
             "rx_packets": p["rx_packets"], "rx_bytes": p["rx_bytes"], "endpoint": p["endpoint"],
             "tun_rx": d.tun_counters()["rx_packets"]}
@@ -88,7 +88,7 @@ def test_immediate_replay_is_dropped() -> None:
 def wait_handshakes(lab: Lab, d: Daemon, n: int, timeout: float = 20.0) -> None:
     """Keep traffic flowing until ``d`` has completed ``n`` handshakes (rekeys are forced short)."""
     deadline = time.monotonic() + timeout
-    while d.peer()["handshakes"] < n:
+    while d.first_peer()["handshakes"] < n:
         assert time.monotonic() < deadline, f"no rekey to {n} handshakes in {timeout}s\n{lab.logs()}"
         lab.ping(count=2, interval=0.2)
 
@@ -102,7 +102,7 @@ def test_replay_after_rekey_is_dropped() -> None:
         traffic(lab)
         assert lab.relay is not None
         lab.relay.call({"cmd": "record", "on": False, "clear": False})
-        h0 = lab.client.peer()["handshakes"]
+        h0 = lab.client.first_peer()["handshakes"]
         # After one rekey the old keypair is the "previous" one: its replay window still answers.
         wait_handshakes(lab, lab.client, h0 + 1)
         assert lab.ping(count=2, interval=0.05) == 2  # the server rotates to the new keypair
@@ -117,7 +117,7 @@ def test_replay_after_rekey_is_dropped() -> None:
         two_init = quiet_replay(lab, lab.server, "up", ("init",), ("stale_timestamp",))
         two_resp = quiet_replay(lab, lab.client, "down", ("resp",), ("unknown_index",))
         assert lab.ping(count=3, interval=0.05) == 3
-        report("replay-after-rekey", handshakes=lab.client.peer()["handshakes"], after_one_rekey_up=one_up,
+        report("replay-after-rekey", handshakes=lab.client.first_peer()["handshakes"], after_one_rekey_up=one_up,
                after_one_rekey_init=one_init, after_one_rekey_down=one_down, after_two_rekeys_up=two_up,
                after_two_rekeys_down=two_down, after_two_rekeys_init=two_init, after_two_rekeys_resp=two_resp)
         assert_no_traceback(lab.server, lab.client)

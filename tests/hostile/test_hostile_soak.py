@@ -33,7 +33,7 @@ def test_soak_mixed_traffic_through_rekeys_flat_rss_and_fds() -> None:
     with Lab(server_env=rekey, client_env=rekey, log_level="info") as lab:
         lab.start()
         srv, cli = lab.server, lab.client
-        h0 = srv.peer()["handshakes"]
+        h0 = srv.first_peer()["handshakes"]
         procs = [_popen(lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5201", "-B", SERVER_TUN]),
                  _popen(lab.srv_ns, ["iperf3", "-s", "-1", "-p", "5202", "-B", SERVER_TUN])]
         time.sleep(0.5)
@@ -54,7 +54,7 @@ def test_soak_mixed_traffic_through_rekeys_flat_rss_and_fds() -> None:
                 peak[d.role] = max(peak[d.role], d.rss_kb())
             time.sleep(1.0)
         end = {d.role: (d.rss_kb(), d.fd_count()) for d in (srv, cli)}
-        handshakes = srv.peer()["handshakes"] - h0
+        handshakes = srv.first_peer()["handshakes"] - h0
         tcp_j = json.loads(tcp.communicate()[0] or b"{}")
         udp_j = json.loads(udp.communicate()[0] or b"{}")
         ping_out = [p.communicate()[0].decode() for p in pings]

@@ -37,7 +37,7 @@ def test_spoofed_inner_sources_are_dropped() -> None:
         lab.start(server_extra_peers=extra)
         srv = lab.server
         d0, tun0 = srv.drops(), srv.tun_counters()
-        p0 = srv.peer()["drops"].get("spoofed_source", 0)
+        p0 = srv.first_peer()["drops"].get("spoofed_source", 0)
         sent: dict[str, int] = {}
         for label, spoof, spoof6 in (("unassigned", "198.19.0.77", "fd00:19::77"),
                                      ("other_peer", "198.19.0.50", "fd00:19::50")):
@@ -47,7 +47,7 @@ def test_spoofed_inner_sources_are_dropped() -> None:
             sent[label] = sum(res["sent"].values())
         wait_for(lambda: srv.drops()["spoofed_source"] - d0["spoofed_source"] >= sum(sent.values()), timeout=5)
         drops = dict(srv.drops() - d0)
-        peer_drops = srv.peer()["drops"].get("spoofed_source", 0) - p0
+        peer_drops = srv.first_peer()["drops"].get("spoofed_source", 0) - p0
         tun_rx = srv.tun_counters()["rx_packets"] - tun0["rx_packets"]
         report("spoofed-sources", sent=sent, server_drops=drops, client_peer_spoofed=peer_drops, tun_writes=tun_rx)
         assert drops.get("spoofed_source", 0) == sum(sent.values()) == peer_drops
@@ -74,7 +74,7 @@ def test_unknown_key_gets_no_session() -> None:
             assert lab.ping(count=2, interval=0.2, timeout=0.5, src_ns=lab.atk_ns) == 0
             wait_for(lambda: srv.drops()["unknown_peer"] > d0["unknown_peer"], timeout=5)
             drops = dict(srv.drops() - d0)
-            peer = stranger.peer()
+            peer = stranger.first_peer()
             report("stranger", server_drops=drops, stranger_peer={k: peer[k] for k in (
                 "latest_handshake", "rx_bytes", "tx_bytes", "handshakes")})
             assert drops.get("unknown_peer", 0) >= 1

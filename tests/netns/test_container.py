@@ -16,7 +16,6 @@ import json
 import pwd
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,30 +29,12 @@ from vpn.testlab.pyvpn import (
     ping,
     ping_ok,
     poll,
-    pyvpn_argv,
     run_pyvpn,
     unique_ifname,
     wait_ping,
 )
 
 pytestmark = pytest.mark.root
-
-
-class WithArgs(Pyvpn):
-    """:class:`Pyvpn` with extra command-line arguments."""
-
-    def __init__(self, *a: Any, args: tuple[str, ...] = (), **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.args = args
-
-    def start(self, *, wait: bool = True, timeout: float = 15.0) -> WithArgs:
-        self.starts += 1
-        with open(self.logfile, "ab") as log:
-            self.proc = self.ns.popen([*pyvpn_argv(), self.role, str(self.config), "-l", "debug", *self.args],
-                                      stdout=log, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready(timeout)
-        return self
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -115,7 +96,7 @@ def test_server_runs_as_nobody_after_start_up(netns_factory) -> None:  # type: i
     with Fleet() as fleet:
         ifname, cli_if = _enroll(fleet, "100.64.10.0/24", "198.18.5.1")
         conf = fleet.workdir / f"{ifname}.conf"
-        server = WithArgs(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir,
+        server = Pyvpn(srv, "server", conf.read_text(), ifname=ifname, workdir=fleet.workdir,
                           args=("--user", "nobody"))
         client = Pyvpn(cli, "client", (fleet.workdir / f"{cli_if}.conf").read_text(), ifname=cli_if,
                        workdir=fleet.workdir)
@@ -171,7 +152,7 @@ def test_cleanup_after_dropping_privileges(netns_factory, ending: str) -> None: 
         text = conf_text(ifname=ifname, private_key=Keys.new().private, addresses=["100.64.11.2/32"],
                          peers=[PeerSpec(Keys.new().public, ["0.0.0.0/0"], endpoint="198.18.6.2:51820")],
                          extra=[f"PreDown = touch {marks}/pre-%i", f"PostDown = touch {marks}/post-%i"])
-        client = WithArgs(ns, "client", text, ifname=ifname, workdir=fleet.workdir, args=("--user", "nobody"))
+        client = Pyvpn(ns, "client", text, ifname=ifname, workdir=fleet.workdir, args=("--user", "nobody"))
         fleet.daemons.append(client)
         client.start()
         assert poll(lambda: "dropped privileges to user nobody" in client.log(), 10), client.log_tail()

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +20,7 @@ from crypto.keys import encode_key
 from vpn.config import load_config
 from vpn.metrics import SNAPSHOT_MIN_INTERVAL
 from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, pyvpn_argv, run_pyvpn, unique_ifname, wait_ping
+from vpn.testlab.pyvpn import Fleet, Pyvpn, run_pyvpn, unique_ifname, wait_ping
 
 pytestmark = pytest.mark.root
 
@@ -33,23 +32,6 @@ _SCRAPE = ("import sys, urllib.request; "
            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class WithArgs(Pyvpn):
-    """:class:`Pyvpn` with extra command-line arguments."""
-
-    def __init__(self, *a: Any, args: tuple[str, ...] = (), **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.args = args
-
-    def start(self, *, wait: bool = True, timeout: float = 15.0) -> WithArgs:
-        self.starts += 1
-        with open(self.logfile, "ab") as log:
-            self.proc = self.ns.popen([*pyvpn_argv(), self.role, str(self.config), "-l", "debug", *self.args],
-                                      stdout=log, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready(timeout)
-        return self
 
 
 def scrape(ns: Netns, port: int) -> Samples:
@@ -87,7 +69,7 @@ def test_metrics_follow_traffic(netns_factory) -> None:  # type: ignore[no-untyp
         _ok(run_pyvpn("server", "add-client", "alice", "--config", str(conf), "--out", str(cli_conf)))
         text = conf.read_text().replace("[Interface]\n", f"[Interface]\n#pyvpn Metrics = 127.0.0.1:{SERVER_PORT}\n")
         server = Pyvpn(srv, "server", text, ifname=ifname, workdir=fleet.workdir)
-        client = WithArgs(cli, "client", cli_conf.read_text(), ifname=cli_if, workdir=fleet.workdir,
+        client = Pyvpn(cli, "client", cli_conf.read_text(), ifname=cli_if, workdir=fleet.workdir,
                           args=("--metrics", f"127.0.0.1:{CLIENT_PORT}"))
         fleet.daemons += [server, client]
         server.start()

@@ -14,8 +14,11 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 - :mod:`vpn.testlab.pair`: two :class:`crypto.tunnel.Core` objects with a fake clock, wired by hand.
 - :mod:`vpn.testlab.show_schema`: ``pyvpn show --json`` checked against docs/show-json.md.
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
+- :mod:`vpn.testlab.configs`: config files as the production model (:mod:`vpn.config.model`), written by the
+  production writer (:mod:`vpn.config.writer`).
 - :mod:`vpn.testlab.pyvpn`: ``pyvpn server``/``client`` daemons in namespaces (:class:`~vpn.testlab.pyvpn.Pyvpn`,
-  :class:`~vpn.testlab.pyvpn.Fleet`), wg-quick files for them, pings and checked TCP transfers.
+  the one runner, also used by the hostile tests, the benchmark and the demo; :class:`~vpn.testlab.pyvpn.Fleet`),
+  wg-quick files for them, pings and checked TCP transfers.
 - :mod:`vpn.testlab.wggo`: Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer, ``wg`` key
   helpers, ``ping``/``iperf3`` helpers and a two-peer reference topology.
 """

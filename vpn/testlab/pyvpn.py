@@ -2,22 +2,25 @@
 
 Theory of operation:
 
-1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>`` (production model and writer:
-   :mod:`vpn.testlab.configs`).  The UAPI socket
-   (``/var/run/wireguard/IFACE.sock``) and the control socket (``/var/run/pyvpn/IFACE.sock``) live in
-   the file system, which every namespace shares, so each daemon gets a fresh name from
-   :func:`unique_ifname` and parallel tests never collide.
-2. :class:`Pyvpn` writes the file (mode 0600) into a private directory, starts
-   ``pyvpn ROLE FILE -l debug`` in a :class:`~netns.Netns` with ``ns.popen`` (its output goes to a
-   log file), and waits, bounded, until the control socket answers a ``show`` (the same request
+1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>`` (the production model and
+   writer: :mod:`vpn.testlab.configs`).  The UAPI socket (``/var/run/wireguard/IFACE.sock``) and the
+   control socket (``/var/run/pyvpn/IFACE.sock``) live in the file system, which every namespace shares,
+   so each daemon gets a fresh name from :func:`unique_ifname` and parallel tests never collide.
+2. :class:`Pyvpn`, the lab's one pyvpn runner (the hostile tests, the benchmark's pyvpn paths and
+   ``pyvpn demo`` use it too, with their own command, arguments, environment and log file), writes the
+   file (mode 0600) into a private directory (or takes the caller's), starts ``pyvpn ROLE FILE -l debug``
+   in a :class:`~netns.Netns` with ``ns.popen`` (pinned to the namespace's CPU if it has one; its output
+   goes to a log file), and waits, bounded, until the control socket answers a ``show`` (the same request
    ``pyvpn show IFACE --json`` sends; polling goes through :func:`vpn.control.query` in-process to
    save a Python start-up per poll).  :meth:`Pyvpn.show_json` and :meth:`Pyvpn.show_table` run the
    real CLI.
-3. :meth:`Pyvpn.terminate` sends SIGTERM and waits (bounded); :meth:`Pyvpn.kill` sends SIGKILL;
+3. :meth:`Pyvpn.stop` sends a signal and waits (bounded, then SIGKILL); :meth:`Pyvpn.terminate` sends
+   SIGTERM and waits (bounded); :meth:`Pyvpn.kill` sends SIGKILL;
    :meth:`Pyvpn.reload` rewrites the config (optionally), sends SIGHUP and waits for the daemon's
    log line about the reload; :meth:`Pyvpn.close` does whatever is still needed and unlinks
    sockets nothing listens on.
    :class:`Fleet` owns the private directory and closes every daemon it started, even on failure.
+   :class:`PyvpnFile` is a :class:`Pyvpn` on a file the caller wrote, started at once, as a context manager.
 4. :func:`transfer` runs a small stdlib-only receiver (``ns.popen``) and sender (``ns.run``) that
    move random bytes over TCP and report the sha256 on each side.
 
@@ -31,22 +34,22 @@ import json
 import os
 import secrets
 import select
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from vpn.config import PeerConfig
-from vpn.demo import pyvpn_argv as _installed_pyvpn_argv
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
-from vpn.testlab.netns import Netns, wait_for
+from vpn.testlab.netns import LabError, Netns
 from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
 from vpn.util import socket_is_live as socket_live
 
@@ -61,7 +64,7 @@ CONTROL_DIR = Path(os.environ.get("PYVPN_RUN_DIR", "/var/run/pyvpn"))
 WG_RUN_DIR = Path(os.environ.get("WG_RUN_DIR", "/var/run/wireguard"))
 
 
-class HarnessError(AssertionError):
+class HarnessError(LabError):
     """A daemon did not start, answer or stop as asked (the message carries its log tail)."""
 
 
@@ -76,8 +79,11 @@ def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any
 
 
 def pyvpn_argv() -> list[str]:
-    """The ``pyvpn`` command of the installation under test (see tests/conftest.py)."""
-    return _installed_pyvpn_argv()
+    """The pyvpn of this very installation (the venv's), not whatever ``pyvpn`` is first on PATH."""
+    sibling = Path(sys.executable).with_name("pyvpn")
+    if sibling.exists():
+        return [str(sibling)]
+    return [sys.executable, "-m", "vpn.cli"]
 
 
 def _env() -> dict[str, str]:
@@ -217,45 +223,85 @@ def run_pyvpn_tty(*args: str, columns: int = 80, rows: int = 24, timeout: float 
 
 # -- one daemon ---------------------------------------------------------------------------------------------
 class Pyvpn:
-    """``pyvpn ROLE CONFIG -l debug`` running in ``ns``.
+    """``pyvpn ROLE CONFIG -l LEVEL`` running in ``ns``: the lab's one way to start, wait for and stop a pyvpn
+    daemon (the netns, interop and hostile tests, the benchmark's pyvpn paths and ``pyvpn demo`` use it).
 
-    :param ns: the namespace (its ``close()`` kills the daemon too).
+    :param ns: the namespace (its ``close()`` kills the daemon too); its ``cpu`` pins the daemon.
     :param role: ``server`` or ``client``.
-    :param text: the config text (see :func:`conf_text`); its ``#pyvpn Name`` must be ``ifname``.
-    :param ifname: the interface name.
-    :param workdir: where the config and the log go.
+    :param text: the config text (see :func:`conf_text`), written (mode 0600) to ``workdir/<ifname>.conf``;
+        None to run the existing file ``config``.
+    :param ifname: the interface name (the config's ``#pyvpn Name``, else the file's stem); default
+        ``config``'s stem.
+    :param workdir: where the config and the log go (default: ``config``'s directory).
     :param keys: the key pair, kept for assertions (never printed: see :class:`Keys`).
+    :param config: an existing config file (instead of ``text``).
+    :param command: the pyvpn command (default :func:`pyvpn_argv`: this installation's).
+    :param args: more command-line arguments (``--user nobody``, ``--metrics ...``).
+    :param log_level: ``-l LEVEL``; None passes none (the daemon's default, or ``PYVPN_LOG_LEVEL`` in ``env``).
+    :param env: changes to the environment the daemon gets (a None value removes the variable).
+    :param logfile: where its stdout and stderr go (appended; default ``<workdir>/<ifname>.log``).
+    :param start_timeout: the default bound of :meth:`start` and :meth:`wait_ready`, in seconds.
     """
 
-    def __init__(self, ns: Netns, role: str, text: str, *, ifname: str, workdir: Path,
-                 keys: Keys | None = None) -> None:
+    def __init__(self, ns: Netns, role: str, text: str | None = None, *, ifname: str | None = None,
+                 workdir: Path | None = None, keys: Keys | None = None, config: Path | None = None,
+                 command: Sequence[str] | None = None, args: Sequence[str] = (), log_level: str | None = "debug",
+                 env: Mapping[str, str | None] | None = None, logfile: Path | None = None,
+                 start_timeout: float = START_TIMEOUT) -> None:
+        if (text is None) == (config is None):
+            raise ValueError("give the config text or an existing config file, not both")
+        if ifname is None:
+            if config is None:
+                raise ValueError("a config text needs ifname=")
+            ifname = config.stem
         self.ns, self.role, self.ifname, self.keys = ns, role, ifname, keys
-        self.config = write_private(workdir / f"{ifname}.conf", text)
-        self.logfile = workdir / f"{ifname}.log"
+        workdir = workdir if workdir is not None else (config.parent if config is not None else None)
+        if workdir is None:
+            raise ValueError("a config text needs workdir=")
+        self.config = config if config is not None else write_private(workdir / f"{ifname}.conf", text or "")
+        self.logfile = logfile if logfile is not None else workdir / f"{ifname}.log"
+        self.command = list(command) if command is not None else pyvpn_argv()
+        self.args, self.log_level, self.env = tuple(args), log_level, dict(env or {})
+        self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     # -- life cycle -------------------------------------------------------------------------------
-    def start(self, *, wait: bool = True, timeout: float = START_TIMEOUT) -> Self:
-        """Start the daemon (again, after :meth:`kill`/:meth:`terminate`); wait until it answers."""
+    def argv(self) -> list[str]:
+        level = ["-l", self.log_level] if self.log_level else []
+        return [*self.command, self.role, str(self.config), *level, *self.args]
+
+    def start(self, *, wait: bool = True, timeout: float | None = None) -> Self:
+        """Start the daemon (again, after :meth:`kill`/:meth:`stop`); wait until it answers ``show``."""
         if self.running():
             raise HarnessError(f"{self.ifname} is already running")
         self.starts += 1
+        env = _env()
+        for k, val in self.env.items():
+            if val is None:
+                env.pop(k, None)
+            else:
+                env[k] = val
         with open(self.logfile, "ab") as log:
-            log.write(f"--- start {self.starts}\n".encode())
+            log.write(f"--- start {self.starts}: {shlex.join(self.argv())} in {self.ns.name}\n".encode())
             log.flush()
-            self.proc = self.ns.popen([*pyvpn_argv(), self.role, str(self.config), "-l", "debug"], stdout=log,
-                                      stderr=subprocess.STDOUT, env=_env())
+            self.proc = self.ns.popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait (bounded: ``timeout`` or ``start_timeout`` seconds) until the control socket answers (the UAPI
+        socket is up before it).
+
+        :raises HarnessError: the daemon exited, or did not answer within ``timeout`` seconds.
+        """
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 return True
             return self.query() is not None
 
+        timeout = timeout if timeout is not None else self.start_timeout
         poll(ready, timeout)
         if self.proc is not None and self.proc.poll() is not None:
             raise HarnessError(f"pyvpn {self.role} {self.ifname} exited {self.proc.returncode}:\n"
@@ -271,6 +317,21 @@ class Pyvpn:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Send ``sig`` and wait up to ``timeout`` s, then SIGKILL; return the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        return self.proc.returncode
+
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM and wait up to ``timeout`` s; return the exit code, or None if it is still running."""
         if self.proc is None:
@@ -285,10 +346,7 @@ class Pyvpn:
 
     def kill(self) -> None:
         """SIGKILL (a crash: nothing is cleaned up by the daemon itself)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
+        self.stop(signal.SIGKILL)
 
     def reload(self, text: str | None = None, *, timeout: float = 10.0) -> str:
         """Write ``text`` as the new config (if given), send SIGHUP, and return the daemon's log line
@@ -308,14 +366,23 @@ class Pyvpn:
         return outcomes()[before]
 
     def close(self) -> None:
-        if self.terminate() is None and self.proc is not None:
-            self.kill()
+        """Stop the daemon (SIGTERM, SIGKILL after :data:`STOP_TIMEOUT`) and unlink its sockets if nothing
+        listens on them any more; safe to call twice."""
+        self.stop()
         for path in (control_path(self.ifname), uapi_path(self.ifname)):
             if path.exists() and not socket_live(path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
     # -- status ------------------------------------------------------------------------------------
+    @property
+    def uapi_sock(self) -> Path:
+        return uapi_path(self.ifname)
+
+    @property
+    def control_sock(self) -> Path:
+        return control_path(self.ifname)
+
     def query(self) -> dict[str, Any] | None:
         """The control socket's ``show`` reply (as ``pyvpn show --json`` gets it), or None."""
         from vpn.control import ControlError, query
@@ -324,6 +391,17 @@ class Pyvpn:
             return query(self.ifname)
         except (ControlError, OSError):
             return None
+
+    def show(self) -> dict[str, Any]:
+        """What ``pyvpn show IFACE --json`` prints (keys in base64), asked in-process over the control
+        socket: one Python start-up less per look.  :meth:`show_json` runs the real command."""
+        from vpn.status import to_jsonable
+
+        snap = self.query()
+        if snap is None:
+            raise HarnessError(f"{self.ifname}: show failed (running={self.running()})\n{self.log_tail()}")
+        result: dict[str, Any] = to_jsonable(snap)
+        return result
 
     def show_json(self) -> dict[str, Any]:
         """``pyvpn show IFACE --json``, parsed."""
@@ -340,6 +418,17 @@ class Pyvpn:
         if p.returncode != 0 or "Traceback" in p.stderr:
             raise HarnessError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr}")
         return p.stdout
+
+    def wg(self, *args: str, check: bool = True) -> str:
+        """``wg ARGS`` inside the namespace; its stdout."""
+        p = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT)
+        if check and p.returncode != 0:
+            raise HarnessError(f"wg {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.log_tail()}")
+        return p.stdout
+
+    def dump(self) -> WgStatus:
+        """``wg show IFACE dump``, parsed."""
+        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
 
     def peer(self, public_key: str, snap: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The ``show`` entry of the peer with this base64 key (from ``snap`` or a fresh query)."""
@@ -379,9 +468,10 @@ class Pyvpn:
         return int(out.strip())
 
     # -- logs ----------------------------------------------------------------------------------------
-    def log(self) -> str:
+    def log(self, tail: int = 0) -> str:
+        """The daemon's output so far (the last ``tail`` characters; 0 for all of it)."""
         try:
-            return self.logfile.read_text(errors="replace")
+            return self.logfile.read_text(errors="replace")[-tail:]
         except FileNotFoundError:
             return ""
 
@@ -390,6 +480,18 @@ class Pyvpn:
 
     def __repr__(self) -> str:
         return f"<Pyvpn {self.role} {self.ifname} in {self.ns.name} pid={self.pid}>"
+
+
+def close_all(daemons: Iterable[Pyvpn]) -> None:
+    """:meth:`Pyvpn.close` every daemon, SIGTERM to all of them first so that they shut down in parallel."""
+    daemons = list(daemons)
+    for d in daemons:
+        if d.proc is not None and d.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                d.proc.send_signal(signal.SIGTERM)
+    for d in daemons:
+        with contextlib.suppress(Exception):
+            d.close()
 
 
 class Fleet:
@@ -432,13 +534,7 @@ class Fleet:
         return "\n".join(f"===== {d!r}\n{d.log_tail(60)}" for d in self.daemons)
 
     def close(self) -> None:
-        for d in self.daemons:  # SIGTERM to all first: they shut down in parallel
-            if d.proc is not None and d.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    d.proc.send_signal(signal.SIGTERM)
-        for d in self.daemons:
-            with contextlib.suppress(Exception):
-                d.close()
+        close_all(self.daemons)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Self:
@@ -607,120 +703,41 @@ SRV4, CLI4, SRV6, CLI6 = "198.19.0.1", "198.19.0.2", "fd00:19::1", "fd00:19::2"
 
 
 # -- a pyvpn daemon started from a file the caller wrote ---------------------------------------------------
-class PyvpnError(RuntimeError):
-    """pyvpn did not start, answer or stop as expected."""
-
-
-class PyvpnFile:
-    """``pyvpn ROLE CONFIG`` running in ``ns``; the config is a wg-quick file written by the caller.
+class PyvpnFile(Pyvpn):
+    """:class:`Pyvpn` on a wg-quick file the caller wrote, started at once, ``-l info``, as a context manager.
 
     The interface name is the file's stem, so give each file a unique name (see :func:`unique_ifname`):
-    UAPI and control sockets are global, not per namespace.
+    UAPI and control sockets are global, not per namespace.  Leaving the ``with`` block fails the test if the
+    daemon logged a traceback (an exception it caught and logged, in a hook or a callback, is a bug too).
     """
 
     def __init__(self, ns: Netns, role: str, config: Path, *, log_level: str = "info") -> None:
-        self.ns = ns
-        self.role = role
-        self.config = config
-        self.ifname = config.stem
-        self._log_path = config.with_suffix(".log")
-        self._log = open(self._log_path, "wb")  # noqa: SIM115  # closed in close()
-        self.proc = ns.popen(["pyvpn", role, "--log-level", log_level, str(config)], stdout=self._log,
-                             stderr=subprocess.STDOUT)
-        self._closed = False
+        super().__init__(ns, role, config=config, log_level=log_level, logfile=config.with_suffix(".log"))
         try:
-            if not wait_for(lambda: self.proc.poll() is not None or self.ready(), START_TIMEOUT):
-                raise PyvpnError(f"pyvpn {role} {self.ifname} not ready within {START_TIMEOUT}s\n{self.log()}")
-            if self.proc.poll() is not None:
-                raise PyvpnError(f"pyvpn {role} {self.ifname} exited {self.proc.returncode}\n{self.log()}")
+            self.start()
         except BaseException:
             self.close()
             raise
 
-    @property
-    def uapi_sock(self) -> Path:
-        return uapi_path(self.ifname)
-
-    @property
-    def control_sock(self) -> Path:
-        return control_path(self.ifname)
-
-    def ready(self) -> bool:
-        return self.uapi_sock.exists() and self.control_sock.exists()
-
-    def log(self, tail: int = 4000) -> str:
-        """The daemon's output so far (the last ``tail`` characters; 0 for all of it)."""
-        try:
-            return self._log_path.read_text(errors="replace")[-tail:]
-        except FileNotFoundError:
-            return ""
-
-    def wg(self, *args: str, check: bool = True) -> str:
-        """``wg ARGS`` inside the namespace; its stdout."""
-        p = self.ns.run(["wg", *args], check=False, timeout=CMD_TIMEOUT)
-        if check and p.returncode != 0:
-            raise PyvpnError(f"wg {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.log()}")
-        return p.stdout
-
-    def dump(self) -> WgStatus:
-        """``wg show IFACE dump``, parsed."""
-        return parse_wg_dump(self.wg("show", self.ifname, "dump"))
-
-    def show(self) -> dict[str, Any]:
-        """What ``pyvpn show IFACE --json`` prints (keys in base64), asked in-process over the control
-        socket: one Python start-up less per look.  :meth:`show_cli` runs the real command."""
-        from vpn.control import query
-        from vpn.status import to_jsonable
-
-        result: dict[str, Any] = json.loads(json.dumps(to_jsonable(query(self.ifname))))
-        return result
-
     def show_cli(self) -> dict[str, Any]:
         """``pyvpn show IFACE --json``, parsed."""
-        p = subprocess.run(["pyvpn", "show", self.ifname, "--json"], capture_output=True, text=True,
-                           timeout=CMD_TIMEOUT, check=False)
-        if p.returncode != 0:
-            raise PyvpnError(f"pyvpn show {self.ifname} exited {p.returncode}: {p.stderr.strip()}")
-        result: dict[str, Any] = json.loads(p.stdout)
-        return result
+        return self.show_json()
 
-    def peer(self, public_key: str) -> dict[str, Any] | None:
-        """The ``pyvpn show`` entry of one peer, or None."""
-        return next((p for p in self.show()["peers"] if p["public_key"] == public_key), None)
-
-    def stop(self) -> int:
-        """SIGTERM, then wait (SIGKILL after :data:`STOP_TIMEOUT`); return the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.stop()
-        self._log.close()
-        for sock in (self.uapi_sock, self.control_sock):
-            if sock.exists() and not socket_live(sock):
-                sock.unlink(missing_ok=True)
+    def peer(self, public_key: str, snap: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The ``pyvpn show --json`` entry of one peer (base64 keys), or None."""
+        snap = snap if snap is not None else self.show()
+        return next((p for p in snap["peers"] if p["public_key"] == public_key), None)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self.close()
-        log = self.log(0)
+        log = self.log()
         if exc_type is not None:
             print(f"--- pyvpn {self.role} {self.ifname} log ---\n{log[-4000:]}")
-        elif "Traceback" in log:  # an exception the daemon caught and logged (a hook, a callback) is a bug too
-            raise PyvpnError(f"pyvpn {self.role} {self.ifname} logged a traceback:\n{log[-4000:]}")
+        elif "Traceback" in log:
+            raise HarnessError(f"pyvpn {self.role} {self.ifname} logged a traceback:\n{log[-4000:]}")
 
 
 @contextlib.contextmanager
@@ -739,4 +756,4 @@ def parse_ping(out: str) -> tuple[int, int]:
         if "packets transmitted" in line:
             parts = line.split(",")
             return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise PyvpnError(f"no ping summary in {out!r}")
+    raise HarnessError(f"no ping summary in {out!r}")

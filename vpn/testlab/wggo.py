@@ -290,11 +290,17 @@ class WireguardGo:
     :param routes: add ``ip route replace <allowed-ip> dev <if>`` for every allowed IP (a /0 replaces the
         namespace's default route, which is fine while the underlay is on-link).
     :param start_timeout: seconds to wait for the UAPI socket.
+    :param binary: the wireguard-go executable (e.g. the benchmark's unpacked trixie build).
+    :param log_level: wireguard-go's ``LOG_LEVEL`` (``debug``, ``verbose``, ``error``, ``silent``).
+    :param log_path: where its output goes (kept after :meth:`close`), or None for a private file removed then.
+    :param name_prefix: the prefix of automatic names (at most 9 characters).
     """
 
     def __init__(self, ns: Netns, ifname: str | None = None, *, private_key: str, listen_port: int | None = None,
                  address: Sequence[str] = (), mtu: int = 1420, peers: Sequence[WgPeer] = (),
-                 fwmark: int | None = None, routes: bool = True, start_timeout: float = START_TIMEOUT) -> None:
+                 fwmark: int | None = None, routes: bool = True, start_timeout: float = START_TIMEOUT,
+                 binary: str = "wireguard-go", log_level: str = "debug", log_path: Path | None = None,
+                 name_prefix: str = "wgt") -> None:
         if ifname is not None:
             _check_ifname(ifname)
         self.ns = ns
@@ -304,12 +310,14 @@ class WireguardGo:
         self.mtu = mtu
         self.routes = routes
         self._auto_name = ifname is None
-        self.ifname = ifname if ifname is not None else unique_ifname()
+        self._prefix = name_prefix
+        self.ifname = ifname if ifname is not None else unique_ifname(name_prefix)
+        self.binary, self.log_level = binary, log_level
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._log_text: str | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="pyvpn-wggo-"))
-        self._log_path = self._dir / "wireguard-go.log"
+        self._log_path = log_path if log_path is not None else self._dir / "wireguard-go.log"
         try:
             self._start(start_timeout)
             self._configure(listen_port, fwmark, peers)
@@ -321,17 +329,17 @@ class WireguardGo:
     def _start(self, timeout: float) -> None:
         for attempt in range(NAME_ATTEMPTS if self._auto_name else 1):
             if attempt:
-                self.ifname = unique_ifname()
+                self.ifname = unique_ifname(self._prefix)
             sock = sock_path(self.ifname)
             if socket_is_live(sock):
                 if self._auto_name:
                     continue
                 raise WireguardGoError(f"{sock} is in use by another wireguard-go: pick another ifname")
             with open(self._log_path, "ab") as log:
-                log.write(f"### harness: wireguard-go -f {self.ifname} in {self.ns.name}\n".encode())
+                log.write(f"### lab: {self.binary} -f {self.ifname} in {self.ns.name}\n".encode())
                 log.flush()
-                env = dict(os.environ, LOG_LEVEL="debug", WG_PROCESS_FOREGROUND="1")
-                self._proc = self.ns.popen(["wireguard-go", "-f", self.ifname], stdout=log,
+                env = dict(os.environ, LOG_LEVEL=self.log_level, WG_PROCESS_FOREGROUND="1")
+                self._proc = self.ns.popen([self.binary, "-f", self.ifname], stdout=log,
                                            stderr=subprocess.STDOUT, env=env)
             proc = self._proc
 
@@ -388,6 +396,15 @@ class WireguardGo:
     def pid(self) -> int | None:
         """Process id of wireguard-go, or None before start."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The wireguard-go process (for CPU accounting), or None before start."""
+        return self._proc
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
 
     @property
     def sock(self) -> Path:
