@@ -12,8 +12,8 @@ many more pings: each path gets its own namespace pair (``paths.lab``), then
 A pyvpn variant is ``LABEL`` or ``LABEL:VAR=VALUE[,VAR=VALUE...]``: the environment the two daemons get
 (e.g. ``poll0:PYVPN_POLL_US=0``).  ``--pyvpn-cmd`` picks the command as in netbench.
 
-    sudo .venv/bin/python benchmarks/latency.py --variants base,poll0:PYVPN_POLL_US=0 --rounds 5
-    sudo .venv/bin/python benchmarks/latency.py --pin --idle 30
+    sudo .venv/bin/python -m benchmarks.latency --variants base,poll0:PYVPN_POLL_US=0 --rounds 5
+    sudo .venv/bin/python -m benchmarks.latency --pin --idle 30
 
 Prints one table (mean and median RTT with the spread of the round means, ratio of means to wireguard-go
 trixie, CPU) and one JSON line (``--json FILE`` writes it to a file too).
@@ -33,13 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from paths import BenchPath, Endpoints, make_path  # noqa: E402
-from paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, tree_cpu_seconds  # noqa: E402
-from paths.measure import run_ping  # noqa: E402
-from paths.pyvpn import PyvpnL3Path  # noqa: E402
-from paths.wggo import sweep_stale_sockets  # noqa: E402
+from benchmarks.paths import BenchPath, Endpoints, make_path
+from benchmarks.paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, tree_cpu_seconds
+from benchmarks.paths.measure import run_ping
+from benchmarks.paths.pyvpn import PyvpnL3Path
+from benchmarks.paths.wggo import sweep_stale_sockets
 
 
 class PyvpnVariant(PyvpnL3Path):

@@ -1,7 +1,7 @@
 """Side-by-side network benchmark: raw veth, kernel vxlan, wireguard-go (trixie and bookworm), fastd, tinc,
 OpenVPN and pyvpn in one run.
 
-Run as root: ``python benchmarks/netbench.py [--quick] [--pin] [--paths veth,wireguard-go-trixie,pyvpn]
+Run as root: ``python -m benchmarks.netbench [--quick] [--pin] [--paths veth,wireguard-go-trixie,pyvpn]
 [--rounds 3] [--seconds 5] [--out DIR] [--veth-gso]`` (``bash benchmarks/setup.sh`` installs the tools).  From code:
 ``main(argv) -> exit status`` or ``run(Options(...), progress=print) -> Report``.
 
@@ -48,22 +48,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
-
-from paths import PATH_KEYS, PATH_TITLES, BenchPath, Endpoints, make_path
-from paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, system_busy_seconds, tree_cpu_seconds
-from paths.measure import (
+from benchmarks.paths import PATH_KEYS, PATH_TITLES, BenchPath, Endpoints, make_path
+from benchmarks.paths.lab import Lab, cpu_delta, pin_cpus, sweep_stale, system_busy_seconds, tree_cpu_seconds
+from benchmarks.paths.measure import (
     MeasureError,
     parse_iperf3_tcp,
     parse_iperf3_udp,
     run_iperf3,
     run_ping,
 )
-from paths.wggo import sweep_stale_sockets
+from benchmarks.paths.wggo import sweep_stale_sockets
+from vpn.testlab.netns import have, sh
 
-from vpn.testlab.netns import have, sh  # noqa: E402
+_HERE = Path(__file__).resolve().parent
 
 DEFAULT_OUT = _HERE / "results"
 SCHEMA = "pyvpn-netbench/1"
@@ -836,7 +833,7 @@ def print_report(report: Report, console: Any = None) -> None:
 def write_modes(docs: Sequence[Mapping[str, Any]], out: Path, *, chart: bool,
                 console: Any) -> None:
     """The table (.md) and chart of both modes (:mod:`modes`), named after the runs' start."""
-    import modes
+    from benchmarks import modes
 
     stem = "netbench-modes-" + str(docs[0].get("started", "run")).replace(":", "")[:17]
     md, png, note = modes.write(docs, out, stem, chart=chart)
@@ -855,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=170)
     if args.combine:
-        import modes
+        from benchmarks import modes
 
         try:
             given = [modes.load(p) for p in args.combine]

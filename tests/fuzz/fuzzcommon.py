@@ -1,6 +1,6 @@
 """Shared pieces of the atheris fuzz targets in this directory (not collected by pytest).
 
-Importing this module puts the repository root on ``sys.path`` and imports :mod:`crypto` under
+Importing this module imports :mod:`crypto` (installed: run the targets with the venv's Python) under
 atheris' coverage instrumentation, so every target below is coverage-guided through the core.
 """
 
@@ -9,14 +9,9 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import atheris  # type: ignore[import-untyped]
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["crypto"]):
     from crypto import messages

@@ -16,19 +16,15 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import netbench
-from paths import PATH_KEYS, BenchPath, Endpoints, make_path
-from paths.lab import cpu_delta, process_cpu_seconds, system_busy_seconds, tree_cpu_seconds
-from paths.measure import (
+from benchmarks import netbench
+from benchmarks.paths import PATH_KEYS, BenchPath, Endpoints, make_path
+from benchmarks.paths.lab import cpu_delta, process_cpu_seconds, system_busy_seconds, tree_cpu_seconds
+from benchmarks.paths.measure import (
     MeasureError,
     iperf3_client_argv,
     parse_iperf3_tcp,
@@ -305,7 +301,7 @@ def _fake_sh(results: dict[str, subprocess.CompletedProcess[str]]) -> Any:
 
 
 def test_pyvpn_l2_unavailable_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import paths.pyvpn as pp
+    import benchmarks.paths.pyvpn as pp
 
     helptext = "Commands:\n genkey ...\n client  Run ...\n server  Run ...\n"
     ok = subprocess.CompletedProcess([], 0, helptext, "")
@@ -501,7 +497,7 @@ def test_run_refuses_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- generated configs ---------------------------------------------------------------------------------------
 def test_openvpn_config_and_fingerprint(tmp_path: Path) -> None:
-    from paths.openvpn import p2p_config, self_signed
+    from benchmarks.paths.openvpn import p2p_config, self_signed
 
     cert, key, fp = self_signed("netbench-test")
     assert cert.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE KEY" in key
@@ -542,7 +538,7 @@ def _key() -> tuple[str, str]:
 
 def test_pyvpn_configs_parse_with_pyvpn() -> None:
     config = pytest.importorskip("vpn.config")
-    from paths.pyvpn import client_config, server_config
+    from benchmarks.paths.pyvpn import client_config, server_config
 
     (spriv, spub), (cpriv, cpub) = _key(), _key()
     s = config.parse_config(server_config(private_key=spriv, address=["198.19.5.2/24", "fd00:5::2/64"],
@@ -557,8 +553,7 @@ def test_pyvpn_configs_parse_with_pyvpn() -> None:
 def test_pyvpn_l2_configs_parse_with_pyvpn() -> None:
     config = pytest.importorskip("vpn.config")
     l2 = pytest.importorskip("vpn.l2")
-    from paths.pyvpn import L2_TAP_MTU, L2_VNI, PYVPN_MTU, client_config, server_config
-
+    from benchmarks.paths.pyvpn import L2_TAP_MTU, L2_VNI, PYVPN_MTU, client_config, server_config
     from tunnel.encap.vxlan import mtu_for_tap
     from vpn.testlab.configs import segment
 
@@ -645,7 +640,7 @@ Components: main
 
 
 def test_trixie_parse_sources() -> None:
-    from paths.trixie import AptSource, parse_deb822, parse_one_line
+    from benchmarks.paths.trixie import AptSource, parse_deb822, parse_one_line
 
     assert parse_one_line(SOURCES_LIST) == [
         AptSource("http://mirror.example.net/debian", ("bookworm",), ("main", "contrib"), "/usr/share/keyrings/k.gpg"),
@@ -658,7 +653,7 @@ def test_trixie_parse_sources() -> None:
 
 
 def test_trixie_mirror_and_private_apt(tmp_path: Path) -> None:
-    from paths.trixie import (
+    from benchmarks.paths.trixie import (
         FetchError,
         apt_options,
         find_mirror,
@@ -686,7 +681,7 @@ def test_trixie_mirror_and_private_apt(tmp_path: Path) -> None:
 
 
 def test_trixie_machine_sources_and_codename(tmp_path: Path) -> None:
-    from paths.trixie import FetchError, machine_sources, os_codename
+    from benchmarks.paths.trixie import FetchError, machine_sources, os_codename
 
     etc = tmp_path / "apt"
     (etc / "sources.list.d").mkdir(parents=True)
@@ -708,7 +703,7 @@ def test_trixie_machine_sources_and_codename(tmp_path: Path) -> None:
 
 def test_trixie_this_machine_has_a_mirror() -> None:
     """The real sources of this machine name a mirror for its own codename (what setup.sh relies on)."""
-    from paths.trixie import FetchError, find_mirror, machine_sources, os_codename
+    from benchmarks.paths.trixie import FetchError, find_mirror, machine_sources, os_codename
 
     if not Path("/etc/apt").is_dir():
         pytest.skip("no apt on this machine")
@@ -721,12 +716,12 @@ def test_trixie_this_machine_has_a_mirror() -> None:
 
 
 def test_trixie_path_unavailable_is_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import paths.base
-    import paths.trixie as tx
+    import benchmarks.paths.base
+    import benchmarks.paths.trixie as tx
 
     monkeypatch.setattr(tx, "ROOT_DIR", tmp_path / "root")
     monkeypatch.setattr(tx, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(paths.base, "have", lambda tool: True)
+    monkeypatch.setattr(benchmarks.paths.base, "have", lambda tool: True)
     path = make_path("wireguard-go-trixie")
     assert "not fetched" in (path.unavailable() or "") and path.binary() is None
     binary = tmp_path / "root" / "usr" / "bin" / "wireguard-go"
@@ -736,7 +731,7 @@ def test_trixie_path_unavailable_is_real(tmp_path: Path, monkeypatch: pytest.Mon
     assert "does not run" in (path.unavailable() or "")  # present but broken
     binary.write_text("#!/bin/sh\necho wireguard-go v0.0.20230223\n")
     assert path.unavailable() is None and path.binary() == str(binary)
-    monkeypatch.setattr(paths.base, "have", lambda tool: tool != "wg")
+    monkeypatch.setattr(benchmarks.paths.base, "have", lambda tool: tool != "wg")
     assert path.unavailable() == "not installed: wg (run benchmarks/setup.sh)"
     assert tx.package_version() is None
     (tmp_path / tx.VERSION_FILE).write_text("0.0.20231211-1+b9\n")
@@ -752,7 +747,7 @@ Public: 59a8f018d4609c644aefbbd4be008986924c2f329ed55ff88c12c62f579f5abf
 
 
 def test_fastd_key_parsing() -> None:
-    from paths.fastd import parse_generated_key
+    from benchmarks.paths.fastd import parse_generated_key
 
     secret, public = parse_generated_key(FASTD_KEYS)
     assert secret.startswith("e07e8a45") and public.endswith("579f5abf")
@@ -762,7 +757,7 @@ def test_fastd_key_parsing() -> None:
 
 
 def test_fastd_config(tmp_path: Path) -> None:
-    from paths.fastd import fastd_config, parse_generated_key
+    from benchmarks.paths.fastd import fastd_config, parse_generated_key
 
     secret, public = parse_generated_key(FASTD_KEYS)
     text = fastd_config(ifname="fd0", bind="198.18.4.1", secret=secret, peer_key=public, peer_remote="198.18.4.2")
@@ -786,7 +781,8 @@ def test_fastd_config(tmp_path: Path) -> None:
 
 def test_tinc_config(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
-    from paths.tinc import host_file, rsa_keypair, tinc_conf, write_node
+
+    from benchmarks.paths.tinc import host_file, rsa_keypair, tinc_conf, write_node
 
     private, public = rsa_keypair(1024)
     assert private.startswith("-----BEGIN RSA PRIVATE KEY-----")  # PKCS#1, what tinc 1.0 reads
@@ -819,21 +815,20 @@ def test_tinc_config(tmp_path: Path) -> None:
 
 
 def test_paths_unavailable_without_their_tools(monkeypatch: pytest.MonkeyPatch) -> None:
-    import paths.base
+    import benchmarks.paths.base
 
-    monkeypatch.setattr(paths.base, "have", lambda tool: False)
+    monkeypatch.setattr(benchmarks.paths.base, "have", lambda tool: False)
     for key, tools in (("fastd", "fastd"), ("tinc", "tincd"), ("openvpn", "openvpn"),
                        ("wireguard-go", "wireguard-go, wg")):
         assert make_path(key).unavailable() == f"not installed: {tools} (run benchmarks/setup.sh)"
     assert make_path("veth").unavailable() is None  # kernel paths need only what preflight checks
-    monkeypatch.setattr(paths.base, "have", lambda tool: tool in ("fastd", "tincd"))
+    monkeypatch.setattr(benchmarks.paths.base, "have", lambda tool: tool in ("fastd", "tincd"))
     assert make_path("fastd").unavailable() is None and make_path("tinc").unavailable() is None
 
 
 # -- pinned mode ---------------------------------------------------------------------------------------------
 def test_pin_cpus_and_argv() -> None:
-    from paths.lab import pin_cpus
-
+    from benchmarks.paths.lab import pin_cpus
     from vpn.testlab.netns import netns_argv
 
     assert pin_cpus({3, 1, 0, 2}) == (0, 1)
@@ -848,8 +843,7 @@ def test_pin_cpus_and_argv() -> None:
 def test_pinned_lab_puts_each_end_on_its_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every command of the client namespace (daemon, iperf3 client, ping) runs on the first CPU, every one of
     the server namespace on the second; shared mode pins nothing.  Rootless: ``sh`` is recorded, not run."""
-    import paths.lab as lab_mod
-
+    import benchmarks.paths.lab as lab_mod
     import vpn.testlab.netns as netns_mod
 
     calls: list[list[str]] = []
@@ -919,7 +913,7 @@ def _mode_docs() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_modes_markdown() -> None:
-    import modes
+    from benchmarks import modes
 
     shared, pinned = _mode_docs()
     text = modes.markdown([pinned, shared])  # order of the files does not matter
@@ -940,7 +934,7 @@ def test_modes_markdown() -> None:
 
 
 def test_modes_rejects(tmp_path: Path) -> None:
-    import modes
+    from benchmarks import modes
 
     shared, _ = _mode_docs()
     with pytest.raises(modes.ModesError, match="two shared"):
@@ -971,7 +965,7 @@ def test_combine_from_files(tmp_path: Path) -> None:
 
 def test_combined_chart(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    import modes
+    from benchmarks import modes
 
     assert modes.write_chart(list(_mode_docs()), tmp_path / "m.png") is None
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
