@@ -65,7 +65,7 @@ def interop() -> Iterator[Interop]:
         ka, kb, kc = Keys.new(), Keys.new(), Keys.new()
         bridge(sa, "br100")
         server = add_daemon(fleet, sa, "server", keys=ka, addresses=["198.19.0.1/24", "fd00:19::1/64"],
-                            listen_port=PORT, segments=segment(100, "tap100", "Bridge = br100"),
+                            listen_port=PORT, segments=[segment(100, "tap100", "Bridge = br100")],
                             peers=[PeerSpec(kb.public, ["198.19.0.2/32"], name="wg-b"),
                                    PeerSpec(kc.public, ["fd00:19::3/128"], name="wg-c")])
         wg_b = stack.enter_context(WireguardGo(

@@ -50,7 +50,7 @@ def two_sites() -> Iterator[Sites]:
         ks, kc = Keys.new(), Keys.new()
         for site in (sa, sb):
             bridge(site, "br100")
-        seg = segment(100, "tap100", "Bridge = br100")
+        seg = [segment(100, "tap100", "Bridge = br100")]
         server = add_daemon(fleet, sa, "server", keys=ks, addresses=["198.19.0.1/24"], listen_port=PORT,
                             segments=seg, peers=[PeerSpec(kc.public, ["198.19.0.2/32"], name="site-b")])
         client = add_daemon(fleet, sb, "client", keys=kc, addresses=["198.19.0.2/24"], segments=seg,

@@ -44,10 +44,9 @@ def plain() -> Iterator[Plain]:
         for site, n in ((sa, 1), (sb, 2)):
             site.run(f"ip addr add 198.18.0.{n}/24 dev ul0")
             site.run(f"ip addr add fd00:18::{n}/64 nodad dev ul0")
-        segs = (segment(100, "tap100", "Bridge = br100", "Mode = plain", "Local = 198.18.0.1",
-                        "Remote = 198.18.0.2")
-                + segment(101, "tap101", "Bridge = br101", "Mode = plain", "Local = fd00:18::1",
-                          "Remote = [fd00:18::2]:4789"))
+        segs = [segment(100, "tap100", "Bridge = br100", "Mode = plain", "Local = 198.18.0.1", "Remote = 198.18.0.2"),
+                segment(101, "tap101", "Bridge = br101", "Mode = plain", "Local = fd00:18::1",
+                        "Remote = [fd00:18::2]:4789")]
         daemon = add_daemon(fleet, sa, "client", keys=Keys.new(), addresses=["198.19.0.1/24"], peers=[],
                             segments=segs)
         sb.run("ip link add vx100 mtu 1450 type vxlan id 100 dstport 4789 local 198.18.0.2 remote 198.18.0.1 dev ul0")

@@ -31,8 +31,10 @@ from typing import Any
 
 import pytest
 
+from vpn.config import SegmentConfig
+from vpn.testlab.configs import segment
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, conf_text, endpoint, ping_ok, unique_ifname
+from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, unique_ifname
 from vpn.testlab.wggo import iperf3_bytes, iperf3_client, iperf3_server
 
 pytestmark = pytest.mark.root
@@ -44,24 +46,12 @@ BROADCAST = f"{SUBNET}.255"
 
 
 # -- helpers shared by the L2 tests --------------------------------------------------------------------------
-def segment(vni: int, tap: str, *extra: str) -> str:
-    """A ``#pyvpn [Segment]`` section."""
-    lines = ["", "#pyvpn [Segment]", f"#pyvpn VNI = {vni}", f"#pyvpn Tap = {tap}", *(f"#pyvpn {e}" for e in extra)]
-    return "\n".join(lines) + "\n"
-
-
 def add_daemon(fleet: Fleet, ns: Netns, role: str, *, keys: Keys, addresses: Sequence[str],
-               peers: Sequence[PeerSpec], segments: str, listen_port: int | None = None,
+               peers: Sequence[PeerSpec], segments: Sequence[SegmentConfig], listen_port: int | None = None,
                start: bool = True) -> Pyvpn:
-    """Like ``Fleet.add`` but with segment sections appended to the config."""
-    ifname = unique_ifname("pls" if role == "server" else "plc")
-    text = conf_text(ifname=ifname, private_key=keys.private, addresses=addresses, listen_port=listen_port,
-                     peers=peers) + segments
-    d = Pyvpn(ns, role, text, ifname=ifname, workdir=fleet.workdir, keys=keys)
-    fleet.daemons.append(d)
-    if start:
-        d.start()
-    return d
+    """``Fleet.add`` with segments, named ``pls``/``plc`` + 6 hex."""
+    return fleet.add(ns, role, keys=keys, addresses=addresses, listen_port=listen_port, peers=peers,
+                     segments=segments, start=start, ifname=unique_ifname("pls" if role == "server" else "plc"))
 
 
 def bridge(site: Netns, name: str) -> None:
@@ -252,8 +242,8 @@ def two_sites() -> Iterator[TwoSites]:
         ks, kc = Keys.new(), Keys.new()
         bridge(sa, "br100")
         bridge(sa, "br200")
-        segs_a = segment(100, "tap100", "Bridge = br100") + segment(200, "tap200", "Bridge = br200")
-        segs_b = segment(100, "tap100", "Bridge = br100") + segment(200, "tap200", "Bridge = br200")
+        segs_a = [segment(100, "tap100", "Bridge = br100"), segment(200, "tap200", "Bridge = br200")]
+        segs_b = [segment(100, "tap100", "Bridge = br100"), segment(200, "tap200", "Bridge = br200")]
         server = add_daemon(fleet, sa, "server", keys=ks, addresses=["198.19.0.1/24", "fd00:19::1/64"],
                             listen_port=PORT, segments=segs_a, start=False,
                             peers=[PeerSpec(kc.public, ["198.19.0.2/32", "fd00:19::2/128"], name="site-b")])
@@ -377,11 +367,11 @@ def test_hub_three_sites_no_loops_no_duplicates_and_membership() -> None:
             site.run(f"ip addr add 198.18.{i}.2/24 dev ul0")
         server = add_daemon(
             fleet, srv_site, "server", keys=ks, addresses=["198.19.0.1/24"], listen_port=PORT, start=False,
-            segments=segment(100, "tap100", "Bridge = br100") + segment(200, "tap200", "Peers = c1, c2"),
+            segments=[segment(100, "tap100", "Bridge = br100"), segment(200, "tap200", "Peers = c1, c2")],
             peers=[PeerSpec(k.public, [f"198.19.0.{i + 1}/32"], name=f"c{i}") for i, k in enumerate(kc, 1)])
         clients = [add_daemon(
             fleet, site, "client", keys=kc[i - 1], addresses=[f"198.19.0.{i + 1}/24"], start=False,
-            segments=segment(100, "tap100", "Bridge = br100") + segment(200, "tap200", "Bridge = br200"),
+            segments=[segment(100, "tap100", "Bridge = br100"), segment(200, "tap200", "Bridge = br200")],
             peers=[PeerSpec(ks.public, ["198.19.0.0/24"], endpoint=endpoint(f"198.18.{i}.1", PORT),
                             persistent_keepalive=25, name="hub")]) for i, site in enumerate(cli_sites, 1)]
         server.start()

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.config import PeerConfig
+from vpn.config import PeerConfig, SegmentConfig
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
 from vpn.testlab.netns import LabError, Netns
@@ -160,12 +160,13 @@ def endpoint(host: str, port: int) -> str:
 
 
 def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), listen_port: int | None = None,
-              peers: Sequence[PeerSpec] = (), mtu: int | None = None, extra: Sequence[str] = ()) -> str:
-    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``), written by the
-    production writer (:mod:`vpn.testlab.configs`)."""
+              peers: Sequence[PeerSpec] = (), mtu: int | None = None, extra: Sequence[str] = (),
+              segments: Sequence[SegmentConfig] = ()) -> str:
+    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``; ``segments`` from
+    :func:`vpn.testlab.configs.segment`), written by the production writer (:mod:`vpn.testlab.configs`)."""
     iface = configs.interface(private_key, addresses=addresses, listen_port=listen_port, mtu=mtu, name=ifname,
                               extra=extra)
-    return configs.config_text(iface, [p.config() for p in peers])
+    return configs.config_text(iface, [p.config() for p in peers], segments)
 
 
 def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> subprocess.CompletedProcess[str]:
@@ -504,12 +505,12 @@ class Fleet:
 
     def add(self, ns: Netns, role: str, *, keys: Keys | None = None, addresses: Sequence[str] = (),
             listen_port: int | None = None, peers: Sequence[PeerSpec] = (), extra: Sequence[str] = (),
-            start: bool = True, ifname: str | None = None) -> Pyvpn:
+            segments: Sequence[SegmentConfig] = (), start: bool = True, ifname: str | None = None) -> Pyvpn:
         """Generate a config for a new daemon in ``ns`` and (by default) start it."""
         keys = keys or Keys.new()
         ifname = ifname or unique_ifname("pvs" if role == "server" else "pvc")
         text = conf_text(ifname=ifname, private_key=keys.private, addresses=addresses,
-                         listen_port=listen_port, peers=peers, extra=extra)
+                         listen_port=listen_port, peers=peers, extra=extra, segments=segments)
         d = Pyvpn(ns, role, text, ifname=ifname, workdir=self.workdir, keys=keys)
         self.daemons.append(d)
         if start:
