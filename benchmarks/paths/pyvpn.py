@@ -27,9 +27,9 @@ measured traffic is Ethernet frames: tap → VXLAN → WireGuard → UDP.
 4. The path is ready when a ping crosses the taps (ARP crosses the segment first).
 
 The daemons run through the lab's runner (:class:`vpn.testlab.pyvpn.Pyvpn`, which also stops them and removes
-their sockets when the lab closes).  The command is ``<python> -m vpn.cli`` with the repository on
-``PYTHONPATH`` by default (the same Python that runs the benchmark), or whatever ``--pyvpn-cmd`` says (e.g.
-``pyvpn`` from a venv).
+their sockets when the lab closes).  The command is ``<python> -m vpn.cli`` by default (the Python that runs
+the benchmark, which imports this checkout: ``benchmarks`` is a package of the same editable install), or
+whatever ``--pyvpn-cmd`` says (e.g. ``pyvpn`` from a venv).
 """
 
 from __future__ import annotations
@@ -98,14 +98,8 @@ class _PyvpnPath(BenchPath):
         super().__init__()
         self.command = list(command) if command else default_command()
 
-    def _env(self) -> dict[str, str]:
-        """The environment of ``--help`` and ``import vpn.l2`` checks (the daemons get the lab runner's)."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
-        return env
-
     def unavailable(self) -> str | None:
-        r = sh([*self.command, "--help"], check=False, timeout=30.0, env=self._env(), cwd=str(REPO_ROOT))
+        r = sh([*self.command, "--help"], check=False, timeout=30.0, cwd=str(REPO_ROOT))
         if r.returncode != 0:
             why = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or [f"exit {r.returncode}"]
             return f"{shlex.join(self.command)} --help failed: {why[0]}"
@@ -195,8 +189,7 @@ class PyvpnL2Path(_PyvpnPath):
         if self.command == default_command():
             # the source tree the default command runs must have the L2 runtime; another --pyvpn-cmd
             # that lacks it fails at set-up with its own config error
-            r = sh([sys.executable, "-c", "import vpn.l2"], check=False, timeout=30.0, env=self._env(),
-                   cwd=str(REPO_ROOT))
+            r = sh([sys.executable, "-c", "import vpn.l2"], check=False, timeout=30.0, cwd=str(REPO_ROOT))
             if r.returncode != 0:
                 why_l2 = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or [f"exit {r.returncode}"]
                 return f"this pyvpn has no L2 mode (import vpn.l2: {why_l2[0]})"

@@ -43,7 +43,6 @@ from vpn.testlab import configs
 from vpn.testlab.netns import Netns, veth
 from vpn.testlab.pyvpn import Pyvpn, close_all
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "hostile_tools.py"
 RELAY = HERE / "hostile_relay.py"
@@ -68,8 +67,9 @@ def env_int(name: str, default: int) -> int:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tools' and the relay's environment (scripts in this directory, run by the venv's Python, which
+    imports pyvpn as installed: nothing goes on ``PYTHONPATH``)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PYVPN_TEST_REKEY_AFTER_TIME", None)
     if extra:

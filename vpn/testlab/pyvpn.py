@@ -53,8 +53,6 @@ from vpn.testlab.netns import LabError, Netns
 from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
 from vpn.util import socket_is_live as socket_live
 
-ROOT = Path(__file__).resolve().parents[2]
-
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
@@ -87,8 +85,9 @@ def pyvpn_argv() -> list[str]:
 
 
 def _env() -> dict[str, str]:
+    """The daemons' environment: ours without ``PYVPN_LOG_LEVEL`` (the runner passes ``-l``).  Nothing goes on
+    ``PYTHONPATH``: the command is this installation's, which imports pyvpn as installed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("PYVPN_LOG_LEVEL", None)
     return env
 
