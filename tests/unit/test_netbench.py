@@ -16,6 +16,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -990,3 +991,15 @@ def test_both_modes_runs_shared_then_pinned(tmp_path: Path, monkeypatch: pytest.
     assert len(list(out.glob("netbench-modes-*.md"))) == 1
     with pytest.raises(SystemExit):
         netbench.main(["--both-modes", "--pin"])
+
+
+def test_pyvpn_bench_runs_the_imported_package(tmp_path: Path) -> None:
+    """``pyvpn bench ARGS`` is ``benchmarks.netbench.main(ARGS)``, imported as a package (no file path)."""
+    from typer.testing import CliRunner
+
+    from vpn.cli import app
+
+    missing = tmp_path / "missing.json"
+    r = CliRunner().invoke(app, ["bench", "--combine", str(missing), str(missing)])
+    assert r.exit_code != 0 and f"netbench: {missing}" in r.output, r.output
+    assert sys.modules["benchmarks.netbench"] is netbench
