@@ -4,8 +4,8 @@ A :class:`Lab` builds a server namespace and a client namespace, either joined b
 (``direct``) or through a middle namespace that runs the impairment relay
 (:mod:`hostile_relay`).  An optional attacker namespace hangs off the server on its own veth.
 It writes wg-quick configs (the production writer: :mod:`vpn.testlab.configs`), starts
-``pyvpn server`` / ``pyvpn client`` (as ``python -m vpn.cli``, so the test's own interpreter and
-checkout are used), waits for ``show``, and tears everything down on exit, even after a failure:
+``pyvpn server`` / ``pyvpn client`` through the lab's runner (:class:`vpn.testlab.pyvpn.Pyvpn`: this
+installation's ``pyvpn``), waits for ``show``, and tears everything down on exit, even after a failure:
 the daemons first (SIGTERM, then SIGKILL), then every process left in each namespace, then the namespaces.
 
 Addresses (all inside the lab's namespaces)::
