@@ -37,18 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from vpn.testlab.netns import Netns, namespaces, wait_for
-from vpn.testlab.pyvpn import (
-    HarnessError,
-    Keys,
-    Transfer,
-    control_path,
-    ping,
-    run_pyvpn,
-    socket_live,
-    uapi_path,
-    unique_ifname,
-)
+from vpn.testlab.netns import Netns, namespaces
+from vpn.testlab.pyvpn import Keys, PyvpnWg, Transfer, ping, unique_ifname
 from vpn.testlab.wggo import WireguardGo, iperf3_client, iperf3_server, wg_genpsk
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -62,48 +52,6 @@ IDLE_TIMEOUT = 20.0  # seconds a transfer may go without a byte before it counts
 START_TIMEOUT = 15.0
 #: Kernel offloads switched off for the "every offload off" cases (those a device lacks are skipped).
 KERNEL_OFFLOADS = ("gso", "gro", "tso", "tx-udp-segmentation", "rx-udp-gro-forwarding", "rx-gro-list")
-
-
-class PyvpnWg:
-    """``pyvpn-wg -f IFACE`` in ``ns`` (its log in ``logfile``); returns once the tun and UAPI socket exist."""
-
-    def __init__(self, ns: Netns, ifname: str, logfile: Path, *, offload: bool = True) -> None:
-        self.ns, self.ifname, self.logfile = ns, ifname, logfile
-        env = dict(os.environ, LOG_LEVEL="verbose", PYVPN_OFFLOAD="auto" if offload else "off")
-        with open(logfile, "ab") as log:
-            self.proc = ns.popen(["pyvpn-wg", "-f", ifname], stdout=log, stderr=subprocess.STDOUT, env=env)
-        if not wait_for(lambda: self.proc.poll() is not None or socket_live(uapi_path(ifname)), START_TIMEOUT):
-            raise HarnessError(f"pyvpn-wg {ifname} did not start:\n{self.log()}")
-        if self.proc.poll() is not None:
-            raise HarnessError(f"pyvpn-wg {ifname} exited {self.proc.returncode}:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def show(self) -> dict[str, object]:
-        """``pyvpn show IFACE --json`` (pyvpn-wg serves the control socket too)."""
-        import json
-
-        p = run_pyvpn("show", self.ifname, "--json")
-        if p.returncode != 0:
-            raise HarnessError(f"pyvpn show {self.ifname}: {p.stderr}")
-        data: dict[str, object] = json.loads(p.stdout)
-        return data
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for path in (uapi_path(self.ifname), control_path(self.ifname)):
-            if path.exists() and not socket_live(path):
-                path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -182,7 +130,8 @@ def loopback_topology(kinds: tuple[str, str] = ("pyvpn", "pyvpn"), *, offload: b
                 name = unique_ifname("pvl")
                 d: PyvpnWg | WireguardGo
                 if kind == "pyvpn":
-                    d = PyvpnWg(ns0, name, workdir / f"{name}.log", offload=offload)
+                    d = PyvpnWg(ns0, name, logfile=workdir / f"{name}.log",
+                                env={"LOG_LEVEL": "verbose", "PYVPN_OFFLOAD": "auto" if offload else "off"}).start()
                 else:  # the reference: configured in ns0 first (its own harness), then moved the same way
                     d = WireguardGo(ns0, name, private_key=keys[i].private, listen_port=PORTS[i], routes=False)
                 daemons.append(d)
@@ -253,7 +202,7 @@ def test_bulk_over_loopback(kinds: tuple[str, str], offload: bool) -> None:
         for side in (one, two):
             if isinstance(side.daemon, PyvpnWg):
                 assert side.daemon.running(), side.daemon.log()
-                snap = side.daemon.show()
+                snap = side.daemon.show_json()
                 stall = snap["stall"]
                 assert isinstance(stall, dict) and stall["state"] == "ok" and stall["stalls"] == 0, stall
                 assert stall["loop_blocked"] == 0, stall
@@ -337,7 +286,7 @@ def test_allowed_ips_change_takes_effect_for_the_next_datagram() -> None:
             assert not delivered(two.ns, extra, at_one, one.addr4, "in-2")
             assert not delivered(one.ns, one.addr4, at_two, extra, "out-2")
             if isinstance(one.daemon, PyvpnWg):
-                drops = one.daemon.show()["drops"]
+                drops = one.daemon.show_json()["drops"]
                 assert isinstance(drops, dict)
                 assert drops.get("spoofed_source", 0) >= 1 and drops.get("no_route", 0) >= 1, drops
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vpn.testlab.pyvpn import HarnessError, Pyvpn, close_all
+from vpn.testlab.pyvpn import HarnessError, Pyvpn, PyvpnWg, close_all, pyvpn_argv
 
 # Prints its argv and two environment variables as JSON, then waits for a signal.
 _CHILD = ("import json, os, sys, time; print(json.dumps({'argv': sys.argv[1:], 'keep': os.environ.get('KEEP'), "
@@ -86,3 +86,11 @@ def test_wait_ready_reports_an_early_exit(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="exited 3") as e:
         d.start()
     assert "boom" in str(e.value)
+
+
+def test_pyvpn_wg_has_no_config_file(tmp_path: Path) -> None:
+    d = PyvpnWg(HostNs(), "pvw000001", logfile=tmp_path / "w.log", env={"LOG_LEVEL": "verbose"})  # type: ignore[arg-type]
+    assert d.argv() == [*pyvpn_argv("pyvpn-wg"), "-f", "pvw000001"] and d.config is None
+    assert Path(d.argv()[0]).name == "pyvpn-wg" or d.argv()[1:3] == ["-m", "vpn.wgcompat"]
+    with pytest.raises(HarnessError, match="no config file"):
+        Pyvpn(HostNs(), "server", ifname="pvs000001", logfile=tmp_path / "s.log").argv()  # type: ignore[arg-type]

@@ -76,12 +76,12 @@ def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any
         time.sleep(interval)
 
 
-def pyvpn_argv() -> list[str]:
-    """The pyvpn of this very installation (the venv's), not whatever ``pyvpn`` is first on PATH."""
-    sibling = Path(sys.executable).with_name("pyvpn")
+def pyvpn_argv(program: str = "pyvpn") -> list[str]:
+    """The pyvpn (or ``pyvpn-wg``) of this very installation (the venv's), not whatever is first on PATH."""
+    sibling = Path(sys.executable).with_name(program)
     if sibling.exists():
         return [str(sibling)]
-    return [sys.executable, "-m", "vpn.cli"]
+    return [sys.executable, "-m", "vpn.cli" if program == "pyvpn" else "vpn.wgcompat"]
 
 
 def _env() -> dict[str, str]:
@@ -229,7 +229,7 @@ class Pyvpn:
     :param ns: the namespace (its ``close()`` kills the daemon too); its ``cpu`` pins the daemon.
     :param role: ``server`` or ``client``.
     :param text: the config text (see :func:`conf_text`), written (mode 0600) to ``workdir/<ifname>.conf``;
-        None to run the existing file ``config``.
+        None to run the existing file ``config`` (neither: no file, see :class:`PyvpnWg`).
     :param ifname: the interface name (the config's ``#pyvpn Name``, else the file's stem); default
         ``config``'s stem.
     :param workdir: where the config and the log go (default: ``config``'s directory).
@@ -248,18 +248,24 @@ class Pyvpn:
                  command: Sequence[str] | None = None, args: Sequence[str] = (), log_level: str | None = "debug",
                  env: Mapping[str, str | None] | None = None, logfile: Path | None = None,
                  start_timeout: float = START_TIMEOUT) -> None:
-        if (text is None) == (config is None):
+        if text is not None and config is not None:
             raise ValueError("give the config text or an existing config file, not both")
         if ifname is None:
             if config is None:
-                raise ValueError("a config text needs ifname=")
+                raise ValueError("no config file: give ifname=")
             ifname = config.stem
         self.ns, self.role, self.ifname, self.keys = ns, role, ifname, keys
         workdir = workdir if workdir is not None else (config.parent if config is not None else None)
-        if workdir is None:
-            raise ValueError("a config text needs workdir=")
-        self.config = config if config is not None else write_private(workdir / f"{ifname}.conf", text or "")
-        self.logfile = logfile if logfile is not None else workdir / f"{ifname}.log"
+        if text is not None:
+            if workdir is None:
+                raise ValueError("a config text needs workdir=")
+            config = write_private(workdir / f"{ifname}.conf", text)
+        self.config: Path | None = config  # None only for a daemon without a file (PyvpnWg)
+        if logfile is None:
+            if workdir is None:
+                raise ValueError("no config file: give logfile=")
+            logfile = workdir / f"{ifname}.log"
+        self.logfile = logfile
         self.command = list(command) if command is not None else pyvpn_argv()
         self.args, self.log_level, self.env = tuple(args), log_level, dict(env or {})
         self.start_timeout = start_timeout
@@ -268,6 +274,8 @@ class Pyvpn:
 
     # -- life cycle -------------------------------------------------------------------------------
     def argv(self) -> list[str]:
+        if self.config is None:
+            raise HarnessError(f"pyvpn {self.role} {self.ifname}: no config file")
         level = ["-l", self.log_level] if self.log_level else []
         return [*self.command, self.role, str(self.config), *level, *self.args]
 
@@ -354,6 +362,8 @@ class Pyvpn:
         if not self.running() or self.proc is None:
             raise HarnessError(f"{self.ifname} is not running")
         if text is not None:
+            if self.config is None:
+                raise HarnessError(f"{self.ifname} has no config file")
             write_private(self.config, text)
 
         def outcomes() -> list[str]:
@@ -480,6 +490,23 @@ class Pyvpn:
 
     def __repr__(self) -> str:
         return f"<Pyvpn {self.role} {self.ifname} in {self.ns.name} pid={self.pid}>"
+
+
+class PyvpnWg(Pyvpn):
+    """``pyvpn-wg -f IFACE`` in ``ns``: pyvpn as a userspace WireGuard implementation (like wireguard-go), with no
+    config file (``wg`` configures it over the UAPI socket); started, waited for (its control socket answers:
+    ``pyvpn-wg`` serves one too) and stopped like any :class:`Pyvpn`.
+
+    :param env: e.g. ``LOG_LEVEL`` (``verbose``) and ``PYVPN_OFFLOAD``, as for wireguard-go.
+    """
+
+    def __init__(self, ns: Netns, ifname: str, *, logfile: Path, env: Mapping[str, str | None] | None = None,
+                 start_timeout: float = START_TIMEOUT) -> None:
+        super().__init__(ns, "wg", ifname=ifname, logfile=logfile, command=pyvpn_argv("pyvpn-wg"), log_level=None,
+                         env=env, start_timeout=start_timeout)
+
+    def argv(self) -> list[str]:
+        return [*self.command, "-f", self.ifname, *self.args]
 
 
 def close_all(daemons: Iterable[Pyvpn]) -> None:
