@@ -20,7 +20,8 @@ Theory of operation:
    log line about the reload; :meth:`Pyvpn.close` does whatever is still needed and unlinks
    sockets nothing listens on.
    :class:`Fleet` owns the private directory and closes every daemon it started, even on failure.
-   :class:`PyvpnFile` is a :class:`Pyvpn` on a file the caller wrote, started at once, as a context manager.
+   :class:`PyvpnFile` is a :class:`Pyvpn` on a file the caller wrote, started at once, as a context manager;
+   :class:`PyvpnWg` runs ``pyvpn-wg -f IFACE`` (no file: ``wg`` configures it) the same way.
 4. :func:`transfer` runs a small stdlib-only receiver (``ns.popen``) and sender (``ns.run``) that
    move random bytes over TCP and report the sha256 on each side.
 
