@@ -26,6 +26,7 @@ import pytest
 
 from crypto.keys import public_from_private
 from vpn.config import load_config, parse_config
+from vpn.testlab.wggo import WgPeer, wg_conf_text
 from vpn.uapi import (
     IPC_ERROR_PORT_IN_USE,
     DeviceState,
@@ -274,8 +275,8 @@ def test_wg_setconf_of_each_example(fake: FakeUapi, path: Path, tmp_path: Path) 
 
 def test_wg_syncconf_removes_missing_peers(fake: FakeUapi, tmp_path: Path) -> None:
     conf = tmp_path / "sync.conf"
-    conf.write_text(f"[Interface]\nPrivateKey = {b64(PRIV)}\nListenPort = 51820\n\n"
-                    f"[Peer]\nPublicKey = {b64(PUB_A)}\nAllowedIPs = 198.19.0.2/32\n")
+    conf.write_text(wg_conf_text(private_key=b64(PRIV), listen_port=51820,
+                                 peers=[WgPeer(b64(PUB_A), allowed_ips=["198.19.0.2/32"])]))
     wg("syncconf", fake.name, str(conf))
     [(_, req)] = fake.sets
     assert isinstance(req, SetRequest) and not req.replace_peers
