@@ -2,11 +2,11 @@
 
 Measures, on one core, the CPU time per inner packet of one whole wakeup of :class:`vpn.device.Device`:
 
-* **send** (``Device._on_tun``): a batch of tun reads → :func:`tunnel.tun.read_packets` (TSO
+* **send** (``Device._on_tun``): a batch of tun reads → :func:`tunnel.tunmode.read_packets` (TSO
   super-packets cut by :func:`tunnel.offload.segment`) → :func:`vpn.routing.route_reads` (AllowedIPs) →
   ``Tunnel.encapsulate`` (seal) → outbox → ``UdpSocket.send_batch`` (UDP GSO);
 * **receive** (``Device._on_udp``): a batch of datagrams as ``recv_batch`` returns them after UDP GRO →
-  ``Core.decapsulate`` (open) → ACL → :func:`tunnel.tun.tun_buffers` (:func:`tunnel.offload.gro` into
+  ``Core.decapsulate`` (open) → ACL → :func:`tunnel.tunmode.tun_buffers` (:func:`tunnel.offload.gro` into
   super-packets) → tun write;
 
 each with the tun in vnet-hdr mode (TSO super-packets of ``--segs`` x 1380-byte segments) and in plain mode
@@ -51,7 +51,7 @@ from tunnel.offload import (
     gro,
     segment,
 )
-from tunnel.tun import TunMode, read_packets, tune_allocator
+from tunnel.tunmode import TunMode, read_packets, tune_allocator
 from tunnel.udp import UdpSocket
 from vpn.device import Device
 from vpn.routing import route_reads
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--segs", type=int, default=45, help="segments per TSO super-packet")
     ap.add_argument("--wakeups", type=int, default=8, help="wakeups timed per row and round")
     ap.add_argument("--no-tune-allocator", action="store_true",
-                    help="keep glibc's malloc defaults (the daemon calls tunnel.tun.tune_allocator)")
+                    help="keep glibc's malloc defaults (the daemon calls tunnel.tunmode.tune_allocator)")
     args = ap.parse_args()
     if not args.no_tune_allocator:
         tune_allocator()

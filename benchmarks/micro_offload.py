@@ -34,10 +34,10 @@ from tunnel.offload import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_UDP_L4,
     VirtioNetHdr,
-    _sum16,
     coalesce,
     segment,
 )
+from tunnel.offload.checksum import _sum16
 from vpn.testlab.packets import ACK, PSH, TCP, UDP, ipv4, tcp, udp
 
 MSS = 1380  # 1420-byte tunnel MTU minus 40 bytes of IPv4+TCP headers

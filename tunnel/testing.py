@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Self
 
 from tunnel.tun import VNET_HDR_SIZE
-from tunnel.udp import Addr, AddressError
+from tunnel.udpaddr import Addr, AddressError
 
 if TYPE_CHECKING:
     from tunnel.tun import PytunDevice, TunDevice

@@ -18,8 +18,7 @@ Theory of operation
 5. :meth:`PytunDevice.close` closes the fd, which removes the (never persistent) device.
 
 How the data path reads and writes a device under its offloads (:class:`TunMode`,
-:func:`configure_tun`, :func:`read_packets`, :func:`write_packets`) is in :mod:`tunnel.tunmode`; the names
-are importable from here too.
+:func:`configure_tun`, :func:`read_packets`, :func:`write_packets`) is in :mod:`tunnel.tunmode`.
 
 virtio_net_hdr size: **10 bytes** (``struct virtio_net_hdr``: flags u8, gso_type u8, hdr_len u16, gso_size
 u16, csum_start u16, csum_offset u16, all little-endian on x86/arm).  The 12-byte variant adds ``num_buffers``,
@@ -47,40 +46,17 @@ from typing import Protocol, Self, runtime_checkable
 import pytun  # type: ignore[import-not-found, unused-ignore]  # C extension without stubs
 
 from tunnel.offload import VIRTIO_NET_HDR_LEN
-from tunnel.tunmode import (
-    OFFLOAD_CSUM,
-    OFFLOAD_TSO4,
-    OFFLOAD_TSO6,
-    OFFLOAD_USO,
-    TSO_READS_DEFAULT,
-    TunMode,
-    configure_tun,
-    read_packets,
-    tun_buffers,
-    tune_allocator,
-    write_packets,
-)
+from tunnel.tunmode import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_USO
 
 __all__ = [
     "MAX_PACKET_SIZE",
-    "TSO_READS_DEFAULT",
     "TUN_TXQUEUELEN",
-    "OFFLOAD_CSUM",
-    "OFFLOAD_TSO4",
-    "OFFLOAD_TSO6",
-    "OFFLOAD_USO",
     "VNET_HDR_SIZE",
     "PytunDevice",
     "TunDevice",
     "TunError",
-    "TunMode",
-    "configure_tun",
     "open_tun",
-    "read_packets",
     "set_txqueuelen",
-    "tun_buffers",
-    "tune_allocator",
-    "write_packets",
 ]
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ not valid" (for instance segments larger than the route MTU), so that run alone 
 In every case the run that failed is re-sent datagram by datagram, so nothing is lost by the detection.
 
 The socket options, GSO limits and errno classes are in :mod:`tunnel.udpopts`, the address forms in
-:mod:`tunnel.udpaddr`; their public names are importable from here too.
+:mod:`tunnel.udpaddr`.
 """
 
 from __future__ import annotations
@@ -55,31 +55,14 @@ from tunnel.udpopts import (
     GSO_MAX_PAYLOAD,
     GSO_MAX_SEGMENTS,
     SOL_UDP,
-    TRANSPORT_OVERHEAD,
     UDP_GRO,
     UDP_SEGMENT,
     _kernel_knows_gso,
     _set_bufsize,
     _try_setsockopt,
-    gso_max_segs,
 )
 
-__all__ = [
-    "GSO_MAX_PAYLOAD",
-    "GSO_MAX_SEGMENTS",
-    "TRANSPORT_OVERHEAD",
-    "SOL_UDP",
-    "UDP_GRO",
-    "UDP_SEGMENT",
-    "Addr",
-    "AddressError",
-    "Family",
-    "UdpEndpoint",
-    "UdpError",
-    "UdpSocket",
-    "gso_max_segs",
-    "normalize_addr",
-]
+__all__ = ["UdpEndpoint", "UdpError", "UdpSocket"]
 
 log = logging.getLogger(__name__)
 

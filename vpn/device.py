@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from crypto.constants import REKEY_AFTER_TIME
 from crypto.tunnel import Core, Tunnel
-from tunnel.tun import configure_tun, read_packets, tune_allocator, write_packets
+from tunnel.tunmode import configure_tun, read_packets, tune_allocator, write_packets
 
 from .allowedips import AllowedIPs
 from .latency import request_slice, slice_from_env

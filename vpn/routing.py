@@ -1,7 +1,7 @@
 """Routing in the L3 data path: which peer a packet from the tun goes to, and what forwarding does to it.
 
 Flow (called by :class:`vpn.device.Device` once per wakeup; the kernel side, vnet headers, segmentation and
-GRO, is :mod:`tunnel.tun`'s ``read_packets``/``write_packets``):
+GRO, is :mod:`tunnel.tunmode`'s ``read_packets``/``write_packets``):
 
 1. **tun → peers** (:func:`route_reads`).  The plain IP packets of one tun read batch are grouped by the peer
    their destination routes to (AllowedIPs); the destination is looked up once per change of address, and
@@ -9,7 +9,7 @@ GRO, is :mod:`tunnel.tun`'s ``read_packets``/``write_packets``):
 2. The core seals each group; the UDP socket sends each run of equal sizes in one GSO ``sendmsg``.
 3. **peers → tun** (:class:`InboundRoutes`, methods of the device).  Opened packets pass the AllowedIPs
    source check (the cryptokey ACL; otherwise dropped as ``spoofed_source``), packets to one of our VTEP
-   addresses are offered to the L2 runtime, and the rest are written with ``tunnel.tun.write_packets`` (GRO
+   addresses are offered to the L2 runtime, and the rest are written with ``tunnel.tunmode.write_packets`` (GRO
    into super-packets).
 4. **peer → peer** (:func:`forward_hop`, only with ``#pyvpn Forward = on``).  A packet for another peer is
    not written to the tun: like a router, the daemon takes one off its TTL (IPv4, with the header checksum
@@ -43,7 +43,7 @@ def route_reads(packets: list[bytes], lookup: Callable[[bytes], Any], drops: Cou
                 bulk: bool = True) -> dict[Any, list[bytes]]:
     """Group the IP packets of a batch of tun reads by the peer their destination routes to.
 
-    :param packets: plain IP packets (``tunnel.tun.read_packets`` has removed any vnet header).
+    :param packets: plain IP packets (``tunnel.tunmode.read_packets`` has removed any vnet header).
     :param lookup: AllowedIPs lookup of a 4- or 16-byte destination address (None: no peer).
     :param drops: counts ``tun_short_packet``, ``tun_not_ip`` and ``no_route`` (``link_local_no_peer``
         for multicast and link-local destinations, an expected drop: vpn/drops.py).

@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, socket_live, workdir
+from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, workdir
 from vpn.testlab.wggo import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
+from vpn.util import socket_is_live
 
 pytestmark = [
     pytest.mark.root,
@@ -137,7 +138,7 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
                 assert up.returncode == 0, up.stderr
                 assert f"pyvpn-wg {name}" in up.stderr  # the userspace implementation, not a kernel module
                 (pid,) = _daemon_pids(cli, name)
-                assert socket_live(_sock(name))
+                assert socket_is_live(_sock(name))
                 dump = cli.run(["wg", "show", name, "dump"]).stdout.splitlines()
                 head = dump[0].split("\t")
                 assert head[1] == pc and head[3] == ("0xca6c" if default else "off")
@@ -176,7 +177,7 @@ def test_lifecycle() -> None:
             # Returns only once the link and the socket exist: no waiting here.
             r = a.run(["pyvpn-wg", name], check=False, timeout=CMD_TIMEOUT)
             assert r.returncode == 0, r.stderr
-            assert _link(a, name) and socket_live(sock)
+            assert _link(a, name) and socket_is_live(sock)
             (pid,) = _daemon_pids(a, name)
             head = a.run(["wg", "show", name, "dump"]).stdout.splitlines()[0].split("\t")
             assert head[0] == head[1] == "(none)" and int(head[2]) > 0  # no key yet, a random port
@@ -186,7 +187,7 @@ def test_lifecycle() -> None:
             assert r.returncode != 0
             assert f"UAPI socket {sock} is in use by a running process" in r.stderr, r.stderr
             assert not _link(b, name) and not _daemon_pids(b, name)
-            assert _alive(pid) and socket_live(sock)
+            assert _alive(pid) and socket_is_live(sock)
 
             # `ip link del` (what wg-quick down does) ends the daemon, which removes its socket.
             a.run(["ip", "link", "del", "dev", name])
@@ -194,10 +195,10 @@ def test_lifecycle() -> None:
 
             # A stale socket file (a SIGKILLed daemon) is replaced; a file that is not a socket is refused.
             _stale_socket(sock)
-            assert sock.exists() and not socket_live(sock)
+            assert sock.exists() and not socket_is_live(sock)
             r = a.run(["pyvpn-wg", name], check=False, timeout=CMD_TIMEOUT)
             assert r.returncode == 0, r.stderr
-            assert socket_live(sock)
+            assert socket_is_live(sock)
             (pid,) = _daemon_pids(a, name)
 
             # SIGTERM: out within seconds, link and socket gone.
@@ -214,7 +215,7 @@ def test_lifecycle() -> None:
             for argv, env in ((["pyvpn-wg", "-f", name], None),
                               (["pyvpn-wg", name], {**os.environ, "WG_PROCESS_FOREGROUND": "1"})):
                 proc = a.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-                assert wait_for(lambda p=proc: socket_live(sock) or p.poll() is not None, EXIT_TIMEOUT)
+                assert wait_for(lambda p=proc: socket_is_live(sock) or p.poll() is not None, EXIT_TIMEOUT)
                 time.sleep(0.2)
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert _link(a, name)
@@ -228,7 +229,7 @@ def test_lifecycle() -> None:
             for ns in (a, b):
                 for pid in _daemon_pids(ns, name):
                     os.kill(pid, signal.SIGKILL)
-            if sock.exists() and not socket_live(sock):
+            if sock.exists() and not socket_is_live(sock):
                 sock.unlink()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.files import write_private
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import (
     Fleet,
@@ -36,12 +37,11 @@ from vpn.testlab.pyvpn import (
     ping_ok,
     poll,
     pyvpn_argv,
-    socket_live,
     uapi_path,
     unique_ifname,
     wait_ping,
-    write_private,
 )
+from vpn.util import socket_is_live
 
 pytestmark = pytest.mark.root
 
@@ -312,7 +312,7 @@ def test_restart_after_kill9_of_a_default_route_client_clears_stale_state() -> N
         client.kill()
         assert _policy_rules(cli_ns) == running  # left behind by the crash
         assert control_path(client.ifname).exists() and uapi_path(client.ifname).exists()
-        assert not socket_live(control_path(client.ifname))
+        assert not socket_is_live(control_path(client.ifname))
 
         client.start()
         second = client.log().split("--- start 2", 1)[1]
@@ -321,7 +321,7 @@ def test_restart_after_kill9_of_a_default_route_client_clears_stale_state() -> N
             assert what in second, f"{what!r} not logged:\n{second}"
         assert sorted(_policy_rules(cli_ns)) == sorted(running)  # exactly one set of rules
         assert cli_ns.run("nft list tables").stdout.count(f"pyvpn-{client.ifname}") == 2
-        assert socket_live(control_path(client.ifname)) and socket_live(uapi_path(client.ifname))
+        assert socket_is_live(control_path(client.ifname)) and socket_is_live(uapi_path(client.ifname))
         assert ping_ok(cli_ns, SRV)
 
         assert client.terminate() == 0

@@ -17,7 +17,8 @@ from vpn.testlab.netns import have
 
 _SNIPPET = (
     "import json, subprocess, sys\n"
-    "from tunnel.tun import configure_tun, open_tun\n"
+    "from tunnel.tun import open_tun\n"
+    "from tunnel.tunmode import configure_tun\n"
     "dev = open_tun('pvtm0', vnet_hdr=True)\n"
     "mode = configure_tun(dev, tso_reads=sys.argv[1] == '1')\n"
     "k = subprocess.run(['ethtool', '-k', 'pvtm0'], capture_output=True, text=True, check=True).stdout\n"

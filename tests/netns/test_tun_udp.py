@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from tunnel.udp import AddressError, UdpError, UdpSocket
+from tunnel.udp import UdpError, UdpSocket
+from tunnel.udpaddr import AddressError
 from vpn.testlab import child
 from vpn.testlab.differential import check_bulk_matches_loop, random_batches
 from vpn.testlab.tun_scenarios import wait_readable

@@ -1,4 +1,4 @@
-"""The L3 data path (tunnel.tun's read_packets/write_packets, vpn.routing) and the Device's offload path,
+"""The L3 data path (tunnel.tunmode's read_packets/write_packets, vpn.routing) and the Device's offload path,
 without root: fakes for the tun and the network.
 
 * :func:`read_packets` then :func:`route_reads` (as the Device calls them) turn vnet-hdr reads (plain
@@ -28,8 +28,8 @@ from tunnel.offload import (
     segment,
 )
 from tunnel.testing import MemoryNetwork, MemoryTun
-from tunnel.tun import TunMode, configure_tun, read_packets, tun_buffers, write_packets
-from tunnel.udp import gso_max_segs
+from tunnel.tunmode import TunMode, configure_tun, read_packets, tun_buffers, write_packets
+from tunnel.udpopts import gso_max_segs
 from vpn.allowedips import AllowedIPs
 from vpn.device import Device
 from vpn.routing import route_reads
@@ -382,7 +382,7 @@ def test_gro_bulk_equals_the_loop() -> None:
     super-packets, and declines (None) whenever the batch is not one clean run."""
     import random
 
-    import tunnel.offload as dp
+    from tunnel.offload.gro import _gro_bulk
 
     clean = [
         _run(4, 1000, 45, 1368),
@@ -395,7 +395,7 @@ def test_gro_bulk_equals_the_loop() -> None:
         _run(4, 0xFFFFF000, 45, 1368),  # the sequence number wraps
     ]
     assert check_bulk_matches_loop(_gro, clean) == len(clean)
-    assert sum(dp._gro_bulk(p) is not None for p in clean) == 6  # all but the lone-leftover and the wrapping case
+    assert sum(_gro_bulk(p) is not None for p in clean) == 6  # all but the lone-leftover and the wrapping case
 
     def damaged_run(rng: random.Random) -> list[bytes]:
         version = rng.choice([4, 6])
@@ -426,7 +426,7 @@ def test_gro_bulk_equals_the_loop() -> None:
 
     batches = list(random_batches(damaged_run, random.Random(7), 300))
     assert check_bulk_matches_loop(_gro, batches) == 300
-    declined = sum(dp._gro_bulk(b) is None for b in batches)
+    declined = sum(_gro_bulk(b) is None for b in batches)
     assert 100 < declined < 300
 
 
@@ -486,7 +486,7 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
     path cuts where the loop ends runs and gives the same super-packets; odd shapes fall back."""
     import random
 
-    import tunnel.offload as dp
+    from tunnel.offload.gro import _gro_bulk
 
     def bursts(rng: random.Random) -> list[bytes]:
         version, mss = rng.choice([4, 6]), rng.choice([536, 1368])
@@ -500,7 +500,7 @@ def test_gro_bulk_cuts_batches_of_several_bursts_like_the_loop() -> None:
 
     batches = [b for b in random_batches(bursts, random.Random(11), 200) if len(b) >= 4]
     assert check_bulk_matches_loop(_gro, batches) == len(batches)
-    assert sum(dp._gro_bulk(b) is not None for b in batches) > 50
+    assert sum(_gro_bulk(b) is not None for b in batches) > 50
 
 
 def _udp(version: int, ttl: int, payload: bytes, *, ident: int = 0, proto: int = UDP) -> bytes:

@@ -11,7 +11,8 @@ import uvloop
 
 from tunnel.testing import MemoryNetwork, MemoryTun, MemoryUdp, MemoryUdpPair, impairment
 from tunnel.tun import TunDevice
-from tunnel.udp import AddressError, UdpEndpoint
+from tunnel.udp import UdpEndpoint
+from tunnel.udpaddr import AddressError
 
 IP4 = bytes([0x45]) + bytes(19)  # enough of an IPv4 header for the fakes' version check
 IP6 = bytes([0x60]) + bytes(39)

@@ -27,7 +27,6 @@ from tunnel.offload import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     OffloadError,
     VirtioNetHdr,
-    _sum16,
     checksum,
     coalesce,
     gro_frames,
@@ -37,6 +36,7 @@ from tunnel.offload import (
     with_hdr,
     without_hdr,
 )
+from tunnel.offload.checksum import _sum16
 from vpn.testlab.differential import check_bulk_matches_loop, random_batches
 from vpn.testlab.packets import reference_sum
 

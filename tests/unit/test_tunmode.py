@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 from tunnel.testing import MemoryTun
-from tunnel.tun import TunMode, configure_tun
+from tunnel.tunmode import TunMode, configure_tun
 
 
 class _Device(MemoryTun):

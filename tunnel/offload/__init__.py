@@ -25,12 +25,8 @@ Everything public is importable from ``tunnel.offload`` itself.
 
 from __future__ import annotations
 
-from crypto.constants import BULK_MIN  # the data path's one bulk threshold (see there), re-exported
-
-from .checksum import _sum16 as _sum16
 from .checksum import checksum
 from .coalesce import coalesce
-from .gro import _gro_bulk as _gro_bulk
 from .gro import gro, gro_frames
 from .headers import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, MAX_SUPER_PACKET, UDP_MAX_SEGMENTS, l2_header_len
 from .segment import segment, split_reads
@@ -54,7 +50,6 @@ from .virtio import (
 )
 
 __all__ = [
-    "BULK_MIN",
     "ETH_HLEN",
     "ETH_P_IP",
     "ETH_P_IPV6",

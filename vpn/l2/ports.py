@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from tunnel.encap.vxlan import pack_header
-from tunnel.tun import TunMode, configure_tun
+from tunnel.tunmode import TunMode, configure_tun
 
 from .switch import Switch
 

@@ -29,11 +29,11 @@ every :data:`EXPIRE_INTERVAL`, and MAC events are logged (:mod:`vpn.l2.status`).
 Tap offloads
 ------------
 Taps are opened with ``IFF_VNET_HDR`` (:func:`vpn.l2.start.open_segments`) and configured like the tun
-(:func:`tunnel.tun.configure_tun`, in :class:`vpn.l2.ports.TapPort`): the kernel segments and checksums before
-a read unless :data:`TAP_TSO_READS_DEFAULT` (then :func:`tunnel.tun.read_packets` cuts super-frames into
+(:func:`tunnel.tunmode.configure_tun`, in :class:`vpn.l2.ports.TapPort`): the kernel segments and checksums before
+a read unless :data:`TAP_TSO_READS_DEFAULT` (then :func:`tunnel.tunmode.read_packets` cuts super-frames into
 MTU-sized frames, which is all a peer ever sees), and the frames for a tap are written as GRO super-frames
 (:func:`tunnel.offload.gro_frames`), frame by frame from the first ``EINVAL`` on
-(:func:`tunnel.tun.write_packets`).  Frames of one flow read or received together take the bulk branches: one
+(:func:`tunnel.tunmode.write_packets`).  Frames of one flow read or received together take the bulk branches: one
 switch decision per run of equal Ethernet headers (``count=``), one outer header per length
 (:func:`~tunnel.encap.vxlan.encap_ip_batch`), one decapsulation pass
 (:func:`~tunnel.encap.vxlan.decap_ip_batch`, through :meth:`L2Runtime.take_batch`).
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto.keys import encode_key
 from tunnel.encap.vxlan import VxlanError, decap_ip, decap_ip_batch, encap_ip, encap_ip_batch, unpack_header
-from tunnel.tun import read_packets, write_packets
+from tunnel.tunmode import read_packets, write_packets
 
 from ..util import format_endpoint
 from . import status

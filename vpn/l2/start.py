@@ -11,7 +11,7 @@ from .ports import PlainSocket, TapDevice
 from .runtime import L2Runtime
 
 if TYPE_CHECKING:
-    from tunnel.udp import Family
+    from tunnel.udpaddr import Family
 
     from ..config import Config
     from ..device import Device
