@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import signal
 import stat
@@ -61,11 +60,9 @@ class CleanupHelper:
 
         :raises OSError: the process could not be started.
         """
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        # The same interpreter imports the installed package: no PYTHONPATH of our own.
         proc = subprocess.Popen([sys.executable, "-m", "vpn.cleanup"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, close_fds=True)
+                                stdout=subprocess.PIPE, close_fds=True)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(plan).encode() + b"\n")
         proc.stdin.flush()

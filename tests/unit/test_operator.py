@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from crypto.keys import encode_key, private_from_random, public_from_private
 from vpn import cli, enroll
+from vpn.cleanup import CleanupHelper
 from vpn.config import Config, ConfigError, format_config, load_config, parse_config
 from vpn.enroll import EnrollError
 from vpn.metrics import DeviceCollector, MetricsError, families, parse_listen
@@ -610,6 +611,21 @@ def test_lookup_user() -> None:
     assert (n.uid, n.gid, n.groups) == (4000000, nogroup, (nogroup,))
     with pytest.raises(PrivilegeError, match="no such user"):
         lookup_user("no-such-user-pyvpn")
+
+
+def test_cleanup_helper_starts_from_any_directory_without_pythonpath(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root helper is ``python -m vpn.cleanup`` with the daemon's own interpreter: the installed package
+    is found from any working directory and with no PYTHONPATH.  A plan without an interface makes the
+    helper's ``main`` answer 2 (an import failure would be 1), so no root is needed here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    helper = CleanupHelper.start({})
+    try:
+        assert helper.proc.wait(30) == 2
+        assert not helper.step("teardown", timeout=1)  # nothing to ask once it has exited
+    finally:
+        helper.close(timeout=1)
 
 
 def test_interface_names_from_file_stems_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
