@@ -33,6 +33,7 @@ import stat
 from collections import Counter
 from typing import Any
 
+from crypto.constants import REKEY_AFTER_TIME
 from tunnel import netconf
 from tunnel.tun import TunError, open_tun, set_txqueuelen
 from tunnel.udp import UdpSocket
@@ -46,6 +47,18 @@ from .systemd import notify
 log = logging.getLogger("pyvpn")
 
 DEFAULT_MTU = 1420
+
+
+def rekey_after_time_from_env() -> float:
+    """TEST ONLY: ``PYVPN_TEST_REKEY_AFTER_TIME`` (seconds, 1..REKEY_AFTER_TIME; anything else is ignored)
+    shortens REKEY_AFTER_TIME so that tests/hostile can force rekeys of real daemons in seconds.
+    Never set it outside tests.  Read here, at start-up, and passed on as ``Device(rekey_after_time=)``."""
+    raw = os.environ.get("PYVPN_TEST_REKEY_AFTER_TIME", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return REKEY_AFTER_TIME
+    return value if 1.0 <= value <= REKEY_AFTER_TIME else REKEY_AFTER_TIME  # NaN and out-of-range: ignored
 
 
 def run_loop(coro: Any) -> Any:
@@ -159,7 +172,7 @@ async def _main(cfg: Any, *, role: str, netns: str | None, metrics: str | None, 
                         "decremented), bypassing this host's firewall (FORWARD chain, conntrack, NAT) and "
                         "ip_forward", name)
         device = Device(tun=tun, udp=udp, private_key=icfg.private_key, mtu=mtu, forward=forward,
-                        udp_offload=offload != "off")
+                        udp_offload=offload != "off", rekey_after_time=rekey_after_time_from_env())
         if fwmark:
             device.set_fwmark(fwmark)
         for p in cfg.peers:

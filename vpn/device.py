@@ -64,18 +64,6 @@ TSO_BATCH = 16  # tun reads per wakeup with offloads (each may be a 64 KiB super
 Endpoint = tuple[str, int]
 
 
-def rekey_after_time_from_env() -> float:
-    """TEST ONLY: ``PYVPN_TEST_REKEY_AFTER_TIME`` (seconds, 1..REKEY_AFTER_TIME; anything else is ignored)
-    shortens REKEY_AFTER_TIME so that tests/hostile can force rekeys of real daemons in seconds.
-    Never set it outside tests."""
-    raw = os.environ.get("PYVPN_TEST_REKEY_AFTER_TIME", "")
-    try:
-        value = float(raw)
-    except ValueError:
-        return REKEY_AFTER_TIME
-    return value if 1.0 <= value <= REKEY_AFTER_TIME else REKEY_AFTER_TIME  # NaN and out-of-range: ignored
-
-
 class PacketDevice(Protocol):
     @property
     def name(self) -> str: ...
@@ -111,6 +99,8 @@ class Device(InboundRoutes):
     :param rng: source of randomness for the core.
     :param stall_after: seconds of queued input without progress before a stall is reported.
     :param udp_offload: UDP GSO/GRO on sockets made by :meth:`rebind` (``Offload = off`` turns it off).
+    :param rekey_after_time: REKEY_AFTER_TIME, or shorter for tests (passed to :class:`crypto.tunnel.Core`,
+        which refuses anything below a second or above REKEY_AFTER_TIME).
     """
 
     #: Seconds between housekeeping ticks (hooks, stall check).
@@ -119,12 +109,12 @@ class Device(InboundRoutes):
     def __init__(self, *, tun: PacketDevice, udp: DatagramSocket, private_key: bytes | None,
                  mtu: int | None = None, forward: bool = False,
                  rng: Callable[[int], bytes] = os.urandom, stall_after: float = STALL_AFTER,
-                 udp_offload: bool = True) -> None:
+                 udp_offload: bool = True, rekey_after_time: float = REKEY_AFTER_TIME) -> None:
         self.tun = tun
         self.tun_mode = configure_tun(tun)
         self.udp = udp
         self.name = tun.name
-        self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu, rekey_after_time=rekey_after_time_from_env())
+        self.core = Core(private_key, rng=rng, mtu=mtu or tun.mtu, rekey_after_time=rekey_after_time)
         self.allowed: AllowedIPs[Tunnel] = AllowedIPs()
         self.peers: dict[bytes, Peer] = {}
         self.forward = forward

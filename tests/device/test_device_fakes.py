@@ -20,6 +20,7 @@ from rich.console import Console
 from crypto.constants import REKEY_AFTER_TIME
 from crypto.keys import private_from_random, public_from_private
 from tunnel.testing import MemoryNetwork, MemoryTun
+from vpn.daemon import rekey_after_time_from_env
 from vpn.device import Device
 from vpn.stall import LoopWatchdog, StallDetector
 from vpn.status import render, to_jsonable
@@ -635,12 +636,19 @@ def test_expired_peer_is_refused_by_the_housekeeping_timer(run) -> None:  # type
     run(main())
 
 
-def test_device_passes_the_test_only_rekey_after_time_to_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PYVPN_TEST_REKEY_AFTER_TIME (tests/hostile's daemons) reaches Core(rekey_after_time=...); a value the
-    core would refuse (below 1 s, above REKEY_AFTER_TIME, not a number) is ignored, as before."""
+def test_daemon_passes_the_test_only_rekey_after_time_to_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYVPN_TEST_REKEY_AFTER_TIME (tests/hostile's daemons) is read once, at the daemon's start-up
+    (:func:`vpn.daemon.rekey_after_time_from_env`), and reaches Core(rekey_after_time=...) as
+    Device(rekey_after_time=...); a value the core would refuse (below 1 s, above REKEY_AFTER_TIME, not a
+    number) is ignored, as before.  The Device itself does not read the environment."""
     for raw, expect in (("2", 2.0), ("0.5", REKEY_AFTER_TIME), ("1e9", REKEY_AFTER_TIME), ("nan", REKEY_AFTER_TIME),
                         ("soon", REKEY_AFTER_TIME), ("", REKEY_AFTER_TIME)):
         monkeypatch.setenv("PYVPN_TEST_REKEY_AFTER_TIME", raw)
+        assert rekey_after_time_from_env() == expect, raw
         net = MemoryNetwork()
-        dev = Device(tun=MemoryTun("rk0"), udp=net.endpoint("10.0.0.1", 51820), private_key=None)
+        dev = Device(tun=MemoryTun("rk0"), udp=net.endpoint("10.0.0.1", 51820), private_key=None,
+                     rekey_after_time=rekey_after_time_from_env())
         assert dev.core.rekey_after_time == expect, raw
+    monkeypatch.setenv("PYVPN_TEST_REKEY_AFTER_TIME", "2")
+    dev = Device(tun=MemoryTun("rk1"), udp=MemoryNetwork().endpoint("10.0.0.1", 51820), private_key=None)
+    assert dev.core.rekey_after_time == REKEY_AFTER_TIME

@@ -87,7 +87,7 @@ def test_rekey_happens_when_data_is_sent_after_rekey_after_time() -> None:
 
 
 def test_shortened_rekey_after_time_is_a_constructor_argument() -> None:
-    """Core(rekey_after_time=...) (the hostile tests' PYVPN_TEST_REKEY_AFTER_TIME, via vpn.device) makes the
+    """Core(rekey_after_time=...) (the hostile tests' PYVPN_TEST_REKEY_AFTER_TIME, via vpn.daemon) makes the
     initiator rekey that much sooner; it can only shorten REKEY_AFTER_TIME, to no less than a second."""
     p = Pair(seed=25, rekey_after_time=2.0)
     p.handshake()
