@@ -13,7 +13,7 @@ from collections import Counter, deque
 import pytest
 
 from crypto.ratelimiter import TokenBucket
-from vpn.l2.ethernet import VlanMap, add_vlan, is_group, strip_vlan, vlan_of
+from vpn.l2.ethernet import VlanMap, add_vlan, is_group, same_head_runs, strip_vlan, vlan_of
 from vpn.l2.mactable import LOCAL, MacEvent, MacTable
 from vpn.l2.switch import DROP, LOCAL_ONLY, Forward, Switch
 from vpn.testlab.packets import eth
@@ -551,6 +551,20 @@ def test_vlan_map() -> None:
     for args, kw in (({1: 5, 2: 5},), {}), (({1: 5},), {"untagged": 5}), (({0: 5},), {}), (({1: 1 << 24},), {}):
         with pytest.raises(ValueError):
             VlanMap(*args, **kw)  # type: ignore[arg-type]
+
+
+def test_same_head_runs_groups_consecutive_frames_by_their_ethernet_header() -> None:
+    a, b = frame(mac(1), mac(2), b"x"), frame(mac(1), mac(2), b"yy")  # same 14-byte head, other payloads
+    c = frame(mac(3), mac(2))
+    tagged = add_vlan(a, 10)  # same MACs, but the TPID is part of the head
+    assert same_head_runs([a]) == [[a]]
+    assert same_head_runs([a, b, a]) == [[a, b, a]]
+    assert same_head_runs([a, b, c, a, tagged, tagged]) == [[a, b], [c], [a], [tagged, tagged]]
+    frames = [frame(mac(rng % 3), mac(2), bytes(rng % 5)) for rng in range(40)]
+    runs = same_head_runs(frames)
+    assert [f for run in runs for f in run] == frames  # in order, nothing lost
+    assert all(len({f[:14] for f in run}) == 1 for run in runs)
+    assert all(x[-1][:14] != y[0][:14] for x, y in zip(runs, runs[1:], strict=False))  # maximal runs
 
 
 # -- fuzz ------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
+from itertools import groupby
+from operator import itemgetter
 from typing import Final
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "VlanMap",
     "add_vlan",
     "is_group",
+    "same_head_runs",
     "strip_vlan",
     "vlan_of",
 ]
@@ -36,10 +39,23 @@ VID_MAX: Final = 4094  # 4095 is reserved; 0 means "priority tag only" (802.1Q Â
 ZERO_MAC: Final = bytes(MAC_SIZE)
 VNI_MAX: Final = (1 << 24) - 1
 
+_ETH_HEAD = itemgetter(slice(0, ETH_HEADER_SIZE))  # MACs and EtherType (or TPID): what a switch decision depends on
+
 
 def is_group(mac: bytes | bytearray | memoryview) -> bool:
     """Whether a MAC has the I/G bit set (multicast or broadcast): the lowest bit of the first octet."""
     return bool(mac[0] & 1)
+
+
+def same_head_runs(frames: list[bytes]) -> list[list[bytes]]:
+    """Consecutive frames with the same first 14 bytes (MACs and EtherType or TPID), in order: each run
+    needs one switch decision (the L2 runtime's bulk branch)."""
+    if len(frames) == 1:
+        return [frames]
+    heads = list(map(_ETH_HEAD, frames))
+    if heads.count(heads[0]) == len(heads):
+        return [frames]
+    return [list(g) for _, g in groupby(frames, _ETH_HEAD)]
 
 
 # -- VLAN tags -------------------------------------------------------------------------------------------------------

@@ -48,8 +48,6 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import groupby
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from crypto.keys import encode_key
@@ -58,6 +56,7 @@ from tunnel.tunmode import read_packets, write_packets
 
 from ..util import format_endpoint
 from . import status
+from .ethernet import same_head_runs
 from .plan import L2ConfigError, TapPlan, choose_vtep, local_vteps
 from .ports import Member, PlainPort, PlainSocket, PortKey, Segment, TapDevice, TapPort
 from .switch import Switch
@@ -78,7 +77,6 @@ EXPIRE_INTERVAL = 10.0  # seconds between MAC-table sweeps (Linux's vxlan and br
 #: the tun (measured: benchmarks/l2-offloads.md).
 TAP_TSO_READS_DEFAULT = os.environ.get("PYVPN_TAP_TSO_READS", "") == "1"
 _IPPROTO_UDP = 17
-_ETH_HEAD = itemgetter(slice(0, 14))  # MACs and EtherType (or TPID): what a switch decision depends on
 
 
 class L2Runtime:
@@ -323,7 +321,7 @@ class L2Runtime:
             return
         now = loop.time()
         switch = seg.switch
-        for run in self._runs(frames):
+        for run in same_head_runs(frames):
             if len(run) > 1 and switch.floods(run[0], now=now):
                 # floods pass storm control frame by frame
                 for frame in run:
@@ -341,16 +339,6 @@ class L2Runtime:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-
-    @staticmethod
-    def _runs(frames: list[bytes]) -> list[list[bytes]]:
-        """Consecutive frames with the same first 14 bytes (MACs and EtherType or TPID), in order."""
-        if len(frames) == 1:
-            return [frames]
-        heads = list(map(_ETH_HEAD, frames))
-        if heads.count(heads[0]) == len(heads):
-            return [frames]
-        return [list(g) for _, g in groupby(frames, _ETH_HEAD)]
 
     # -- outbound --------------------------------------------------------------------------------------------
     def _on_tap(self, tp: TapPort) -> None:
@@ -372,7 +360,7 @@ class L2Runtime:
         now = loop.time()
         only, vlans = tp.only, tp.vlans
         if only is not None:
-            for run in self._runs(frames):
+            for run in same_head_runs(frames):
                 fwd = only.switch.from_local(run[0], now=now, count=len(run))
                 for dst in fwd.to_peers:
                     self._to_peer(only, dst, run)
