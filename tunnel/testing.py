@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Self
 
-from tunnel.tun import VNET_HDR_SIZE
+from tunnel.offload import VIRTIO_NET_HDR_LEN
 from tunnel.udpaddr import Addr, AddressError
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class MemoryTun:
     def write_batch(self, packets: list[bytes]) -> int:
         self._require()
         accepted: list[bytes] = []
-        hdr = VNET_HDR_SIZE if self._vnet_hdr else 0
+        hdr = VIRTIO_NET_HDR_LEN if self._vnet_hdr else 0
         for pkt in packets:
             if len(pkt) <= hdr or (not self.tap and pkt[hdr] >> 4 not in (4, 6)):
                 self.write_errors["EINVAL"] += 1

@@ -23,8 +23,8 @@ How the data path reads and writes a device under its offloads (:class:`TunMode`
 virtio_net_hdr size: **10 bytes** (``struct virtio_net_hdr``: flags u8, gso_type u8, hdr_len u16, gso_size
 u16, csum_start u16, csum_offset u16, all little-endian on x86/arm).  The 12-byte variant adds ``num_buffers``,
 which only matters for mergeable receive buffers in virtio devices and is always 1 for us; wireguard-go and the
-kernel's own default (``TUNSETVNETHDRSZ`` unset) use 10, so we set 10 explicitly and export it as
-:data:`VNET_HDR_SIZE`.
+kernel's own default (``TUNSETVNETHDRSZ`` unset) use 10, so we set 10 explicitly
+(:data:`tunnel.offload.VIRTIO_NET_HDR_LEN`).
 
 ``TUN_F_TSO_ECN`` is deliberately not requested: it would hand us super-packets with CWR set that need special
 segmentation rules; without it the kernel segments those itself before they reach us.
@@ -51,7 +51,6 @@ from tunnel.tunmode import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_USO
 __all__ = [
     "MAX_PACKET_SIZE",
     "TUN_TXQUEUELEN",
-    "VNET_HDR_SIZE",
     "PytunDevice",
     "TunDevice",
     "TunError",
@@ -63,8 +62,6 @@ log = logging.getLogger(__name__)
 
 # -- implementation constants -------------------------------------------------------------------------------
 
-#: Size of the ``struct virtio_net_hdr`` in front of every packet when ``vnet_hdr`` is on (see module docstring).
-VNET_HDR_SIZE = VIRTIO_NET_HDR_LEN
 #: Largest IP packet (or super-packet) a read can return, without the vnet header.
 MAX_PACKET_SIZE = 65535
 #: Room for an Ethernet header plus one VLAN tag on tap devices.
@@ -126,7 +123,7 @@ class TunDevice(Protocol):
     """What the data path needs from a TUN/TAP device (modelled on wireguard-go's ``tun.Device``).
 
     Buffers are whole packets: IP packets for tun, Ethernet frames for tap, each preceded by a
-    :data:`VNET_HDR_SIZE`-byte ``virtio_net_hdr`` when :attr:`vnet_hdr` is true.
+    :data:`~tunnel.offload.VIRTIO_NET_HDR_LEN`-byte ``virtio_net_hdr`` when :attr:`vnet_hdr` is true.
     """
 
     @property
@@ -202,7 +199,7 @@ class PytunDevice:
         self.multi_queue = multi_queue
         self.fallback_reason = fallback_reason
         self.write_errors: Counter[str] = Counter()
-        self._bufsize = MAX_PACKET_SIZE + (_L2_ROOM if tap else 0) + (VNET_HDR_SIZE if vnet_hdr else 0)
+        self._bufsize = MAX_PACKET_SIZE + (_L2_ROOM if tap else 0) + (VIRTIO_NET_HDR_LEN if vnet_hdr else 0)
 
     def __repr__(self) -> str:
         kind = "tap" if self.tap else "tun"
@@ -342,7 +339,7 @@ def _features(fd: int) -> int:
 
 def _enable_vnet_hdr(fd: int) -> frozenset[str]:
     """Set the header size and the offloads on an IFF_VNET_HDR fd; raise OSError if refused."""
-    fcntl.ioctl(fd, _TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+    fcntl.ioctl(fd, _TUNSETVNETHDRSZ, struct.pack("i", VIRTIO_NET_HDR_LEN))
     base = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6
     names = {OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6}
     try:

@@ -60,11 +60,12 @@ def wait_readable(fd: int, timeout: float) -> bool:
 def tun_roundtrip(vnet_hdr: bool) -> dict[str, Any]:
     """A tun with v4+v6 addresses: kernel → tun (read_batch) and tun → kernel (write_batch)."""
     from tunnel import netconf
-    from tunnel.tun import VNET_HDR_SIZE, open_tun
+    from tunnel.offload import VIRTIO_NET_HDR_LEN
+    from tunnel.tun import open_tun
 
     out: dict[str, Any] = {}
     tun = open_tun("pvt0", mtu=1420, vnet_hdr=vnet_hdr)
-    hdr = VNET_HDR_SIZE if tun.vnet_hdr else 0
+    hdr = VIRTIO_NET_HDR_LEN if tun.vnet_hdr else 0
     out.update(vnet_hdr=tun.vnet_hdr, offloads=sorted(tun.offloads), name=tun.name, mtu=tun.mtu)
     netconf.set_up("pvt0")
     netconf.add_address("pvt0", "198.19.0.1/24")
@@ -105,7 +106,8 @@ def tun_roundtrip(vnet_hdr: bool) -> dict[str, Any]:
 def tso_superpacket() -> dict[str, Any]:
     """vnet_hdr + TSO: a TCP flow into the tun is read as super-packets larger than the MTU."""
     from tunnel import netconf
-    from tunnel.tun import VNET_HDR_SIZE, open_tun
+    from tunnel.offload import VIRTIO_NET_HDR_LEN
+    from tunnel.tun import open_tun
 
     mtu = 1420
     tun = open_tun("pvt0", mtu=mtu, vnet_hdr=True)
@@ -130,13 +132,13 @@ def tso_superpacket() -> dict[str, Any]:
         got: list[tuple[bytes, bytes]] = []
         if wait_readable(tun.fileno(), timeout):
             for buf in tun.read_batch(256):
-                pkt = buf[VNET_HDR_SIZE:]
+                pkt = buf[VIRTIO_NET_HDR_LEN:]
                 if len(pkt) >= 40 and pkt[0] >> 4 == 4 and pkt[9] == 6:
-                    got.append((buf[:VNET_HDR_SIZE], pkt))
+                    got.append((buf[:VIRTIO_NET_HDR_LEN], pkt))
         return got
 
     def write(pkt: bytes) -> None:
-        assert tun.write_batch([bytes(VNET_HDR_SIZE) + pkt]) == 1
+        assert tun.write_batch([bytes(VIRTIO_NET_HDR_LEN) + pkt]) == 1
 
     syn = None
     deadline = time.monotonic() + 3
