@@ -44,9 +44,9 @@ from pathlib import Path
 from vpn.config import SegmentConfig
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import LabError, Netns, sh
 from vpn.testlab.pyvpn import Pyvpn, unique_ifname
-from vpn.testlab.wggo import wg_keypair
 
 from .base import BenchPath, Endpoints, wait_links
 from .lab import Lab
@@ -113,7 +113,7 @@ class _PyvpnPath(BenchPath):
 
     def _keys_and_names(self, prefix: str) -> tuple[tuple[str, str], tuple[str, str], str, str]:
         """Two key pairs and two free interface names."""
-        (spriv, spub), (cpriv, cpub) = wg_keypair(), wg_keypair()
+        (spriv, spub), (cpriv, cpub) = Keys.new(), Keys.new()
         return (spriv, spub), (cpriv, cpub), unique_ifname(prefix), unique_ifname(prefix)
 
     def _start(self, lab: Lab, slot: int, ns: Netns, role: str, conf: Path, links: Sequence[str]) -> None:

@@ -20,8 +20,9 @@ import re
 import shutil
 from typing import ClassVar
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import LabError, Netns
-from vpn.testlab.wggo import WG_RUN_DIR, WgPeer, WireguardGo, WireguardGoError, wg_keypair
+from vpn.testlab.wggo import WG_RUN_DIR, WgPeer, WireguardGo, WireguardGoError
 from vpn.util import socket_is_live
 
 from . import trixie
@@ -68,7 +69,7 @@ class WireguardGoPath(BenchPath):
         if binary is None:
             raise LabError(f"{self.title}: no binary")
         pair, offloads = lab.pair(slot, veth_gso=veth_gso)
-        keys = [wg_keypair(), wg_keypair()]
+        keys = [Keys.new(), Keys.new()]
         ends = [(pair.client, pair.server_ip, 1, 2), (pair.server, pair.client_ip, 2, 1)]
         tso: list[str] = []
         for i, (ns, peer_ip, me, other) in enumerate(ends):

@@ -42,6 +42,7 @@ from vpn.config import PeerConfig, SegmentConfig
 from vpn.testlab import configs
 from vpn.testlab.netns import Netns, veth
 from vpn.testlab.pyvpn import Pyvpn, close_all
+from vpn.testlab.traffic import TrafficError, parse_ping, ping
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / "hostile_tools.py"
@@ -293,14 +294,11 @@ class Lab:
     def ping(self, *, count: int = 1, timeout: float = 1.0, interval: float = 0.2, src_ns: Netns | None = None,
              dst: str = SERVER_TUN) -> int:
         """Ping ``dst`` from the client namespace; returns how many replies came back."""
-        ns = src_ns or self.cli_ns
-        p = ns.run(["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst],
-                   check=False, timeout=count * (interval + timeout) + 10)
-        for line in p.stdout.splitlines():
-            if "received" in line:
-                parts = line.split(",")
-                return int(parts[1].split()[0])
-        return 0
+        p = ping(src_ns or self.cli_ns, dst, count=count, interval=interval, wait=timeout)
+        try:
+            return parse_ping(p.stdout)[1]
+        except TrafficError:  # no summary: ping did not get to send (no route, say)
+            return 0
 
     # -- helper processes -------------------------------------------------------------------
     def tool(self, ns: Netns, *args: str, stdout: Any = subprocess.PIPE,

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
+from vpn.testlab.keys import Keys, genpsk
 from vpn.testlab.netns import namespaces, veth
-from vpn.testlab.wggo import WgPeer, WireguardGo, wg_genpsk, wg_keypair
+from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
@@ -34,9 +35,9 @@ def _topology(stack):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
 def test_core_initiates_to_wireguard_go(psk: bool) -> None:
-    wg_priv, wg_pub = wg_keypair()
-    my_priv, my_pub = wg_keypair()
-    key = wg_genpsk() if psk else None
+    wg_priv, wg_pub = Keys.new()
+    my_priv, my_pub = Keys.new()
+    key = genpsk() if psk else None
     with namespaces("wg", "core") as (a, b):
         _topology((a, b))
         with WireguardGo(a, private_key=wg_priv, listen_port=51820, address=["198.19.0.1/24"],
@@ -59,9 +60,9 @@ def test_core_initiates_to_wireguard_go(psk: bool) -> None:
 
 
 def test_wireguard_go_initiates_to_core() -> None:
-    wg_priv, wg_pub = wg_keypair()
-    my_priv, my_pub = wg_keypair()
-    key = wg_genpsk()
+    wg_priv, wg_pub = Keys.new()
+    my_priv, my_pub = Keys.new()
+    key = genpsk()
     with namespaces("wg", "core") as (a, b):
         _topology((a, b))
         with WireguardGo(a, private_key=wg_priv, listen_port=51820, address=["198.19.0.1/24"],
@@ -86,8 +87,8 @@ def test_wireguard_go_takes_the_cores_cookie_under_load() -> None:
     """Our cookie replies (nonce: a random prefix per secret and a counter) are taken by
     wireguard-go: under load the core answers its first initiation with a cookie, wireguard-go
     retries after REKEY_TIMEOUT with mac2, and the handshake and pings go through."""
-    wg_priv, wg_pub = wg_keypair()
-    my_priv, my_pub = wg_keypair()
+    wg_priv, wg_pub = Keys.new()
+    my_priv, my_pub = Keys.new()
     with namespaces("wg", "core") as (a, b):
         _topology((a, b))
         with WireguardGo(a, private_key=wg_priv, listen_port=51820, address=["198.19.0.1/24"],

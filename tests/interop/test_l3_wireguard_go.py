@@ -25,21 +25,11 @@ from typing import Any
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, parse_ping, workdir
-from vpn.testlab.wggo import (
-    WgPeer,
-    WgPeerStatus,
-    WireguardGo,
-    WireguardGoError,
-    iperf3_bytes,
-    iperf3_client,
-    iperf3_server,
-    ping,
-    unique_ifname,
-    wg_keypair,
-    wg_quick_file,
-)
+from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, workdir
+from vpn.testlab.traffic import TrafficError, iperf3_bytes, iperf3_client, iperf3_server, parse_ping, ping, ping_ok
+from vpn.testlab.wggo import WgPeer, WgPeerStatus, WireguardGo, unique_ifname, wg_quick_file
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
@@ -62,9 +52,7 @@ def two_hosts(tag_a: str = "srv", tag_b: str = "cli") -> Iterator[tuple[Netns, N
 
 def ping_count(ns: Netns, addr: str, count: int, interval: float = 0.05) -> tuple[int, int]:
     """Ping ``count`` times (bounded); return ``(transmitted, received)``."""
-    p = ns.run(["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", addr], check=False,
-               timeout=count * interval + CMD_TIMEOUT)
-    return parse_ping(p.stdout)
+    return parse_ping(ping(ns, addr, count=count, interval=interval, wait=1).stdout)
 
 
 def _iperf3(b: Netns, addr: str, *, reverse: bool) -> dict[str, Any]:
@@ -72,7 +60,7 @@ def _iperf3(b: Netns, addr: str, *, reverse: bool) -> dict[str, Any]:
     server reset it while it still winds the previous test down: an iperf3 matter, not the tunnel's)."""
     try:
         return iperf3_client(b, addr, IPERF_SECONDS, reverse=reverse)
-    except WireguardGoError as e:
+    except TrafficError as e:
         if "control message" not in str(e) and "control socket" not in str(e):
             raise
         time.sleep(0.5)
@@ -82,7 +70,7 @@ def _iperf3(b: Netns, addr: str, *, reverse: bool) -> dict[str, Any]:
 def traffic_both_ways(a: Netns, b: Netns, a4: str, a6: str, b4: str, b6: str) -> None:
     """Ping v4 and v6 from each side to the other, then iperf3 TCP from ``b`` to ``a`` and back."""
     for ns, addr in ((b, a4), (b, a6), (a, b4), (a, b6)):
-        assert ping(ns, addr, count=3), f"no ping from {ns.name} to {addr}"
+        assert ping_ok(ns, addr, count=3), f"no ping from {ns.name} to {addr}"
     server = iperf3_server(a, a4)
     try:
         up = _iperf3(b, a4, reverse=False)
@@ -128,7 +116,7 @@ def check_wg_side(wg: WireguardGo, pyvpn_pub: str, pyvpn: PyvpnFile, wg_pub: str
 
 # -- tests ---------------------------------------------------------------------------------------------------
 def test_pyvpn_server_wireguard_go_client() -> None:
-    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    (ks, ps), (kc, pc) = Keys.new(), Keys.new()
     with workdir() as d, two_hosts() as (srv, cli):
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=ks, listen_port=51820, address=[f"{SRV4}/24", f"{SRV6}/64"],
@@ -147,7 +135,7 @@ def test_pyvpn_server_wireguard_go_client() -> None:
 
 
 def test_wireguard_go_server_pyvpn_client() -> None:
-    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    (ks, ps), (kc, pc) = Keys.new(), Keys.new()
     with workdir() as d, two_hosts() as (srv, cli):
         conf = d / f"{unique_ifname('pvc')}.conf"
         wg_quick_file(conf, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
@@ -168,7 +156,7 @@ def test_wireguard_go_server_pyvpn_client() -> None:
 def test_ipv6_underlay_and_mtu_edges() -> None:
     """pyvpn server <-> wireguard-go over an IPv6 underlay (the dual-stack socket), and packets of exactly
     the tunnel MTU (1420) pass unfragmented both ways while one byte more is refused (DF)."""
-    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    (ks, ps), (kc, pc) = Keys.new(), Keys.new()
     with workdir() as d, two_hosts() as (srv, cli):
         srv.run("ip addr add fd00:18::1/64 dev eth0 nodad")
         cli.run("ip addr add fd00:18::2/64 dev eth0 nodad")
@@ -179,7 +167,7 @@ def test_ipv6_underlay_and_mtu_edges() -> None:
                 cli, private_key=kc, address=[f"{CLI4}/24", f"{CLI6}/64"],
                 peers=[WgPeer(ps, endpoint="[fd00:18::1]:51820", allowed_ips=["198.19.0.0/24", "fd00:19::/64"])]
         ) as wg:
-            assert ping(cli, SRV4, count=2)
+            assert ping_ok(cli, SRV4, count=2)
             assert server.dump().peers[0].endpoint == f"[fd00:18::2]:{wg.listen_port}"
             for ns, addr, payload in ((cli, SRV4, 1392), (srv, CLI4, 1392), (cli, SRV6, 1372), (srv, CLI6, 1372)):
                 r = ns.run(["ping", "-n", "-q", "-c", "2", "-i", "0.1", "-W", "2", "-M", "do", "-s", str(payload),
@@ -218,7 +206,7 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
     the tunnel works and the server's underlay address is reached through the tunnel.  The rules and the
     nft tables go away with the client."""
     server_ul = "198.18.1.1"
-    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    (ks, ps), (kc, pc) = Keys.new(), Keys.new()
     with workdir() as d, routed_hosts() as (srv, cli), contextlib.ExitStack() as stack:
         # An address behind the server that the client should reach through the tunnel.
         srv.run("ip addr add 198.18.9.1/32 dev lo")
@@ -249,11 +237,11 @@ def test_client_default_route_keeps_underlay(server_kind: str) -> None:
             assert f"pyvpn-{client.ifname}" in cli.run("nft list tables").stdout
             tx0 = client.peer(ps)["tx_packets"]  # type: ignore[index]
             for addr in (SRV4, SRV6, server_ul, "198.18.9.1", "fd00:9::1"):
-                assert ping(cli, addr, count=2), f"no ping to {addr} with a /0 tunnel"
+                assert ping_ok(cli, addr, count=2), f"no ping to {addr} with a /0 tunnel"
             assert client.peer(ps)["tx_packets"] >= tx0 + 10  # type: ignore[index]
-            assert ping(srv, CLI4, count=2)
+            assert ping_ok(srv, CLI4, count=2)
             assert client.stop() == 0
         assert _rules(cli, "-4") == before4 and _rules(cli, "-6") == before6
         assert "pyvpn-" not in cli.run("nft list tables").stdout
         assert "dev eth0" in cli.run(["ip", "-4", "route", "get", server_ul]).stdout
-        assert ping(cli, server_ul, count=1)  # the plain underlay works again
+        assert ping_ok(cli, server_ul, count=1)  # the plain underlay works again

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, workdir
-from vpn.testlab.wggo import WgPeer, WireguardGo, ping, unique_ifname, wg_keypair, wg_quick_file
+from vpn.testlab.traffic import ping_ok
+from vpn.testlab.wggo import WgPeer, WireguardGo, unique_ifname, wg_quick_file
 from vpn.util import socket_is_live
 
 pytestmark = [
@@ -110,7 +112,7 @@ def _wg_quick(ns: Netns, action: str, conf: Path) -> subprocess.CompletedProcess
     ("pyvpn", "subnet"),
 ])
 def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
-    (ks, ps), (kc, pc) = wg_keypair(), wg_keypair()
+    (ks, ps), (kc, pc) = Keys.new(), Keys.new()
     default = allowed == "default"
     with workdir() as d, namespaces("srv", "cli") as (srv, cli):
         _routed_hosts(srv, cli)
@@ -145,11 +147,11 @@ def test_wg_quick_up_down(peer_kind: str, allowed: str) -> None:
                 if listen_port is not None:
                     assert head[2] == str(listen_port) and f":{listen_port}" in cli.run(["ss", "-Hlun"]).stdout
                 for ns, addr in ((cli, SRV4), (cli, SRV6), (srv, CLI4), (srv, CLI6)):
-                    assert ping(ns, addr, count=2), f"no ping from {ns.name} to {addr}"
+                    assert ping_ok(ns, addr, count=2), f"no ping from {ns.name} to {addr}"
                 if default:
                     assert "lookup main suppress_prefixlength 0" in cli.run("ip -4 rule").stdout
                     assert f"dev {name}" in cli.run(["ip", "route", "get", SERVER_UL]).stdout
-                    assert ping(cli, SERVER_UL, count=2) and ping(cli, "198.18.9.1", count=2)
+                    assert ping_ok(cli, SERVER_UL, count=2) and ping_ok(cli, "198.18.9.1", count=2)
                     assert f"wg-quick-{name}" in cli.run("nft list tables").stdout
                 if isinstance(peer, WireguardGo):
                     st = peer.show().peer(pc)
@@ -235,8 +237,8 @@ def test_lifecycle() -> None:
 
 def test_pyvpn_server_exits_when_its_link_is_deleted() -> None:
     """The same rule for ``pyvpn server``: ``ip link del`` ends it, sockets removed, exit code 0."""
-    k, _ = wg_keypair()
-    _, pc = wg_keypair()
+    k, _ = Keys.new()
+    _, pc = Keys.new()
     with workdir() as d, namespaces("srv") as (srv,):
         conf = d / f"{unique_ifname('pvs')}.conf"
         wg_quick_file(conf, private_key=k, listen_port=51820, address=[f"{SRV4}/24"],

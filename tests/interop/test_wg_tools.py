@@ -24,17 +24,11 @@ from pathlib import Path
 import pytest
 
 from vpn.config import format_peer
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
-from vpn.testlab.pyvpn import SRV4, SRV6, PyvpnFile, parse_ping, workdir
-from vpn.testlab.wggo import (
-    WgPeer,
-    WireguardGo,
-    ping,
-    unique_ifname,
-    wg_conf_text,
-    wg_keypair,
-    wg_quick_file,
-)
+from vpn.testlab.pyvpn import SRV4, SRV6, PyvpnFile, workdir
+from vpn.testlab.traffic import parse_ping, ping_ok
+from vpn.testlab.wggo import WgPeer, WireguardGo, unique_ifname, wg_conf_text, wg_quick_file
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
@@ -90,7 +84,7 @@ class Hub:
 def hub(n_clients: int, *, in_config: int = 1) -> Iterator[Hub]:
     """A pyvpn server and ``n_clients`` client namespaces; the first ``in_config`` clients are in the server's
     file and started (wireguard-go); the others are only created (keys and namespace)."""
-    ks, ps = wg_keypair()
+    ks, ps = Keys.new()
     with workdir() as d, namespaces("hub", *[f"c{i}" for i in range(1, n_clients + 1)]) as nss, \
             contextlib.ExitStack() as stack:
         hub_ns, client_nss = nss[0], nss[1:]
@@ -99,7 +93,7 @@ def hub(n_clients: int, *, in_config: int = 1) -> Iterator[Hub]:
             veth(hub_ns, f"eth{i}", ns, "eth0")
             hub_ns.run(f"ip addr add 198.18.{i}.1/24 dev eth{i}")
             ns.run(f"ip addr add 198.18.{i}.2/24 dev eth0")
-            clients.append(Client(ns, i, *wg_keypair()))
+            clients.append(Client(ns, i, *Keys.new()))
         # Client to client goes through the hub's kernel, as with WireGuard (pyvpn's default; no Forward = on).
         hub_ns.run("sysctl -qw net.ipv4.ip_forward=1")
         conf = d / f"{unique_ifname('pvs')}.conf"
@@ -115,7 +109,7 @@ def hub(n_clients: int, *, in_config: int = 1) -> Iterator[Hub]:
 def test_show_dump_showconf() -> None:
     with hub(1) as h:
         c = h.clients[0]
-        assert ping(c.ns, SRV4, count=3) and ping(h.ns, c.addr6, count=3)
+        assert ping_ok(c.ns, SRV4, count=3) and ping_ok(h.ns, c.addr6, count=3)
         assert c.wg is not None
         wg_port = c.wg.listen_port
         name = h.server.ifname
@@ -156,7 +150,7 @@ def test_show_dump_showconf() -> None:
         # setconf replaced the peer, and with it the session (as with wireguard-go); the saved Endpoint
         # lets the hub start a new one.
         assert h.server.dump().peers[0].latest_handshake == 0
-        assert ping(h.ns, c.addr4, count=2) and ping(c.ns, SRV4, count=2)
+        assert ping_ok(h.ns, c.addr4, count=2) and ping_ok(c.ns, SRV4, count=2)
 
 
 # -- changing -----------------------------------------------------------------------------------------------
@@ -165,42 +159,42 @@ def test_set_allowed_ips_changes_routing() -> None:
         c = h.clients[0]
         assert c.wg is not None
         c.ns.run(f"ip addr add 198.19.0.12/32 dev {c.wg.ifname}")  # a second address, not yet allowed
-        assert ping(c.ns, SRV4, count=2) and ping(h.ns, c.addr4, count=2)
+        assert ping_ok(c.ns, SRV4, count=2) and ping_ok(h.ns, c.addr4, count=2)
         h.server.wg("set", h.server.ifname, "peer", c.public_key, "allowed-ips", "198.19.0.12/32,fd00:19::2/128")
         (entry,) = h.server.show_cli()["peers"]  # `pyvpn show --json` itself
         assert entry["allowed_ips"] == ["198.19.0.12/32", "fd00:19::2/128"]
         assert h.server.dump().peers[0].allowed_ips == ("198.19.0.12/32", "fd00:19::2/128")
         drops0 = h.server.show()["drops"].get("no_route", 0)
-        assert not ping(h.ns, c.addr4, count=1, wait=0.5, attempts=1)  # no longer routed to this peer
+        assert not ping_ok(h.ns, c.addr4, count=1, wait=0.5, attempts=1)  # no longer routed to this peer
         assert h.server.show()["drops"].get("no_route", 0) > drops0
-        assert ping(h.ns, "198.19.0.12", count=2)  # the new prefix is
-        assert ping(h.ns, c.addr6, count=2)
+        assert ping_ok(h.ns, "198.19.0.12", count=2)  # the new prefix is
+        assert ping_ok(h.ns, c.addr6, count=2)
         # Traffic from the old address is now refused by the ACL on the way in.
         spoofed0 = h.server.show()["drops"].get("spoofed_source", 0)
-        assert not ping(c.ns, SRV4, count=1, wait=0.5, attempts=1)
+        assert not ping_ok(c.ns, SRV4, count=1, wait=0.5, attempts=1)
         assert h.server.show()["drops"].get("spoofed_source", 0) > spoofed0
         # `wg set ... allowed-ips` replaces the list: the old one back restores both directions.
         h.server.wg("set", h.server.ifname, "peer", c.public_key, "allowed-ips", ",".join(c.allowed()))
-        assert ping(h.ns, c.addr4, count=2) and ping(c.ns, SRV4, count=2)
+        assert ping_ok(h.ns, c.addr4, count=2) and ping_ok(c.ns, SRV4, count=2)
 
 
 def test_remove_peer_stops_access_at_once() -> None:
     with hub(2, in_config=2) as h:
         c1, c2 = h.clients
-        assert ping(c1.ns, SRV4, count=2) and ping(c2.ns, SRV4, count=2)
+        assert ping_ok(c1.ns, SRV4, count=2) and ping_ok(c2.ns, SRV4, count=2)
         h.server.wg("set", h.server.ifname, "peer", c1.public_key, "remove")
         assert h.server.peer(c1.public_key) is None
         assert [p.public_key for p in h.server.dump().peers] == [c2.public_key]
-        assert not ping(c1.ns, SRV4, count=3, wait=0.5, attempts=1)  # the very next packets fail
-        assert not ping(h.ns, c1.addr4, count=1, wait=0.5, attempts=1)
-        assert ping(c2.ns, SRV4, count=2)  # the other client is unaffected
+        assert not ping_ok(c1.ns, SRV4, count=3, wait=0.5, attempts=1)  # the very next packets fail
+        assert not ping_ok(h.ns, c1.addr4, count=1, wait=0.5, attempts=1)
+        assert ping_ok(c2.ns, SRV4, count=2)  # the other client is unaffected
 
 
 def test_add_peer_at_run_time_does_not_disturb_others() -> None:
     count = 60
     with hub(2, in_config=1) as h:
         c1, c2 = h.clients
-        assert ping(c1.ns, SRV4, count=2)
+        assert ping_ok(c1.ns, SRV4, count=2)
         before = h.server.peer(c1.public_key)
         assert before is not None
         # c1 pings continuously (3 s) while c2 is added with `wg set` and connects.
@@ -210,7 +204,7 @@ def test_add_peer_at_run_time_does_not_disturb_others() -> None:
             wait_for(lambda: False, 0.3)
             h.server.wg("set", h.server.ifname, "peer", c2.public_key, "allowed-ips", ",".join(c2.allowed()))
             with c2.start(h.public_key):
-                assert ping(c2.ns, SRV4, count=2) and ping(c2.ns, c1.addr4, count=2)  # via the hub's kernel
+                assert ping_ok(c2.ns, SRV4, count=2) and ping_ok(c2.ns, c1.addr4, count=2)  # via the hub's kernel
                 out, _ = pinger.communicate(timeout=count * 0.05 + 10)
                 sent, received = parse_ping(out.decode())
                 assert sent == received == count, out.decode()
@@ -227,7 +221,7 @@ def test_setconf_and_syncconf() -> None:
     with hub(2, in_config=1) as h:
         c1, c2 = h.clients
         name = h.server.ifname
-        assert ping(c1.ns, SRV4, count=2)
+        assert ping_ok(c1.ns, SRV4, count=2)
         hs1 = h.server.peer(c1.public_key)["latest_handshake"]  # type: ignore[index]
 
         # syncconf from the wg-quick file itself, through `wg-quick strip`: c2 added, c1 kept as is.
@@ -237,9 +231,9 @@ def test_setconf_and_syncconf() -> None:
         assert r.returncode == 0, r.stderr
         assert {p.public_key for p in h.server.dump().peers} == {c1.public_key, c2.public_key}
         with c2.start(h.public_key) as wg2:
-            assert ping(c2.ns, SRV4, count=2)
+            assert ping_ok(c2.ns, SRV4, count=2)
             assert h.server.peer(c1.public_key)["latest_handshake"] == hs1  # type: ignore[index]
-            assert ping(c1.ns, SRV4, count=2)
+            assert ping_ok(c1.ns, SRV4, count=2)
 
             # syncconf with c1 only: c2 removed, c1's session kept.
             only1 = h.dir / "only1.conf"
@@ -247,8 +241,8 @@ def test_setconf_and_syncconf() -> None:
                                           peers=[WgPeer(c1.public_key, allowed_ips=c1.allowed())]))
             h.server.wg("syncconf", name, str(only1))
             assert [p.public_key for p in h.server.dump().peers] == [c1.public_key]
-            assert not ping(c2.ns, SRV4, count=1, wait=0.5, attempts=1)
-            assert ping(c1.ns, SRV4, count=2)
+            assert not ping_ok(c2.ns, SRV4, count=1, wait=0.5, attempts=1)
+            assert ping_ok(c1.ns, SRV4, count=2)
             assert h.server.peer(c1.public_key)["latest_handshake"] == hs1  # type: ignore[index]
 
             # setconf with c2 only: replaces every peer (sessions too, as with wireguard-go: the Endpoint
@@ -259,21 +253,21 @@ def test_setconf_and_syncconf() -> None:
                                                         allowed_ips=c2.allowed())]))
             h.server.wg("setconf", name, str(only2))
             assert [p["public_key"] for p in h.server.show()["peers"]] == [c2.public_key]
-            assert not ping(c1.ns, SRV4, count=1, wait=0.5, attempts=1)
-            assert ping(h.ns, c2.addr4, count=2) and ping(c2.ns, SRV4, count=2)
+            assert not ping_ok(c1.ns, SRV4, count=1, wait=0.5, attempts=1)
+            assert ping_ok(h.ns, c2.addr4, count=2) and ping_ok(c2.ns, SRV4, count=2)
 
 
 def test_listen_port_rebinds() -> None:
     with hub(1) as h:
         c = h.clients[0]
         assert c.wg is not None
-        assert ping(c.ns, SRV4, count=2)
+        assert ping_ok(c.ns, SRV4, count=2)
         h.server.wg("set", h.server.ifname, "listen-port", "51999")
         assert h.server.dump().listen_port == 51999 and h.server.show()["listen_port"] == 51999
         listening = h.ns.run(["ss", "-Hlun"]).stdout
         assert ":51999" in listening and f":{PORT} " not in listening, listening
         c.wg.set_peer(h.public_key, endpoint="198.18.1.1:51999")
-        assert ping(c.ns, SRV4, count=2) and ping(h.ns, c.addr4, count=2)
+        assert ping_ok(c.ns, SRV4, count=2) and ping_ok(h.ns, c.addr4, count=2)
         # A port in use is refused, and the old one keeps working.
         blocker = h.ns.popen([sys.executable, "-c", HOLD_PORT, "52000"], stdout=subprocess.PIPE)
         try:
@@ -281,7 +275,7 @@ def test_listen_port_rebinds() -> None:
             r = h.ns.run(["wg", "set", h.server.ifname, "listen-port", "52000"], check=False)
             assert r.returncode != 0
             assert h.server.dump().listen_port == 51999
-            assert ping(c.ns, SRV4, count=2)
+            assert ping_ok(c.ns, SRV4, count=2)
         finally:
             blocker.kill()
             blocker.wait(5)
@@ -303,4 +297,4 @@ def test_persistent_keepalive_handshakes_at_once() -> None:
             assert st.endpoint == f"198.18.1.1:{PORT}"
             p = h.server.dump().peers[0]
             assert p.latest_handshake > 0 and p.persistent_keepalive == 25
-            assert ping(c.ns, SRV4, count=2)
+            assert ping_ok(c.ns, SRV4, count=2)

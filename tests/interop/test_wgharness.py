@@ -7,7 +7,6 @@ is left behind (namespaces, UAPI sockets, processes), including after a failure 
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -17,25 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import namespaces
+from vpn.testlab.traffic import iperf3_bytes, iperf3_client, iperf3_server, ping_ok
 from vpn.testlab.wggo import (
     WgPeer,
     WireguardGo,
     WireguardGoError,
-    iperf3_bytes,
-    iperf3_client,
-    iperf3_server,
     parse_wg_dump,
-    ping,
     reference_topology,
     sock_path,
     unique_ifname,
     wg_conf_text,
     wg_endpoint,
-    wg_genkey,
-    wg_genpsk,
-    wg_keypair,
-    wg_pubkey,
     wg_quick_file,
 )
 
@@ -99,20 +92,6 @@ def test_config_texts(tmp_path: Path) -> None:
         wg_quick_file(private_key=KA, address=["not-an-address"])
 
 
-@needs_wg
-def test_wg_keys() -> None:
-    private, public = wg_keypair()
-    assert len(private) == len(public) == len(wg_genpsk()) == 44
-    assert wg_pubkey(private) == public
-    assert wg_genkey() != private
-    # RFC 7748 section 6.1: Alice's X25519 key pair.
-    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
-    assert base64.b64decode(wg_pubkey(base64.b64encode(alice).decode())).hex() == (
-        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
-    with pytest.raises(WireguardGoError):
-        wg_pubkey("not a key")
-
-
 # -- live wireguard-go (root) --------------------------------------------------------------------------------
 def _assert_gone(ns_names: list[str], ifnames: list[str], pids: list[int]) -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
@@ -132,10 +111,10 @@ def test_two_wireguard_go_peers() -> None:
         pids = [p for p in (a.wg.pid, b.wg.pid) if p is not None]
         assert a.wg.show().peers[0].latest_handshake == 0
 
-        assert ping(a.ns, b.tunnel4), a.wg.log()  # a initiates: b learns a's endpoint
-        assert ping(b.ns, a.tunnel4)
-        assert ping(a.ns, b.tunnel6)
-        assert ping(b.ns, a.tunnel6)
+        assert ping_ok(a.ns, b.tunnel4, count=1), a.wg.log()  # a initiates: b learns a's endpoint
+        assert ping_ok(b.ns, a.tunnel4, count=1)
+        assert ping_ok(a.ns, b.tunnel6, count=1)
+        assert ping_ok(b.ns, a.tunnel6, count=1)
 
         sa, sb = a.wg.show(), b.wg.show()
         assert sa.public_key == a.wg.public_key and sa.listen_port == a.port
@@ -160,7 +139,7 @@ def test_two_wireguard_go_peers() -> None:
             server.wait(5)
         assert b.wg.show().peer(a.wg.public_key).rx_bytes > pb.rx_bytes
 
-        _, extra = wg_keypair()
+        _, extra = Keys.new()
         a.wg.add_peer(WgPeer(extra, endpoint="198.18.0.9:51899", allowed_ips=["100.64.9.0/24"],
                              persistent_keepalive=25, preshared_key=t.preshared_key))
         pe = a.wg.show().peer(extra)
@@ -183,7 +162,7 @@ def test_nothing_left_after_failure_midway() -> None:
         seen["ns"] = [t.a.ns.name, t.b.ns.name]
         seen["if"] = [t.a.wg.ifname, t.b.wg.ifname]
         seen["pid"] = [p for p in (t.a.wg.pid, t.b.wg.pid) if p is not None]
-        assert ping(t.b.ns, t.a.tunnel4)
+        assert ping_ok(t.b.ns, t.a.tunnel4, count=1)
         raise AssertionError("deliberate failure with both daemons up")
     _assert_gone(seen["ns"], seen["if"], seen["pid"])  # type: ignore[arg-type]
 
@@ -195,7 +174,7 @@ def test_failed_configuration_cleans_up() -> None:
     with namespaces("wgf") as (ns,):
         name = unique_ifname()
         with pytest.raises(WireguardGoError, match="mtu"):
-            WireguardGo(ns, name, private_key=wg_genkey(), mtu=10)  # below the minimum MTU: `ip` refuses
+            WireguardGo(ns, name, private_key=Keys.new().private, mtu=10)  # below the minimum MTU: `ip` refuses
         assert not sock_path(name).exists()
         assert ns.pids() == []
         assert ns.run(["ip", "link", "show", "dev", name], check=False).returncode != 0
@@ -207,11 +186,11 @@ def test_failed_configuration_cleans_up() -> None:
 def test_interface_name_clash_is_refused() -> None:
     with namespaces("wgx", "wgy") as (nx, ny):
         name = unique_ifname()
-        with WireguardGo(nx, name, private_key=wg_genkey(), listen_port=51830) as first:
+        with WireguardGo(nx, name, private_key=Keys.new().private, listen_port=51830) as first:
             with pytest.raises(WireguardGoError, match="in use"):
-                WireguardGo(ny, name, private_key=wg_genkey())
+                WireguardGo(ny, name, private_key=Keys.new().private)
             assert first.running() and first.show().listen_port == 51830  # its socket survived
-            with WireguardGo(ny, private_key=wg_genkey()) as other:  # automatic names never clash
+            with WireguardGo(ny, private_key=Keys.new().private) as other:  # automatic names never clash
                 assert other.ifname != name and other.show().listen_port > 0
         assert not sock_path(name).exists()
 
@@ -221,7 +200,7 @@ def test_interface_name_clash_is_refused() -> None:
 @needs_wireguard_go
 def test_killed_daemon_leaves_nothing() -> None:
     with namespaces("wgk") as (ns,):
-        wg = WireguardGo(ns, private_key=wg_genkey(), address=["100.64.0.1/24"])
+        wg = WireguardGo(ns, private_key=Keys.new().private, address=["100.64.0.1/24"])
         assert wg.pid is not None
         os.kill(wg.pid, signal.SIGKILL)  # no chance to remove its own socket
         wg.close()

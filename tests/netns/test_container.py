@@ -19,20 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import (
-    Fleet,
-    Keys,
-    PeerSpec,
-    Pyvpn,
-    conf_text,
-    ping,
-    ping_ok,
-    poll,
-    run_pyvpn,
-    unique_ifname,
-    wait_ping,
-)
+from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, conf_text, poll, run_pyvpn, unique_ifname
+from vpn.testlab.traffic import ping, ping_ok, wait_ping
 
 pytestmark = pytest.mark.root
 

@@ -33,8 +33,10 @@ from test_l2_sites import (
     segment_of,
 )
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, ping_ok
+from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn
+from vpn.testlab.traffic import ping_ok
 from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
@@ -139,7 +141,7 @@ def test_tcp_between_pyvpn_taps_and_kernel_vxlan_is_intact(interop: Interop) -> 
     """sha256-checked TCP both ways between the host behind pyvpn's (offloading) tap and the hosts behind
     the kernel vxlan devices, IPv4 VTEPs to site B and IPv6 VTEPs to site C: the frames pyvpn cuts from
     its tap's reads and the super-frames it writes into it carry the stock peers' traffic intact."""
-    from vpn.testlab.pyvpn import transfer
+    from vpn.testlab.traffic import transfer
 
     ha, hb, hc = (interop.hosts[n] for n in ("ha", "hb", "hc"))
     jobs = [(ha, hb, hb[1], 5001), (hb, ha, ha[1], 5002), (ha, hc, hc[2], 5003), (hc, ha, ha[2], 5004)]

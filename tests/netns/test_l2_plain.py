@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import pytest
 from test_l2_sites import add_daemon, add_host, all_reached, bridge, count_broadcasts, segment, segment_of
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Keys, Pyvpn, ping_ok
+from vpn.testlab.pyvpn import Fleet, Pyvpn
+from vpn.testlab.traffic import ping_ok
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

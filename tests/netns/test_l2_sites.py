@@ -33,9 +33,10 @@ import pytest
 
 from vpn.config import SegmentConfig
 from vpn.testlab.configs import segment
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, unique_ifname
-from vpn.testlab.wggo import iperf3_bytes, iperf3_client, iperf3_server
+from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint, unique_ifname
+from vpn.testlab.traffic import iperf3_bytes, iperf3_client, iperf3_server, ping_ok
 
 pytestmark = pytest.mark.root
 

@@ -24,23 +24,21 @@ from pathlib import Path
 import pytest
 
 from vpn.testlab.files import write_private
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import (
     Fleet,
-    Keys,
     PeerSpec,
     Pyvpn,
-    Transfer,
     conf_text,
     control_path,
     endpoint,
-    ping_ok,
     poll,
     pyvpn_argv,
     uapi_path,
     unique_ifname,
-    wait_ping,
 )
+from vpn.testlab.traffic import Transfer, ping_ok, wait_ping
 from vpn.util import socket_is_live
 
 pytestmark = pytest.mark.root

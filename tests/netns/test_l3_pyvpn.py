@@ -20,20 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import (
-    Fleet,
-    Keys,
-    PeerSpec,
-    Pyvpn,
-    control_path,
-    endpoint,
-    ping,
-    ping_ok,
-    run_pyvpn,
-    transfer,
-    uapi_path,
-)
+from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, control_path, endpoint, run_pyvpn, uapi_path
+from vpn.testlab.traffic import ping, ping_ok, transfer
 
 pytestmark = pytest.mark.root
 

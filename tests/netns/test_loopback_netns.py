@@ -37,9 +37,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys, genpsk
 from vpn.testlab.netns import Netns, namespaces
-from vpn.testlab.pyvpn import Keys, PyvpnWg, Transfer, ping, unique_ifname
-from vpn.testlab.wggo import WireguardGo, iperf3_client, iperf3_server, wg_genpsk
+from vpn.testlab.pyvpn import PyvpnWg, unique_ifname
+from vpn.testlab.traffic import Transfer, iperf3_client, iperf3_server, ping
+from vpn.testlab.wggo import WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -118,7 +120,7 @@ def loopback_topology(kinds: tuple[str, str] = ("pyvpn", "pyvpn"), *, offload: b
     if "wireguard-go" in kinds and shutil.which("wireguard-go") is None:
         pytest.skip("wireguard-go is not installed")
     keys = (Keys.new(), Keys.new())
-    psk = wg_genpsk()
+    psk = genpsk()
     workdir = Path(tempfile.mkdtemp(prefix="pyvpn-lo-"))
     daemons: list[PyvpnWg | WireguardGo] = []
     try:

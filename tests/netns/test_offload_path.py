@@ -31,8 +31,10 @@ from typing import Any
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Keys, PeerSpec, Pyvpn, endpoint, ping_ok, transfer
+from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint
+from vpn.testlab.traffic import ping_ok, transfer
 from vpn.testlab.wggo import WgPeer, WireguardGo
 
 pytestmark = pytest.mark.root

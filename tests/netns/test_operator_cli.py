@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import namespaces
 from vpn.testlab.pyvpn import (
     Fleet,
-    Keys,
     PeerSpec,
     Pyvpn,
     _env,

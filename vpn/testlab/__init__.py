@@ -16,9 +16,11 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
 - :mod:`vpn.testlab.configs`: config files as the production model (:mod:`vpn.config.model`), written by the
   production writer (:mod:`vpn.config.writer`).
+- :mod:`vpn.testlab.keys`: key pairs and preshared keys (base64, as ``wg`` prints them), made in pure Python.
 - :mod:`vpn.testlab.pyvpn`: ``pyvpn server``/``client`` daemons in namespaces (:class:`~vpn.testlab.pyvpn.Pyvpn`,
-  the one runner, also used by the hostile tests, the benchmark and the demo; :class:`~vpn.testlab.pyvpn.Fleet`),
-  wg-quick files for them, pings and checked TCP transfers.
-- :mod:`vpn.testlab.wggo`: Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer, ``wg`` key
-  helpers, ``ping``/``iperf3`` helpers and a two-peer reference topology.
+  the one runner, also used by the hostile tests, the benchmark and the demo; :class:`~vpn.testlab.pyvpn.Fleet`)
+  and wg-quick files for them.
+- :mod:`vpn.testlab.wggo`: Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer, its
+  ``wg show dump`` parsed, and a two-peer reference topology.
+- :mod:`vpn.testlab.traffic`: pings, sha256-checked TCP transfers and iperf3 runs between namespaces.
 """

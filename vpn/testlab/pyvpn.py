@@ -1,4 +1,4 @@
-"""Run ``pyvpn server`` / ``pyvpn client`` inside test namespaces, and move checked bytes through them.
+"""Run ``pyvpn server`` / ``pyvpn client`` (and ``pyvpn-wg``) inside test namespaces.
 
 Theory of operation:
 
@@ -22,8 +22,9 @@ Theory of operation:
    :class:`Fleet` owns the private directory and closes every daemon it started, even on failure.
    :class:`PyvpnFile` is a :class:`Pyvpn` on a file the caller wrote, started at once, as a context manager;
    :class:`PyvpnWg` runs ``pyvpn-wg -f IFACE`` (no file: ``wg`` configures it) the same way.
-4. :func:`transfer` runs a small stdlib-only receiver (``ns.popen``) and sender (``ns.run``) that
-   move random bytes over TCP and report the sha256 on each side.
+
+Traffic through the daemons (pings, checked TCP transfers, iperf3) is :mod:`vpn.testlab.traffic`'s; keys are
+:mod:`vpn.testlab.keys`'.
 
 Every wait is bounded; nothing sends traffic outside the namespaces the caller made.
 """
@@ -50,8 +51,9 @@ from typing import Any, Self
 from vpn.config import PeerConfig, SegmentConfig
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
+from vpn.testlab.keys import Keys
 from vpn.testlab.netns import LabError, Netns
-from vpn.testlab.wggo import WgStatus, parse_wg_dump, wg_genkey, wg_pubkey
+from vpn.testlab.wggo import WgStatus, parse_wg_dump
 from vpn.util import socket_is_live as socket_live
 
 # -- implementation constants ------------------------------------------------------------------------------
@@ -114,22 +116,6 @@ def unique_ifname(prefix: str = "pvt") -> str:
         if not control_path(name).exists() and not uapi_path(name).exists():
             return name
     raise HarnessError("no free interface name")
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class Keys:
-    """A key pair from ``wg genkey`` / ``wg pubkey`` (base64)."""
-
-    private: str
-    public: str
-
-    @classmethod
-    def new(cls) -> Keys:
-        private = wg_genkey()
-        return cls(private, wg_pubkey(private))
-
-    def __repr__(self) -> str:
-        return f"Keys(public={self.public!r})"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -572,160 +558,6 @@ class Fleet:
         self.close()
 
 
-# -- checked TCP transfers ---------------------------------------------------------------------------------
-_RECEIVER = r"""
-import hashlib, json, socket, sys
-host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-srv = socket.socket(fam, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((host, port))
-srv.listen(1)
-srv.settimeout(timeout)
-print("listening", flush=True)
-conn, _ = srv.accept()
-conn.settimeout(timeout)
-h, n = hashlib.sha256(), 0
-while True:
-    b = conn.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-conn.close()
-print(json.dumps({"sha256": h.hexdigest(), "bytes": n}), flush=True)
-"""
-
-_SENDER = r"""
-import hashlib, json, os, socket, sys, time
-host, port, nbytes, duration, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), \
-    float(sys.argv[5])
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-deadline = time.monotonic() + timeout
-while True:
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(3.0)
-    try:
-        s.connect((host, port))
-        break
-    except OSError:
-        s.close()
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.2)
-s.settimeout(timeout)
-h, sent, chunk, start = hashlib.sha256(), 0, 1 << 16, time.monotonic()
-while sent < nbytes:
-    b = os.urandom(min(chunk, nbytes - sent))
-    h.update(b)
-    s.sendall(b)
-    sent += len(b)
-    if duration > 0:
-        ahead = start + duration * sent / nbytes - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-s.shutdown(socket.SHUT_WR)
-while s.recv(4096):
-    pass
-s.close()
-print(json.dumps({"sha256": h.hexdigest(), "bytes": sent}), flush=True)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    sent_bytes: int
-    sent_sha256: str
-    received_bytes: int
-    received_sha256: str
-
-    @property
-    def ok(self) -> bool:
-        return self.sent_bytes == self.received_bytes and self.sent_sha256 == self.received_sha256
-
-
-class Transfer:
-    """A receiver in ``dst`` on ``addr:port`` and a sender in ``src``; :meth:`start` then :meth:`wait`.
-
-    :param duration: spread the bytes over about this many seconds (0 = as fast as possible), so that
-        something can happen mid-transfer.
-    """
-
-    def __init__(self, src: Netns, dst: Netns, addr: str, nbytes: int, *, port: int = 5001,
-                 duration: float = 0.0, timeout: float = 30.0) -> None:
-        self.src, self.dst, self.addr, self.nbytes = src, dst, addr, nbytes
-        self.port, self.duration, self.timeout = port, duration, timeout
-        self.receiver: subprocess.Popen[bytes] | None = None
-        self.sender: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Self:
-        self.receiver = self.dst.popen([sys.executable, "-c", _RECEIVER, self.addr, str(self.port),
-                                        str(self.timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.receiver.stdout is not None
-        ready, _, _ = select.select([self.receiver.stdout], [], [], 10.0)
-        line = self.receiver.stdout.readline() if ready else b""
-        if line.strip() != b"listening":
-            self.receiver.kill()
-            err = self.receiver.stderr.read().decode(errors="replace") if self.receiver.stderr else ""
-            raise HarnessError(f"receiver on {self.addr}:{self.port} did not start: {line!r} {err}")
-        self.sender = self.src.popen([sys.executable, "-c", _SENDER, self.addr, str(self.port),
-                                      str(self.nbytes), str(self.duration), str(self.timeout)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        return self
-
-    def progress(self) -> bool:
-        """Whether the sender is still running."""
-        return self.sender is not None and self.sender.poll() is None
-
-    def wait(self, timeout: float | None = None) -> TransferResult:
-        assert self.sender is not None and self.receiver is not None
-        limit = timeout if timeout is not None else self.timeout + self.duration + 10
-        try:
-            s_out, s_err = self.sender.communicate(timeout=limit)
-            r_out, r_err = self.receiver.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            for p in (self.sender, self.receiver):
-                p.kill()
-                p.wait(5)
-            raise HarnessError(f"transfer to {self.addr}:{self.port} did not finish within {limit:.0f}s"
-                               ) from None
-        if self.sender.returncode != 0 or self.receiver.returncode != 0:
-            raise HarnessError(f"transfer to {self.addr}:{self.port} failed: sender {self.sender.returncode} "
-                               f"{s_err.decode(errors='replace')[-800:]} receiver {self.receiver.returncode} "
-                               f"{r_err.decode(errors='replace')[-800:]}")
-        sent, got = json.loads(s_out), json.loads(r_out)
-        return TransferResult(sent["bytes"], sent["sha256"], got["bytes"], got["sha256"])
-
-
-def transfer(src: Netns, dst: Netns, addr: str, nbytes: int = 4 << 20, *, port: int = 5001,
-             timeout: float = 30.0) -> TransferResult:
-    """Send ``nbytes`` random bytes from ``src`` to ``addr:port`` in ``dst`` over TCP; both hashes."""
-    return Transfer(src, dst, addr, nbytes, port=port, timeout=timeout).start().wait()
-
-
-def ping(ns: Netns, addr: str, *, count: int = 3, interval: float = 0.05, wait: float = 2.0,
-         source: str | None = None) -> subprocess.CompletedProcess[str]:
-    """One bounded ``ping`` run from ``ns`` (its result, whatever the exit code)."""
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait)]
-    if source:
-        argv += ["-I", source]
-    return ns.run([*argv, addr], check=False, timeout=count * interval + wait + 10)
-
-
-def ping_ok(ns: Netns, addr: str, *, attempts: int = 3, **kw: Any) -> bool:
-    """True once a :func:`ping` run gets every reply (at most ``attempts`` runs)."""
-    return any(ping(ns, addr, **kw).returncode == 0 for _ in range(attempts))
-
-
-def wait_ping(ns: Netns, addr: str, timeout: float) -> float | None:
-    """Ping once per 0.5 s until one reply comes (bounded); seconds it took, or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if ping(ns, addr, count=1, wait=0.5).returncode == 0:
-            return time.monotonic() - start
-    return None
-
-
 # The interop tests' tunnel addresses (server .1, client .2).
 SRV4, CLI4, SRV6, CLI6 = "198.19.0.1", "198.19.0.2", "fd00:19::1", "fd00:19::2"
 
@@ -776,12 +608,3 @@ def workdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-
-def parse_ping(out: str) -> tuple[int, int]:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            parts = line.split(",")
-            return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise HarnessError(f"no ping summary in {out!r}")

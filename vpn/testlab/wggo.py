@@ -17,16 +17,15 @@ Theory of operation:
    nothing listens on it any more: a live socket may belong to another instance that won a name race.
 
 Everything is bounded in time; nothing sends traffic outside the namespaces the caller made.  The module
-also holds key helpers around ``wg``, config files (the production writer, through
-:mod:`vpn.testlab.configs`), a ``wg show dump`` parser, ``ping`` and
-``iperf3`` helpers, and ``reference_topology()``: two wireguard-go peers in two namespaces over a veth.
+also holds config files (the production writer, through :mod:`vpn.testlab.configs`), a ``wg show dump``
+parser and ``reference_topology()``: two wireguard-go peers in two namespaces over a veth.  Keys are
+:mod:`vpn.testlab.keys`', pings and iperf3 :mod:`vpn.testlab.traffic`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -34,15 +33,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from vpn.config import PeerConfig
 from vpn.testlab import configs
 from vpn.testlab.files import write_private
+from vpn.testlab.keys import Keys, genpsk, pubkey
 from vpn.testlab.netns import Netns, veth, wait_for
 from vpn.util import socket_is_live
 
@@ -53,12 +52,11 @@ START_TIMEOUT = 5.0  # seconds for the UAPI socket to appear
 STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
 CMD_TIMEOUT = 10.0  # seconds for any single wg / ip / ss command
 POLL_INTERVAL = 0.02  # seconds between polls
-IPERF3_PORT = 5201
 NAME_ATTEMPTS = 3  # fresh random names tried when an automatic name is taken
 
 
 class WireguardGoError(RuntimeError):
-    """wireguard-go, wg, ip or iperf3 did not do what the harness asked."""
+    """wireguard-go, wg or ip did not do what the harness asked."""
 
 
 # -- small helpers -----------------------------------------------------------------------------------------
@@ -102,37 +100,6 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def wg_endpoint(host: str, port: int) -> str:
     """Format an endpoint for ``wg``: ``198.18.0.2:51820`` or ``[fd00::2]:51820``."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# -- keys --------------------------------------------------------------------------------------------------
-def _wg(args: Sequence[str], stdin: str | None = None) -> str:
-    proc = subprocess.run(["wg", *args], input=stdin, capture_output=True, text=True, timeout=CMD_TIMEOUT,
-                          check=False)
-    return _check(proc, "wg " + " ".join(args)).strip()
-
-
-def wg_genkey() -> str:
-    """Return a new base64 private key from ``wg genkey``."""
-    return _wg(["genkey"])
-
-
-def wg_pubkey(private_key: str) -> str:
-    """Return the base64 public key of ``private_key`` (``wg pubkey``).
-
-    :raises WireguardGoError: when ``wg`` rejects the key.
-    """
-    return _wg(["pubkey"], stdin=private_key.strip() + "\n")
-
-
-def wg_genpsk() -> str:
-    """Return a new base64 preshared key from ``wg genpsk``."""
-    return _wg(["genpsk"])
-
-
-def wg_keypair() -> tuple[str, str]:
-    """Return ``(private_key, public_key)``, both base64."""
-    private = wg_genkey()
-    return private, wg_pubkey(private)
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -305,7 +272,7 @@ class WireguardGo:
             _check_ifname(ifname)
         self.ns = ns
         self.private_key = private_key
-        self.public_key = wg_pubkey(private_key)
+        self.public_key = pubkey(private_key)
         self.address = tuple(str(ipaddress.ip_interface(a)) for a in address)
         self.mtu = mtu
         self.routes = routes
@@ -534,89 +501,6 @@ class WireguardGo:
         return f"<WireguardGo {self.ifname} in {self.ns.name} pid={self.pid} {state}>"
 
 
-# -- traffic helpers ----------------------------------------------------------------------------------------
-def ping(ns: Netns, addr: str, *, count: int = 1, wait: float = 2.0, attempts: int = 3) -> bool:
-    """Ping ``addr`` from ``ns`` (iputils ``ping``, v4 or v6); True once a run gets every reply.
-
-    Bounded: at most ``attempts`` runs of ``count`` echoes, each waiting ``wait`` seconds.
-    """
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", str(wait), addr]
-    for _ in range(attempts):
-        proc = ns.run(argv, check=False, timeout=count * 0.05 + wait + CMD_TIMEOUT)
-        if proc.returncode == 0:
-            return True
-    return False
-
-
-def iperf3_server(ns: Netns, bind_addr: str, *, port: int = IPERF3_PORT,
-                  timeout: float = START_TIMEOUT) -> subprocess.Popen[bytes]:
-    """Start ``iperf3 -s`` in ``ns`` bound to ``bind_addr`` and wait (bounded) until it listens.
-
-    The process is registered with ``ns``, so closing the namespace stops it; ``terminate()`` it earlier
-    if you like.
-    """
-    p = ns.popen(["iperf3", "-s", "-B", bind_addr, "-p", str(port)], stdout=subprocess.DEVNULL,
-                 stderr=subprocess.PIPE)
-
-    def listening() -> bool:
-        out = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False, timeout=CMD_TIMEOUT).stdout
-        return p.poll() is not None or bool(out.strip())
-
-    wait_for(listening, timeout, POLL_INTERVAL)
-    if p.poll() is not None:
-        err = p.stderr.read().decode(errors="replace") if p.stderr is not None else ""
-        raise WireguardGoError(f"iperf3 -s -B {bind_addr} exited {p.returncode}: {err.strip()}")
-    if not listening():
-        p.kill()
-        p.wait(STOP_TIMEOUT)
-        raise WireguardGoError(f"iperf3 -s -B {bind_addr} did not listen within {timeout}s")
-    return p
-
-
-def iperf3_client(ns: Netns, server_addr: str, seconds: int = 2, udp: bool = False, reverse: bool = False, *,
-                  port: int = IPERF3_PORT, bitrate: str | None = None,
-                  timeout: float | None = None) -> dict[str, Any]:
-    """Run ``iperf3 -c server_addr -J`` from ``ns`` and return the parsed JSON.
-
-    :param seconds: test length (whole seconds; iperf3 3.12 takes an integer).
-    :param udp: UDP instead of TCP; ``bitrate`` defaults to ``10M`` then (iperf3's own default is 1M).
-    :param reverse: the server sends (``-R``).
-    :param timeout: hard limit for the process, default ``seconds + 15``.
-    :raises WireguardGoError: when iperf3 reports an error (retried twice, briefly, if the server is busy
-        finishing the previous test).
-    """
-    argv = ["iperf3", "-c", server_addr, "-p", str(port), "-t", str(int(seconds)), "-J",
-            "--connect-timeout", "3000"]
-    if udp:
-        argv += ["-u", "-b", bitrate or "10M"]
-    elif bitrate:
-        argv += ["-b", bitrate]
-    if reverse:
-        argv.append("-R")
-    limit = timeout if timeout is not None else seconds + 15.0
-    for attempt in range(3):
-        proc = ns.run(argv, check=False, timeout=limit)
-        try:
-            result: dict[str, Any] = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            raise WireguardGoError(f"iperf3 exited {proc.returncode} without JSON: {proc.stderr.strip()}") from None
-        err = result.get("error")
-        if err and "busy" in str(err) and attempt < 2:
-            time.sleep(0.3)
-            continue
-        if err or proc.returncode != 0:
-            raise WireguardGoError(f"iperf3 -c {server_addr} failed ({proc.returncode}): {err}")
-        return result
-    raise AssertionError("unreachable")
-
-
-def iperf3_bytes(result: dict[str, Any]) -> int:
-    """Bytes the receiving side got, from an :func:`iperf3_client` result (TCP or UDP)."""
-    end = result["end"]
-    summary = end["sum_received"] if "sum_received" in end else end["sum"]
-    return int(summary["bytes"])
-
-
 # -- the reference topology ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class WgNode:
@@ -652,8 +536,8 @@ def reference_topology(*, keepalive: int | None = None, b_knows_a: bool = False)
     :param keepalive: persistent keepalive both ways, or None.
     :param b_knows_a: give ``b`` an endpoint for ``a`` too (default: ``b`` learns it by roaming).
     """
-    psk = wg_genpsk()
-    (ka, pa), (kb, pb) = wg_keypair(), wg_keypair()
+    psk = genpsk()
+    (ka, pa), (kb, pb) = Keys.new(), Keys.new()
     with contextlib.ExitStack() as stack:
         ns_a = stack.enter_context(Netns("wga"))
         ns_b = stack.enter_context(Netns("wgb"))
