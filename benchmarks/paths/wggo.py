@@ -20,9 +20,10 @@ import re
 import shutil
 from typing import ClassVar
 
+from vpn.testlab.configs import WgPeer
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import LabError, Netns
-from vpn.testlab.wggo import WG_RUN_DIR, WgPeer, WireguardGo, WireguardGoError
+from vpn.testlab.wggo import WG_RUN_DIR, WireguardGo, WireguardGoError
 from vpn.util import socket_is_live
 
 from . import trixie

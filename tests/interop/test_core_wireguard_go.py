@@ -13,9 +13,10 @@ import sys
 
 import pytest
 
+from vpn.testlab.configs import WgPeer
 from vpn.testlab.keys import Keys, genpsk
 from vpn.testlab.netns import namespaces, veth
-from vpn.testlab.wggo import WgPeer, WireguardGo
+from vpn.testlab.wggo import WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

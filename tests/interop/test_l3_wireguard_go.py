@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 
+from vpn.testlab.configs import WgPeer, wg_quick_file
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, workdir
 from vpn.testlab.traffic import TrafficError, iperf3_bytes, iperf3_client, iperf3_server, parse_ping, ping, ping_ok
-from vpn.testlab.wggo import WgPeer, WgPeerStatus, WireguardGo, unique_ifname, wg_quick_file
+from vpn.testlab.wggo import WgPeerStatus, WireguardGo, unique_ifname
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

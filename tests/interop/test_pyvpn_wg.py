@@ -27,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.configs import WgPeer, wg_quick_file
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import CLI4, CLI6, SRV4, SRV6, PyvpnFile, workdir
 from vpn.testlab.traffic import ping_ok
-from vpn.testlab.wggo import WgPeer, WireguardGo, unique_ifname, wg_quick_file
+from vpn.testlab.wggo import WireguardGo, unique_ifname
 from vpn.util import socket_is_live
 
 pytestmark = [

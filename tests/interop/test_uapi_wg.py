@@ -26,7 +26,7 @@ import pytest
 
 from crypto.keys import public_from_private
 from vpn.config import load_config, parse_config
-from vpn.testlab.wggo import WgPeer, wg_conf_text
+from vpn.testlab.configs import WgPeer, wg_conf_text
 from vpn.uapi import (
     IPC_ERROR_PORT_IN_USE,
     DeviceState,

@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 
 from vpn.config import format_peer
+from vpn.testlab.configs import WgPeer, wg_conf_text, wg_quick_file
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth, wait_for
 from vpn.testlab.pyvpn import SRV4, SRV6, PyvpnFile, workdir
 from vpn.testlab.traffic import parse_ping, ping_ok
-from vpn.testlab.wggo import WgPeer, WireguardGo, unique_ifname, wg_conf_text, wg_quick_file
+from vpn.testlab.wggo import WireguardGo, unique_ifname
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

@@ -16,21 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.configs import WgPeer, endpoint, wg_conf_text, wg_quick_file
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import namespaces
 from vpn.testlab.traffic import iperf3_bytes, iperf3_client, iperf3_server, ping_ok
-from vpn.testlab.wggo import (
-    WgPeer,
-    WireguardGo,
-    WireguardGoError,
-    parse_wg_dump,
-    reference_topology,
-    sock_path,
-    unique_ifname,
-    wg_conf_text,
-    wg_endpoint,
-    wg_quick_file,
-)
+from vpn.testlab.wggo import WireguardGo, WireguardGoError, parse_wg_dump, reference_topology, sock_path, unique_ifname
 
 needs_wg = pytest.mark.skipif(shutil.which("wg") is None, reason="needs wireguard-tools (wg)")
 needs_wireguard_go = pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="needs wireguard-go")
@@ -70,7 +60,7 @@ def test_parse_wg_dump_rejects_garbage(bad: str) -> None:
 
 
 def test_config_texts(tmp_path: Path) -> None:
-    peer = WgPeer(KB, endpoint=wg_endpoint("fd00::2", 51820), allowed_ips=["198.19.0.5/24", "fd00:19::2/128"],
+    peer = WgPeer(KB, endpoint=endpoint("fd00::2", 51820), allowed_ips=["198.19.0.5/24", "fd00:19::2/128"],
                   persistent_keepalive=25, preshared_key=KC)
     assert peer.allowed_ips == ("198.19.0.0/24", "fd00:19::2/128")
     assert KC not in repr(peer)

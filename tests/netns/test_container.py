@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.commands import run_pyvpn
+from vpn.testlab.configs import PeerSpec, conf_text
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, conf_text, poll, run_pyvpn, unique_ifname
+from vpn.testlab.pyvpn import Fleet, Pyvpn, poll, unique_ifname
 from vpn.testlab.traffic import ping, ping_ok, wait_ping
 
 pytestmark = pytest.mark.root

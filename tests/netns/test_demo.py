@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vpn.testlab.pyvpn import control_path, pyvpn_argv, uapi_path
+from vpn.testlab.commands import pyvpn_argv
+from vpn.testlab.pyvpn import control_path, uapi_path
 
 pytestmark = pytest.mark.root
 

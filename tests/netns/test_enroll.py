@@ -26,8 +26,9 @@ import pytest
 
 from crypto.keys import encode_key
 from vpn.config import load_config
+from vpn.testlab.commands import run_pyvpn
 from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, poll, run_pyvpn, unique_ifname
+from vpn.testlab.pyvpn import Fleet, Pyvpn, poll, unique_ifname
 from vpn.testlab.traffic import ping, ping_ok, wait_ping
 from vpn.testlab.wggo import WireguardGo
 

@@ -33,11 +33,12 @@ from test_l2_sites import (
     segment_of,
 )
 
+from vpn.testlab.configs import PeerSpec, WgPeer
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn
+from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping_ok
-from vpn.testlab.wggo import WgPeer, WireguardGo
+from vpn.testlab.wggo import WireguardGo
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

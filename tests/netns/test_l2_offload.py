@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import pytest
 from test_l2_sites import TAP_MTU, add_daemon, add_host, bridge, segment, segment_of
 
+from vpn.testlab.configs import PeerSpec, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint
+from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping_ok, transfer
 
 pytestmark = pytest.mark.root

@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 
 from vpn.config import SegmentConfig
-from vpn.testlab.configs import segment
+from vpn.testlab.configs import PeerSpec, endpoint, segment
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint, unique_ifname
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.traffic import iperf3_bytes, iperf3_client, iperf3_server, ping_ok
 
 pytestmark = pytest.mark.root

@@ -23,21 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.commands import pyvpn_argv
+from vpn.testlab.configs import PeerSpec, conf_text, endpoint
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import (
-    Fleet,
-    PeerSpec,
-    Pyvpn,
-    conf_text,
-    control_path,
-    endpoint,
-    poll,
-    pyvpn_argv,
-    uapi_path,
-    unique_ifname,
-)
+from vpn.testlab.pyvpn import Fleet, Pyvpn, control_path, poll, uapi_path, unique_ifname
 from vpn.testlab.traffic import Transfer, ping_ok, wait_ping
 from vpn.util import socket_is_live
 

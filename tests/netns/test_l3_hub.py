@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from vpn.testlab.configs import PeerSpec, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint, poll
+from vpn.testlab.pyvpn import Fleet, Pyvpn, poll
 from vpn.testlab.traffic import iperf3_client, iperf3_server, ping, ping_ok
 
 pytestmark = pytest.mark.root

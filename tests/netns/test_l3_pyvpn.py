@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.commands import run_pyvpn
+from vpn.testlab.configs import PeerSpec, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, control_path, endpoint, run_pyvpn, uapi_path
+from vpn.testlab.pyvpn import Fleet, Pyvpn, control_path, uapi_path
 from vpn.testlab.traffic import ping, ping_ok, transfer
 
 pytestmark = pytest.mark.root

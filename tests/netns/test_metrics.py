@@ -19,8 +19,9 @@ import pytest
 from crypto.keys import encode_key
 from vpn.config import load_config
 from vpn.metrics import SNAPSHOT_MIN_INTERVAL
+from vpn.testlab.commands import run_pyvpn
 from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, run_pyvpn, unique_ifname
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.traffic import wait_ping
 
 pytestmark = pytest.mark.root

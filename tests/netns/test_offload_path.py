@@ -31,11 +31,12 @@ from typing import Any
 
 import pytest
 
+from vpn.testlab.configs import PeerSpec, WgPeer, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, PeerSpec, Pyvpn, endpoint
+from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping_ok, transfer
-from vpn.testlab.wggo import WgPeer, WireguardGo
+from vpn.testlab.wggo import WireguardGo
 
 pytestmark = pytest.mark.root
 

@@ -21,20 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from vpn.testlab.commands import command_env, pyvpn_argv, run_pyvpn, run_pyvpn_tty
+from vpn.testlab.configs import PeerSpec, conf_text, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import namespaces
-from vpn.testlab.pyvpn import (
-    Fleet,
-    PeerSpec,
-    Pyvpn,
-    _env,
-    conf_text,
-    endpoint,
-    pyvpn_argv,
-    run_pyvpn,
-    run_pyvpn_tty,
-    unique_ifname,
-)
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.show_schema import check_object, documented_schema
 
 pytestmark = pytest.mark.root
@@ -126,7 +117,7 @@ def test_show_one_peer_by_name_or_key_prefix_and_json_schema() -> None:
 def test_show_as_an_unprivileged_user_says_why() -> None:
     with server() as (srv, _peers):
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *pyvpn_argv(), "show"]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_env(), check=False)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=command_env(), check=False)
         assert p.returncode == 1, p.stdout
         assert "permission denied" in p.stderr and "run as root" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1 and "no running" not in p.stderr

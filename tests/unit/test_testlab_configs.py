@@ -19,8 +19,7 @@ from crypto.keys import encode_key, private_from_random, public_from_private
 from vpn.config import ConfigError, format_config, parse_config
 from vpn.demo import Demo
 from vpn.testlab import configs
-from vpn.testlab.pyvpn import PeerSpec, conf_text
-from vpn.testlab.wggo import WgPeer, wg_conf_text, wg_quick_file
+from vpn.testlab.configs import PeerSpec, WgPeer, conf_text, wg_conf_text, wg_quick_file
 
 
 def keys(n: int) -> tuple[str, str]:

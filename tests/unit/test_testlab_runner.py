@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from vpn.testlab.pyvpn import HarnessError, Pyvpn, PyvpnWg, close_all, pyvpn_argv
+from vpn.testlab.commands import pyvpn_argv
+from vpn.testlab.pyvpn import HarnessError, Pyvpn, PyvpnWg, close_all
 
 # Prints its argv and two environment variables as JSON, then waits for a signal.
 _CHILD = ("import json, os, sys, time; print(json.dumps({'argv': sys.argv[1:], 'keep': os.environ.get('KEEP'), "

@@ -2,8 +2,8 @@
 
 Theory of operation:
 
-1. :func:`conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>`` (the production model and
-   writer: :mod:`vpn.testlab.configs`).  The UAPI socket (``/var/run/wireguard/IFACE.sock``) and the
+1. :func:`vpn.testlab.configs.conf_text` writes a wg-quick file with ``#pyvpn Name = <ifname>`` (the
+   production model and writer).  The UAPI socket (``/var/run/wireguard/IFACE.sock``) and the
    control socket (``/var/run/pyvpn/IFACE.sock``) live in the file system, which every namespace shares,
    so each daemon gets a fresh name from :func:`unique_ifname` and parallel tests never collide.
 2. :class:`Pyvpn`, the lab's one pyvpn runner (the hostile tests, the benchmark's pyvpn paths and
@@ -23,8 +23,8 @@ Theory of operation:
    :class:`PyvpnFile` is a :class:`Pyvpn` on a file the caller wrote, started at once, as a context manager;
    :class:`PyvpnWg` runs ``pyvpn-wg -f IFACE`` (no file: ``wg`` configures it) the same way.
 
-Traffic through the daemons (pings, checked TCP transfers, iperf3) is :mod:`vpn.testlab.traffic`'s; keys are
-:mod:`vpn.testlab.keys`'.
+Traffic through the daemons (pings, checked TCP transfers, iperf3) is :mod:`vpn.testlab.traffic`'s, keys
+:mod:`vpn.testlab.keys`', one-shot ``pyvpn`` commands :mod:`vpn.testlab.commands`'.
 
 Every wait is bounded; nothing sends traffic outside the namespaces the caller made.
 """
@@ -35,26 +35,24 @@ import contextlib
 import json
 import os
 import secrets
-import select
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from vpn.config import PeerConfig, SegmentConfig
-from vpn.testlab import configs
+from vpn.config import SegmentConfig
+from vpn.testlab.commands import command_env, pyvpn_argv, run_pyvpn
+from vpn.testlab.configs import PeerSpec, conf_text
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import LabError, Netns
 from vpn.testlab.wggo import WgStatus, parse_wg_dump
-from vpn.util import socket_is_live as socket_live
+from vpn.util import socket_is_live
 
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
@@ -79,23 +77,7 @@ def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any
         time.sleep(interval)
 
 
-def pyvpn_argv(program: str = "pyvpn") -> list[str]:
-    """The pyvpn (or ``pyvpn-wg``) of this very installation (the venv's), not whatever is first on PATH."""
-    sibling = Path(sys.executable).with_name(program)
-    if sibling.exists():
-        return [str(sibling)]
-    return [sys.executable, "-m", "vpn.cli" if program == "pyvpn" else "vpn.wgcompat"]
-
-
-def _env() -> dict[str, str]:
-    """The daemons' environment: ours without ``PYVPN_LOG_LEVEL`` (the runner passes ``-l``).  Nothing goes on
-    ``PYTHONPATH``: the command is this installation's, which imports pyvpn as installed."""
-    env = dict(os.environ)
-    env.pop("PYVPN_LOG_LEVEL", None)
-    return env
-
-
-# -- names, keys, configs ----------------------------------------------------------------------------------
+# -- names -----------------------------------------------------------------------------------------
 def control_path(ifname: str) -> Path:
     return CONTROL_DIR / f"{ifname}.sock"
 
@@ -118,96 +100,6 @@ def unique_ifname(prefix: str = "pvt") -> str:
     raise HarnessError("no free interface name")
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class PeerSpec:
-    """One ``[Peer]`` of a generated config (its repr leaves the preshared key out)."""
-
-    public_key: str
-    allowed_ips: Sequence[str] = ()
-    endpoint: str | None = None
-    persistent_keepalive: int = 0
-    name: str | None = None
-    preshared_key: str | None = None
-    extra: Sequence[str] = ()  # more lines for the section, e.g. "#pyvpn RateLimit = 20mbit"
-
-    def __repr__(self) -> str:
-        return f"PeerSpec(public_key={self.public_key!r}, allowed_ips={self.allowed_ips!r})"
-
-    def config(self) -> PeerConfig:
-        """This section as the production model."""
-        return configs.peer(self.public_key, allowed_ips=self.allowed_ips, endpoint=self.endpoint,
-                            persistent_keepalive=self.persistent_keepalive, name=self.name,
-                            preshared_key=self.preshared_key, extra=self.extra)
-
-
-def endpoint(host: str, port: int) -> str:
-    """``198.18.0.1:51820`` or ``[fd00:18::1]:51820``."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def conf_text(*, ifname: str, private_key: str, addresses: Sequence[str] = (), listen_port: int | None = None,
-              peers: Sequence[PeerSpec] = (), mtu: int | None = None, extra: Sequence[str] = (),
-              segments: Sequence[SegmentConfig] = ()) -> str:
-    """A wg-quick file with ``#pyvpn Name = ifname`` (``extra`` lines go into ``[Interface]``; ``segments`` from
-    :func:`vpn.testlab.configs.segment`), written by the production writer (:mod:`vpn.testlab.configs`)."""
-    iface = configs.interface(private_key, addresses=addresses, listen_port=listen_port, mtu=mtu, name=ifname,
-                              extra=extra)
-    return configs.config_text(iface, [p.config() for p in peers], segments)
-
-
-def run_pyvpn(*args: str, timeout: float = 20.0, ns: Netns | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``pyvpn ARGS`` to completion (in ``ns`` if given) and return it, whatever its exit code."""
-    argv = pyvpn_argv() + list(args)
-    if ns is not None:
-        argv = ns.argv(argv)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), check=False)
-
-
-def run_pyvpn_tty(*args: str, columns: int = 80, rows: int = 24, timeout: float = 20.0) -> tuple[int, str]:
-    """Run ``pyvpn ARGS`` on a pseudo-terminal of ``columns`` x ``rows`` (as an operator's terminal);
-    return its exit code and everything it wrote there, escape sequences removed."""
-    import fcntl
-    import pty
-    import re
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = _env()
-    for var in ("COLUMNS", "LINES", "NO_COLOR"):
-        env.pop(var, None)
-    env["TERM"] = "xterm-256color"
-    try:
-        proc = subprocess.Popen(pyvpn_argv() + list(args), stdin=slave, stdout=slave, stderr=slave, env=env,
-                                close_fds=True)
-    finally:
-        os.close(slave)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(max(0.1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    text = out.decode(errors="replace").replace("\r\n", "\n")
-    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
-
-
 # -- one daemon ---------------------------------------------------------------------------------------------
 class Pyvpn:
     """``pyvpn ROLE CONFIG -l LEVEL`` running in ``ns``: the lab's one way to start, wait for and stop a pyvpn
@@ -215,8 +107,8 @@ class Pyvpn:
 
     :param ns: the namespace (its ``close()`` kills the daemon too); its ``cpu`` pins the daemon.
     :param role: ``server`` or ``client``.
-    :param text: the config text (see :func:`conf_text`), written (mode 0600) to ``workdir/<ifname>.conf``;
-        None to run the existing file ``config`` (neither: no file, see :class:`PyvpnWg`).
+    :param text: the config text (see :func:`vpn.testlab.configs.conf_text`), written (mode 0600) to
+        ``workdir/<ifname>.conf``; None to run the existing file ``config`` (neither: no file, see :class:`PyvpnWg`).
     :param ifname: the interface name (the config's ``#pyvpn Name``, else the file's stem); default
         ``config``'s stem.
     :param workdir: where the config and the log go (default: ``config``'s directory).
@@ -271,7 +163,7 @@ class Pyvpn:
         if self.running():
             raise HarnessError(f"{self.ifname} is already running")
         self.starts += 1
-        env = _env()
+        env = command_env()
         for k, val in self.env.items():
             if val is None:
                 env.pop(k, None)
@@ -367,7 +259,7 @@ class Pyvpn:
         listens on them any more; safe to call twice."""
         self.stop()
         for path in (control_path(self.ifname), uapi_path(self.ifname)):
-            if path.exists() and not socket_live(path):
+            if path.exists() and not socket_is_live(path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

@@ -17,9 +17,9 @@ Theory of operation:
    nothing listens on it any more: a live socket may belong to another instance that won a name race.
 
 Everything is bounded in time; nothing sends traffic outside the namespaces the caller made.  The module
-also holds config files (the production writer, through :mod:`vpn.testlab.configs`), a ``wg show dump``
-parser and ``reference_topology()``: two wireguard-go peers in two namespaces over a veth.  Keys are
-:mod:`vpn.testlab.keys`', pings and iperf3 :mod:`vpn.testlab.traffic`'s.
+also holds a ``wg show dump`` parser and ``reference_topology()``: two wireguard-go peers in two namespaces
+over a veth.  Keys are :mod:`vpn.testlab.keys`', config files :mod:`vpn.testlab.configs`' (the production
+writer), pings and iperf3 :mod:`vpn.testlab.traffic`'s.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from vpn.config import PeerConfig
-from vpn.testlab import configs
+from vpn.testlab.configs import WgPeer, cidr, wg_conf_text
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys, genpsk, pubkey
 from vpn.testlab.netns import Netns, veth, wait_for
@@ -88,76 +87,6 @@ def unique_ifname(prefix: str = "wgt") -> str:
 def _check_ifname(name: str) -> None:
     if not 0 < len(name) <= IFNAME_MAX or any(c in name for c in "/ \t\n:") or name in (".", ".."):
         raise ValueError(f"bad interface name {name!r} (1..{IFNAME_MAX} characters, no '/', ':' or spaces)")
-
-
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(cidr.strip(), strict=False)
-    except ValueError as e:
-        raise ValueError(f"bad CIDR {cidr!r}: {e}") from None
-
-
-def wg_endpoint(host: str, port: int) -> str:
-    """Format an endpoint for ``wg``: ``198.18.0.2:51820`` or ``[fd00::2]:51820``."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# -- configuration ------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, repr=False)
-class WgPeer:
-    """One ``[Peer]`` section.
-
-    :param public_key: the peer's base64 public key.
-    :param endpoint: ``host:port`` / ``[v6]:port`` (see :func:`wg_endpoint`), or None to learn it by roaming.
-    :param allowed_ips: CIDRs; stored normalised (host bits cleared) as a tuple.
-    :param persistent_keepalive: seconds, or None/0 for off.
-    :param preshared_key: base64 preshared key, or None.
-    """
-
-    public_key: str
-    endpoint: str | None = None
-    allowed_ips: Sequence[str] = ()
-    persistent_keepalive: int | None = None
-    preshared_key: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.allowed_ips, str):
-            raise TypeError("allowed_ips must be a sequence of CIDR strings, not one string")
-        object.__setattr__(self, "allowed_ips", tuple(str(_network(a)) for a in self.allowed_ips))
-
-    def __repr__(self) -> str:  # never the preshared key
-        return (f"WgPeer(public_key={self.public_key!r}, endpoint={self.endpoint!r}, "
-                f"allowed_ips={self.allowed_ips!r}, persistent_keepalive={self.persistent_keepalive!r})")
-
-    def config(self) -> PeerConfig:
-        """This section as the production model (written by :mod:`vpn.config.writer`)."""
-        return configs.peer(self.public_key, endpoint=self.endpoint, allowed_ips=self.allowed_ips,
-                            persistent_keepalive=self.persistent_keepalive, preshared_key=self.preshared_key)
-
-
-def wg_conf_text(*, private_key: str, listen_port: int | None = None, fwmark: int | None = None,
-                 peers: Sequence[WgPeer] = ()) -> str:
-    """Return a ``wg setconf`` file: only keys ``wg`` itself understands (no Address, MTU, DNS)."""
-    return configs.config_text(configs.interface(private_key, listen_port=listen_port, fwmark=fwmark),
-                               [p.config() for p in peers])
-
-
-def wg_quick_file(path: str | os.PathLike[str] | None = None, *, private_key: str,
-                  address: Sequence[str] = (), listen_port: int | None = None, mtu: int | None = None,
-                  dns: Sequence[str] = (), fwmark: int | None = None, table: str | None = None,
-                  peers: Sequence[WgPeer] = ()) -> str:
-    """Return a wg-quick style config text, and write it to ``path`` (mode 0600) when one is given.
-
-    :param path: where to write it, or None to only return the text.
-    :param address: interface addresses with prefix, e.g. ``["198.19.0.2/24", "fd00:19::2/64"]``.
-    :param table: wg-quick's ``Table`` (``off``, ``auto`` or a number), or None to leave it out.
-    """
-    iface = configs.interface(private_key, addresses=address, listen_port=listen_port, mtu=mtu, dns=dns,
-                              fwmark=fwmark, table=table)
-    text = configs.config_text(iface, [p.config() for p in peers])
-    if path is not None:
-        write_private(Path(path), text)
-    return text
 
 
 # -- `wg show <if> dump` ------------------------------------------------------------------------------------
@@ -337,8 +266,8 @@ class WireguardGo:
         if not self.routes:
             return
         connected = {ipaddress.ip_interface(a).network for a in self.address}
-        for cidr in allowed_ips:
-            net = _network(cidr)
+        for allowed in allowed_ips:
+            net = cidr(allowed)
             if net not in connected:
                 self._ip("route", "replace", str(net), "dev", self.ifname)
 
@@ -413,7 +342,7 @@ class WireguardGo:
         if endpoint is not None:
             args += ["endpoint", endpoint]
         if allowed_ips is not None:
-            args += ["allowed-ips", ",".join(str(_network(a)) for a in allowed_ips)]
+            args += ["allowed-ips", ",".join(str(cidr(a)) for a in allowed_ips)]
         if persistent_keepalive is not None:
             args += ["persistent-keepalive", str(persistent_keepalive) if persistent_keepalive else "off"]
         if preshared_key is not None:
