@@ -15,7 +15,10 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 - :mod:`vpn.testlab.show_schema`: ``pyvpn show --json`` checked against docs/show-json.md.
 - :mod:`vpn.testlab.files`: configs and keys written with mode 0600.
 - :mod:`vpn.testlab.configs`: config files as the production model (:mod:`vpn.config.model`), written by the
-  production writer (:mod:`vpn.config.writer`).
+  production writer (:mod:`vpn.config.writer`): pyvpn's (``conf_text``, ``PeerSpec``), ``wg setconf``'s and
+  ``wg-quick``'s (``WgPeer``), endpoints and CIDRs.
+- :mod:`vpn.testlab.commands`: this installation's ``pyvpn`` command line and environment, and one-shot runs
+  (in a pipe or on a pseudo-terminal).
 - :mod:`vpn.testlab.keys`: key pairs and preshared keys (base64, as ``wg`` prints them), made in pure Python.
 - :mod:`vpn.testlab.pyvpn`: ``pyvpn server``/``client`` daemons in namespaces (:class:`~vpn.testlab.pyvpn.Pyvpn`,
   the one runner, also used by the hostile tests, the benchmark and the demo; :class:`~vpn.testlab.pyvpn.Fleet`)

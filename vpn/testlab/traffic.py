@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Self
 
-from vpn.testlab.netns import LabError, Netns, wait_for
+from vpn.testlab.netns import STOP_TIMEOUT, LabError, Netns, wait_for
 
 # -- implementation constants ------------------------------------------------------------------------------
 CMD_TIMEOUT = 10.0  # seconds of slack on top of a command's own bound (ping, ss)
 IPERF3_PORT = 5201
 START_TIMEOUT = 5.0  # seconds for iperf3 -s to listen
-STOP_TIMEOUT = 3.0  # seconds to reap an iperf3 -s that did not listen
 POLL_INTERVAL = 0.02  # seconds between polls
 
 
