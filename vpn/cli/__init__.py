@@ -154,6 +154,13 @@ server_app = typer.Typer(cls=_ServerGroup, add_completion=False, no_args_is_help
 app.add_typer(server_app, name="server")
 
 
+# The options `pyvpn server run` and `pyvpn client` share.
+RunConfigArg = Annotated[Path, typer.Argument(help="wg-quick style config file, or a name: wg0 is "
+                                                   "/etc/wireguard/wg0.conf or /etc/pyvpn/wg0.conf")]
+RunNetnsOpt = Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")]
+RunMetricsOpt = Annotated[str | None, typer.Option(help=METRICS_HELP)]
+RunUserOpt = Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")]
+
 def _keys_epilog() -> str:
     from ..config_keys import keys_summary
 
@@ -161,13 +168,8 @@ def _keys_epilog() -> str:
 
 
 @server_app.command("run", epilog=_keys_epilog())
-def server(config: Annotated[Path, typer.Argument(help="wg-quick style config file, or a name: wg0 is "
-                                                       "/etc/wireguard/wg0.conf or /etc/pyvpn/wg0.conf")],
-           log_level: LogLevelOpt = None,
-           netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
-           user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
-           ) -> None:
+def server(config: RunConfigArg, log_level: LogLevelOpt = None, netns: RunNetnsOpt = None,
+           metrics: RunMetricsOpt = None, user: RunUserOpt = None) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM (`pyvpn server CONFIG` does the same)."""
     _run(config, "server", log_level, netns, metrics, user)
 
@@ -176,13 +178,8 @@ server_app.add_typer(clients_app)  # init, add-client, ... after run (vpn/cli/cl
 
 
 @app.command(epilog=_keys_epilog())
-def client(config: Annotated[Path, typer.Argument(help="wg-quick style config file, or a name: wg0 is "
-                                                       "/etc/wireguard/wg0.conf or /etc/pyvpn/wg0.conf")],
-           log_level: LogLevelOpt = None,
-           netns: Annotated[str | None, typer.Option(help="put the tunnel interface into this netns")] = None,
-           metrics: Annotated[str | None, typer.Option(help=METRICS_HELP)] = None,
-           user: Annotated[str | None, typer.Option(help="drop privileges to this user after set-up")] = None,
-           ) -> None:
+def client(config: RunConfigArg, log_level: LogLevelOpt = None, netns: RunNetnsOpt = None,
+           metrics: RunMetricsOpt = None, user: RunUserOpt = None) -> None:
     """Run `pyvpn client CONFIG` in the foreground until SIGINT/SIGTERM."""
     _run(config, "client", log_level, netns, metrics, user)
 
