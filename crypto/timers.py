@@ -20,6 +20,7 @@ Timer hooks, after wireguard-go ``timers.go`` (each says when it is called):
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 from .constants import (
@@ -62,7 +63,12 @@ class PeerTimers:
         # In (0, REKEY_TIMEOUT_JITTER_MAX), never 0: with a zero jitter the retransmit deadline
         # t0 + REKEY_TIMEOUT can give (deadline - t0) < REKEY_TIMEOUT in floating point, and
         # initiate()'s rate check would then refuse the retry and leave no timer running.
-        return (int.from_bytes(self.core._rng(2), "little") + 1) / 65537 * REKEY_TIMEOUT_JITTER_MAX
+        # Timer jitter needs no secrecy: a PRNG seeded once from the core's rng, so that arming a timer (once per
+        # lone packet sent) costs no getrandom system call.
+        source = self.core._jitter_source
+        if source is None:
+            source = self.core._jitter_source = random.Random(self.core._rng(16))
+        return (source.getrandbits(16) + 1) / 65537 * REKEY_TIMEOUT_JITTER_MAX
 
     def _t_data_sent(self: Tunnel, now: float) -> None:
         if self._new_handshake_at is None:

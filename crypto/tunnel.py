@@ -35,6 +35,7 @@ the state; this module is where the application imports them from.
 
 from __future__ import annotations
 
+import random
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -194,6 +195,7 @@ class Core(CoreReceive, CoreHandshake):
             raise UsageError(f"rekey_after_time must be between 1 and {REKEY_AFTER_TIME:g} seconds")
         self.rekey_after_time = rekey_after_time
         self._rng = rng
+        self._jitter_source: random.Random | None = None  # timers' PRNG, seeded from rng on first use
         self.mtu = mtu
         # Without a private key (a `pyvpn-wg` interface before `wg setconf`) peers can be
         # configured but every handshake is dropped under Drop.NO_PRIVATE_KEY.

@@ -184,6 +184,30 @@ def test_retransmit_jitter_varies() -> None:
     assert len(gaps) > 1
 
 
+def test_timer_jitter_draws_on_the_rng_once() -> None:
+    """Every lone packet sent arms the new-handshake timer with a jitter.  The jitter comes from a PRNG seeded
+    once from the core's rng (``os.urandom`` in production), not a ``getrandom`` system call per packet."""
+    p = Pair(seed=41)
+    p.handshake()
+    assert p.a.core._jitter_source is not None
+    calls: list[int] = []
+    rng = p.a.core._rng
+    p.a.core._rng = lambda n: calls.append(n) or rng(n)  # type: ignore[func-returns-value]
+    deadlines = set()
+    for i in range(20):  # a ping: a sends, b answers, which disarms a's new-handshake timer
+        p.send(p.a, [ipv4_packet(64, i)])
+        deadlines.add(round(p.a.tunnel._new_handshake_at - p.now, 9))  # type: ignore[operator]
+        p.transfer(p.a)
+        p.send(p.b, [ipv4_packet(64, i)])
+        p.transfer(p.b)
+        assert p.a.tunnel._new_handshake_at is None
+        p.advance(0.05)
+    assert calls == []  # the PRNG was seeded when the handshake's retransmit timer was armed
+    assert len(deadlines) > 10
+    low = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+    assert all(low < d < low + REKEY_TIMEOUT_JITTER_MAX for d in deadlines)
+
+
 def test_gives_up_after_rekey_attempt_time() -> None:
     p = Pair(seed=27)
     t0 = p.now
@@ -421,13 +445,13 @@ def test_retransmit_survives_zero_jitter_and_float_rounding() -> None:
     (Go's monotonic nanoseconds make this impossible in wireguard-go.)"""
     t0 = 1019.1
     assert (t0 + REKEY_TIMEOUT) - t0 < REKEY_TIMEOUT
-    rnd = random.Random(3)
-
-    def rng(n: int) -> bytes:
-        return bytes(n) if n == 2 else rnd.randbytes(n)  # 2-byte requests are the jitter
+    class SmallestJitter(random.Random):
+        def getrandbits(self, k: int) -> int:
+            return 0
 
     p = Pair(seed=40)
-    a = Core(p.a_private, rng=rng)
+    a = Core(p.a_private, rng=random.Random(3).randbytes)
+    a._jitter_source = SmallestJitter()
     t = a.add_peer(p.b.core.public_key, endpoint=p.b.addr)
     t.initiate(now=t0)
     a.take_outbox()
