@@ -22,8 +22,8 @@ import pytest
 from vpn.testlab.commands import run_pyvpn
 from vpn.testlab.configs import PeerSpec, conf_text
 from vpn.testlab.keys import Keys
-from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, poll, unique_ifname
+from vpn.testlab.netns import Netns, veth, wait_for
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.traffic import ping, ping_ok, wait_ping
 
 pytestmark = pytest.mark.root
@@ -94,7 +94,7 @@ def test_server_runs_as_nobody_after_start_up(netns_factory) -> None:  # type: i
                        workdir=fleet.workdir)
         fleet.daemons += [server, client]
         server.start()
-        assert poll(lambda: "dropped privileges to user nobody" in server.log(), 10), server.log_tail()
+        assert wait_for(lambda: "dropped privileges to user nobody" in server.log(), 10), server.log_tail()
 
         status = dict(line.split(":", 1) for line in
                       Path(f"/proc/{server.pid}/status").read_text().splitlines() if ":" in line)
@@ -147,15 +147,15 @@ def test_cleanup_after_dropping_privileges(netns_factory, ending: str) -> None: 
         client = Pyvpn(ns, "client", text, ifname=ifname, workdir=fleet.workdir, args=("--user", "nobody"))
         fleet.daemons.append(client)
         client.start()
-        assert poll(lambda: "dropped privileges to user nobody" in client.log(), 10), client.log_tail()
+        assert wait_for(lambda: "dropped privileges to user nobody" in client.log(), 10), client.log_tail()
         assert _rules_and_tables(ns, ifname) == ("51820", f"pyvpn-{ifname}")
         if ending == "sigterm":
             assert client.terminate() == 0, client.log_tail()
             assert (marks / f"pre-{ifname}").exists(), client.log_tail()
         else:
             client.kill()  # the daemon dies; the helper notices and cleans up (no PreDown: it is too late)
-        assert poll(lambda: (marks / f"post-{ifname}").exists(), 10), client.log_tail()
-        assert poll(lambda: _rules_and_tables(ns, ifname) == ("", ""), 10), client.log_tail()
-        assert poll(lambda: not ns.pids(), 10), ns.pids()  # the helper is gone too
+        assert wait_for(lambda: (marks / f"post-{ifname}").exists(), 10), client.log_tail()
+        assert wait_for(lambda: _rules_and_tables(ns, ifname) == ("", ""), 10), client.log_tail()
+        assert wait_for(lambda: not ns.pids(), 10), ns.pids()  # the helper is gone too
         assert "Traceback" not in client.log(), client.log_tail()
         assert "root helper process" in client.log(), client.log_tail()  # the log says what stays root

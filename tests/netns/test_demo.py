@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from vpn.control import socket_path
 from vpn.testlab.commands import pyvpn_argv
-from vpn.testlab.pyvpn import control_path, uapi_path
+from vpn.uapi_server import uapi_path
 
 pytestmark = pytest.mark.root
 
@@ -57,6 +58,6 @@ def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert tag not in links, links
     for name in (f"{tag}s", f"{tag}c"):
-        assert not control_path(name).exists() and not uapi_path(name).exists()
+        assert not socket_path(name).exists() and not uapi_path(name).exists()
     assert _cmdlines_mentioning(str(tmp_path)) == []
     assert not any(p.name.startswith("pyvpn-demo-") for p in tmp_path.iterdir())

@@ -27,8 +27,8 @@ import pytest
 from crypto.keys import encode_key
 from vpn.config import load_config
 from vpn.testlab.commands import run_pyvpn
-from vpn.testlab.netns import Netns, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, poll, unique_ifname
+from vpn.testlab.netns import Netns, veth, wait_for
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.traffic import ping, ping_ok, wait_ping
 from vpn.testlab.wggo import WireguardGo
 
@@ -173,13 +173,13 @@ def test_expiry_disable_enable_on_a_running_server(netns_factory) -> None:  # ty
 
         # the expiry passes: carol's session is dropped by the server's housekeeping timer
         carol_pub = encode_key(load_config(conf).peers[1].public_key)
-        assert poll(lambda: (server.peer(carol_pub) or {}).get("policy", {}).get("state") == "expired", 30.0)
+        assert wait_for(lambda: (server.peer(carol_pub) or {}).get("policy", {}).get("state") == "expired", 30.0)
         assert ping(c2, SERVER4, count=2, wait=1).returncode != 0
         assert _clients(conf)["carol"]["state"] == "expired"
         # a fresh handshake (carol restarted) is refused
         carol.terminate()
         carol.start()
-        assert poll(lambda: (server.peer(carol_pub) or {}).get("refused_handshakes", 0) >= 1, 10.0), fleet.logs()
+        assert wait_for(lambda: (server.peer(carol_pub) or {}).get("refused_handshakes", 0) >= 1, 10.0), fleet.logs()
         assert ping(c2, SERVER4, count=2, wait=1).returncode != 0
         assert ping_ok(c1, SERVER4)  # alice is untouched
 

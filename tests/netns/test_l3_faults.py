@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pytest
 
+from vpn.control import socket_path
 from vpn.testlab.commands import pyvpn_argv
 from vpn.testlab.configs import PeerSpec, conf_text, endpoint
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys
-from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, control_path, poll, uapi_path, unique_ifname
+from vpn.testlab.netns import Netns, namespaces, veth, wait_for
+from vpn.testlab.pyvpn import Fleet, Pyvpn, unique_ifname
 from vpn.testlab.traffic import Transfer, ping_ok, wait_ping
+from vpn.uapi_server import uapi_path
 from vpn.util import socket_is_live
 
 pytestmark = pytest.mark.root
@@ -192,7 +194,7 @@ def test_world_readable_config_warns_and_debug_logs_hold_no_keys() -> None:
         os.chmod(p.client.config, 0o644)
         assert stat.S_IMODE(os.stat(p.client.config).st_mode) == 0o644
         p.client.start()
-        assert poll(lambda: "accessible by group or others" in p.client.log(), 5.0)
+        assert wait_for(lambda: "accessible by group or others" in p.client.log(), 5.0)
         assert ping_ok(p.cli_ns, SRV)
         # The same interface name started in another namespace: refused (the UAPI and control sockets
         # are global), and the running daemon keeps its sockets.
@@ -255,7 +257,7 @@ def test_sighup_reloads_peers_without_disturbing_unchanged_ones(tmp_path: Path) 
             sent, got = _ping_summary(out)
             assert sent == 100 and got == sent, f"the unchanged peer lost pings during the reload:\n{out}"
             assert server.running() and server.pid == pid
-            assert poll(lambda: ping_ok(c_ns, SRV, attempts=1), 15.0), "the added peer gets no session"
+            assert wait_for(lambda: ping_ok(c_ns, SRV, attempts=1), 15.0), "the added peer gets no session"
             assert not ping_ok(b_ns, SRV, attempts=2, count=1, wait=1.0), "the removed peer still gets through"
             keys = {p["public_key"] for p in server.show_json()["peers"]}
             assert keys == {ck[0].public, ck[2].public}, keys
@@ -275,7 +277,7 @@ def test_sighup_reloads_peers_without_disturbing_unchanged_ones(tmp_path: Path) 
             assert server.terminate() == 0
             assert marker.exists(), "PostDown did not run"
             assert server.ifname not in srv_ns.run("ip -o link").stdout
-            assert not control_path(server.ifname).exists() and not uapi_path(server.ifname).exists()
+            assert not socket_path(server.ifname).exists() and not uapi_path(server.ifname).exists()
         except BaseException:
             print(fleet.logs())
             raise
@@ -300,8 +302,8 @@ def test_restart_after_kill9_of_a_default_route_client_clears_stale_state() -> N
 
         client.kill()
         assert _policy_rules(cli_ns) == running  # left behind by the crash
-        assert control_path(client.ifname).exists() and uapi_path(client.ifname).exists()
-        assert not socket_is_live(control_path(client.ifname))
+        assert socket_path(client.ifname).exists() and uapi_path(client.ifname).exists()
+        assert not socket_is_live(socket_path(client.ifname))
 
         client.start()
         second = client.log().split("--- start 2", 1)[1]
@@ -310,7 +312,7 @@ def test_restart_after_kill9_of_a_default_route_client_clears_stale_state() -> N
             assert what in second, f"{what!r} not logged:\n{second}"
         assert sorted(_policy_rules(cli_ns)) == sorted(running)  # exactly one set of rules
         assert cli_ns.run("nft list tables").stdout.count(f"pyvpn-{client.ifname}") == 2
-        assert socket_is_live(control_path(client.ifname)) and socket_is_live(uapi_path(client.ifname))
+        assert socket_is_live(socket_path(client.ifname)) and socket_is_live(uapi_path(client.ifname))
         assert ping_ok(cli_ns, SRV)
 
         assert client.terminate() == 0

@@ -26,8 +26,8 @@ import pytest
 
 from vpn.testlab.configs import PeerSpec, endpoint
 from vpn.testlab.keys import Keys
-from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, poll
+from vpn.testlab.netns import Netns, namespaces, veth, wait_for
+from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import iperf3_client, iperf3_server, ping, ping_ok
 
 pytestmark = pytest.mark.root
@@ -199,7 +199,7 @@ def test_hub_forwarding_spoofing_and_strangers() -> None:
         def refused() -> bool:
             return bool((h.server.query() or {}).get("drops", {}).get("unknown_peer", 0) >= 1)
 
-        assert poll(refused, 8.0, 0.2), (h.server.query() or {}).get("drops")
+        assert wait_for(refused, 8.0, 0.2), (h.server.query() or {}).get("drops")
         assert h.stranger.handshake_time(h.server.keys.public) == 0
         assert ping(h.stranger.ns, tun4(1), count=1, wait=1.0).returncode != 0
         assert len(h.server.show_json()["peers"]) == N_CLIENTS

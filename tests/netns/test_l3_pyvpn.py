@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from vpn.control import socket_path
 from vpn.testlab.commands import run_pyvpn
 from vpn.testlab.configs import PeerSpec, endpoint
 from vpn.testlab.keys import Keys
 from vpn.testlab.netns import Netns, namespaces, veth
-from vpn.testlab.pyvpn import Fleet, Pyvpn, control_path, uapi_path
+from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping, ping_ok, transfer
+from vpn.uapi_server import uapi_path
 
 pytestmark = pytest.mark.root
 
@@ -105,7 +107,7 @@ def _assert_stopped(d: Pyvpn) -> None:
     neither delay the exit nor put a traceback in the log.
     """
     idle = []
-    for path in (control_path(d.ifname), uapi_path(d.ifname)):
+    for path in (socket_path(d.ifname), uapi_path(d.ifname)):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(str(path))
         idle.append(s)
@@ -116,7 +118,7 @@ def _assert_stopped(d: Pyvpn) -> None:
     assert rc == 0, f"{d!r} exited {rc} after SIGTERM:\n{d.log_tail()}"
     link = d.ns.run(["ip", "link", "show", d.ifname], check=False)
     assert link.returncode != 0, f"{d.ifname} still exists"
-    assert not control_path(d.ifname).exists()
+    assert not socket_path(d.ifname).exists()
     assert not uapi_path(d.ifname).exists()
     log = d.log()
     assert "Traceback" not in log, log

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -27,12 +28,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Self
+from typing import IO, Self, TypeVar
 
 # -- implementation constants ----------------------------------------------------------------------------
 CMD_TIMEOUT = 30.0  # seconds for any command run through sh() / Netns.run()
 STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.05  # seconds between polls
+
+T = TypeVar("T")
 
 _counter = itertools.count()
 
@@ -85,14 +88,31 @@ def sh(cmd: Sequence[str] | str, *, timeout: float = CMD_TIMEOUT, check: bool = 
 run = sh
 
 
-def wait_for(pred: Callable[[], object], timeout: float = 10.0, interval: float = POLL_INTERVAL) -> bool:
-    """Call ``pred()`` until it is true or ``timeout`` seconds pass (bounded); return its last truth value."""
+def wait_for(pred: Callable[[], T], timeout: float = 10.0, interval: float = POLL_INTERVAL) -> T:
+    """Call ``pred()`` until it returns something true or ``timeout`` seconds pass (bounded); return its last
+    value (so a test can wait for a result and use it)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
-    return bool(pred())
+
+
+def unique_ifname(prefix: str, in_use: Callable[[str], bool]) -> str:
+    """``<prefix><6 hex>``, an interface name that ``in_use`` says is free (its sockets do not exist yet).
+
+    :param prefix: at most 9 characters, so that the name fits in IFNAMSIZ.
+    :raises ValueError: the prefix is too long.
+    :raises LabError: 100 random names were all in use.
+    """
+    if len(prefix) > 9:
+        raise ValueError(f"prefix {prefix!r} is too long for a 15-character interface name")
+    for _ in range(100):
+        name = prefix + secrets.token_hex(3)
+        if not in_use(name):
+            return name
+    raise LabError(f"no free interface name {prefix}<6 hex>")
 
 
 def netns_argv(name: str, cmd: Sequence[str] | str, cpu: int | None = None) -> list[str]:

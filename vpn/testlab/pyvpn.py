@@ -34,70 +34,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from vpn.config import SegmentConfig
+from vpn.control import socket_path
+from vpn.testlab import netns
 from vpn.testlab.commands import command_env, pyvpn_argv, run_pyvpn
 from vpn.testlab.configs import PeerSpec, conf_text
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys
-from vpn.testlab.netns import LabError, Netns
+from vpn.testlab.netns import LabError, Netns, wait_for
 from vpn.testlab.wggo import WgStatus, parse_wg_dump
+from vpn.uapi_server import uapi_path
 from vpn.util import socket_is_live
 
 # -- implementation constants ------------------------------------------------------------------------------
 START_TIMEOUT = 15.0  # seconds for `pyvpn server|client` to answer on its control socket
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
-POLL = 0.05  # seconds between polls
 CMD_TIMEOUT = 10.0  # seconds for one wg / pyvpn show command
-CONTROL_DIR = Path(os.environ.get("PYVPN_RUN_DIR", "/var/run/pyvpn"))
-WG_RUN_DIR = Path(os.environ.get("WG_RUN_DIR", "/var/run/wireguard"))
 
 
 class HarnessError(LabError):
     """A daemon did not start, answer or stop as asked (the message carries its log tail)."""
 
 
-def poll(pred: Callable[[], Any], timeout: float, interval: float = POLL) -> Any:
-    """Call ``pred()`` until it returns something true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 # -- names -----------------------------------------------------------------------------------------
-def control_path(ifname: str) -> Path:
-    return CONTROL_DIR / f"{ifname}.sock"
-
-
-def uapi_path(ifname: str) -> Path:
-    return WG_RUN_DIR / f"{ifname}.sock"
-
-
 def unique_ifname(prefix: str = "pvt") -> str:
-    """``<prefix><6 hex>`` whose control and UAPI sockets do not exist yet.
-
-    :param prefix: at most 9 characters (IFNAMSIZ).
-    """
-    if len(prefix) > 9:
-        raise ValueError(f"prefix {prefix!r} is too long")
-    for _ in range(100):
-        name = prefix + secrets.token_hex(3)
-        if not control_path(name).exists() and not uapi_path(name).exists():
-            return name
-    raise HarnessError("no free interface name")
+    """A fresh interface name whose control and UAPI sockets do not exist yet (see :func:`netns.unique_ifname`)."""
+    return netns.unique_ifname(prefix, lambda name: socket_path(name).exists() or uapi_path(name).exists())
 
 
 # -- one daemon ---------------------------------------------------------------------------------------------
@@ -189,7 +160,7 @@ class Pyvpn:
             return self.query() is not None
 
         timeout = timeout if timeout is not None else self.start_timeout
-        poll(ready, timeout)
+        wait_for(ready, timeout)
         if self.proc is not None and self.proc.poll() is not None:
             raise HarnessError(f"pyvpn {self.role} {self.ifname} exited {self.proc.returncode}:\n"
                                f"{self.log_tail()}")
@@ -250,7 +221,7 @@ class Pyvpn:
 
         before = len(outcomes())
         self.proc.send_signal(signal.SIGHUP)
-        if not poll(lambda: len(outcomes()) > before, timeout):
+        if not wait_for(lambda: len(outcomes()) > before, timeout):
             raise HarnessError(f"{self.ifname}: no reload within {timeout}s of SIGHUP:\n{self.log_tail()}")
         return outcomes()[before]
 
@@ -258,7 +229,7 @@ class Pyvpn:
         """Stop the daemon (SIGTERM, SIGKILL after :data:`STOP_TIMEOUT`) and unlink its sockets if nothing
         listens on them any more; safe to call twice."""
         self.stop()
-        for path in (control_path(self.ifname), uapi_path(self.ifname)):
+        for path in (socket_path(self.ifname), uapi_path(self.ifname)):
             if path.exists() and not socket_is_live(path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -270,7 +241,7 @@ class Pyvpn:
 
     @property
     def control_sock(self) -> Path:
-        return control_path(self.ifname)
+        return socket_path(self.ifname)
 
     def query(self) -> dict[str, Any] | None:
         """The control socket's ``show`` reply (as ``pyvpn show --json`` gets it), or None."""
@@ -345,11 +316,11 @@ class Pyvpn:
             p = self.peer(public_key)
             return p if p and (p.get("latest_handshake") or 0) > after else None
 
-        p = poll(done, timeout, 0.1)
+        p = wait_for(done, timeout, 0.1)
         if not p:
             raise HarnessError(f"{self.ifname}: no handshake with {public_key[:8]}… within {timeout}s:\n"
                                f"{self.log_tail()}")
-        return p  # type: ignore[no-any-return]
+        return p
 
     def sysfs_stat(self, counter: str) -> int:
         """``/sys/class/net/IFACE/statistics/COUNTER`` read inside the namespace."""

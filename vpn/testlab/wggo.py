@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from vpn.config import check_ifname
+from vpn.testlab import netns
 from vpn.testlab.configs import WgPeer, cidr, wg_conf_text
 from vpn.testlab.files import write_private
 from vpn.testlab.keys import Keys, genpsk, pubkey
@@ -46,7 +47,6 @@ from vpn.util import socket_is_live
 
 # -- implementation constants ------------------------------------------------------------------------------
 WG_RUN_DIR = Path("/var/run/wireguard")  # where wireguard-go puts <if>.sock (global, not per namespace)
-IFNAME_MAX = 15  # IFNAMSIZ - 1
 START_TIMEOUT = 5.0  # seconds for the UAPI socket to appear
 STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
 CMD_TIMEOUT = 10.0  # seconds for any single wg / ip / ss command
@@ -71,22 +71,8 @@ def sock_path(ifname: str) -> Path:
 
 
 def unique_ifname(prefix: str = "wgt") -> str:
-    """Return ``<prefix><6 hex>``, a name whose UAPI socket does not exist yet.
-
-    :param prefix: at most 9 characters so that the result fits in IFNAMSIZ.
-    """
-    if len(prefix) + 6 > IFNAME_MAX:
-        raise ValueError(f"prefix {prefix!r} too long for a {IFNAME_MAX}-character interface name")
-    for _ in range(100):
-        name = prefix + secrets.token_hex(3)
-        if not sock_path(name).exists():
-            return name
-    raise WireguardGoError("could not find a free wireguard-go interface name")
-
-
-def _check_ifname(name: str) -> None:
-    if not 0 < len(name) <= IFNAME_MAX or any(c in name for c in "/ \t\n:") or name in (".", ".."):
-        raise ValueError(f"bad interface name {name!r} (1..{IFNAME_MAX} characters, no '/', ':' or spaces)")
+    """A fresh interface name whose UAPI socket does not exist yet (see :func:`netns.unique_ifname`)."""
+    return netns.unique_ifname(prefix, lambda name: sock_path(name).exists())
 
 
 # -- `wg show <if> dump` ------------------------------------------------------------------------------------
@@ -198,7 +184,7 @@ class WireguardGo:
                  binary: str = "wireguard-go", log_level: str = "debug", log_path: Path | None = None,
                  name_prefix: str = "wgt") -> None:
         if ifname is not None:
-            _check_ifname(ifname)
+            check_ifname(ifname)
         self.ns = ns
         self.private_key = private_key
         self.public_key = pubkey(private_key)
