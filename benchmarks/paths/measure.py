@@ -174,7 +174,7 @@ def parse_iperf3_udp(doc: Any, payload: int) -> UdpResult:
 _RTT = re.compile(r"\btime[=<]([0-9]+(?:\.[0-9]+)?) ?ms\b")
 
 
-def parse_ping(text: str, sent: int) -> PingResult:
+def parse_ping_rtts(text: str, sent: int) -> PingResult:
     """Collect the ``time=X ms`` of every reply line in ping's output (``-n``, iputils or busybox).
 
     :param sent: how many echo requests were asked for (``-c``).
@@ -239,7 +239,7 @@ def run_ping(ep: Endpoints, *, count: int, interval: float) -> PingResult:
     deadline = int(count * interval + 5)
     r = ep.client.run(["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "1", "-w", str(deadline),
                        ep.server_addr], check=False, timeout=deadline + 5.0)
-    result = parse_ping(r.stdout, count)
+    result = parse_ping_rtts(r.stdout, count)
     if not result.rtts_ms:
         raise MeasureError(f"ping got no replies (exit {r.returncode}): {r.stderr.strip()[-200:]}")
     return result

@@ -22,19 +22,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
-from test_l2_sites import (
-    add_daemon,
-    add_host,
-    all_reached,
-    bridge,
-    bridge_macs,
-    count_broadcasts,
-    segment,
-    segment_of,
-)
 
-from vpn.testlab.configs import PeerSpec, WgPeer
+from vpn.testlab.configs import PeerSpec, WgPeer, segment
 from vpn.testlab.keys import Keys
+from vpn.testlab.l2sites import add_daemon, add_host, all_reached, bridge, bridge_macs, count_broadcasts, segment_of
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping_ok

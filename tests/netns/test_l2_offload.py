@@ -20,10 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
-from test_l2_sites import TAP_MTU, add_daemon, add_host, bridge, segment, segment_of
 
-from vpn.testlab.configs import PeerSpec, endpoint
+from vpn.testlab.configs import PeerSpec, endpoint, segment
 from vpn.testlab.keys import Keys
+from vpn.testlab.l2sites import TAP_MTU, add_daemon, add_host, bridge, segment_of
 from vpn.testlab.netns import Netns, namespaces, veth
 from vpn.testlab.pyvpn import Fleet, Pyvpn
 from vpn.testlab.traffic import ping_ok, transfer

@@ -30,7 +30,7 @@ from benchmarks.paths.measure import (
     iperf3_client_argv,
     parse_iperf3_tcp,
     parse_iperf3_udp,
-    parse_ping,
+    parse_ping_rtts,
 )
 
 # -- samples (trimmed iperf3 3.12 -J output) -----------------------------------------------------------------
@@ -146,19 +146,19 @@ def test_measure_error_is_value_error() -> None:
 
 
 def test_parse_ping() -> None:
-    p = parse_ping(PING_TEXT, 4)
+    p = parse_ping_rtts(PING_TEXT, 4)
     assert p.rtts_ms == (0.912, 0.654, 0.700)
     assert p.median_ms == 0.700
     assert math.isclose(p.loss, 0.25)
 
 
 def test_parse_ping_edge_cases() -> None:
-    assert parse_ping("", 5).median_ms is None and parse_ping("", 5).loss == 1.0
-    assert parse_ping("64 bytes from ::1: icmp_seq=1 ttl=64 time<1 ms\n", 1).rtts_ms == (1.0,)
-    assert parse_ping("x time=2 ms y time=4 ms", 2).median_ms == 3.0
+    assert parse_ping_rtts("", 5).median_ms is None and parse_ping_rtts("", 5).loss == 1.0
+    assert parse_ping_rtts("64 bytes from ::1: icmp_seq=1 ttl=64 time<1 ms\n", 1).rtts_ms == (1.0,)
+    assert parse_ping_rtts("x time=2 ms y time=4 ms", 2).median_ms == 3.0
     many = "\n".join(f"time={i}.0 ms" for i in range(10))
-    assert len(parse_ping(many, 3).rtts_ms) == 3  # never more replies than requests
-    assert parse_ping("time=abc ms\n\x00\xff", 1).rtts_ms == ()
+    assert len(parse_ping_rtts(many, 3).rtts_ms) == 3  # never more replies than requests
+    assert parse_ping_rtts("time=abc ms\n\x00\xff", 1).rtts_ms == ()
 
 
 def test_iperf3_argv() -> None:

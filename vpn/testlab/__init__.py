@@ -26,4 +26,6 @@ test suite import one copy without touching ``sys.path``.  Nothing here is used 
 - :mod:`vpn.testlab.wggo`: Debian's ``wireguard-go`` (configured with ``wg``) as a reference peer, its
   ``wg show dump`` parsed, and a two-peer reference topology.
 - :mod:`vpn.testlab.traffic`: pings, sha256-checked TCP transfers and iperf3 runs between namespaces.
+- :mod:`vpn.testlab.l2sites`: the tap tests' sites: daemons with segments, bridges and hosts on them, pings in
+  parallel, broadcast counts, learned MACs and a segment's ``show --json`` entry.
 """
